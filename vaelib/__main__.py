@@ -1,0 +1,3 @@
+from vaelib.cli import main
+
+raise SystemExit(main())

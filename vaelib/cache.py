@@ -1,0 +1,173 @@
+"""On-disk cache of a dataset's log-mel features: one array file plus a metadata table.
+
+The cache folder is named by a hash of the feature parameters and of the input files (name, size,
+modification time), so a change of either builds a new cache and a rerun reuses the old one. It is
+built in a temporary folder and renamed into place when complete: an interrupted build leaves
+nothing that a later run would read.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from vaelib.config import FeatureConfig, config_to_dict, resolve_path
+from vaelib.dataset import WavReport, read_wav
+from vaelib.exceptions import DataError
+from vaelib.features import feature_shape, log_mel_batch
+
+__all__ = ["FeatureCache", "cache_key", "build_feature_cache", "open_feature_cache", "compute_features"]
+
+log = logging.getLogger(__name__)
+
+CACHE_VERSION = 1
+# Parameters that change how fast the cache is built, not what it holds.
+_NOT_IN_KEY = ("batch_size", "workers", "cache_dir")
+FEATURES_FILE = "features.npy"
+META_FILE = "meta.parquet"
+MANIFEST_FILE = "manifest.json"
+
+
+@dataclass
+class FeatureCache:
+    """A built cache: ``features`` [shape=(notes, 1, n_mels, frames)] float16 (memory-mapped), and
+    ``meta``, one row per note in the same order, with the dataset columns and ``split``."""
+
+    path: Path
+    features: np.ndarray
+    meta: pd.DataFrame
+    manifest: dict
+
+    def split(self, name: str) -> tuple[np.ndarray, pd.DataFrame]:
+        """Features (loaded into memory) and metadata of one split."""
+        idx = np.flatnonzero(self.meta["split"].to_numpy() == name)
+        return np.asarray(self.features[idx]), self.meta.iloc[idx].reset_index(drop=True)
+
+
+def _key_params(cfg: FeatureConfig) -> dict:
+    return {k: v for k, v in config_to_dict(cfg).items() if k not in _NOT_IN_KEY}
+
+
+def cache_key(df: pd.DataFrame, cfg: FeatureConfig) -> str:
+    """Hash of the feature parameters and, per note, its name, split, wav size and mtime."""
+    h = hashlib.sha256()
+    h.update(json.dumps({"version": CACHE_VERSION, "features": _key_params(cfg)}, sort_keys=True).encode())
+    for note, split, path in zip(df["note_str"], df["split"], df["path"]):
+        try:
+            st = os.stat(path)
+        except FileNotFoundError as exc:
+            raise DataError(f"{path}: wav file not found (note {note})") from exc
+        h.update(f"{note}\t{split}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def compute_features(paths: list[str], cfg: FeatureConfig, *, resample: bool = True,
+                     show_progress: bool = True, out: np.ndarray | None = None) -> tuple[np.ndarray, WavReport]:
+    """Decode wavs (threads; libsndfile releases the GIL) and compute log-mels in batches.
+
+    Returns
+    -------
+    features : [shape=(len(paths), 1, n_mels, frames)] float16 (``out`` if given)
+    report : counts of resampled, downmixed, padded and cut files
+    """
+    n_samples = int(round(cfg.duration_s * cfg.sample_rate))
+    if out is None:
+        out = np.empty((len(paths), *feature_shape(cfg)), dtype=np.float16)
+    report = WavReport()
+
+    def decode(p: str) -> tuple[np.ndarray, WavReport]:
+        return read_wav(p, sample_rate=cfg.sample_rate, n_samples=n_samples, resample=resample)
+
+    bs = cfg.batch_size
+    batches = [paths[i:i + bs] for i in range(0, len(paths), bs)]
+    with ThreadPoolExecutor(max_workers=cfg.workers) as pool, \
+            tqdm(total=len(paths), desc="log-mel", unit="note", disable=not show_progress) as bar:
+        # Decode batch i+1 while batch i is transformed.
+        pending = pool.map(lambda b: list(map(decode, b)), batches)
+        start = 0
+        for decoded in pending:
+            audio = np.stack([a for a, _ in decoded])
+            for _, r in decoded:
+                report.add(r)
+            with torch.no_grad():
+                x = log_mel_batch(torch.from_numpy(audio), cfg=cfg)
+            out[start:start + len(decoded)] = x.numpy().astype(np.float16)
+            start += len(decoded)
+            bar.update(len(decoded))
+    return out, report
+
+
+def open_feature_cache(path: str | Path) -> FeatureCache:
+    """Open a complete cache folder (one whose manifest was written)."""
+    path = Path(path)
+    manifest_path = path / MANIFEST_FILE
+    if not manifest_path.is_file():
+        raise DataError(f"{path}: not a complete feature cache (no {MANIFEST_FILE})")
+    manifest = json.loads(manifest_path.read_text())
+    features = np.load(path / FEATURES_FILE, mmap_mode="r")
+    meta = pd.read_parquet(path / META_FILE)
+    if len(meta) != features.shape[0]:
+        raise DataError(f"{path}: {len(meta)} metadata rows for {features.shape[0]} feature rows")
+    return FeatureCache(path=path, features=features, meta=meta, manifest=manifest)
+
+
+def build_feature_cache(df: pd.DataFrame, cfg: FeatureConfig, *, resample: bool = True,
+                        show_progress: bool = True) -> FeatureCache:
+    """Return the cache for ``df`` (with its ``split`` column), building it if it is missing.
+
+    A hit costs one ``stat`` per wav. A build writes into ``<cache_dir>/.<key>.*`` and renames it to
+    ``<cache_dir>/<key>`` only once the features, the metadata and the manifest are all written.
+    """
+    if "split" not in df.columns:
+        raise DataError("build_feature_cache: the table needs a 'split' column (see load_dataset)")
+    root = resolve_path(cfg.cache_dir)
+    key = cache_key(df, cfg)
+    final = root / key
+    if (final / MANIFEST_FILE).is_file():
+        log.info("feature cache hit: %s", final)
+        return open_feature_cache(final)
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=root))
+    try:
+        shape = (len(df), *feature_shape(cfg))
+        out = np.lib.format.open_memmap(tmp / FEATURES_FILE, mode="w+", dtype=np.float16, shape=shape)
+        _, report = compute_features(list(df["path"]), cfg, resample=resample, show_progress=show_progress,
+                                     out=out)
+        out.flush()
+        del out
+        meta = df.drop(columns=["path"]).reset_index(drop=True)
+        meta.to_parquet(tmp / META_FILE, index=False)
+        for name, count in dataclasses.asdict(report).items():
+            if name != "files" and count:
+                log.warning("%d wav files were %s", count, name)
+        manifest = {
+            "key": key, "version": CACHE_VERSION, "n_notes": len(df), "shape": list(shape),
+            "features": _key_params(cfg), "fixes": {k: v for k, v in dataclasses.asdict(report).items()
+                                                    if k != "files"},
+            "fixed_files": report.files[:100],
+        }
+        (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
+        try:
+            os.replace(tmp, final)
+        except OSError:
+            # Another process finished the same cache first; its copy is as good as ours.
+            if not (final / MANIFEST_FILE).is_file():
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    log.info("feature cache built: %s (%d notes)", final, len(df))
+    return open_feature_cache(final)

@@ -1,0 +1,100 @@
+"""The `vaelib` command line: one entry point, one subcommand per stage.
+
+Every subcommand takes ``--params`` and ``--set section.key=value`` and validates the config before
+doing anything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from vaelib.config import PARAMS_DIR, Config, load_config, resolve_path
+from vaelib.exceptions import VaelibError
+
+__all__ = ["main"]
+
+log = logging.getLogger("vaelib")
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--params", default=str(PARAMS_DIR / "default.yaml"),
+                   help="params YAML (default: params/default.yaml)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override one parameter; repeatable")
+
+
+def _config(args: argparse.Namespace) -> Config:
+    return load_config(args.params, args.overrides)
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    from vaelib.render import render_dataset
+
+    cfg = _config(args)
+    out = resolve_path(args.out) if args.out else resolve_path(cfg.data.root)
+    summary = render_dataset(cfg.render, out, show_progress=not args.quiet)
+    print(json.dumps({k: v for k, v in summary.items() if k not in ("pitches",)}, indent=2))
+    return 0
+
+
+def cmd_preprocess(args: argparse.Namespace) -> int:
+    from vaelib.prepare import prepare_features
+
+    cfg = _config(args)
+    cache = prepare_features(cfg, show_progress=not args.quiet)
+    counts = cache.meta["split"].value_counts().to_dict()
+    print(json.dumps({"cache": str(cache.path), "notes": counts, "shape": list(cache.features.shape)}, indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vaelib", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("render", help="render the embedded GM dataset in NSynth layout")
+    _add_config_args(p)
+    p.add_argument("--out", help="output folder (default: data.root of the params)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_render)
+
+    p = sub.add_parser("preprocess", help="render if missing, split, and cache log-mel features")
+    _add_config_args(p)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_preprocess)
+
+    # Subcommands of later stages register themselves here (train, embed, run, sweep).
+    for register in _registrars():
+        register(sub, _add_config_args)
+    return parser
+
+
+def _registrars() -> list:
+    found = []
+    for module in ("vaelib.cli_train", "vaelib.cli_analysis", "vaelib.cli_pipeline"):
+        try:
+            mod = __import__(module, fromlist=["register"])
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
+            continue
+        found.append(mod.register)
+    return found
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except VaelibError as exc:
+        print(f"vaelib {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"vaelib {args.command}: interrupted", file=sys.stderr)
+        return 130

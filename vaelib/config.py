@@ -1,0 +1,394 @@
+"""One frozen, validated configuration for every stage, loaded from a params YAML plus overrides.
+
+Every section is a frozen dataclass whose fields carry their allowed range in ``metadata``;
+``load_config`` refuses an unknown key, a wrong type or an out-of-range value before anything runs,
+because papermill itself only warns about unknown parameters.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from vaelib.exceptions import ConfigError
+
+__all__ = [
+    "PROJECT_ROOT",
+    "DATA_DIR",
+    "REPORTS_DIR",
+    "PARAMS_DIR",
+    "RunConfig",
+    "DataConfig",
+    "RenderConfig",
+    "FeatureConfig",
+    "ModelConfig",
+    "TrainConfig",
+    "AnalysisConfig",
+    "ReportConfig",
+    "Config",
+    "load_config",
+    "config_from_dict",
+    "config_to_dict",
+    "parse_override",
+    "section_hash",
+    "resolve_path",
+    "save_config",
+]
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+DATA_DIR = PROJECT_ROOT / "data"
+REPORTS_DIR = PROJECT_ROOT / "reports"
+PARAMS_DIR = PROJECT_ROOT / "params"
+
+NSYNTH_FAMILIES = (
+    "bass", "brass", "flute", "guitar", "keyboard", "mallet",
+    "organ", "reed", "string", "synth_lead", "vocal",
+)
+NSYNTH_SOURCES = ("acoustic", "electronic", "synthetic")
+NSYNTH_VELOCITIES = (25, 50, 75, 100, 127)
+
+
+def _f(default: Any, help: str, *, lo: float | None = None, hi: float | None = None,
+       choices: tuple | None = None, items: tuple | None = None) -> Any:
+    """A dataclass field with its help text and allowed range (``items`` constrains tuple elements)."""
+    meta = {"help": help, "lo": lo, "hi": hi, "choices": choices, "items": items}
+    if isinstance(default, (list, tuple)):
+        return field(default_factory=lambda: tuple(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    name: str = _f("default", "run name: outputs go to reports/<name>/")
+    seed: int = _f(0, "seed for splits, initialisation, batching and UMAP", lo=0)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    root: str = _f("data/gm_default", "NSynth-layout root (relative to the project, or absolute; "
+                   "$VARS expanded); holds examples.json + audio/, or nsynth-{train,valid,test}/")
+    families: tuple[str, ...] = _f((), "keep only these families (empty: all)", items=NSYNTH_FAMILIES)
+    sources: tuple[str, ...] = _f((), "keep only these sources (empty: all)", items=NSYNTH_SOURCES)
+    pitch_min: int = _f(21, "lowest MIDI pitch kept; notes below are dropped and counted", lo=0, hi=127)
+    pitch_max: int = _f(108, "highest MIDI pitch kept; notes above are dropped and counted", lo=0, hi=127)
+    velocities: tuple[int, ...] = _f((), "keep only these velocities (empty: all)", items=(0, 127))
+    instruments: tuple[str, ...] = _f((), "keep only these instrument_str (empty: all)")
+    valid_fraction: float = _f(0.125, "share of instruments held out for validation "
+                               "(only when the root has no NSynth split folders)", lo=0.0, hi=0.5)
+    test_fraction: float = _f(0.25, "share of instruments held out for test", lo=0.0, hi=0.5)
+    resample: bool = _f(True, "resample wavs of another rate (with a warning) instead of refusing them")
+    max_notes: int = _f(0, "keep at most this many notes per split, chosen by seed (0: all)", lo=0)
+
+
+@dataclass(frozen=True)
+class RenderConfig:
+    enabled: bool = _f(True, "render the embedded GM dataset into data.root when it is missing")
+    soundfont: str = _f("", "path to a .sf2/.sf3 ('' = TimGM6mb.sf2 shipped with pretty_midi)")
+    programs: tuple[int, ...] = _f((), "GM programs (0-based) to render (empty: every mapped one)",
+                                   items=(0, 127))
+    pitch_min: int = _f(24, "lowest MIDI pitch rendered", lo=0, hi=127)
+    pitch_max: int = _f(96, "highest MIDI pitch rendered", lo=0, hi=127)
+    pitch_step: int = _f(2, "pitch step in semitones", lo=1, hi=24)
+    velocities: tuple[int, ...] = _f((25, 75, 127), "MIDI velocities rendered", items=(1, 127))
+    silence_db: float = _f(-60.0, "notes whose peak RMS is below this (dBFS) are dropped", lo=-120, hi=0)
+    gain_db: float = _f(0.0, "synth gain in dB", lo=-40, hi=20)
+    workers: int = _f(2, "worker processes", lo=1, hi=64)
+
+
+@dataclass(frozen=True)
+class FeatureConfig:
+    sample_rate: int = _f(16000, "Hz; NSynth's rate", lo=8000, hi=48000)
+    duration_s: float = _f(4.0, "seconds per note; shorter wavs are padded, longer cut", lo=0.5, hi=10.0)
+    n_fft: int = _f(1024, "STFT size: 64 ms at 16 kHz resolves the lowest of 80 mel bands", lo=64, hi=8192)
+    hop_length: int = _f(500, "hop in samples: 4 s / 500 = 128 frames, the study's width", lo=16, hi=4096)
+    n_mels: int = _f(80, "mel bands", lo=8, hi=256)
+    frames: int = _f(128, "frames kept per note (padded with silence or cropped)", lo=8, hi=1024)
+    fmin: float = _f(30.0, "Hz; below the lowest fundamental of a 21-108 note (27.5 Hz) is noise", lo=0.0)
+    fmax: float = _f(8000.0, "Hz; Nyquist at 16 kHz", lo=100.0)
+    ref: str = _f("max", "dB reference: 'max' (each note's peak is 0 dB, as the study) or 'fixed'",
+                  choices=("max", "fixed"))
+    ref_power: float = _f(1.0, "power taken as 0 dB when ref='fixed'", lo=1e-12)
+    top_db: float = _f(80.0, "dB range kept below the reference; the study clips to [-80, 0]", lo=10, hi=160)
+    batch_size: int = _f(64, "notes per STFT batch", lo=1, hi=4096)
+    workers: int = _f(2, "threads decoding wavs", lo=1, hi=64)
+    cache_dir: str = _f("data/cache", "feature cache folder")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    depth: int = _f(3, "stride-2 conv levels in the encoder (and decoder)", lo=3, hi=4)
+    channels: tuple[int, ...] = _f((32, 64, 128), "channels per level; its length must equal depth",
+                                   items=(1, 1024))
+    latent_dim: int = _f(32, "latent dimensions", lo=2, hi=512)
+    norm: str = _f("batch", "normalisation after each conv", choices=("batch", "group", "none"))
+    activation: str = _f("leaky_relu", "activation", choices=("leaky_relu", "relu", "gelu", "silu"))
+    logvar_bound: float = _f(8.0, "logvar is squashed smoothly into [-bound, bound]", lo=1.0, hi=30.0)
+    pitch_conditioning: bool = _f(False, "give the decoder the note's MIDI pitch (one-hot)")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = _f(12, "maximum epochs", lo=1, hi=10000)
+    batch_size: int = _f(64, "notes per step", lo=1, hi=8192)
+    lr: float = _f(1e-3, "Adam learning rate", lo=1e-7, hi=1.0)
+    beta: float = _f(1.0, "final KL weight (beta-VAE)", lo=0.0, hi=1000.0)
+    warmup_steps: int = _f(1000, "steps of linear beta warm-up from 0", lo=0)
+    free_bits: float = _f(0.25, "nats per latent dimension below which KL is not penalised", lo=0.0, hi=10.0)
+    patience: int = _f(4, "epochs without a better valid reconstruction before stopping", lo=1)
+    device: str = _f("auto", "auto (cuda, mps, cpu in that order), cuda, mps or cpu",
+                     choices=("auto", "cuda", "mps", "cpu"))
+    bf16: bool = _f(True, "bf16 autocast where the hardware runs it fast")
+    num_threads: int = _f(0, "torch CPU threads (0: all cores)", lo=0, hi=256)
+    grad_clip: float = _f(5.0, "gradient norm clip (0: off)", lo=0.0)
+    checkpoint_dir: str = _f("data/checkpoints", "checkpoints folder (one subfolder per config hash)")
+
+
+@dataclass(frozen=True)
+class AnalysisConfig:
+    umap_neighbors: int = _f(15, "UMAP n_neighbors", lo=2, hi=500)
+    umap_min_dist: float = _f(0.1, "UMAP min_dist", lo=0.0, hi=1.0)
+    knn_k: int = _f(5, "neighbours of the kNN probes", lo=1, hi=200)
+    probe_folds: int = _f(5, "folds of the instrument-grouped cross-validation", lo=2, hi=20)
+    interp_pairs: tuple[str, ...] = _f(
+        ("keyboard:string", "brass:flute", "guitar:organ", "reed:synth_lead", "mallet:vocal", "bass:brass"),
+        "family pairs 'a:b' to interpolate between (one instrument of each)")
+    interp_pitch: int = _f(60, "MIDI pitch of the interpolated notes (nearest available)", lo=0, hi=127)
+    interp_velocity: int = _f(127, "velocity of the interpolated notes (nearest available)", lo=0, hi=127)
+    interp_steps: int = _f(9, "points on each path, ends included", lo=3, hi=64)
+    griffin_lim_iters: int = _f(64, "Griffin-Lim iterations", lo=1, hi=1000)
+    n_listen: int = _f(4, "notes rendered back to audio in 05_listening", lo=1, hi=64)
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    keep_code: bool = _f(False, "show code cells in the HTML reports")
+    notebooks: tuple[str, ...] = _f(
+        ("01_preprocess", "02_train", "03_diagnostics", "04_latent_map", "05_listening"),
+        "notebooks executed by `vaelib run`, in order")
+    retrain: bool = _f(False, "train even when a checkpoint with the same config exists")
+
+
+@dataclass(frozen=True)
+class Config:
+    run: RunConfig = field(default_factory=RunConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    render: RenderConfig = field(default_factory=RenderConfig)
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
+
+
+def _check_value(where: str, value: Any, annotation: Any, meta: dict) -> Any:
+    """Coerce ``value`` to ``annotation`` (int, float, bool, str, tuple[T, ...]) or raise ConfigError."""
+    origin = typing.get_origin(annotation)
+    if origin is tuple:
+        (inner, _ellipsis) = typing.get_args(annotation)
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        out = tuple(_check_scalar(f"{where}[{i}]", v, inner) for i, v in enumerate(value))
+        items = meta.get("items")
+        for i, v in enumerate(out):
+            if items is None:
+                continue
+            if inner is str and v not in items:
+                raise ConfigError(f"{where}[{i}]: {v!r} is not one of {list(items)}")
+            if inner in (int, float) and not (items[0] <= v <= items[1]):
+                raise ConfigError(f"{where}[{i}]: {v!r} is outside [{items[0]}, {items[1]}]")
+        return out
+    value = _check_scalar(where, value, annotation)
+    lo, hi, choices = meta.get("lo"), meta.get("hi"), meta.get("choices")
+    if lo is not None and value < lo:
+        raise ConfigError(f"{where}: {value!r} is below the minimum {lo}")
+    if hi is not None and value > hi:
+        raise ConfigError(f"{where}: {value!r} is above the maximum {hi}")
+    if choices is not None and value not in choices:
+        raise ConfigError(f"{where}: {value!r} is not one of {list(choices)}")
+    return value
+
+
+def _check_scalar(where: str, value: Any, kind: Any) -> Any:
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+    if kind is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if kind is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if kind is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{where}: unsupported type {kind!r}")  # pragma: no cover
+
+
+def _build_section(cls: type, raw: Any, where: str) -> Any:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where or 'top level'}: expected a mapping of keys, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        raise ConfigError(f"{where or 'top level'}: unknown key(s) {unknown}; allowed: {sorted(fields)}")
+    kwargs = {}
+    for name, value in raw.items():
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = _build_section(hint, value, f"{where}.{name}" if where else name)
+        else:
+            key = f"{where}.{name}" if where else name
+            kwargs[name] = _check_value(key, value, hint, dict(fields[name].metadata))
+    return cls(**kwargs)
+
+
+def _cross_checks(cfg: Config) -> None:
+    if cfg.data.pitch_min > cfg.data.pitch_max:
+        raise ConfigError(f"data.pitch_min ({cfg.data.pitch_min}) is above data.pitch_max ({cfg.data.pitch_max})")
+    if cfg.render.pitch_min > cfg.render.pitch_max:
+        raise ConfigError(
+            f"render.pitch_min ({cfg.render.pitch_min}) is above render.pitch_max ({cfg.render.pitch_max})")
+    if cfg.data.valid_fraction + cfg.data.test_fraction >= 0.9:
+        raise ConfigError("data.valid_fraction + data.test_fraction must leave at least 10% of instruments "
+                          f"for training, got {cfg.data.valid_fraction} + {cfg.data.test_fraction}")
+    if len(cfg.model.channels) != cfg.model.depth:
+        raise ConfigError(f"model.channels {list(cfg.model.channels)} must have model.depth={cfg.model.depth} entries")
+    if cfg.features.fmax > cfg.features.sample_rate / 2:
+        raise ConfigError(f"features.fmax ({cfg.features.fmax}) is above Nyquist ({cfg.features.sample_rate / 2})")
+    if cfg.features.fmin >= cfg.features.fmax:
+        raise ConfigError(f"features.fmin ({cfg.features.fmin}) must be below features.fmax ({cfg.features.fmax})")
+    for pair in cfg.analysis.interp_pairs:
+        parts = pair.split(":")
+        if len(parts) != 2 or any(p not in NSYNTH_FAMILIES for p in parts):
+            raise ConfigError(f"analysis.interp_pairs: {pair!r} is not 'family:family' with families "
+                              f"from {list(NSYNTH_FAMILIES)}")
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def parse_override(text: str) -> dict:
+    """Turn ``section.key=value`` (value parsed as YAML) into a nested dict."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected section.key=value")
+    key, raw = text.split("=", 1)
+    parts = key.strip().split(".")
+    if len(parts) != 2 or not all(parts):
+        raise ConfigError(f"--set {text!r}: the key must be section.key, e.g. train.epochs=3")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {text!r}: value is not valid YAML ({exc})") from exc
+    return {parts[0]: {parts[1]: value}}
+
+
+def config_from_dict(raw: dict, *, where: str = "params") -> Config:
+    """Validate a nested mapping into a Config."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a mapping at the top level, got {type(raw).__name__}")
+    raw = {k: v for k, v in raw.items() if k != "base"}
+    try:
+        cfg = _build_section(Config, raw, "")
+        _cross_checks(cfg)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from exc
+    return cfg
+
+
+def _read_yaml(path: Path) -> dict:
+    if not path.is_file():
+        raise ConfigError(f"{path}: params file not found")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    base = raw.get("base")
+    if base is not None:
+        # An experiment file names the params it extends, relative to itself.
+        base_path = (path.parent / str(base)).resolve()
+        if base_path == path.resolve():
+            raise ConfigError(f"{path}: 'base' points at the file itself")
+        raw = _merge(_read_yaml(base_path), {k: v for k, v in raw.items() if k != "base"})
+    return raw
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: typing.Iterable[str] = ()) -> Config:
+    """Load a params YAML (``base:`` chains allowed), apply ``section.key=value`` overrides, validate.
+
+    Raises
+    ------
+    ConfigError
+        On a missing file, bad YAML, an unknown key, a wrong type or an out-of-range value; the
+        message names the file and the key.
+    """
+    raw: dict = {}
+    where = "defaults"
+    if path is not None:
+        path = Path(path)
+        raw = _read_yaml(path)
+        where = str(path)
+    for text in overrides:
+        raw = _merge(raw, parse_override(text))
+    return config_from_dict(raw, where=where)
+
+
+def config_to_dict(cfg: Any) -> dict:
+    """Plain nested dict (tuples as lists) of a Config or one of its sections, for YAML/JSON."""
+    def plain(v: Any) -> Any:
+        if isinstance(v, tuple):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return v
+    return plain(dataclasses.asdict(cfg))
+
+
+def section_hash(*sections: Any, extra: Any = None, length: int = 12) -> str:
+    """Stable short hash of config sections (and any JSON-able extra), for cache and checkpoint keys."""
+    payload = json.dumps([config_to_dict(s) for s in sections] + [extra], sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()[:length]
+
+
+def resolve_path(path: str) -> Path:
+    """A params path: $VARS and ~ expanded, relative paths taken from the project root."""
+    expanded = os.path.expanduser(os.path.expandvars(path))
+    if "$" in expanded:
+        raise ConfigError(f"path {path!r}: environment variable not set ({expanded!r})")
+    p = Path(expanded)
+    return p if p.is_absolute() else PROJECT_ROOT / p
+
+
+def save_config(cfg: Config, path: Path) -> None:
+    """Write the resolved config as YAML, atomically."""
+    from vaelib.io import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+

@@ -1,0 +1,303 @@
+"""Reading NSynth `jsonwav` splits: metadata table, filters, instrument-disjoint splits, wav decoding.
+
+A split folder holds ``examples.json`` (``{note_str: {...}}``) and ``audio/<note_str>.wav``
+(16 kHz mono 16-bit, 4 s). See ``shared/guides/NSYNTH.md`` for the schema.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import soundfile as sf
+
+from vaelib.config import NSYNTH_FAMILIES, NSYNTH_SOURCES, DataConfig, resolve_path
+from vaelib.exceptions import DataError, ParameterError
+
+__all__ = [
+    "SCHEMA_FIELDS",
+    "INT_FIELDS",
+    "QUALITIES",
+    "SPLITS",
+    "read_examples",
+    "filter_examples",
+    "split_by_instrument",
+    "load_dataset",
+    "read_wav",
+    "WavReport",
+]
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "valid", "test")
+QUALITIES = (
+    "bright", "dark", "distortion", "fast_decay", "long_release",
+    "multiphonic", "nonlinear_env", "percussive", "reverb", "tempo-synced",
+)
+INT_FIELDS = ("note", "instrument", "instrument_family", "instrument_source", "pitch", "velocity", "sample_rate")
+STR_FIELDS = ("note_str", "instrument_str", "instrument_family_str", "instrument_source_str")
+SCHEMA_FIELDS = INT_FIELDS + STR_FIELDS + ("qualities", "qualities_str")
+
+
+def _as_int(value: object, where: str) -> int:
+    """NSynth means ints but some copies write ``60.0``: accept integral floats, refuse the rest."""
+    if isinstance(value, bool):
+        raise DataError(f"{where}: expected an integer, got {value!r}")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    raise DataError(f"{where}: expected an integer, got {value!r}")
+
+
+def _check_note_str(note_str: str, where: str) -> None:
+    # The key becomes a file name: anything that could leave audio/ is refused.
+    if (not isinstance(note_str, str) or not note_str or note_str in (".", "..")
+            or "/" in note_str or "\\" in note_str or ".." in note_str or "\x00" in note_str):
+        raise DataError(f"{where}: note_str {note_str!r} is not a plain file name "
+                        "(no path separators or '..' allowed)")
+
+
+def read_examples(split_dir: str | Path) -> pd.DataFrame:
+    """Read ``<split_dir>/examples.json`` into a table with every schema field, ints typed as ints.
+
+    Parameters
+    ----------
+    split_dir : folder holding ``examples.json`` and ``audio/``.
+
+    Returns
+    -------
+    DataFrame, one row per note sorted by ``note_str``, columns ``SCHEMA_FIELDS`` plus ``path``
+    (the wav's expected location; existence is checked when it is read).
+
+    Raises
+    ------
+    DataError
+        Missing ``examples.json``, malformed JSON, an entry missing a field or with a wrong type,
+        a ``note_str`` that is not a plain file name or that differs from its key.
+    """
+    split_dir = Path(split_dir)
+    path = split_dir / "examples.json"
+    if not path.is_file():
+        raise DataError(f"{path}: examples.json not found (expected an NSynth jsonwav split folder)")
+    try:
+        raw = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: malformed JSON ({exc})") from exc
+    if not isinstance(raw, dict):
+        raise DataError(f"{path}: expected a JSON object {{note_str: {{...}}}}, got {type(raw).__name__}")
+    rows = []
+    for key, entry in raw.items():
+        where = f"{path}: entry {key!r}"
+        _check_note_str(key, where)
+        if not isinstance(entry, dict):
+            raise DataError(f"{where}: expected an object, got {type(entry).__name__}")
+        missing = [f for f in SCHEMA_FIELDS if f not in entry]
+        if missing:
+            raise DataError(f"{where}: missing field(s) {missing}")
+        row = {f: _as_int(entry[f], f"{where} field {f!r}") for f in INT_FIELDS}
+        for f in STR_FIELDS:
+            if not isinstance(entry[f], str):
+                raise DataError(f"{where} field {f!r}: expected a string, got {entry[f]!r}")
+            row[f] = entry[f]
+        if row["note_str"] != key:
+            raise DataError(f"{where}: note_str {row['note_str']!r} differs from its key")
+        quals = entry["qualities"]
+        if not isinstance(quals, list) or len(quals) != len(QUALITIES):
+            raise DataError(f"{where} field 'qualities': expected a list of {len(QUALITIES)} 0/1 flags, got {quals!r}")
+        row["qualities"] = [_as_int(q, f"{where} field 'qualities'") for q in quals]
+        qs = entry["qualities_str"]
+        if not isinstance(qs, list) or not all(isinstance(q, str) for q in qs):
+            raise DataError(f"{where} field 'qualities_str': expected a list of strings, got {qs!r}")
+        row["qualities_str"] = list(qs)
+        if not 0 <= row["instrument_family"] < len(NSYNTH_FAMILIES):
+            raise DataError(f"{where} field 'instrument_family': {row['instrument_family']} is not in 0-10")
+        if not 0 <= row["instrument_source"] < len(NSYNTH_SOURCES):
+            raise DataError(f"{where} field 'instrument_source': {row['instrument_source']} is not in 0-2")
+        row["path"] = str(split_dir / "audio" / f"{key}.wav")
+        rows.append(row)
+    if not rows:
+        raise DataError(f"{path}: holds no notes")
+    df = pd.DataFrame(rows, columns=list(SCHEMA_FIELDS) + ["path"])
+    for f in INT_FIELDS:
+        df[f] = df[f].astype("int64")
+    return df.sort_values("note_str", kind="stable").reset_index(drop=True)
+
+
+def filter_examples(
+    df: pd.DataFrame,
+    *,
+    families: tuple[str, ...] = (),
+    sources: tuple[str, ...] = (),
+    pitch_min: int = 21,
+    pitch_max: int = 108,
+    velocities: tuple[int, ...] = (),
+    instruments: tuple[str, ...] = (),
+) -> tuple[pd.DataFrame, dict[str, int]]:
+    """Keep the notes that pass every filter; return them and the count dropped by each filter.
+
+    Every drop is logged with its count, so nothing disappears silently (the real NSynth-valid
+    holds notes up to pitch 120, outside the 21-108 piano range of the study).
+    """
+    if pitch_min > pitch_max:
+        raise ParameterError(f"pitch_min ({pitch_min}) is above pitch_max ({pitch_max})")
+    dropped: dict[str, int] = {}
+    masks = {
+        "pitch_range": df["pitch"].between(pitch_min, pitch_max),
+        "families": df["instrument_family_str"].isin(families) if families else None,
+        "sources": df["instrument_source_str"].isin(sources) if sources else None,
+        "velocities": df["velocity"].isin(velocities) if velocities else None,
+        "instruments": df["instrument_str"].isin(instruments) if instruments else None,
+    }
+    keep = pd.Series(True, index=df.index)
+    for name, mask in masks.items():
+        if mask is None:
+            continue
+        n = int((keep & ~mask).sum())
+        dropped[name] = n
+        if n:
+            detail = f" outside {pitch_min}-{pitch_max}" if name == "pitch_range" else ""
+            log.warning("filter %s dropped %d of %d notes%s", name, n, len(df), detail)
+        keep &= mask
+    return df[keep].reset_index(drop=True), dropped
+
+
+def split_by_instrument(
+    df: pd.DataFrame, *, seed: int, valid_fraction: float, test_fraction: float
+) -> pd.Series:
+    """Assign every instrument to one of train/valid/test, by family, from one seed.
+
+    Within each family the instruments are shuffled and about ``test_fraction`` and
+    ``valid_fraction`` of them held out, always leaving at least one in train, so no family
+    is missing from training and no instrument appears in two splits.
+
+    Returns
+    -------
+    Series of split names aligned with ``df``.
+    """
+    rng = np.random.default_rng(seed)
+    assignment: dict[str, str] = {}
+    for _family, group in df.groupby("instrument_family_str", sort=True):
+        names = np.array(sorted(group["instrument_str"].unique()))
+        rng.shuffle(names)
+        n = len(names)
+        n_test = int(round(n * test_fraction)) if n >= 3 else 0
+        n_valid = int(round(n * valid_fraction)) if n >= 3 else 0
+        if n_test + n_valid >= n:
+            n_valid = max(0, n - 1 - n_test)
+        for i, name in enumerate(names):
+            assignment[name] = "test" if i < n_test else "valid" if i < n_test + n_valid else "train"
+    return df["instrument_str"].map(assignment).rename("split")
+
+
+def _subsample(df: pd.DataFrame, max_notes: int, seed: int) -> pd.DataFrame:
+    if not max_notes or len(df) <= max_notes:
+        return df
+    return df.sample(n=max_notes, random_state=seed).sort_values("note_str").reset_index(drop=True)
+
+
+def load_dataset(cfg: DataConfig, *, seed: int = 0, root: str | Path | None = None) -> pd.DataFrame:
+    """Read, filter and split an NSynth-layout dataset.
+
+    When the root holds ``nsynth-train``/``nsynth-valid``/``nsynth-test`` those are NSynth's own
+    instrument-disjoint splits; otherwise the root is one split folder, split by instrument here.
+
+    Returns
+    -------
+    DataFrame of the kept notes with a ``split`` column (train/valid/test).
+    """
+    root = Path(root) if root is not None else resolve_path(cfg.root)
+    if not root.is_dir():
+        raise DataError(f"{root}: dataset folder not found (data.root={cfg.root!r})")
+    filters = dict(families=cfg.families, sources=cfg.sources, pitch_min=cfg.pitch_min,
+                   pitch_max=cfg.pitch_max, velocities=cfg.velocities, instruments=cfg.instruments)
+    own = [root / f"nsynth-{s}" for s in SPLITS]
+    if any(p.is_dir() for p in own):
+        parts = []
+        for split, folder in zip(SPLITS, own):
+            if not folder.is_dir():
+                log.warning("%s: no such split folder; split %s is empty", folder, split)
+                continue
+            part, _ = filter_examples(read_examples(folder), **filters)
+            part = _subsample(part, cfg.max_notes, seed)
+            parts.append(part.assign(split=split))
+        df = pd.concat(parts, ignore_index=True)
+    else:
+        df, _ = filter_examples(read_examples(root), **filters)
+        df = df.assign(split=split_by_instrument(df, seed=seed, valid_fraction=cfg.valid_fraction,
+                                                 test_fraction=cfg.test_fraction))
+        if cfg.max_notes:
+            df = pd.concat([_subsample(g, cfg.max_notes, seed) for _, g in df.groupby("split", sort=True)],
+                           ignore_index=True)
+    if df.empty:
+        raise DataError(f"{root}: no notes left after the filters {filters}")
+    return df.sort_values(["split", "note_str"], kind="stable").reset_index(drop=True)
+
+
+@dataclass
+class WavReport:
+    """What ``read_wav`` had to fix, counted over a batch of files."""
+
+    resampled: int = 0
+    downmixed: int = 0
+    padded: int = 0
+    cut: int = 0
+    files: list[str] = field(default_factory=list)
+
+    def add(self, other: WavReport) -> None:
+        self.resampled += other.resampled
+        self.downmixed += other.downmixed
+        self.padded += other.padded
+        self.cut += other.cut
+        self.files += other.files
+
+
+def read_wav(path: str | Path, *, sample_rate: int = 16000, n_samples: int = 64000,
+             resample: bool = True) -> tuple[np.ndarray, WavReport]:
+    """Decode one wav to float32 mono at ``sample_rate``, padded with zeros or cut to ``n_samples``.
+
+    Returns
+    -------
+    audio : [shape=(n_samples,)] float32 in [-1, 1]
+    report : which fixes were applied (stereo downmix, resampling, pad/cut)
+
+    Raises
+    ------
+    DataError
+        Missing or unreadable file, or another rate with ``resample=False``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: wav file not found")
+    try:
+        audio, sr = sf.read(path, dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, TypeError) as exc:
+        raise DataError(f"{path}: unreadable wav ({exc})") from exc
+    report = WavReport()
+    if audio.shape[1] > 1:
+        warnings.warn(f"{path}: {audio.shape[1]} channels, downmixed to mono", stacklevel=2)
+        report.downmixed = 1
+    audio = audio.mean(axis=1) if audio.shape[1] > 1 else audio[:, 0]
+    if sr != sample_rate:
+        if not resample:
+            raise DataError(f"{path}: sample rate {sr} Hz, expected {sample_rate} Hz "
+                            "(set data.resample=true to resample)")
+        import librosa
+
+        warnings.warn(f"{path}: sample rate {sr} Hz resampled to {sample_rate} Hz", stacklevel=2)
+        audio = librosa.resample(audio, orig_sr=sr, target_sr=sample_rate).astype(np.float32)
+        report.resampled = 1
+    if len(audio) < n_samples:
+        audio = np.pad(audio, (0, n_samples - len(audio)))
+        report.padded = 1
+    elif len(audio) > n_samples:
+        audio = audio[:n_samples]
+        report.cut = 1
+    if report.resampled or report.downmixed or report.padded or report.cut:
+        report.files.append(str(path))
+    return np.ascontiguousarray(audio, dtype=np.float32), report

@@ -1,0 +1,127 @@
+"""Log-mel features of the study and their inverse back to audio.
+
+Forward: batched torch STFT -> power -> librosa mel filterbank -> dB against the reference ->
+clipped to [-top_db, 0] -> normalised to [-1, 1] -> padded/cropped to ``frames``.
+Inverse: normalised log-mel -> dB -> power mel -> linear spectrogram (librosa's NNLS mel
+inversion) -> audio by Griffin-Lim.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import librosa
+import numpy as np
+import torch
+
+from vaelib.config import FeatureConfig
+from vaelib.exceptions import ParameterError
+
+__all__ = [
+    "mel_filterbank",
+    "log_mel_batch",
+    "log_mel",
+    "normalized_to_db",
+    "mel_frequencies",
+    "inverse_log_mel",
+    "feature_shape",
+]
+
+AMIN = 1e-10  # power floor before the log, as librosa.power_to_db
+
+
+@functools.lru_cache(maxsize=8)
+def _filterbank_cached(sr: int, n_fft: int, n_mels: int, fmin: float, fmax: float) -> np.ndarray:
+    fb = librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax)
+    return fb.astype(np.float32)
+
+
+def mel_filterbank(cfg: FeatureConfig) -> np.ndarray:
+    """librosa's Slaney mel filterbank, [shape=(n_mels, n_fft // 2 + 1)]."""
+    return _filterbank_cached(cfg.sample_rate, cfg.n_fft, cfg.n_mels, cfg.fmin, cfg.fmax)
+
+
+def mel_frequencies(cfg: FeatureConfig) -> np.ndarray:
+    """Centre frequency in Hz of each mel band, [shape=(n_mels,)]."""
+    return librosa.mel_frequencies(n_mels=cfg.n_mels + 2, fmin=cfg.fmin, fmax=cfg.fmax)[1:-1]
+
+
+def feature_shape(cfg: FeatureConfig) -> tuple[int, int, int]:
+    return (1, cfg.n_mels, cfg.frames)
+
+
+def log_mel_batch(audio: torch.Tensor, *, cfg: FeatureConfig) -> torch.Tensor:
+    """Normalised log-mel of a batch of notes.
+
+    Parameters
+    ----------
+    audio : [shape=(batch, samples)] float32 waveform in [-1, 1] at ``cfg.sample_rate``.
+
+    Returns
+    -------
+    [shape=(batch, 1, n_mels, frames)] float32 in [-1, 1]; -1 is ``-top_db`` dB (silence),
+    +1 is the reference (each note's peak when ``ref='max'``).
+    """
+    if audio.ndim != 2:
+        raise ParameterError(f"audio: expected shape (batch, samples), got {tuple(audio.shape)}")
+    window = torch.hann_window(cfg.n_fft, device=audio.device)
+    spec = torch.stft(audio, n_fft=cfg.n_fft, hop_length=cfg.hop_length, window=window,
+                      center=True, pad_mode="constant", return_complex=True)
+    power = spec.real.square() + spec.imag.square()  # (B, n_fft//2+1, T)
+    fb = torch.from_numpy(mel_filterbank(cfg)).to(audio.device)
+    mel = torch.matmul(fb, power)  # (B, n_mels, T)
+    db = 10.0 * torch.log10(mel.clamp_min(AMIN))
+    if cfg.ref == "max":
+        ref_db = db.amax(dim=(1, 2), keepdim=True)
+    else:
+        ref_db = torch.full_like(db[:, :1, :1], 10.0 * np.log10(max(cfg.ref_power, AMIN)))
+    db = (db - ref_db).clamp(-cfg.top_db, 0.0)
+    x = db / (cfg.top_db / 2.0) + 1.0
+    frames = x.shape[-1]
+    if frames >= cfg.frames:
+        x = x[..., : cfg.frames]
+    else:
+        x = torch.nn.functional.pad(x, (0, cfg.frames - frames), value=-1.0)
+    return x.unsqueeze(1).contiguous()
+
+
+def log_mel(audio: np.ndarray, *, cfg: FeatureConfig) -> np.ndarray:
+    """Normalised log-mel of one note, [shape=(1, n_mels, frames)] float32 (see ``log_mel_batch``)."""
+    x = torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32)).reshape(1, -1)
+    return log_mel_batch(x, cfg=cfg)[0].numpy()
+
+
+def normalized_to_db(x: np.ndarray, *, cfg: FeatureConfig) -> np.ndarray:
+    """Normalised log-mel in [-1, 1] back to dB relative to the reference, in [-top_db, 0]."""
+    return (np.clip(x, -1.0, 1.0) - 1.0) * (cfg.top_db / 2.0)
+
+
+def inverse_log_mel(x: np.ndarray, *, cfg: FeatureConfig, n_iter: int = 64, seed: int = 0) -> np.ndarray:
+    """Audio from a normalised log-mel: dB -> power mel -> linear magnitude -> Griffin-Lim.
+
+    Parameters
+    ----------
+    x : [shape=(1, n_mels, frames) or (n_mels, frames)] normalised log-mel.
+    n_iter : Griffin-Lim iterations.
+    seed : seeds Griffin-Lim's random initial phase, so the output is reproducible.
+
+    Returns
+    -------
+    [shape=(frames * hop_length,)] float32 waveform, peak-normalised to 0.9 (the dB reference
+    with ``ref='max'`` carries no absolute level).
+    """
+    x = np.asarray(x, dtype=np.float32)
+    if x.ndim == 3:
+        x = x[0]
+    if x.shape != (cfg.n_mels, cfg.frames):
+        raise ParameterError(f"x: expected shape (1, {cfg.n_mels}, {cfg.frames}), got {x.shape}")
+    power_mel = librosa.db_to_power(normalized_to_db(x, cfg=cfg))
+    stft_mag = librosa.feature.inverse.mel_to_stft(
+        power_mel, sr=cfg.sample_rate, n_fft=cfg.n_fft, power=2.0, fmin=cfg.fmin, fmax=cfg.fmax)
+    audio = librosa.griffinlim(
+        stft_mag, n_iter=n_iter, hop_length=cfg.hop_length, n_fft=cfg.n_fft, center=True,
+        length=cfg.frames * cfg.hop_length, random_state=np.random.default_rng(seed))
+    peak = float(np.abs(audio).max())
+    if peak > 0:
+        audio = audio * (0.9 / peak)
+    return audio.astype(np.float32)

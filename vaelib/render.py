@@ -1,0 +1,250 @@
+"""Render the embedded default dataset: General MIDI programs played note by note into NSynth layout.
+
+Each GM program of a SoundFont is one instrument; its family and source follow the table in
+``shared/guides/NSYNTH.md``. Every note is 4 s at 16 kHz: the key held for 3 s, then released.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+from tqdm.auto import tqdm
+
+from vaelib.config import NSYNTH_FAMILIES, NSYNTH_SOURCES, RenderConfig, resolve_path
+from vaelib.dataset import QUALITIES
+from vaelib.exceptions import DataError, ParameterError
+from vaelib.io import atomic_write_json
+
+__all__ = ["GM_FAMILY_SOURCE", "default_soundfont", "render_note", "render_dataset", "note_qualities"]
+
+log = logging.getLogger(__name__)
+
+SAMPLE_RATE = 16000
+HOLD_S = 3.0
+NOTE_S = 4.0
+
+
+def _table() -> dict[int, tuple[str, str]]:
+    a, e, s = "acoustic", "electronic", "synthetic"
+    rows = {
+        "bass": [(32, a)] + [(p, e) for p in range(33, 38)] + [(38, s), (39, s)],
+        "brass": [(p, a) for p in range(56, 62)] + [(62, s), (63, s)],
+        "flute": [(p, a) for p in range(72, 80)],
+        "guitar": [(24, a), (25, a)] + [(p, e) for p in range(26, 32)] + [(105, a), (106, a), (107, a)],
+        "keyboard": [(0, a), (1, a), (2, e), (3, a), (4, e), (5, e), (6, a), (7, e)],
+        "mallet": [(p, a) for p in range(8, 16)] + [(108, a)],
+        "organ": [(16, e), (17, e), (18, e), (19, a), (20, a), (21, a), (23, a)],
+        "reed": [(p, a) for p in range(64, 72)] + [(22, a), (109, a), (111, a)],
+        "string": [(p, a) for p in range(40, 47)] + [(48, a), (49, a), (50, s), (51, s), (110, a)],
+        "synth_lead": [(p, s) for p in range(80, 91)] + [(92, s)],
+        "vocal": [(52, a), (53, a), (54, s), (91, s)],
+    }
+    return {prog: (fam, src) for fam, progs in rows.items() for prog, src in progs}
+
+
+GM_FAMILY_SOURCE: dict[int, tuple[str, str]] = dict(sorted(_table().items()))
+
+
+def default_soundfont() -> Path:
+    """``TimGM6mb.sf2``, the GM SoundFont shipped inside the pretty_midi wheel."""
+    import pretty_midi
+
+    path = Path(pretty_midi.__file__).parent / "TimGM6mb.sf2"
+    if not path.is_file():
+        raise DataError(f"{path}: TimGM6mb.sf2 not found in the pretty_midi package; pass render.soundfont")
+    return path
+
+
+def _instrument_names(programs: list[int]) -> dict[int, str]:
+    """``<family>_<source>_<index:03d>``, indices counted per family and source in program order."""
+    counters: dict[tuple[str, str], int] = {}
+    names = {}
+    for prog in sorted(programs):
+        fam, src = GM_FAMILY_SOURCE[prog]
+        idx = counters.get((fam, src), 0)
+        counters[(fam, src)] = idx + 1
+        names[prog] = f"{fam}_{src}_{idx:03d}"
+    return names
+
+
+def render_note(synth, channel: int, pitch: int, velocity: int, *, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """Play one note on a loaded ``tinysoundfont.Synth``: held 3 s, released, 4 s in all.
+
+    Returns
+    -------
+    [shape=(4 * sample_rate,)] float32 mono (the stereo mix averaged).
+    """
+    hold = int(HOLD_S * sample_rate)
+    total = int(NOTE_S * sample_rate)
+    synth.noteon(channel, pitch, velocity)
+    held = np.frombuffer(synth.generate(hold), dtype=np.float32)
+    synth.noteoff(channel, pitch)
+    tail = np.frombuffer(synth.generate(total - hold), dtype=np.float32)
+    # Silence every voice so the next note starts from the same state, whatever came before.
+    synth.sounds_off()
+    synth.generate(sample_rate // 10)
+    stereo = np.concatenate([held, tail]).reshape(-1, 2)
+    return stereo.mean(axis=1).astype(np.float32)
+
+
+def _frame_rms_db(audio: np.ndarray, frame: int = 400) -> np.ndarray:
+    n = len(audio) // frame
+    rms = np.sqrt(np.mean(audio[: n * frame].reshape(n, frame).astype(np.float64) ** 2, axis=1))
+    return 20 * np.log10(np.maximum(rms, 1e-10))
+
+
+def note_qualities(audio: np.ndarray, *, sample_rate: int = SAMPLE_RATE) -> list[int]:
+    """Heuristic NSynth quality flags from the envelope (only the envelope ones are measured).
+
+    fast_decay: the level has fallen 30 dB below its peak before the release (3 s);
+    long_release: the last 0.25 s is within 50 dB of the peak; percussive: the peak comes in the
+    first 100 ms and 1 s later the level is 20 dB down. The spectral flags stay 0.
+    """
+    frame = sample_rate // 40  # 25 ms
+    db = _frame_rms_db(audio, frame)
+    peak_i = int(np.argmax(db))
+    peak = db[peak_i]
+    per_s = sample_rate // frame
+    flags = dict.fromkeys(QUALITIES, 0)
+    flags["fast_decay"] = int(db[int(HOLD_S * per_s) - 1] < peak - 30)
+    flags["long_release"] = int(db[-per_s // 4:].max() > peak - 50)
+    one_s_later = min(len(db) - 1, peak_i + per_s)
+    flags["percussive"] = int(peak_i < per_s // 10 + 1 and db[one_s_later] < peak - 20)
+    return [flags[q] for q in QUALITIES]
+
+
+def _render_program(args: tuple) -> list[dict]:
+    """Worker: render every note of one program into ``audio_dir``; returns the kept entries."""
+    sf_path, prog, name, pitches, velocities, silence_db, gain_db, audio_dir = args
+    import tinysoundfont
+
+    synth = tinysoundfont.Synth(gain=gain_db, samplerate=SAMPLE_RATE)
+    sfid = synth.sfload(str(sf_path))
+    synth.program_select(0, sfid, 0, prog)
+    fam, src = GM_FAMILY_SOURCE[prog]
+    entries = []
+    for pitch in pitches:
+        for vel in velocities:
+            audio = render_note(synth, 0, pitch, vel)
+            level = _frame_rms_db(audio).max()
+            note_str = f"{name}-{pitch:03d}-{vel:03d}"
+            if level < silence_db:
+                entries.append({"note_str": note_str, "dropped": True, "level_db": float(level)})
+                continue
+            peak = float(np.abs(audio).max())
+            if peak > 1.0:
+                log.warning("%s clips (peak %.2f); lower render.gain_db", note_str, peak)
+            pcm = np.clip(np.round(audio * 32767.0), -32768, 32767).astype(np.int16)
+            sf.write(Path(audio_dir) / f"{note_str}.wav", pcm, SAMPLE_RATE, subtype="PCM_16")
+            quals = note_qualities(audio)
+            entries.append({
+                "note_str": note_str, "dropped": False, "instrument_str": name, "program": prog,
+                "instrument_family_str": fam, "instrument_source_str": src,
+                "pitch": pitch, "velocity": vel, "qualities": quals,
+            })
+    return entries
+
+
+def render_dataset(cfg: RenderConfig, out_dir: str | Path, *, show_progress: bool = True) -> dict:
+    """Render the GM programs of ``cfg`` into an NSynth split folder ``out_dir``.
+
+    The dataset is built in a temporary sibling folder and renamed into place when complete, so an
+    interrupted render never leaves a half dataset at ``out_dir``. Same inputs give byte-identical
+    files: each program renders in a fresh synth, and ``examples.json`` is written with sorted keys.
+
+    Returns
+    -------
+    Summary: notes written, notes dropped as near-silent, instruments, SoundFont path.
+
+    Raises
+    ------
+    ParameterError
+        ``out_dir`` exists, a program is not in the GM mapping, or the SoundFont is not .sf2/.sf3.
+    """
+    out_dir = Path(out_dir)
+    if out_dir.exists():
+        raise ParameterError(f"{out_dir}: already exists; remove it to render again")
+    sf_path = Path(resolve_path(cfg.soundfont)) if cfg.soundfont else default_soundfont()
+    if sf_path.suffix.lower() not in (".sf2", ".sf3"):
+        raise ParameterError(f"render.soundfont {sf_path}: expected a .sf2 or .sf3 file")
+    if not sf_path.is_file():
+        raise ParameterError(f"render.soundfont {sf_path}: file not found")
+    programs = list(cfg.programs) or list(GM_FAMILY_SOURCE)
+    unknown = [p for p in programs if p not in GM_FAMILY_SOURCE]
+    if unknown:
+        raise ParameterError(f"render.programs {unknown}: not in the GM -> NSynth family table "
+                             f"(allowed: {sorted(GM_FAMILY_SOURCE)})")
+    pitches = list(range(cfg.pitch_min, cfg.pitch_max + 1, cfg.pitch_step))
+    velocities = sorted(cfg.velocities)
+    names = _instrument_names(programs)
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        (tmp / "audio").mkdir()
+        jobs = [(sf_path, p, names[p], pitches, velocities, cfg.silence_db, cfg.gain_db, tmp / "audio")
+                for p in sorted(programs)]
+        results: list[list[dict]] = []
+        bar = tqdm(total=len(jobs) * len(pitches) * len(velocities), desc="render", unit="note",
+                   disable=not show_progress)
+        if cfg.workers > 1 and len(jobs) > 1:
+            with ProcessPoolExecutor(max_workers=min(cfg.workers, os.cpu_count() or 1)) as pool:
+                for res in pool.map(_render_program, jobs):
+                    results.append(res)
+                    bar.update(len(res))
+        else:
+            for job in jobs:
+                results.append(_render_program(job))
+                bar.update(len(results[-1]))
+        bar.close()
+        examples, dropped = _examples_json(results, programs)
+        atomic_write_json(tmp / "examples.json", examples)
+        summary = {
+            "soundfont": str(sf_path), "notes": len(examples), "dropped_silent": len(dropped),
+            "instruments": len(programs), "pitches": pitches, "velocities": velocities,
+        }
+        atomic_write_json(tmp / "render_summary.json", {**summary, "dropped_notes": dropped})
+        os.replace(tmp, out_dir)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    log.info("rendered %d notes of %d instruments into %s; %d near-silent notes dropped",
+             summary["notes"], summary["instruments"], out_dir, summary["dropped_silent"])
+    return summary
+
+
+def _examples_json(results: list[list[dict]], programs: list[int]) -> tuple[dict, list[str]]:
+    instrument_ids = {p: i for i, p in enumerate(sorted(programs))}
+    examples: dict[str, dict] = {}
+    dropped: list[str] = []
+    note_id = 0
+    for entries in results:
+        for e in entries:
+            if e["dropped"]:
+                dropped.append(e["note_str"])
+                continue
+            examples[e["note_str"]] = {
+                "note": note_id,
+                "note_str": e["note_str"],
+                "instrument": instrument_ids[e["program"]],
+                "instrument_str": e["instrument_str"],
+                "instrument_family": NSYNTH_FAMILIES.index(e["instrument_family_str"]),
+                "instrument_family_str": e["instrument_family_str"],
+                "instrument_source": NSYNTH_SOURCES.index(e["instrument_source_str"]),
+                "instrument_source_str": e["instrument_source_str"],
+                "pitch": e["pitch"],
+                "velocity": e["velocity"],
+                "sample_rate": SAMPLE_RATE,
+                "qualities": e["qualities"],
+                "qualities_str": [q for q, f in zip(QUALITIES, e["qualities"]) if f],
+            }
+            note_id += 1
+    return examples, dropped
