@@ -1,0 +1,81 @@
+"""Shared fixtures: the real NSynth metadata fixtures, a tiny rendered GM dataset, a split-folder writer."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from vaelib.config import NSYNTH_FAMILIES, NSYNTH_SOURCES, PROJECT_ROOT, load_config
+from vaelib.dataset import QUALITIES
+
+SHARED_FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "nsynth"
+SMOKE_PARAMS = PROJECT_ROOT / "params" / "smoke.yaml"
+
+
+@pytest.fixture(scope="session")
+def fixtures_dir() -> Path:
+    """``<repo>/../shared/fixtures/nsynth``: real NSynth examples.json subsets (no audio)."""
+    if not (SHARED_FIXTURES / "valid-acoustic-subset.examples.json").is_file():
+        pytest.skip(f"real NSynth metadata fixtures not found at {SHARED_FIXTURES} "
+                    "(the shared/ folder must sit beside the repository)")
+    return SHARED_FIXTURES
+
+
+@pytest.fixture(scope="session")
+def smoke_config():
+    return load_config(SMOKE_PARAMS)
+
+
+@pytest.fixture(scope="session")
+def smoke_dataset(tmp_path_factory, smoke_config) -> Path:
+    """params/smoke.yaml rendered once per session: 12 GM programs, 168 notes, in NSynth layout."""
+    from vaelib.render import render_dataset
+
+    root = tmp_path_factory.mktemp("smoke") / "ds"
+    render_dataset(smoke_config.render, root, show_progress=False)
+    return root
+
+
+def sine(freq: float, *, sr: int = 16000, seconds: float = 4.0, amp: float = 0.5) -> np.ndarray:
+    t = np.arange(int(round(sr * seconds))) / sr
+    return (amp * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+
+
+def entry(note_str: str, **changes) -> dict:
+    """A complete examples.json entry for ``<family>_<source>_<idx>-<pitch>-<vel>``."""
+    inst, pitch, vel = note_str.rsplit("-", 2)
+    fam, src, _idx = inst.rsplit("_", 2)
+    e = {
+        "note": 0, "note_str": note_str, "instrument": 0, "instrument_str": inst,
+        "instrument_family": NSYNTH_FAMILIES.index(fam), "instrument_family_str": fam,
+        "instrument_source": NSYNTH_SOURCES.index(src), "instrument_source_str": src,
+        "pitch": int(pitch), "velocity": int(vel), "sample_rate": 16000,
+        "qualities": [0] * len(QUALITIES), "qualities_str": [],
+    }
+    e.update(changes)
+    return e
+
+
+@pytest.fixture
+def make_split(tmp_path):
+    """Factory: write a split folder with the given entries and, for each, a 4 s 16 kHz sine wav."""
+
+    def make(entries: dict[str, dict], *, name: str = "split", wav: bool = True, sr: int = 16000,
+             seconds: float = 4.0, channels: int = 1) -> Path:
+        folder = tmp_path / name
+        (folder / "audio").mkdir(parents=True)
+        (folder / "examples.json").write_text(json.dumps(entries))
+        if wav:
+            for note_str, e in entries.items():
+                freq = 440.0 * 2 ** ((float(e["pitch"]) - 69) / 12)
+                audio = sine(freq, sr=sr, seconds=seconds)
+                if channels > 1:
+                    audio = np.stack([audio] * channels, axis=1)
+                sf.write(folder / "audio" / f"{note_str}.wav", audio, sr, subtype="PCM_16")
+        return folder
+
+    return make

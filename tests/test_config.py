@@ -1,0 +1,143 @@
+"""vaelib.config: loading, overrides, and refusal of unknown keys, wrong types and out-of-range values."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from vaelib.config import (
+    PROJECT_ROOT,
+    Config,
+    config_from_dict,
+    config_to_dict,
+    load_config,
+    parse_override,
+    resolve_path,
+    section_hash,
+)
+from vaelib.exceptions import ConfigError
+
+
+def test_defaults_and_params_files_load():
+    cfg = load_config(PROJECT_ROOT / "params" / "default.yaml")
+    assert isinstance(cfg, Config)
+    assert cfg.features.n_mels == 80 and cfg.features.frames == 128
+    assert cfg.data.pitch_min == 21 and cfg.data.pitch_max == 108
+    smoke = load_config(PROJECT_ROOT / "params" / "smoke.yaml")
+    assert smoke.render.programs == (0, 1, 4, 24, 25, 26, 40, 41, 48, 56, 57, 58)
+    assert smoke.run.name == "smoke"
+
+
+def test_config_is_frozen():
+    cfg = load_config()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.features.n_mels = 64  # type: ignore[misc]
+
+
+def test_overrides_apply_and_are_typed():
+    cfg = load_config(None, ["features.n_mels=64", "data.families=brass,flute", "render.velocities=[25, 127]",
+                             "data.resample=false", "features.fmin=20"])
+    assert cfg.features.n_mels == 64
+    assert cfg.data.families == ("brass", "flute")
+    assert cfg.render.velocities == (25, 127)
+    assert cfg.data.resample is False
+    assert cfg.features.fmin == 20.0 and isinstance(cfg.features.fmin, float)
+
+
+def test_integral_float_accepted_for_int():
+    assert config_from_dict({"train": {"epochs": 3.0}}).train.epochs == 3
+
+
+@pytest.mark.parametrize(
+    ("raw", "named"),
+    [
+        ({"features": {"n_melz": 80}}, "n_melz"),
+        ({"featurez": {}}, "featurez"),
+        ({"features": {"n_mels": "eighty"}}, "features.n_mels"),
+        ({"features": {"n_mels": 80.5}}, "features.n_mels"),
+        ({"train": {"bf16": "yes"}}, "train.bf16"),
+        ({"train": {"lr": "fast"}}, "train.lr"),
+        ({"data": {"root": 3}}, "data.root"),
+        ({"features": {"n_mels": 4}}, "features.n_mels"),
+        ({"features": {"n_mels": 100000}}, "features.n_mels"),
+        ({"data": {"valid_fraction": 0.9}}, "data.valid_fraction"),
+        ({"features": {"ref": "median"}}, "features.ref"),
+        ({"data": {"families": ["banjo"]}}, "data.families[0]"),
+        ({"render": {"velocities": [0]}}, "render.velocities[0]"),
+        ({"data": {"families": 3}}, "data.families"),
+        ({"data": {"pitch_min": 90, "pitch_max": 40}}, "data.pitch_min"),
+        ({"model": {"depth": 4}}, "model.channels"),
+        ({"features": {"fmax": 9000.0}}, "features.fmax"),
+        ({"features": "all"}, "features"),
+        ({"analysis": {"interp_pairs": ["keyboard-string"]}}, "analysis.interp_pairs"),
+    ],
+)
+def test_bad_values_refused_naming_the_key(raw, named):
+    with pytest.raises(ConfigError, match=named.replace("[", r"\[").replace("]", r"\]")):
+        config_from_dict(raw)
+
+
+@pytest.mark.parametrize(
+    ("override", "named"),
+    [
+        ("features.n_mels", "features.n_mels"),       # no '='
+        ("n_mels=80", "n_mels=80"),                   # no section
+        ("a.b.c=1", "a.b.c=1"),                       # too deep
+        ("features.n_mels=[1,", "features.n_mels"),   # not YAML
+        ("features.nope=1", "nope"),                  # unknown key
+        ("train.epochs=many", "train.epochs"),        # wrong type
+        ("train.epochs=0", "train.epochs"),           # below minimum
+    ],
+)
+def test_bad_overrides_refused_naming_the_key(override, named):
+    with pytest.raises(ConfigError, match=named.replace("[", r"\[")):
+        load_config(None, [override])
+
+
+def test_params_file_errors_name_the_file(tmp_path):
+    with pytest.raises(ConfigError, match="nowhere.yaml"):
+        load_config(tmp_path / "nowhere.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("features: [unclosed\n")
+    with pytest.raises(ConfigError, match="bad.yaml"):
+        load_config(bad)
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("features:\n  hop_lenght: 256\n")
+    with pytest.raises(ConfigError, match=r"typo\.yaml.*hop_lenght"):
+        load_config(typo)
+
+
+def test_base_chain_merges(tmp_path):
+    (tmp_path / "base.yaml").write_text("features:\n  n_mels: 64\ntrain:\n  epochs: 5\n")
+    (tmp_path / "exp.yaml").write_text("base: base.yaml\ntrain:\n  epochs: 7\n")
+    cfg = load_config(tmp_path / "exp.yaml")
+    assert (cfg.features.n_mels, cfg.train.epochs) == (64, 7)
+    (tmp_path / "self.yaml").write_text("base: self.yaml\n")
+    with pytest.raises(ConfigError, match="itself"):
+        load_config(tmp_path / "self.yaml")
+
+
+def test_parse_override_values():
+    assert parse_override("train.lr=0.0003") == {"train": {"lr": 3e-4}}
+    assert parse_override("data.families=[brass, flute]") == {"data": {"families": ["brass", "flute"]}}
+    assert parse_override("data.root=") == {"data": {"root": ""}}
+
+
+def test_section_hash_stable_and_sensitive():
+    a = load_config()
+    b = load_config(None, ["features.n_mels=64"])
+    assert section_hash(a.features) == section_hash(load_config().features)
+    assert section_hash(a.features) != section_hash(b.features)
+    assert len(section_hash(a.features)) == 12
+    assert config_from_dict(config_to_dict(b)) == b
+
+
+def test_resolve_path(monkeypatch, tmp_path):
+    assert resolve_path("data/x") == PROJECT_ROOT / "data" / "x"
+    assert resolve_path(str(tmp_path)) == tmp_path
+    monkeypatch.setenv("VAE_TEST_ROOT", str(tmp_path))
+    assert resolve_path("$VAE_TEST_ROOT/ds") == tmp_path / "ds"
+    monkeypatch.delenv("VAE_TEST_ROOT")
+    with pytest.raises(ConfigError, match="VAE_TEST_ROOT"):
+        resolve_path("$VAE_TEST_ROOT/ds")
