@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from vaelib.config import FeatureConfig, config_to_dict, resolve_path
 from vaelib.dataset import WavReport, read_wav

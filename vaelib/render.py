@@ -6,7 +6,6 @@ Each GM program of a SoundFont is one instrument; its family and source follow t
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -16,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from vaelib.config import NSYNTH_FAMILIES, NSYNTH_SOURCES, RenderConfig, resolve_path
 from vaelib.dataset import QUALITIES

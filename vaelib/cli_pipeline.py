@@ -1,0 +1,37 @@
+"""`vaelib run` and `vaelib sweep`: headless notebook runs and experiment sweeps."""
+
+from __future__ import annotations
+
+import argparse
+
+__all__ = ["register"]
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from vaelib.pipeline import run_pipeline
+
+    out = run_pipeline(args.params, args.overrides, keep_code=args.keep_code or None)
+    print(f"reports written to {out}/index.html")
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from vaelib.sweep import run_sweep
+
+    out = run_sweep(args.params_files, args.overrides, keep_code=args.keep_code or None)
+    print(f"experiments compared in {out}")
+    return 0
+
+
+def register(sub, add_config_args) -> None:
+    p = sub.add_parser("run", help="execute notebooks 01-05 with papermill into reports/<run>/ with HTML")
+    add_config_args(p)
+    p.add_argument("--keep-code", action="store_true", help="show code cells in the HTML reports")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("sweep", help="run several params files and compare them in reports/experiments/")
+    p.add_argument("params_files", nargs="+", help="experiment params YAMLs")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override one parameter in every experiment; repeatable")
+    p.add_argument("--keep-code", action="store_true", help="show code cells in the HTML reports")
+    p.set_defaults(func=cmd_sweep)

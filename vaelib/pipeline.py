@@ -1,0 +1,187 @@
+"""Headless runs: the numbered notebooks executed by papermill into ``reports/<run>/``, HTML, metrics.
+
+A run executes into a staging folder and replaces ``reports/<run>/`` only once every notebook has
+succeeded, so a failed run leaves the earlier reports of that name untouched; what it completed is
+kept in ``reports/<run>.failed/`` for inspection.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from vaelib.config import PROJECT_ROOT, REPORTS_DIR, Config, config_to_dict, load_config, save_config
+from vaelib.exceptions import VaelibError
+from vaelib.io import atomic_write_json, atomic_write_text
+from vaelib.report_html import notebook_to_html, run_index_html, runs_index_html
+
+__all__ = ["PipelineError", "NOTEBOOKS_DIR", "METRIC_FILES", "run_pipeline", "collect_metrics",
+           "refresh_reports_index", "git_commit"]
+
+log = logging.getLogger(__name__)
+
+NOTEBOOKS_DIR = PROJECT_ROOT / "notebooks"
+# The JSON each notebook writes into its run folder; metrics.json merges them in this order.
+METRIC_FILES = {
+    "01_preprocess": "preprocess_stats.json",
+    "02_train": "train_metrics.json",
+    "03_diagnostics": "diagnostics.json",
+    "04_latent_map": "latent_map.json",
+    "05_listening": "listening.json",
+}
+
+
+class PipelineError(VaelibError):
+    """A notebook of a run failed; the message names the notebook and the cell."""
+
+
+def git_commit() -> str:
+    """HEAD's commit, with ``-dirty`` when tracked files have uncommitted changes; ``unknown`` outside git."""
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True,
+                             text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=PROJECT_ROOT,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return sha + ("-dirty" if dirty else "")
+
+
+def _execute(name: str, out_dir: Path, params_file: Path, overrides: list[str], *, kernel: str) -> None:
+    import papermill as pm
+
+    source = NOTEBOOKS_DIR / f"{name}.ipynb"
+    if not source.is_file():
+        raise PipelineError(f"{source}: notebook not found (report.notebooks names {name!r})")
+    target = out_dir / f"{name}.ipynb"
+    try:
+        pm.execute_notebook(
+            str(source), str(target),
+            parameters={"params_file": str(params_file), "overrides": list(overrides), "out_dir": str(out_dir)},
+            kernel_name=kernel, cwd=str(NOTEBOOKS_DIR), log_output=True, progress_bar=False,
+        )
+    except pm.PapermillExecutionError as exc:
+        raise PipelineError(
+            f"notebook {name} failed in cell {exc.cell_index} (execution count {exc.exec_count}): "
+            f"{exc.ename}: {exc.evalue}; executed notebook kept at {target}") from exc
+
+
+def collect_metrics(run_dir: Path, notebooks: tuple[str, ...]) -> dict:
+    """Merge the JSON every notebook wrote into one mapping (first writer of a key wins;
+    ``targets`` are merged across notebooks)."""
+    metrics: dict = {}
+    targets: dict = {}
+    for name in notebooks:
+        fname = METRIC_FILES.get(name)
+        path = run_dir / fname if fname else None
+        if path is None or not path.is_file():
+            continue
+        data = json.loads(path.read_text())
+        targets.update(data.pop("targets", {}) or {})
+        for key, value in data.items():
+            metrics.setdefault(key, value)
+    if targets:
+        metrics["targets"] = targets
+    return metrics
+
+
+def _swap_into_place(staging: Path, final: Path) -> None:
+    old = None
+    if final.exists():
+        old = final.with_name(f".{final.name}.old-{os.getpid()}")
+        os.replace(final, old)
+    os.replace(staging, final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def run_pipeline(params_file: str | os.PathLike, overrides: list[str] | tuple[str, ...] = (), *,
+                 reports_root: Path | None = None, keep_code: bool | None = None,
+                 kernel: str = "python3") -> Path:
+    """Execute the run's notebooks into ``<reports_root>/<run.name>/`` with HTML and metrics.
+
+    Returns
+    -------
+    The run folder.
+
+    Raises
+    ------
+    ConfigError
+        Before anything runs, when the params are invalid.
+    PipelineError
+        When a notebook fails: names the notebook and the cell; earlier reports stay as they were.
+    """
+    params_file = Path(params_file).resolve()
+    overrides = list(overrides)
+    cfg: Config = load_config(params_file, overrides)
+    keep_code = cfg.report.keep_code if keep_code is None else keep_code
+    reports_root = Path(reports_root or REPORTS_DIR)
+    reports_root.mkdir(parents=True, exist_ok=True)
+    final = reports_root / cfg.run.name
+    final.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.staging-", dir=final.parent))
+    started = time.time()
+    save_config(cfg, staging / "params.yaml")
+    timings: dict[str, float] = {}
+    try:
+        for i, name in enumerate(cfg.report.notebooks, 1):
+            log.info("[%d/%d] %s: executing", i, len(cfg.report.notebooks), name)
+            t0 = time.time()
+            _execute(name, staging, params_file, overrides, kernel=kernel)
+            notebook_to_html(staging / f"{name}.ipynb", staging / f"{name}.html", keep_code=keep_code)
+            timings[name] = round(time.time() - t0, 1)
+            log.info("[%d/%d] %s: done in %.1f s", i, len(cfg.report.notebooks), name, timings[name])
+    except BaseException:
+        failed = final.with_name(f"{final.name}.failed")
+        shutil.rmtree(failed, ignore_errors=True)
+        os.replace(staging, failed)
+        log.error("run %s failed; completed outputs kept in %s; %s untouched", cfg.run.name, failed, final)
+        raise
+    metrics = collect_metrics(staging, cfg.report.notebooks)
+    info = {
+        "run": cfg.run.name, "params_file": _display_path(params_file), "overrides": overrides,
+        "commit": git_commit(), "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "notebook_seconds": timings, "total_seconds": round(time.time() - started, 1),
+    }
+    metrics = {**metrics, "run_info": info}
+    atomic_write_json(staging / "metrics.json", metrics)
+    atomic_write_text(staging / "index.html",
+                      run_index_html(metrics, config_to_dict(cfg), list(cfg.report.notebooks), info))
+    _swap_into_place(staging, final)
+    shutil.rmtree(final.with_name(f"{final.name}.failed"), ignore_errors=True)
+    refresh_reports_index(REPORTS_DIR if reports_root.is_relative_to(REPORTS_DIR) else reports_root)
+    log.info("run %s written to %s in %.0f s", cfg.run.name, final, time.time() - started)
+    return final
+
+
+def _display_path(path: Path) -> str:
+    try:
+        return str(path.relative_to(PROJECT_ROOT))
+    except ValueError:
+        return str(path)
+
+
+def refresh_reports_index(reports_root: Path) -> Path:
+    """Rewrite ``<reports_root>/index.html`` listing every run folder that holds a metrics.json."""
+    runs = []
+    for metrics_path in sorted(reports_root.glob("**/metrics.json")):
+        run_dir = metrics_path.parent
+        if any(part.startswith(".") or part.endswith(".failed") for part in run_dir.relative_to(reports_root).parts):
+            continue
+        try:
+            metrics = json.loads(metrics_path.read_text())
+        except json.JSONDecodeError:
+            log.warning("%s: unreadable metrics, left out of the index", metrics_path)
+            continue
+        runs.append((run_dir.relative_to(reports_root).as_posix(), metrics))
+    out = reports_root / "index.html"
+    atomic_write_text(out, runs_index_html(runs))
+    return out
+

@@ -1,0 +1,165 @@
+"""Self-contained HTML: executed notebooks through nbconvert, and the index pages of runs and sweeps.
+
+Figures are embedded as data URIs and audio players carry their data, so every page reads and plays
+on its own; links between pages are relative so a copied ``reports/`` folder still works.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from pathlib import Path
+
+import nbformat
+
+from vaelib.io import atomic_write_text
+
+__all__ = ["notebook_to_html", "run_index_html", "runs_index_html", "sweep_index_html", "KEY_METRICS",
+           "flatten_metrics", "png_data_uri"]
+
+# Shown, in this order, in the index tables; nested keys are joined with '.'.
+KEY_METRICS = (
+    "latent_dim", "active_units", "test_recon_mse", "pca_test_recon_mse",
+    "probes.mu.family_logreg", "probes.pca.family_logreg", "probes.mu.family_knn",
+    "probes.mu.pitch1_logreg", "probes.pca.pitch1_logreg",
+    "interp_step_ratio_median", "interp_centroid_spearman_median", "gl_logmel_mae_db",
+    "epoch_seconds_median",
+)
+
+_CSS = """
+body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;padding:0 1em;color:#222}
+table{border-collapse:collapse;margin:1em 0;font-size:14px}
+th,td{border:1px solid #ccc;padding:4px 8px;text-align:right}
+th{background:#f3f3f3} td:first-child,th:first-child{text-align:left}
+.pass{color:#176c2b;font-weight:600} .fail{color:#b0201a;font-weight:600}
+pre{background:#f7f7f7;padding:1em;overflow:auto;font-size:12px}
+img{max-width:100%}
+"""
+
+
+def _is_progress_noise(output: dict) -> bool:
+    # tqdm bars arrive as stderr streams full of carriage returns: useful in the log, noise in a report.
+    return output.get("output_type") == "stream" and output.get("name") == "stderr" and "\r" in output.get("text", "")
+
+
+def notebook_to_html(ipynb: Path, out: Path, *, keep_code: bool = False) -> None:
+    """Render an executed notebook to self-contained HTML (code cells hidden unless ``keep_code``)."""
+    from nbconvert import HTMLExporter
+
+    nb = nbformat.read(ipynb, as_version=4)
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            cell.outputs = [o for o in cell.get("outputs", []) if not _is_progress_noise(o)]
+    exporter = HTMLExporter(template_name="lab")
+    exporter.exclude_input = not keep_code
+    exporter.exclude_input_prompt = not keep_code
+    exporter.exclude_output_prompt = not keep_code
+    body, _resources = exporter.from_notebook_node(nb)
+    atomic_write_text(out, body)
+
+
+def flatten_metrics(metrics: dict, prefix: str = "") -> dict:
+    """``{'probes': {'mu': {'family_logreg': 0.4}}}`` -> ``{'probes.mu.family_logreg': 0.4}``."""
+    flat = {}
+    for key, value in metrics.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten_metrics(value, name + "."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, dict):
+        return ", ".join(f"{k}: {_fmt(v)}" for k, v in value.items())
+    if value is None:
+        return "–"
+    return html.escape(str(value))
+
+
+def _page(title: str, body: str) -> str:
+    return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>{body}</body></html>\n")
+
+
+def _targets_table(targets: dict) -> str:
+    if not targets:
+        return "<p>No targets were measured in this run.</p>"
+    rows = []
+    for name, t in targets.items():
+        ok = t.get("pass") if isinstance(t, dict) else None
+        cls, word = ("pass", "met") if ok else ("fail", "missed") if ok is not None else ("", "–")
+        value = t.get("value") if isinstance(t, dict) else t
+        threshold = t.get("threshold") if isinstance(t, dict) else None
+        rows.append(f"<tr><td>{html.escape(name)}</td><td>{_fmt(value)}</td><td>{_fmt(threshold)}</td>"
+                    f"<td class='{cls}'>{word}</td></tr>")
+    return ("<table><tr><th>target</th><th>measured</th><th>threshold</th><th>verdict</th></tr>"
+            + "".join(rows) + "</table>")
+
+
+def run_index_html(metrics: dict, config: dict, notebooks: list[str], info: dict) -> str:
+    """The page of one run: key metrics, targets, links to each report, the resolved params, commit, date."""
+    flat = flatten_metrics({k: v for k, v in metrics.items() if k not in ("targets", "run_info")})
+    key_rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{_fmt(flat[k])}</td></tr>"
+                       for k in KEY_METRICS if k in flat)
+    for name in ("n_notes", "n_instruments"):
+        if isinstance(metrics.get(name), dict):
+            key_rows += f"<tr><td>{name}</td><td>{_fmt(metrics[name])}</td></tr>"
+    seconds = info.get("notebook_seconds", {})
+    links = "".join(
+        f"<li><a href='{n}.html'>{n}</a> ({_fmt(seconds.get(n))} s) · <a href='{n}.ipynb'>executed notebook</a></li>"
+        for n in notebooks)
+    import yaml
+
+    body = (
+        f"<p>Commit <code>{html.escape(info.get('commit', ''))}</code> · {html.escape(info.get('date', ''))} · "
+        f"params <code>{html.escape(str(info.get('params_file', '')))}</code>"
+        f"{' with ' + html.escape(' '.join(info['overrides'])) if info.get('overrides') else ''} · "
+        f"{_fmt(info.get('total_seconds'))} s · <a href='../index.html'>all runs</a></p>"
+        f"<h2>Reports</h2><ul>{links}</ul>"
+        f"<h2>Key metrics</h2><table><tr><th>metric</th><th>value</th></tr>{key_rows}</table>"
+        f"<p>Every figure: <a href='metrics.json'>metrics.json</a>.</p>"
+        f"<h2>Targets</h2>{_targets_table(metrics.get('targets', {}))}"
+        f"<h2>Resolved params</h2><pre>{html.escape(yaml.safe_dump(config, sort_keys=False))}</pre>"
+    )
+    return _page(f"Run {info.get('run', '')}", body)
+
+
+def _metrics_table(runs: list[tuple[str, dict]], link_suffix: str = "/index.html") -> str:
+    flats = [(name, flatten_metrics({k: v for k, v in m.items() if k != "targets"})) for name, m in runs]
+    cols = [k for k in KEY_METRICS if any(k in f for _, f in flats)]
+    head = "<tr><th>run</th><th>date</th>" + "".join(f"<th>{html.escape(c)}</th>" for c in cols) + "</tr>"
+    rows = []
+    for name, flat in flats:
+        cells = "".join(f"<td>{_fmt(flat.get(c))}</td>" for c in cols)
+        date = _fmt(flat.get("run_info.date"))
+        rows.append(f"<tr><td><a href='{html.escape(name)}{link_suffix}'>{html.escape(name)}</a></td>"
+                    f"<td>{date}</td>{cells}</tr>")
+    return f"<table>{head}{''.join(rows)}</table>"
+
+
+def runs_index_html(runs: list[tuple[str, dict]]) -> str:
+    """``reports/index.html``: every run with its key metrics and a link to its page."""
+    if not runs:
+        return _page("VAE timbre space: runs", "<p>No runs yet: <code>make reports</code> writes the first.</p>")
+    return _page("VAE timbre space: runs", _metrics_table(runs))
+
+
+def png_data_uri(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def sweep_index_html(runs: list[tuple[str, dict]], figures: list[tuple[str, str]]) -> str:
+    """``reports/experiments/index.html``: the experiments side by side, then the trade-off plots."""
+    figs = "".join(f"<h2>{html.escape(title)}</h2><img alt='{html.escape(title)}' src='{uri}'>"
+                   for title, uri in figures)
+    body = (_metrics_table(runs) + figs
+            + "<p><a href='../index.html'>all runs</a> · raw figures: "
+            + " ".join(f"<a href='{html.escape(n)}/metrics.json'>{html.escape(n)}</a>" for n, _ in runs) + "</p>")
+    return _page("Experiments: reconstruction vs timbre structure", body)
