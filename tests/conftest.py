@@ -45,7 +45,7 @@ def sine(freq: float, *, sr: int = 16000, seconds: float = 4.0, amp: float = 0.5
     return (amp * np.sin(2 * np.pi * freq * t)).astype(np.float32)
 
 
-def entry(note_str: str, **changes) -> dict:
+def entry(note_str: str, /, **changes) -> dict:
     """A complete examples.json entry for ``<family>_<source>_<idx>-<pitch>-<vel>``."""
     inst, pitch, vel = note_str.rsplit("-", 2)
     fam, src, _idx = inst.rsplit("_", 2)

@@ -1,0 +1,167 @@
+"""vaelib.dataset: the real NSynth schema, filters, splits and wav decoding."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+
+import numpy as np
+import pytest
+import soundfile as sf
+from conftest import entry, sine
+
+from vaelib.config import NSYNTH_FAMILIES, DataConfig
+from vaelib.dataset import (
+    INT_FIELDS,
+    SCHEMA_FIELDS,
+    filter_examples,
+    load_dataset,
+    read_examples,
+    read_wav,
+    split_by_instrument,
+)
+
+VALID_JSON = "valid-acoustic-subset.examples.json"
+TEST_JSON = "test-acoustic-subset.examples.json"
+
+
+@pytest.fixture
+def real_valid(fixtures_dir, tmp_path):
+    """The real NSynth-valid subset as a split folder, with wavs written for three of its keys."""
+    folder = tmp_path / "nsynth-valid"
+    (folder / "audio").mkdir(parents=True)
+    shutil.copy(fixtures_dir / VALID_JSON, folder / "examples.json")
+    for key, pitch in [("keyboard_acoustic_004-060-025", 60), ("brass_acoustic_016-062-127", 62),
+                       ("flute_acoustic_002-075-127", 75)]:
+        sf.write(folder / "audio" / f"{key}.wav", sine(440 * 2 ** ((pitch - 69) / 12)), 16000, subtype="PCM_16")
+    return folder
+
+
+def test_read_real_schema_ints_typed_as_ints(real_valid):
+    raw = json.loads((real_valid / "examples.json").read_text())
+    assert isinstance(raw["keyboard_acoustic_004-060-025"]["pitch"], float)  # the quirk under test
+    df = read_examples(real_valid)
+    assert len(df) == len(raw) == 5124
+    assert list(df.columns) == list(SCHEMA_FIELDS) + ["path"]
+    for f in INT_FIELDS:
+        assert df[f].dtype == np.int64, f
+    assert df["note_str"].is_monotonic_increasing and df["note_str"].is_unique
+    row = df.set_index("note_str").loc["keyboard_acoustic_004-060-025"]
+    assert (row["pitch"], row["velocity"], row["sample_rate"], row["instrument_family"]) == (60, 25, 16000, 4)
+    assert row["instrument"] == 327 and row["note"] == 278915
+    assert row["qualities"] == [0, 1, 0, 0, 0, 0, 0, 0, 1, 0] and row["qualities_str"] == ["dark", "reverb"]
+    assert all(isinstance(q, int) for q in row["qualities"])
+    assert row["path"] == str(real_valid / "audio" / "keyboard_acoustic_004-060-025.wav")
+    assert (df["qualities_str"].map(len) == 0).sum() == 1061  # empty lists kept, not refused
+    assert df["instrument_str"].nunique() == 26
+    assert set(df["instrument_family_str"]) == {"brass", "flute", "guitar", "keyboard", "mallet", "reed",
+                                                "string", "vocal"}
+    assert (df["instrument_family_str"] == df["instrument_family"].map(lambda i: NSYNTH_FAMILIES[i])).all()
+
+
+def test_read_real_test_subset(fixtures_dir, tmp_path):
+    (tmp_path / "t").mkdir()
+    shutil.copy(fixtures_dir / TEST_JSON, tmp_path / "t" / "examples.json")
+    df = read_examples(tmp_path / "t")
+    assert len(df) == 1689 and df["instrument_str"].nunique() == 26
+    assert df["pitch"].dtype == np.int64
+
+
+def test_pitch_range_drops_are_counted_and_logged(real_valid, caplog):
+    df = read_examples(real_valid)
+    with caplog.at_level(logging.WARNING, logger="vaelib.dataset"):
+        kept, dropped = filter_examples(df)
+    assert dropped == {"pitch_range": 22}
+    assert len(kept) == 5124 - 22 and kept["pitch"].between(21, 108).all()
+    assert df["pitch"].max() == 120
+    assert any("pitch_range dropped 22" in r.getMessage() and "21-108" in r.getMessage() for r in caplog.records)
+
+
+def test_filters_each_count(real_valid):
+    df = read_examples(real_valid)
+    kept, dropped = filter_examples(df, families=("brass", "flute"), pitch_min=0, pitch_max=127)
+    assert set(kept["instrument_family_str"]) == {"brass", "flute"}
+    assert len(kept) == 886 + 155 and dropped == {"pitch_range": 0, "families": 5124 - 886 - 155}
+    kept, _ = filter_examples(df, velocities=(25, 127))
+    assert set(kept["velocity"]) == {25, 127}
+    kept, dropped = filter_examples(df, instruments=("keyboard_acoustic_004",), pitch_min=60, pitch_max=72)
+    assert set(kept["instrument_str"]) == {"keyboard_acoustic_004"} and kept["pitch"].between(60, 72).all()
+    assert dropped["pitch_range"] + dropped["instruments"] == 5124 - len(kept)
+    kept, dropped = filter_examples(df, sources=("electronic",))
+    assert kept.empty and dropped["sources"] == 5124 - 22
+
+
+def test_instrument_disjoint_split_from_seed(real_valid):
+    cfg = DataConfig(root=str(real_valid), valid_fraction=0.125, test_fraction=0.25)
+    df = load_dataset(cfg, seed=0)
+    assert set(df["split"]) == {"train", "valid", "test"}
+    assert len(df) == 5124 - 22
+    per_inst = df.groupby("instrument_str")["split"].nunique()
+    assert (per_inst == 1).all(), "an instrument appears in two splits"
+    fam_train = set(df.loc[df["split"] == "train", "instrument_family_str"])
+    assert fam_train == set(df["instrument_family_str"]), "a family is missing from train"
+    again = load_dataset(cfg, seed=0)
+    assert again["split"].tolist() == df["split"].tolist()
+    other = load_dataset(cfg, seed=1)
+    assign = lambda d: d.groupby("instrument_str")["split"].first().to_dict()  # noqa: E731
+    assert assign(other) != assign(df)
+
+
+def test_split_keeps_every_family_in_train_with_tiny_families():
+    import pandas as pd
+
+    rows = [{"instrument_str": f"{fam}_acoustic_{i:03d}", "instrument_family_str": fam}
+            for fam, n in [("vocal", 1), ("flute", 2), ("brass", 3), ("string", 10)] for i in range(n)]
+    df = pd.DataFrame(rows)
+    for seed in range(20):
+        split = split_by_instrument(df, seed=seed, valid_fraction=0.3, test_fraction=0.4)
+        train_fams = set(df.loc[split == "train", "instrument_family_str"])
+        assert train_fams == {"vocal", "flute", "brass", "string"}
+    assert (split == "test").sum() == 4 + 1  # round(10*0.4) + round(3*0.4)
+
+
+def test_nsynth_own_split_folders(fixtures_dir, tmp_path, make_split):
+    root = tmp_path / "root"
+    for split, src in [("valid", VALID_JSON), ("test", TEST_JSON)]:
+        (root / f"nsynth-{split}").mkdir(parents=True)
+        shutil.copy(fixtures_dir / src, root / f"nsynth-{split}" / "examples.json")
+    train = make_split({k: entry(k) for k in ["string_acoustic_000-060-075", "string_acoustic_000-062-075"]},
+                       name="root/nsynth-train", wav=False)
+    assert train == root / "nsynth-train"
+    df = load_dataset(DataConfig(root=str(root)), seed=0)
+    counts = df["split"].value_counts().to_dict()
+    # 22 valid and 6 test entries lie outside the default 21-108 pitch range
+    assert counts == {"valid": 5124 - 22, "test": 1689 - 6, "train": 2}
+    assert (df.loc[df["split"] == "test", "path"].str.contains("/nsynth-test/audio/")).all()
+    sub = load_dataset(DataConfig(root=str(root), max_notes=100), seed=3)
+    assert sub["split"].value_counts().to_dict() == {"valid": 100, "test": 100, "train": 2}
+    assert sub.equals(load_dataset(DataConfig(root=str(root), max_notes=100), seed=3))
+
+
+def test_max_notes_per_split(real_valid):
+    df = load_dataset(DataConfig(root=str(real_valid), max_notes=50), seed=0)
+    assert df["split"].value_counts().to_dict() == {"train": 50, "valid": 50, "test": 50}
+
+
+def test_read_wav_of_real_keys(real_valid):
+    df = read_examples(real_valid).set_index("note_str")
+    audio, report = read_wav(df.loc["flute_acoustic_002-075-127", "path"])
+    assert audio.shape == (64000,) and audio.dtype == np.float32
+    assert 0.45 < np.abs(audio).max() <= 0.5 + 1e-3
+    assert report.files == [] and report.padded == report.cut == report.resampled == report.downmixed == 0
+    # the sine's frequency survives decoding: FFT peak at 622.3 Hz (MIDI 75)
+    spec = np.abs(np.fft.rfft(audio))
+    assert abs(np.argmax(spec) * 16000 / len(audio) - 622.25) < 1.0
+
+
+def test_read_wav_fixes_are_counted(tmp_path):
+    short = tmp_path / "short.wav"
+    sf.write(short, sine(440, seconds=3.0), 16000, subtype="PCM_16")
+    audio, report = read_wav(short)
+    assert audio.shape == (64000,) and report.padded == 1 and report.files == [str(short)]
+    assert np.all(audio[48000:] == 0) and np.abs(audio[:48000]).max() > 0.4
+    long = tmp_path / "long.wav"
+    sf.write(long, sine(440, seconds=5.0), 16000, subtype="PCM_16")
+    audio, report = read_wav(long)
+    assert audio.shape == (64000,) and report.cut == 1 and report.padded == 0

@@ -1,0 +1,135 @@
+"""vaelib.render: GM programs rendered note by note into NSynth layout, pitched, non-silent, deterministic."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from vaelib.config import NSYNTH_FAMILIES, RenderConfig
+from vaelib.dataset import SCHEMA_FIELDS, read_examples
+from vaelib.render import GM_FAMILY_SOURCE, default_soundfont, note_qualities, render_dataset
+
+SR = 16000
+PITCHED = RenderConfig(programs=(0, 73), pitch_min=48, pitch_max=84, pitch_step=12, velocities=(100,), workers=2)
+
+
+def hps_f0(audio: np.ndarray, *, sr: int = SR) -> float:
+    """f0 in Hz by the harmonic product spectrum (3 harmonics) of the held part (0.25-2.75 s)."""
+    seg = audio[sr // 4: int(2.75 * sr)] * np.hanning(int(2.5 * sr))
+    n = 4 * len(seg)
+    spec = np.abs(np.fft.rfft(seg, n))
+    freqs = np.fft.rfftfreq(n, 1 / sr)
+    hps = spec.copy()
+    for k in (2, 3):
+        down = spec[::k]
+        hps[: len(down)] *= down
+        hps[len(down):] = 0
+    band = (freqs > 25) & (freqs < 2500)
+    return float(freqs[band][np.argmax(hps[band])])
+
+
+@pytest.fixture(scope="module")
+def pitched(tmp_path_factory):
+    out = tmp_path_factory.mktemp("render") / "pitched"
+    summary = render_dataset(PITCHED, out, show_progress=False)
+    return out, summary
+
+
+def test_family_table_covers_every_family():
+    assert len(GM_FAMILY_SOURCE) == 98
+    assert {f for f, _ in GM_FAMILY_SOURCE.values()} == set(NSYNTH_FAMILIES)
+    assert GM_FAMILY_SOURCE[73] == ("flute", "acoustic") and GM_FAMILY_SOURCE[0] == ("keyboard", "acoustic")
+    assert GM_FAMILY_SOURCE[81] == ("synth_lead", "synthetic") and GM_FAMILY_SOURCE[33] == ("bass", "electronic")
+    assert default_soundfont().name == "TimGM6mb.sf2"
+
+
+def test_layout_and_schema(pitched):
+    out, summary = pitched
+    assert summary["notes"] == 8 and summary["dropped_silent"] == 0 and summary["instruments"] == 2
+    raw = json.loads((out / "examples.json").read_text())
+    assert sorted(raw) == sorted(p.stem for p in (out / "audio").glob("*.wav"))
+    for key, e in raw.items():
+        assert set(e) == set(SCHEMA_FIELDS)
+        assert e["note_str"] == key == f"{e['instrument_str']}-{e['pitch']:03d}-{e['velocity']:03d}"
+        assert isinstance(e["pitch"], int) and e["sample_rate"] == SR
+        assert len(e["qualities"]) == 10
+    df = read_examples(out)
+    assert set(df["instrument_str"]) == {"keyboard_acoustic_000", "flute_acoustic_000"}
+    assert df.loc[df["instrument_str"] == "flute_acoustic_000", "instrument_family"].eq(2).all()
+    assert df["instrument"].nunique() == 2 and df["note"].is_unique
+    info = sf.info(out / "audio" / "flute_acoustic_000-060-100.wav")
+    assert (info.samplerate, info.channels, info.frames, info.subtype) == (SR, 1, 64000, "PCM_16")
+
+
+@pytest.mark.parametrize("instrument", ["flute_acoustic_000", "keyboard_acoustic_000"])
+@pytest.mark.parametrize("pitch", [48, 60, 72, 84])
+def test_notes_are_pitched(pitched, instrument, pitch):
+    out, _ = pitched
+    audio, sr = sf.read(out / "audio" / f"{instrument}-{pitch:03d}-100.wav", dtype="float32")
+    est = 69 + 12 * np.log2(hps_f0(audio, sr=sr) / 440.0)
+    assert abs(est - pitch) < 1.0, f"{instrument} at MIDI {pitch} sounds at {est:.2f}"
+
+
+def test_notes_are_held_then_released_and_not_silent(pitched):
+    out, _ = pitched
+    audio, _ = sf.read(out / "audio" / "flute_acoustic_000-060-100.wav", dtype="float32")
+    rms = lambda a: float(np.sqrt(np.mean(a.astype(np.float64) ** 2)))  # noqa: E731
+    held, late_hold, tail = rms(audio[SR // 2: SR]), rms(audio[int(2.5 * SR): int(2.95 * SR)]), rms(audio[-SR // 2:])
+    assert 20 * np.log10(held) > -40, "note is near-silent"
+    assert late_hold > 0.5 * held, "the flute should sustain while the key is held (3 s)"
+    assert tail < 0.01 * held, "the note should have died away after the release"
+
+
+def test_render_is_byte_identical(pitched, tmp_path):
+    out, _ = pitched
+    again = tmp_path / "again"
+    render_dataset(RenderConfig(**{**PITCHED.__dict__, "workers": 1}), again, show_progress=False)
+    for name in ("examples.json", "render_summary.json"):
+        assert (out / name).read_bytes() == (again / name).read_bytes(), name
+    wavs = sorted(p.name for p in (out / "audio").iterdir())
+    assert wavs == sorted(p.name for p in (again / "audio").iterdir())
+    for name in wavs:
+        assert (out / "audio" / name).read_bytes() == (again / "audio" / name).read_bytes(), name
+
+
+def test_near_silent_notes_dropped_and_counted(tmp_path):
+    # flute 73 at velocity 25 peaks near -28 dBFS, at velocity 127 near -14 dBFS
+    cfg = RenderConfig(programs=(73,), pitch_min=60, pitch_max=64, pitch_step=4, velocities=(25, 127),
+                       silence_db=-20.0, workers=1)
+    summary = render_dataset(cfg, tmp_path / "ds", show_progress=False)
+    assert summary["notes"] == 2 and summary["dropped_silent"] == 2
+    kept = json.loads((tmp_path / "ds" / "examples.json").read_text())
+    assert sorted(kept) == ["flute_acoustic_000-060-127", "flute_acoustic_000-064-127"]
+    recorded = json.loads((tmp_path / "ds" / "render_summary.json").read_text())
+    assert sorted(recorded["dropped_notes"]) == ["flute_acoustic_000-060-025", "flute_acoustic_000-064-025"]
+    assert not (tmp_path / "ds" / "audio" / "flute_acoustic_000-060-025.wav").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "temporary render folder left behind"
+
+
+def test_instrument_names_count_per_family_and_source(tmp_path):
+    cfg = RenderConfig(programs=(26, 24, 25), pitch_min=60, pitch_max=60, velocities=(100,), workers=1)
+    render_dataset(cfg, tmp_path / "g", show_progress=False)
+    df = read_examples(tmp_path / "g")
+    assert sorted(df["instrument_str"]) == ["guitar_acoustic_000", "guitar_acoustic_001", "guitar_electronic_000"]
+    assert df.set_index("instrument_str").loc["guitar_electronic_000", "instrument_source"] == 1
+
+
+def test_note_qualities_envelope_flags():
+    t = np.arange(4 * SR) / SR
+    tone = np.sin(2 * np.pi * 440 * t)
+    plucked = (tone * np.exp(-t * 8)).astype(np.float32)
+    sustained = (tone * (t < 3.0) * 0.5).astype(np.float32)
+    q_pluck, q_sus = note_qualities(plucked), note_qualities(sustained)
+    idx = {"fast_decay": 3, "long_release": 4, "percussive": 7}
+    assert q_pluck[idx["fast_decay"]] == 1 and q_pluck[idx["percussive"]] == 1
+    assert q_sus[idx["fast_decay"]] == 0 and q_sus[idx["percussive"]] == 0 and q_sus[idx["long_release"]] == 0
+
+
+def test_smoke_dataset(smoke_dataset):
+    summary = json.loads((smoke_dataset / "render_summary.json").read_text())
+    assert summary["notes"] == 12 * 7 * 2 and summary["instruments"] == 12
+    df = read_examples(smoke_dataset)
+    assert set(df["instrument_family_str"]) == {"keyboard", "guitar", "string", "brass"}
