@@ -1,0 +1,45 @@
+"""`vaelib embed`: mu and logvar of every note of an NSynth-layout folder, from a checkpoint."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from vaelib.config import REPORTS_DIR, load_config, resolve_path
+from vaelib.exceptions import CheckpointError
+
+__all__ = ["register", "cmd_embed"]
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    from vaelib.latent import embed
+
+    cfg = load_config(args.params, args.overrides)
+    if args.checkpoint:
+        checkpoint = resolve_path(args.checkpoint)
+    else:
+        from vaelib.prepare import prepare_features
+        from vaelib.train import find_checkpoint
+
+        checkpoint = find_checkpoint(cfg, prepare_features(cfg, show_progress=not args.quiet))
+        if checkpoint is None:
+            raise CheckpointError("no finished training matches these params: run `vaelib train` "
+                                  "(or 02_train) first, or pass --checkpoint")
+    out = resolve_path(args.out) if args.out else REPORTS_DIR / cfg.run.name / "embeddings.parquet"
+    data = resolve_path(args.data) if args.data else None
+    table = embed(Path(checkpoint), data, cfg=cfg, out=out, show_progress=not args.quiet)
+    print(json.dumps({"out": str(out), "checkpoint": str(checkpoint), "notes": len(table),
+                      "by_split": table["split"].value_counts().sort_index().to_dict()}, indent=2))
+    return 0
+
+
+def register(sub: argparse._SubParsersAction, add_config_args) -> None:
+    """Add the analysis subcommands to the `vaelib` parser."""
+    p = sub.add_parser("embed", help="write mu/logvar of every note of a dataset (Parquet)")
+    add_config_args(p)
+    p.add_argument("--checkpoint", help="a .pt checkpoint (default: the finished training of the params)")
+    p.add_argument("--data", help="NSynth-layout folder (default: data.root of the params)")
+    p.add_argument("--out", help="Parquet file (default: reports/<run>/embeddings.parquet)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_embed)

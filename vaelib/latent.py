@@ -1,0 +1,231 @@
+"""The latent space of a trained model: encoding notes, decoding latents, the embedding table, 2-D maps.
+
+``embed`` (also ``vaelib embed``) writes mu and logvar of every note of any NSynth-layout folder,
+beside the note's metadata, from any checkpoint. The projections return fitted objects so that
+points off the data (interpolation paths) can be placed on the same map.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from sklearn.decomposition import PCA
+
+from vaelib.config import Config, config_from_dict
+from vaelib.exceptions import ParameterError
+
+__all__ = [
+    "META_COLUMNS",
+    "encode_features",
+    "decode_latents",
+    "reconstruct",
+    "decoder_pitch",
+    "embedding_table",
+    "latent_matrix",
+    "checkpoint_config",
+    "embed",
+    "Projection",
+    "project_pca",
+    "project_umap",
+]
+
+log = logging.getLogger(__name__)
+
+# Metadata kept beside mu/logvar in the embedding table.
+META_COLUMNS = ("note_str", "pitch", "velocity", "instrument_str", "instrument_family_str",
+                "instrument_source_str", "split")
+DEFAULT_BATCH = 128
+
+
+def _check_features(features: np.ndarray) -> None:
+    if features.ndim != 4 or features.shape[1] != 1:
+        raise ParameterError(f"features: expected shape (notes, 1, n_mels, frames), got {tuple(features.shape)}")
+
+
+@torch.no_grad()
+def encode_features(model: torch.nn.Module, features: np.ndarray, *, batch_size: int = DEFAULT_BATCH,
+                    device: str = "cpu") -> tuple[np.ndarray, np.ndarray]:
+    """mu and logvar of every note, in batches.
+
+    Parameters
+    ----------
+    model : a VAE with ``encode(x) -> (mu, logvar)``, in eval mode.
+    features : [shape=(notes, 1, n_mels, frames)] normalised log-mel (float16 memmap accepted).
+
+    Returns
+    -------
+    mu, logvar : [shape=(notes, latent_dim)] float32 each.
+    """
+    _check_features(features)
+    if batch_size < 1:
+        raise ParameterError(f"batch_size: expected >= 1, got {batch_size}")
+    mus, logvars = [], []
+    for start in range(0, len(features), batch_size):
+        x = torch.from_numpy(np.asarray(features[start:start + batch_size], dtype=np.float32)).to(device)
+        mu, logvar = model.encode(x)  # (B, D) each
+        mus.append(mu.float().cpu().numpy())
+        logvars.append(logvar.float().cpu().numpy())
+    if not mus:
+        raise ParameterError("features: no notes to encode")
+    return np.concatenate(mus), np.concatenate(logvars)
+
+
+@torch.no_grad()
+def decode_latents(model: torch.nn.Module, z: np.ndarray, *, pitch: np.ndarray | None = None,
+                   batch_size: int = DEFAULT_BATCH, device: str = "cpu") -> np.ndarray:
+    """Decoded spectrograms of latent vectors.
+
+    Parameters
+    ----------
+    z : [shape=(n, latent_dim)] latent vectors.
+    pitch : [shape=(n,)] MIDI pitches, for a pitch-conditioned decoder only (None otherwise).
+
+    Returns
+    -------
+    [shape=(n, 1, n_mels, frames)] float32 normalised log-mel in [-1, 1].
+    """
+    z = np.asarray(z, dtype=np.float32)
+    if z.ndim != 2:
+        raise ParameterError(f"z: expected shape (n, latent_dim), got {z.shape}")
+    if pitch is not None and len(pitch) != len(z):
+        raise ParameterError(f"pitch: {len(pitch)} pitches for {len(z)} latent vectors")
+    out = []
+    for start in range(0, len(z), batch_size):
+        zb = torch.from_numpy(z[start:start + batch_size]).to(device)
+        pb = None
+        if pitch is not None:
+            pb = torch.as_tensor(np.asarray(pitch[start:start + batch_size], dtype=np.int64), device=device)
+        out.append(model.decode(zb, pitch=pb).float().cpu().numpy())
+    return np.concatenate(out)
+
+
+def reconstruct(model: torch.nn.Module, features: np.ndarray, *, pitch: np.ndarray | None = None,
+                batch_size: int = DEFAULT_BATCH, device: str = "cpu") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Deterministic reconstruction: decode(mu) of every note.
+
+    Returns
+    -------
+    x_hat : [shape=(notes, 1, n_mels, frames)] float32; mu, logvar : [shape=(notes, latent_dim)].
+    """
+    mu, logvar = encode_features(model, features, batch_size=batch_size, device=device)
+    return decode_latents(model, mu, pitch=pitch, batch_size=batch_size, device=device), mu, logvar
+
+
+def decoder_pitch(meta: pd.DataFrame, *, cfg: Config) -> np.ndarray | None:
+    """The MIDI pitches a pitch-conditioned decoder needs, or None for an unconditioned one."""
+    return meta["pitch"].to_numpy(dtype=np.int64) if cfg.model.pitch_conditioning else None
+
+
+def embedding_table(meta: pd.DataFrame, mu: np.ndarray, logvar: np.ndarray) -> pd.DataFrame:
+    """One row per note: its metadata (``META_COLUMNS`` present in ``meta``), ``mu_0..``, ``logvar_0..``."""
+    if len(meta) != len(mu) or mu.shape != logvar.shape:
+        raise ParameterError(f"embedding_table: {len(meta)} notes, mu {mu.shape}, logvar {logvar.shape}")
+    cols = [c for c in META_COLUMNS if c in meta.columns]
+    table = meta[cols].reset_index(drop=True).copy()
+    d = mu.shape[1]
+    lat = pd.DataFrame(np.concatenate([mu, logvar], axis=1).astype(np.float32),
+                       columns=[f"mu_{i}" for i in range(d)] + [f"logvar_{i}" for i in range(d)])
+    return pd.concat([table, lat], axis=1)
+
+
+def latent_matrix(table: pd.DataFrame, *, prefix: str = "mu") -> np.ndarray:
+    """The ``mu`` (or ``logvar``) columns of an embedding table, [shape=(notes, latent_dim)] float32."""
+    cols = [c for c in table.columns if c.startswith(f"{prefix}_") and c[len(prefix) + 1:].isdigit()]
+    if not cols:
+        raise ParameterError(f"table has no {prefix}_<i> columns")
+    cols.sort(key=lambda c: int(c[len(prefix) + 1:]))
+    return table[cols].to_numpy(dtype=np.float32)
+
+
+def checkpoint_config(ckpt: dict) -> Config:
+    """The resolved Config a checkpoint was trained with."""
+    return config_from_dict(ckpt["config"], where="checkpoint config")
+
+
+def embed(checkpoint: str | Path, dataset_root: str | Path | None, *, cfg: Config, out: str | Path,
+          show_progress: bool = True, device: str = "cpu") -> pd.DataFrame:
+    """mu and logvar of every note of an NSynth-layout folder, written as Parquet with the metadata.
+
+    The features are computed with the checkpoint's own feature parameters (the model only reads
+    those), cached in ``cfg.features.cache_dir``; the notes are filtered and split by ``cfg.data``.
+
+    Parameters
+    ----------
+    checkpoint : a ``.pt`` written by ``vaelib.train``.
+    dataset_root : NSynth-layout folder (None: ``cfg.data.root``).
+    out : Parquet file, written atomically.
+
+    Returns
+    -------
+    The table written (see ``embedding_table``).
+    """
+    from vaelib.cache import build_feature_cache
+    from vaelib.dataset import load_dataset
+    from vaelib.io import atomic_path
+    from vaelib.train import load_model
+
+    model, ckpt = load_model(Path(checkpoint), device=device)
+    trained = checkpoint_config(ckpt)
+    features_cfg = dataclasses.replace(trained.features, cache_dir=cfg.features.cache_dir)
+    if features_cfg != cfg.features:
+        log.warning("embedding with the checkpoint's feature parameters, which differ from the params'")
+    df = load_dataset(cfg.data, seed=cfg.run.seed, root=dataset_root)
+    cache = build_feature_cache(df, features_cfg, resample=cfg.data.resample, show_progress=show_progress)
+    mu, logvar = encode_features(model, cache.features, device=device)
+    table = embedding_table(cache.meta, mu, logvar)
+    with atomic_path(out, suffix=".parquet") as tmp:
+        table.to_parquet(tmp, index=False)
+    log.info("embedded %d notes (latent %d) into %s", len(table), mu.shape[1], out)
+    return table
+
+
+@dataclass
+class Projection:
+    """A fitted 2-D map: ``coords`` of the points it was fitted on and ``transform`` for new points."""
+
+    method: str
+    coords: np.ndarray  # (notes, 2)
+    transform: Callable[[np.ndarray], np.ndarray]
+    explained: tuple[float, float] | None = None  # PCA's explained variance ratios
+
+
+def project_pca(x: np.ndarray, *, fit_mask: np.ndarray | None = None, seed: int = 0) -> Projection:
+    """PCA to 2-D, fitted on ``x[fit_mask]`` (all rows when None), applied to every row.
+
+    Parameters
+    ----------
+    x : [shape=(notes, dims)] e.g. mu.
+    fit_mask : [shape=(notes,)] bool, rows the axes are fitted on (e.g. the train split).
+    """
+    x = np.asarray(x, dtype=np.float32)
+    if x.ndim != 2 or x.shape[1] < 2:
+        raise ParameterError(f"x: expected shape (notes, dims >= 2), got {x.shape}")
+    fit = x if fit_mask is None else x[np.asarray(fit_mask, dtype=bool)]
+    pca = PCA(n_components=2, random_state=seed).fit(fit)
+    ratio = pca.explained_variance_ratio_
+    return Projection("pca", pca.transform(x), pca.transform, (float(ratio[0]), float(ratio[1])))
+
+
+def project_umap(x: np.ndarray, *, n_neighbors: int, min_dist: float, seed: int) -> Projection:
+    """UMAP to 2-D with a fixed seed (single-threaded, hence reproducible).
+
+    Parameters
+    ----------
+    x : [shape=(notes, dims)]; ``n_neighbors`` is capped at ``notes - 1``.
+    """
+    import umap
+
+    x = np.asarray(x, dtype=np.float32)
+    if x.ndim != 2 or len(x) < 4:
+        raise ParameterError(f"x: expected shape (notes >= 4, dims), got {x.shape}")
+    reducer = umap.UMAP(n_components=2, n_neighbors=min(n_neighbors, len(x) - 1), min_dist=min_dist,
+                        random_state=seed, n_jobs=1)
+    coords = reducer.fit_transform(x)
+    return Projection("umap", np.asarray(coords), lambda z: np.asarray(reducer.transform(np.asarray(z, np.float32))))

@@ -1,0 +1,145 @@
+"""Probes of what a representation holds: linear and nearest-neighbour classifiers of family, source, pitch.
+
+A probe is fitted on the features of one set of instruments and scored on unseen instruments,
+either once (train split -> test split) or under cross-validation grouped by instrument.
+Features are standardised on the fitting set. ``pitch1`` scores a pitch prediction within one
+semitone as right.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import GroupKFold
+from sklearn.neighbors import KNeighborsClassifier
+from sklearn.pipeline import Pipeline, make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from vaelib.diagnostics import fit_spectrogram_pca, pca_transform
+from vaelib.exceptions import ParameterError
+
+__all__ = [
+    "PROBE_TARGETS",
+    "PROBE_KINDS",
+    "PROBE_KEYS",
+    "make_probe",
+    "accuracy",
+    "score_probes",
+    "cv_probes",
+    "pca_features",
+    "probe_table",
+]
+
+# target name -> metadata column it predicts
+PROBE_TARGETS = {"family": "instrument_family_str", "source": "instrument_source_str", "pitch": "pitch"}
+PROBE_KINDS = ("logreg", "knn")
+# The keys every probe result carries: family/source/pitch exact, and pitch within one semitone.
+PROBE_KEYS = tuple(f"{t}_{k}" for t in ("family", "source", "pitch", "pitch1") for k in PROBE_KINDS)
+LOGREG_MAX_ITER = 2000
+
+
+def make_probe(kind: str, *, knn_k: int, seed: int = 0) -> Pipeline:
+    """A standardising probe: ``logreg`` (multinomial logistic regression) or ``knn`` (k nearest neighbours)."""
+    if kind == "logreg":
+        clf = LogisticRegression(max_iter=LOGREG_MAX_ITER, random_state=seed)
+    elif kind == "knn":
+        if knn_k < 1:
+            raise ParameterError(f"knn_k: expected >= 1, got {knn_k}")
+        clf = KNeighborsClassifier(n_neighbors=knn_k)
+    else:
+        raise ParameterError(f"kind: expected one of {PROBE_KINDS}, got {kind!r}")
+    return make_pipeline(StandardScaler(), clf)
+
+
+def accuracy(y_true: np.ndarray, y_pred: np.ndarray, *, tolerance: int = 0) -> float:
+    """Share of right predictions; with ``tolerance`` > 0 (numeric labels) within that distance counts as right."""
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    if len(y_true) != len(y_pred) or len(y_true) == 0:
+        raise ParameterError(f"accuracy: {len(y_true)} labels and {len(y_pred)} predictions")
+    if tolerance:
+        return float(np.mean(np.abs(y_true.astype(np.int64) - y_pred.astype(np.int64)) <= tolerance))
+    return float(np.mean(y_true == y_pred))
+
+
+def _fit_predict(kind: str, x_fit: np.ndarray, y_fit: np.ndarray, x_eval: np.ndarray, *, knn_k: int,
+                 seed: int) -> np.ndarray:
+    if len(np.unique(y_fit)) < 2:
+        # One class seen: every prediction is that class (sklearn's logistic regression refuses this).
+        return np.full(len(x_eval), y_fit[0])
+    k = min(knn_k, len(x_fit))
+    return make_probe(kind, knn_k=k, seed=seed).fit(x_fit, y_fit).predict(x_eval)
+
+
+def score_probes(x_fit: np.ndarray, meta_fit: pd.DataFrame, x_eval: np.ndarray, meta_eval: pd.DataFrame, *,
+                 knn_k: int, seed: int = 0) -> dict[str, float]:
+    """Fit every probe on (``x_fit``, ``meta_fit``) and score it on (``x_eval``, ``meta_eval``).
+
+    Parameters
+    ----------
+    x_fit, x_eval : [shape=(notes, dims)] features (e.g. mu, or PCA coefficients).
+    meta_fit, meta_eval : the notes' metadata with the columns of ``PROBE_TARGETS``.
+
+    Returns
+    -------
+    Accuracy in [0, 1] for every key of ``PROBE_KEYS``.
+    """
+    if len(x_fit) != len(meta_fit) or len(x_eval) != len(meta_eval):
+        raise ParameterError(f"score_probes: {len(x_fit)}/{len(meta_fit)} fit and "
+                             f"{len(x_eval)}/{len(meta_eval)} eval features/rows")
+    out: dict[str, float] = {}
+    for target, column in PROBE_TARGETS.items():
+        y_fit, y_eval = meta_fit[column].to_numpy(), meta_eval[column].to_numpy()
+        for kind in PROBE_KINDS:
+            pred = _fit_predict(kind, x_fit, y_fit, x_eval, knn_k=knn_k, seed=seed)
+            out[f"{target}_{kind}"] = accuracy(y_eval, pred)
+            if target == "pitch":
+                out[f"pitch1_{kind}"] = accuracy(y_eval, pred, tolerance=1)
+    return {k: out[k] for k in PROBE_KEYS}
+
+
+def cv_probes(x: np.ndarray, meta: pd.DataFrame, *, groups: np.ndarray, n_folds: int, knn_k: int,
+              seed: int = 0) -> dict[str, dict]:
+    """Every probe under cross-validation grouped by ``groups`` (instruments): no instrument is in
+    both the fitting and the scoring folds.
+
+    Returns
+    -------
+    For every key of ``PROBE_KEYS``: ``{"mean", "std", "folds": [accuracy per fold]}``.
+    """
+    groups = np.asarray(groups)
+    n_groups = len(np.unique(groups))
+    if n_folds < 2 or n_groups < n_folds:
+        raise ParameterError(f"n_folds: {n_folds} folds need at least as many groups, got {n_groups}")
+    per_fold: dict[str, list[float]] = {k: [] for k in PROBE_KEYS}
+    for fit_idx, eval_idx in GroupKFold(n_splits=n_folds).split(x, groups=groups):
+        scores = score_probes(x[fit_idx], meta.iloc[fit_idx], x[eval_idx], meta.iloc[eval_idx],
+                              knn_k=knn_k, seed=seed)
+        for k, v in scores.items():
+            per_fold[k].append(v)
+    return {k: {"mean": float(np.mean(v)), "std": float(np.std(v)), "folds": [float(a) for a in v]}
+            for k, v in per_fold.items()}
+
+
+def pca_features(fit: np.ndarray, data: np.ndarray, *, n_components: int, seed: int = 0) -> np.ndarray:
+    """The baseline features: PCA coefficients of the flattened spectrograms, axes fitted on ``fit``.
+
+    Parameters
+    ----------
+    fit, data : [shape=(notes, 1, n_mels, frames)] spectrograms.
+
+    Returns
+    -------
+    [shape=(len(data), n_components)] float32
+    """
+    return pca_transform(fit_spectrogram_pca(fit, n_components=n_components, seed=seed), data)
+
+
+def probe_table(results: dict[str, dict], *, cv: dict[str, dict] | None = None) -> pd.DataFrame:
+    """Side-by-side table: one row per probe key, one column per feature set (and ``<set> cv`` as
+    'mean ± std' strings when ``cv`` is given)."""
+    table = pd.DataFrame({name: [res[k] for k in PROBE_KEYS] for name, res in results.items()}, index=PROBE_KEYS)
+    if cv:
+        for name, res in cv.items():
+            table[f"{name} (grouped CV)"] = [f"{res[k]['mean']:.3f} ± {res[k]['std']:.3f}" for k in PROBE_KEYS]
+    return table.rename_axis("probe")
