@@ -118,9 +118,15 @@ def inverse_log_mel(x: np.ndarray, *, cfg: FeatureConfig, n_iter: int = 64, seed
     power_mel = librosa.db_to_power(normalized_to_db(x, cfg=cfg))
     stft_mag = librosa.feature.inverse.mel_to_stft(
         power_mel, sr=cfg.sample_rate, n_fft=cfg.n_fft, power=2.0, fmin=cfg.fmin, fmax=cfg.fmax)
+    length = cfg.frames * cfg.hop_length
+    # A centred STFT of `length` samples has 1 + length // hop frames (129 for 128 kept): Griffin-Lim
+    # re-analyses its estimate at that size, so the magnitude gets the cropped last frame back (edge copy).
+    n_stft = 1 + length // cfg.hop_length
+    if stft_mag.shape[1] < n_stft:
+        stft_mag = np.pad(stft_mag, ((0, 0), (0, n_stft - stft_mag.shape[1])), mode="edge")
     audio = librosa.griffinlim(
         stft_mag, n_iter=n_iter, hop_length=cfg.hop_length, n_fft=cfg.n_fft, center=True,
-        length=cfg.frames * cfg.hop_length, random_state=np.random.default_rng(seed))
+        length=length, random_state=np.random.default_rng(seed))
     peak = float(np.abs(audio).max())
     if peak > 0:
         audio = audio * (0.9 / peak)

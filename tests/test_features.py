@@ -1,0 +1,122 @@
+"""vaelib.features: normalised log-mel (shape, range, band placement, librosa agreement) and its inverse."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import librosa
+import numpy as np
+import pytest
+import torch
+
+from vaelib.config import FeatureConfig
+from vaelib.features import (
+    feature_shape,
+    inverse_log_mel,
+    log_mel,
+    log_mel_batch,
+    mel_filterbank,
+    mel_frequencies,
+    normalized_to_db,
+)
+
+SR = 16000
+CFG = FeatureConfig()
+T = np.arange(4 * SR) / SR
+
+
+def harmonic(f0: float, *, decay_s: float = 2.0, amp: float = 0.5) -> np.ndarray:
+    tone = sum(amp / k * np.sin(2 * np.pi * k * f0 * T) for k in range(1, 6) if k * f0 < SR / 2)
+    return (tone * np.exp(-T / decay_s)).astype(np.float32)
+
+
+def librosa_reference(y: np.ndarray, cfg: FeatureConfig = CFG) -> np.ndarray:
+    mel = librosa.feature.melspectrogram(y=y, sr=cfg.sample_rate, n_fft=cfg.n_fft, hop_length=cfg.hop_length,
+                                         n_mels=cfg.n_mels, fmin=cfg.fmin, fmax=cfg.fmax, center=True,
+                                         pad_mode="constant", power=2.0)
+    db = librosa.power_to_db(mel, ref=np.max, top_db=cfg.top_db)
+    return (db / (cfg.top_db / 2) + 1.0)[:, : cfg.frames]
+
+
+def test_shape_dtype_and_range():
+    batch = torch.from_numpy(np.stack([harmonic(110.0), harmonic(440.0), harmonic(1760.0, amp=0.01)]))
+    x = log_mel_batch(batch, cfg=CFG)
+    assert feature_shape(CFG) == (1, 80, 128)
+    assert x.shape == (3, 1, 80, 128) and x.dtype == torch.float32
+    assert torch.isfinite(x).all()
+    assert x.min() >= -1.0 and x.max() <= 1.0
+    # each note's peak is the 0 dB reference (+1), its quietest cells are clipped at -80 dB (-1)
+    assert torch.allclose(x.amax(dim=(1, 2, 3)), torch.ones(3))
+    assert (x.amin(dim=(1, 2, 3)) == -1.0).all()
+    assert mel_filterbank(CFG).shape == (80, 513)
+
+
+def test_one_khz_sine_lands_in_its_mel_band():
+    x = log_mel(np.sin(2 * np.pi * 1000.0 * T).astype(np.float32), cfg=CFG)[0]
+    centres = mel_frequencies(CFG)
+    assert centres.shape == (80,) and np.all(np.diff(centres) > 0)
+    assert centres[0] > CFG.fmin and centres[-1] < CFG.fmax
+    band = int(np.argmax(x.mean(axis=1)))
+    nearest = int(np.argmin(np.abs(centres - 1000.0)))
+    assert band == nearest, f"1 kHz peaks in band {band} ({centres[band]:.0f} Hz), expected {nearest}"
+    assert abs(centres[band] - 1000.0) < (centres[band + 1] - centres[band - 1]) / 2
+    # and a 4 kHz sine lands higher, near its own band
+    x4 = log_mel(np.sin(2 * np.pi * 4000.0 * T).astype(np.float32), cfg=CFG)[0]
+    assert abs(centres[int(np.argmax(x4.mean(axis=1)))] - 4000.0) < 150.0
+
+
+@pytest.mark.parametrize("f0", [55.0, 261.6, 880.0])
+def test_batched_torch_matches_librosa(f0):
+    y = harmonic(f0)
+    ref = librosa_reference(y)
+    x = log_mel_batch(torch.from_numpy(np.stack([y, harmonic(123.0)])), cfg=CFG)[0, 0].numpy()
+    assert ref.shape == x.shape == (80, 128)
+    np.testing.assert_allclose(x, ref, atol=1e-3)  # 1e-3 normalised = 0.04 dB
+
+
+def test_librosa_agreement_other_params():
+    cfg = dataclasses.replace(CFG, n_mels=64, n_fft=2048, hop_length=256, frames=250, fmin=50.0, top_db=60.0)
+    y = harmonic(330.0)
+    x = log_mel(y, cfg=cfg)
+    assert x.shape == (1, 64, 250)
+    np.testing.assert_allclose(x[0], librosa_reference(y, cfg), atol=1e-3)
+
+
+def test_batch_equals_one_by_one():
+    ys = [harmonic(f) for f in (98.0, 392.0, 1568.0)]
+    batch = log_mel_batch(torch.from_numpy(np.stack(ys)), cfg=CFG).numpy()
+    for i, y in enumerate(ys):
+        np.testing.assert_allclose(batch[i], log_mel(y, cfg=CFG), atol=1e-5)
+
+
+def test_reference_modes():
+    loud, quiet = harmonic(440.0, amp=0.5), harmonic(440.0, amp=0.05)
+    np.testing.assert_allclose(log_mel(loud, cfg=CFG), log_mel(quiet, cfg=CFG), atol=1e-4)  # 'max': level-free
+    fixed = dataclasses.replace(CFG, ref="fixed", ref_power=1e4)
+    d = log_mel(loud, cfg=fixed).max() - log_mel(quiet, cfg=fixed).max()
+    assert abs(d - 20.0 / 40.0) < 1e-3  # 20 dB quieter = 0.5 lower in the normalised scale
+
+
+def test_short_audio_padded_with_silence():
+    x = log_mel(harmonic(440.0)[: 2 * SR], cfg=CFG)[0]
+    assert x.shape == (80, 128)
+    assert np.all(x[:, 66:] == -1.0) and x[:, :60].max() == 1.0
+
+
+def test_normalized_to_db():
+    np.testing.assert_allclose(normalized_to_db(np.array([-1.0, 0.0, 1.0, 1.5]), cfg=CFG), [-80, -40, 0, 0])
+
+
+def test_inverse_log_mel_round_trip():
+    x = log_mel(harmonic(220.0), cfg=CFG)
+    audio = inverse_log_mel(x, cfg=CFG, n_iter=16, seed=0)
+    assert audio.shape == (128 * 500,) and audio.dtype == np.float32
+    assert np.isfinite(audio).all() and abs(np.abs(audio).max() - 0.9) < 1e-4
+    back = log_mel(audio, cfg=CFG)
+    loud = x > 0.0  # cells above -40 dB
+    assert np.abs(back - x)[loud].mean() < 0.1  # < 4 dB on the note itself
+    assert np.corrcoef(back.ravel(), x.ravel())[0, 1] > 0.75
+    # ... and far closer to its input than to another sound's log-mel
+    other = log_mel(np.random.default_rng(0).standard_normal(4 * SR).astype(np.float32) * 0.1, cfg=CFG)
+    assert np.abs(back - x).mean() < 0.3 * np.abs(other - x).mean()
+    np.testing.assert_array_equal(audio, inverse_log_mel(x[0], cfg=CFG, n_iter=16, seed=0))
