@@ -1,0 +1,98 @@
+"""vaelib.latent: encoding, decoding, the embedding table, embed (function and CLI), 2-D projections."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from _fixtures_analysis import TinyVAE, random_spectrograms, synthetic_meta, trained_smoke
+
+from vaelib.exceptions import ParameterError
+from vaelib.latent import (
+    decode_latents,
+    embedding_table,
+    encode_features,
+    latent_matrix,
+    project_pca,
+    reconstruct,
+)
+
+
+def test_encode_shapes_and_batch_independence():
+    model = TinyVAE(latent_dim=4)
+    x = random_spectrograms(10)
+    mu, logvar = encode_features(model, x, batch_size=3)
+    mu_all, logvar_all = encode_features(model, x, batch_size=64)
+    assert mu.shape == logvar.shape == (10, 4) and mu.dtype == np.float32
+    np.testing.assert_allclose(mu, mu_all, atol=1e-6)
+    np.testing.assert_allclose(logvar, logvar_all, atol=1e-6)
+
+
+def test_decode_and_reconstruct_shapes():
+    model = TinyVAE(latent_dim=4)
+    x_hat = decode_latents(model, np.zeros((3, 4), np.float32))
+    assert x_hat.shape == (3, 1, 80, 128) and np.all(np.abs(x_hat) <= 1)
+    rec, mu, _ = reconstruct(model, random_spectrograms(5))
+    assert rec.shape == (5, 1, 80, 128) and mu.shape == (5, 4)
+
+
+def test_decode_passes_pitch_to_a_conditioned_decoder():
+    model = TinyVAE(latent_dim=4, pitch_conditioning=True)
+    z = np.zeros((2, 4), np.float32)
+    low, high = decode_latents(model, z, pitch=np.array([30, 90]))
+    assert not np.allclose(low, high)
+    with pytest.raises(ParameterError, match="pitch"):
+        decode_latents(model, z, pitch=np.array([30]))
+
+
+def test_bad_inputs_are_refused():
+    model = TinyVAE()
+    with pytest.raises(ParameterError, match="features"):
+        encode_features(model, np.zeros((2, 80, 128), np.float32))
+    with pytest.raises(ParameterError, match="z"):
+        decode_latents(model, np.zeros(4, np.float32))
+
+
+def test_embedding_table_round_trip():
+    meta = synthetic_meta().head(6)
+    mu = np.arange(6 * 3, dtype=np.float32).reshape(6, 3)
+    table = embedding_table(meta, mu, -mu)
+    assert list(table.columns[:3]) == ["note_str", "pitch", "velocity"]
+    np.testing.assert_array_equal(latent_matrix(table), mu)
+    np.testing.assert_array_equal(latent_matrix(table, prefix="logvar"), -mu)
+    with pytest.raises(ParameterError):
+        embedding_table(meta, mu[:5], mu[:5])
+
+
+def test_pca_projection_shapes_and_transform():
+    rng = np.random.default_rng(0)
+    mu = rng.normal(size=(40, 6)).astype(np.float32)
+    fit_mask = np.arange(40) < 30
+    proj = project_pca(mu, fit_mask=fit_mask)
+    assert proj.coords.shape == (40, 2) and np.all(np.isfinite(proj.coords))
+    assert proj.transform(mu[:3]).shape == (3, 2)
+    np.testing.assert_allclose(proj.transform(mu[:3]), proj.coords[:3], atol=1e-5)
+    assert 0 < proj.explained[1] <= proj.explained[0] < 1
+
+
+def test_embed_on_a_tiny_checkpoint(smoke_dataset, tmp_path_factory):
+    pytest.importorskip("vaelib.train")
+    from vaelib.cli import main
+    from vaelib.latent import embed
+
+    run = trained_smoke(smoke_dataset, tmp_path_factory.getbasetemp() / "analysis")
+    out = tmp_path_factory.mktemp("embed") / "emb.parquet"
+    table = embed(run["checkpoint"], smoke_dataset, cfg=run["cfg"], out=out, show_progress=False)
+    d = run["cfg"].model.latent_dim
+    assert len(table) == len(run["cache"].meta)
+    assert latent_matrix(table).shape == (len(table), d)
+    assert np.all(np.isfinite(latent_matrix(table)))
+    assert set(table["split"]) == {"train", "valid", "test"}
+    pd.testing.assert_frame_equal(pd.read_parquet(out), table)
+
+    out_cli = out.with_name("cli.parquet")
+    args = ["embed", "--params", str(run["params"]), "--out", str(out_cli), "--quiet"]
+    for o in run["overrides"]:
+        args += ["--set", o]
+    assert main(args) == 0
+    np.testing.assert_allclose(latent_matrix(pd.read_parquet(out_cli)), latent_matrix(table), atol=1e-5)

@@ -1,0 +1,74 @@
+"""vaelib.probes: high accuracy on separable synthetic data, chance on shuffled labels, grouped CV."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from _fixtures_analysis import random_spectrograms, synthetic_meta
+
+from vaelib.exceptions import ParameterError
+from vaelib.probes import PROBE_KEYS, accuracy, cv_probes, pca_features, probe_table, score_probes
+
+
+def separable(meta, *, seed: int = 0, noise: float = 0.1) -> np.ndarray:
+    """Features that hold family (one-hot), source (one-hot) and pitch (a line) plainly."""
+    rng = np.random.default_rng(seed)
+    fam = (meta["instrument_family_str"].to_numpy()[:, None] == np.unique(meta["instrument_family_str"])).astype(float)
+    src = (meta["instrument_source_str"].to_numpy()[:, None] == np.unique(meta["instrument_source_str"])).astype(float)
+    pitch = meta["pitch"].to_numpy()[:, None] / 4.0
+    x = np.concatenate([fam, src, pitch], axis=1)
+    return (x + noise * rng.normal(size=x.shape)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def meta():
+    return synthetic_meta(per_family=4)
+
+
+def test_separable_features_are_read_by_every_probe(meta):
+    x = separable(meta)
+    train, test = (meta["split"] == "train").to_numpy(), (meta["split"] == "test").to_numpy()
+    scores = score_probes(x[train], meta[train], x[test], meta[test], knn_k=3)
+    assert list(scores) == list(PROBE_KEYS)
+    assert all(v >= 0.9 for v in scores.values()), scores
+
+
+def test_shuffled_labels_score_at_chance(meta):
+    rng = np.random.default_rng(1)
+    big = synthetic_meta(per_family=8, pitches=tuple(range(40, 80, 4)))
+    x = separable(big)
+    shuffled = big.copy()
+    for col in ("instrument_family_str", "pitch"):
+        shuffled[col] = rng.permutation(shuffled[col].to_numpy())
+    half = np.arange(len(big)) % 2 == 0
+    scores = score_probes(x[half], shuffled[half], x[~half], shuffled[~half], knn_k=5)
+    # 4 families (chance 0.25), 10 pitches (chance 0.1, within one step 0.1 too: steps are 4 semitones)
+    assert scores["family_logreg"] < 0.4 and scores["family_knn"] < 0.4, scores
+    assert scores["pitch_logreg"] < 0.22 and scores["pitch_knn"] < 0.22, scores
+
+
+def test_grouped_cv_keeps_instruments_apart(meta):
+    x = separable(meta)
+    cv = cv_probes(x, meta, groups=meta["instrument_str"].to_numpy(), n_folds=4, knn_k=3)
+    assert set(cv) == set(PROBE_KEYS)
+    assert all(len(v["folds"]) == 4 and 0 <= v["std"] <= 0.5 for v in cv.values())
+    assert cv["family_logreg"]["mean"] > 0.9
+    with pytest.raises(ParameterError, match="n_folds"):
+        cv_probes(x, meta, groups=meta["instrument_str"].to_numpy(), n_folds=100, knn_k=3)
+
+
+def test_accuracy_within_tolerance():
+    assert accuracy(np.array([60, 61, 62]), np.array([60, 62, 65])) == pytest.approx(1 / 3)
+    assert accuracy(np.array([60, 61, 62]), np.array([60, 62, 65]), tolerance=1) == pytest.approx(2 / 3)
+    with pytest.raises(ParameterError):
+        accuracy(np.array([1]), np.array([]))
+
+
+def test_pca_features_and_table():
+    x = random_spectrograms(20).astype(np.float32)
+    feats = pca_features(x[:15], x, n_components=4)
+    assert feats.shape == (20, 4) and np.all(np.isfinite(feats))
+    res = {k: 0.5 for k in PROBE_KEYS}
+    cv = {k: {"mean": 0.4, "std": 0.1, "folds": [0.3, 0.5]} for k in PROBE_KEYS}
+    table = probe_table({"mu": res, "pca": res}, cv={"mu": cv})
+    assert list(table.columns) == ["mu", "pca", "mu (grouped CV)"] and len(table) == len(PROBE_KEYS)
