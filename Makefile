@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 PARAMS ?= params/default.yaml
 
 .DEFAULT_GOAL := help
-.PHONY: help venv reports test lint lab render preprocess train benchmarks sweep lock clean-reports
+.PHONY: help venv reports test lint lab render preprocess train benchmarks sweep check-reports lock clean-reports
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-14s %s\n", $$1, $$2}'
@@ -51,6 +51,9 @@ benchmarks: $(STAMP) ## run benchmarks/*.py, writing benchmarks/results/*.json
 
 sweep: $(STAMP) ## run the planned experiments of params/experiments/ and their comparison report
 	$(VENV)/bin/vaelib sweep params/experiments/*.yaml
+
+check-reports: $(STAMP) ## load every page under reports/ in headless Chromium and fail on broken ones
+	$(VENV)/bin/vaelib check --root reports
 
 lock: $(STAMP) ## rewrite requirements.lock from the venv (after a deliberate upgrade)
 	$(PY) -m pip freeze --exclude-editable | sed 's/^torch==\(.*\)+cpu/torch==\1/' > requirements.lock.new

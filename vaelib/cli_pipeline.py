@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 __all__ = ["register"]
 
@@ -23,6 +24,21 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_check(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from vaelib.report_check import check_reports, find_chromium
+
+    if find_chromium() is None:
+        print("vaelib check: Chromium not found (apt-get install -y chromium); checking links and "
+              "notebook errors only", file=sys.stderr)
+    problems, seen = check_reports(Path(args.root))
+    for line in problems:
+        print(line)
+    print(f"{len(seen)} pages checked, {len(problems)} problems")
+    return 1 if problems else 0
+
+
 def register(sub, add_config_args) -> None:
     p = sub.add_parser("run", help="execute notebooks 01-05 with papermill into reports/<run>/ with HTML")
     add_config_args(p)
@@ -35,3 +51,7 @@ def register(sub, add_config_args) -> None:
                    help="override one parameter in every experiment; repeatable")
     p.add_argument("--keep-code", action="store_true", help="show code cells in the HTML reports")
     p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("check", help="load every report page in headless Chromium; fail on broken pages")
+    p.add_argument("--root", default="reports", help="reports folder (default: reports)")
+    p.set_defaults(func=cmd_check)

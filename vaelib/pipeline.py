@@ -68,9 +68,28 @@ def _execute(name: str, out_dir: Path, params_file: Path, overrides: list[str], 
             kernel_name=kernel, cwd=str(NOTEBOOKS_DIR), log_output=True, progress_bar=False,
         )
     except pm.PapermillExecutionError as exc:
+        # Papermill inserts its injected-parameters cell; count cells as in the source notebook.
+        injected = _injected_cell_index(target)
+        cell = exc.cell_index - 1 if injected is not None and exc.cell_index > injected else exc.cell_index
+        first_line = (exc.source or "").strip().splitlines()[:1]
         raise PipelineError(
-            f"notebook {name} failed in cell {exc.cell_index} (execution count {exc.exec_count}): "
-            f"{exc.ename}: {exc.evalue}; executed notebook kept at {target}") from exc
+            f"notebook {name} failed in cell {cell} ({first_line[0] if first_line else 'empty'!r}): "
+            f"{exc.ename}: {exc.evalue}") from exc
+
+
+def _injected_cell_index(executed: Path) -> int | None:
+    import nbformat
+
+    try:
+        nb = nbformat.read(executed, as_version=4)
+    except (OSError, ValueError):
+        return None
+    # Papermill also puts error-marker cells into the saved notebook; they were not executed.
+    cells = [c for c in nb.cells if "papermill-error-cell-tag" not in c.get("metadata", {}).get("tags", [])]
+    for i, cell in enumerate(cells):
+        if "injected-parameters" in cell.get("metadata", {}).get("tags", []):
+            return i
+    return None
 
 
 def collect_metrics(run_dir: Path, notebooks: tuple[str, ...]) -> dict:
@@ -138,11 +157,13 @@ def run_pipeline(params_file: str | os.PathLike, overrides: list[str] | tuple[st
             notebook_to_html(staging / f"{name}.ipynb", staging / f"{name}.html", keep_code=keep_code)
             timings[name] = round(time.time() - t0, 1)
             log.info("[%d/%d] %s: done in %.1f s", i, len(cfg.report.notebooks), name, timings[name])
-    except BaseException:
+    except BaseException as exc:
         failed = final.with_name(f"{final.name}.failed")
         shutil.rmtree(failed, ignore_errors=True)
         os.replace(staging, failed)
         log.error("run %s failed; completed outputs kept in %s; %s untouched", cfg.run.name, failed, final)
+        if isinstance(exc, PipelineError):
+            raise PipelineError(f"{exc}; executed notebooks kept in {failed}; {final} left as it was") from exc
         raise
     metrics = collect_metrics(staging, cfg.report.notebooks)
     info = {
