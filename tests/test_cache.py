@@ -1,0 +1,129 @@
+"""vaelib.cache: one array + metadata table, keyed by feature params and input files, built atomically."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+
+import numpy as np
+import pytest
+import soundfile as sf
+from conftest import entry, sine
+
+import vaelib.cache as cache_mod
+from vaelib.cache import FEATURES_FILE, MANIFEST_FILE, build_feature_cache, cache_key, open_feature_cache
+from vaelib.config import DataConfig, FeatureConfig
+from vaelib.dataset import load_dataset, read_examples, read_wav
+from vaelib.features import log_mel
+
+KEYS = [f"{fam}_acoustic_000-0{p}-075" for fam in ("brass", "string") for p in (48, 55, 60, 67, 72)]
+
+
+@pytest.fixture
+def small(make_split, tmp_path):
+    """Ten sine notes in one split folder, a table with splits, and a feature config with its own cache_dir."""
+    folder = make_split({k: entry(k) for k in KEYS})
+    df = read_examples(folder)
+    df = df.assign(split=np.where(df["pitch"] < 60, "train", "valid"))
+    return folder, df, FeatureConfig(cache_dir=str(tmp_path / "cache"), batch_size=4)
+
+
+def complete_caches(cfg: FeatureConfig) -> list[str]:
+    return sorted(p.name for p in os.scandir(cfg.cache_dir))
+
+
+def test_cache_of_the_smoke_dataset(smoke_dataset, tmp_path):
+    df = load_dataset(DataConfig(root=str(smoke_dataset), valid_fraction=0.2, test_fraction=0.3), seed=0)
+    cfg = FeatureConfig(cache_dir=str(tmp_path / "cache"))
+    cache = build_feature_cache(df, cfg, show_progress=False)
+    assert cache.path.parent == tmp_path / "cache" and cache.path.name == cache_key(df, cfg)
+    assert sorted(p.name for p in cache.path.iterdir()) == [FEATURES_FILE, MANIFEST_FILE, "meta.parquet"]
+    assert cache.features.shape == (168, 1, 80, 128) and cache.features.dtype == np.float16
+    assert cache.manifest["n_notes"] == 168 and cache.manifest["fixes"] == dict.fromkeys(
+        ("resampled", "downmixed", "padded", "cut"), 0)
+    assert cache.meta["note_str"].tolist() == df["note_str"].tolist()
+    assert cache.meta["split"].tolist() == df["split"].tolist() and "path" not in cache.meta
+    assert cache.meta["pitch"].dtype == np.int64
+    feats = np.asarray(cache.features, dtype=np.float32)
+    assert np.isfinite(feats).all() and feats.min() == -1.0 and feats.max() == 1.0
+    # a row is the log-mel of its own wav (float16 storage: ~1e-3)
+    i = 37
+    audio, _ = read_wav(df["path"][i])
+    np.testing.assert_allclose(feats[i], log_mel(audio, cfg=cfg), atol=2e-3)
+    x_valid, m_valid = cache.split("valid")
+    assert x_valid.shape == (int((df["split"] == "valid").sum()), 1, 80, 128)
+    assert set(m_valid["split"]) == {"valid"} and set(m_valid["instrument_str"]).isdisjoint(
+        cache.split("train")[1]["instrument_str"])
+
+
+def test_second_call_is_a_hit(small, monkeypatch):
+    _, df, cfg = small
+    first = build_feature_cache(df, cfg, show_progress=False)
+    mtime = (first.path / FEATURES_FILE).stat().st_mtime_ns
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("a cache hit must not recompute features")
+
+    monkeypatch.setattr(cache_mod, "compute_features", must_not_run)
+    t0 = time.perf_counter()
+    second = build_feature_cache(df, dataclasses.replace(cfg, batch_size=64, workers=1), show_progress=False)
+    assert time.perf_counter() - t0 < 0.5
+    assert second.path == first.path
+    assert (second.path / FEATURES_FILE).stat().st_mtime_ns == mtime
+    np.testing.assert_array_equal(np.asarray(second.features), np.asarray(first.features))
+    assert complete_caches(cfg) == [first.path.name]
+
+
+def test_rebuilt_on_a_feature_param_change(small):
+    _, df, cfg = small
+    a = build_feature_cache(df, cfg, show_progress=False)
+    b = build_feature_cache(df, dataclasses.replace(cfg, n_mels=64), show_progress=False)
+    c = build_feature_cache(df, dataclasses.replace(cfg, top_db=60.0), show_progress=False)
+    assert len({a.path, b.path, c.path}) == 3
+    assert b.features.shape == (10, 1, 64, 128) and b.manifest["features"]["n_mels"] == 64
+    assert not np.array_equal(np.asarray(a.features), np.asarray(c.features))
+    assert complete_caches(cfg) == sorted([a.path.name, b.path.name, c.path.name])
+
+
+def test_rebuilt_on_a_changed_input_file(small):
+    folder, df, cfg = small
+    a = build_feature_cache(df, cfg, show_progress=False)
+    wav = folder / "audio" / f"{KEYS[0]}.wav"
+    sf.write(wav, sine(1000.0), 16000, subtype="PCM_16")
+    st = wav.stat()
+    os.utime(wav, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # a later mtime even on a coarse clock
+    b = build_feature_cache(df, cfg, show_progress=False)
+    assert b.path != a.path
+    row = df.index[df["note_str"] == KEYS[0]][0]
+    assert not np.array_equal(np.asarray(a.features[row]), np.asarray(b.features[row]))
+    others = [i for i in range(len(df)) if i != row]
+    np.testing.assert_array_equal(np.asarray(a.features[others]), np.asarray(b.features[others]))
+    # a different split assignment of the same files is another cache too
+    c = build_feature_cache(df.assign(split="train"), cfg, show_progress=False)
+    assert c.path not in (a.path, b.path)
+
+
+def test_interrupted_build_leaves_no_partial_cache(small, monkeypatch):
+    _, df, cfg = small
+    earlier = build_feature_cache(df, cfg, show_progress=False)
+    real = cache_mod.log_mel_batch
+    calls = []
+
+    def interrupt_midway(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(cache_mod, "log_mel_batch", interrupt_midway)
+    changed = dataclasses.replace(cfg, n_mels=40)
+    with pytest.raises(KeyboardInterrupt):
+        build_feature_cache(df, changed, show_progress=False)
+    assert len(calls) == 2, "the build should have been interrupted after its first batch"
+    assert complete_caches(cfg) == [earlier.path.name], "a partial cache folder was left behind"
+    monkeypatch.setattr(cache_mod, "log_mel_batch", real)
+    done = build_feature_cache(df, changed, show_progress=False)
+    assert done.features.shape == (10, 1, 40, 128)
+    assert complete_caches(cfg) == sorted([earlier.path.name, done.path.name])
+    assert open_feature_cache(done.path).manifest["key"] == done.path.name
