@@ -128,6 +128,7 @@ class ModelConfig:
     channels: tuple[int, ...] = _f((32, 64, 128), "channels per level; its length must equal depth",
                                    items=(1, 1024))
     latent_dim: int = _f(32, "latent dimensions", lo=2, hi=512)
+    kernel_size: int = _f(3, "conv kernel size of every level (stride 2)", choices=(3, 4, 5))
     norm: str = _f("batch", "normalisation after each conv", choices=("batch", "group", "none"))
     activation: str = _f("leaky_relu", "activation", choices=("leaky_relu", "relu", "gelu", "silu"))
     logvar_bound: float = _f(8.0, "logvar is squashed smoothly into [-bound, bound]", lo=1.0, hi=30.0)

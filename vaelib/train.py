@@ -1,0 +1,494 @@
+"""Training stage: the VAE on the cached features, resumable, with early stopping and a NaN guard.
+
+Speed on a small CPU comes from doing nothing per step but the model: the whole split is one
+float32 tensor in memory (no DataLoader, no audio decoding), batches are rows picked by a
+``torch.Generator``-seeded permutation, weights and activations are channels-last for oneDNN,
+and bf16 autocast is used only where the hardware has native bf16 (see :mod:`vaelib.device`).
+
+Reproducibility: every random draw comes from a seeded generator (initialisation: the torch
+global RNG seeded by ``run.seed``; batch order: ``batch_gen``; reparameterization noise:
+``noise_gen``; evaluation noise: a fresh generator per evaluation). All their states, the model,
+the optimiser, the early-stopping state and the history are in every checkpoint, and the beta
+schedule is a pure function of the step, so on CPU a resumed run ends with the same numbers as an
+uninterrupted one.
+
+Files of a run, in ``checkpoint_dir(cfg, cache_key)``:
+``last.pt`` (written at every epoch end, and at the batch boundary where Ctrl-C / SIGTERM
+arrived), ``best.pt`` (best valid reconstruction so far), ``history.csv``, ``config.yaml``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import math
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from vaelib.cache import FeatureCache
+from vaelib.config import Config, config_from_dict, config_to_dict, resolve_path, save_config, section_hash
+from vaelib.device import autocast_dtype, resolve_device, set_threads
+from vaelib.exceptions import CheckpointError, ConfigError, TrainingError
+from vaelib.io import atomic_path, atomic_write_text
+from vaelib.loss import active_units, beta_at, kl_per_dim, vae_loss
+from vaelib.model import ConvVAE, count_parameters
+
+__all__ = [
+    "TrainResult",
+    "checkpoint_dir",
+    "train",
+    "find_checkpoint",
+    "load_model",
+    "load_checkpoint",
+    "encode_dataset",
+    "reconstruct",
+    "HISTORY_COLUMNS",
+]
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = 1
+EVAL_BATCH = 256  # notes per forward pass when evaluating (no gradients, so larger is fine)
+# Training parameters that change where or how fast a run goes, not what it computes.
+_RUNTIME_ONLY = {"device": "auto", "num_threads": 0, "checkpoint_dir": ""}
+HISTORY_COLUMNS = (
+    "epoch", "step", "beta", "lr", "seconds",
+    "train_recon", "train_kl_raw", "train_kl_fb", "train_total",
+    "valid_recon", "valid_kl_raw", "valid_kl_fb", "valid_total", "valid_mse",
+    "mu_mean", "mu_std", "logvar_mean", "logvar_std", "active_units",
+)
+_SUM_KEYS = ("recon", "kl_raw", "kl_fb", "total")
+
+
+@dataclass
+class TrainResult:
+    """Outcome of :func:`train`. ``history`` has one row per epoch with :data:`HISTORY_COLUMNS`."""
+
+    run_dir: Path
+    best_path: Path
+    last_path: Path
+    history: pd.DataFrame
+    best_epoch: int
+    best_valid_recon: float
+    stopped_early: bool
+    device: str
+    dtype: str
+    params_count: int
+
+
+def checkpoint_dir(cfg: Config, cache_key: str) -> Path:
+    """Folder of the run defined by the model, training, feature and data config, seed and cache.
+
+    ``train.device``, ``train.num_threads`` and ``train.checkpoint_dir`` are left out of the hash:
+    they change where the run goes, not what it computes.
+    """
+    train_cfg = dataclasses.replace(cfg.train, **_RUNTIME_ONLY)
+    key = section_hash(cfg.model, train_cfg, cfg.features, cfg.data,
+                       extra={"seed": cfg.run.seed, "cache": cache_key})
+    return resolve_path(cfg.train.checkpoint_dir) / key
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+def _rng_state(batch_gen: torch.Generator, noise_gen: torch.Generator) -> dict:
+    np_state = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "batch": batch_gen.get_state(),
+        "noise": noise_gen.get_state(),
+        # numpy's legacy global state as plain types, so weights_only loading accepts it
+        "numpy": {"name": np_state[0], "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+                  "pos": int(np_state[2]), "has_gauss": int(np_state[3]), "gauss": float(np_state[4])},
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict, batch_gen: torch.Generator, noise_gen: torch.Generator) -> None:
+    torch.set_rng_state(state["torch"])
+    batch_gen.set_state(state["batch"])
+    noise_gen.set_state(state["noise"])
+    n = state["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _save(obj: dict, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu") -> dict:
+    """Read a checkpoint with ``weights_only=True``.
+
+    Raises
+    ------
+    CheckpointError
+        When the file is missing, unreadable or not a vaelib checkpoint.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=True)
+    except Exception as exc:  # torch raises several types for corrupt or foreign files
+        raise CheckpointError(f"{path}: cannot read checkpoint ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT or "model" not in ckpt:
+        raise CheckpointError(f"{path}: not a vaelib checkpoint (format {CHECKPOINT_FORMAT})")
+    return ckpt
+
+
+def _config_diff(a: dict, b: dict, prefix: str) -> list[str]:
+    keys = sorted(set(a) | set(b))
+    return [f"{prefix}.{k} (checkpoint {a.get(k)!r}, asked {b.get(k)!r})" for k in keys if a.get(k) != b.get(k)]
+
+
+def _check_same_model(ckpt: dict, cfg: Config, path: Path) -> None:
+    saved = ckpt["config"]
+    diffs = _config_diff(saved["model"], config_to_dict(cfg.model), "model")
+    for k in ("n_mels", "frames"):
+        if saved["features"][k] != getattr(cfg.features, k):
+            diffs.append(f"features.{k} (checkpoint {saved['features'][k]!r}, asked {getattr(cfg.features, k)!r})")
+    if diffs:
+        raise CheckpointError(f"{path}: checkpoint does not match the model asked for: " + "; ".join(diffs))
+
+
+def load_model(path: str | Path, *, cfg: Config | None = None,
+               device: str | torch.device = "cpu") -> tuple[ConvVAE, dict]:
+    """The model of a checkpoint, in eval mode on ``device``, and the checkpoint dict.
+
+    Raises
+    ------
+    CheckpointError
+        When the file cannot be read, or ``cfg`` is given and its model (or n_mels / frames)
+        differs from the checkpoint's; the message names every differing key.
+    """
+    path = Path(path)
+    ckpt = load_checkpoint(path, device=device)
+    if cfg is not None:
+        _check_same_model(ckpt, cfg, path)
+    try:
+        saved = config_from_dict(ckpt["config"], where=str(path))
+    except ConfigError as exc:
+        raise CheckpointError(f"{path}: the checkpoint's config is not valid here ({exc})") from exc
+    model = ConvVAE(saved.model, n_mels=saved.features.n_mels, frames=saved.features.frames)
+    model.load_state_dict(ckpt["model"])
+    model.to(device).eval()
+    return model, ckpt
+
+
+def find_checkpoint(cfg: Config, cache: FeatureCache) -> Path | None:
+    """``best.pt`` of a finished run with this config and cache, else None."""
+    run_dir = checkpoint_dir(cfg, cache.manifest["key"])
+    best, last = run_dir / "best.pt", run_dir / "last.pt"
+    if not (best.is_file() and last.is_file()):
+        return None
+    try:
+        ckpt = load_checkpoint(last)
+    except CheckpointError as exc:
+        log.warning("ignoring %s: %s", last, exc)
+        return None
+    if not ckpt.get("finished") or ckpt["config"]["model"] != config_to_dict(cfg.model):
+        return None
+    return best
+
+
+# ----------------------------------------------------------------------------- data
+
+def _to_tensor(features: np.ndarray, device: torch.device) -> torch.Tensor:
+    x = torch.from_numpy(np.ascontiguousarray(features)).to(device=device, dtype=torch.float32)
+    if device.type == "cpu":
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
+def _split_tensors(cache: FeatureCache, name: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    feats, meta = cache.split(name)
+    if len(meta) == 0:
+        raise TrainingError(f"{cache.path}: the {name!r} split is empty; check data.valid_fraction / filters")
+    pitch = torch.tensor(meta["pitch"].to_numpy(dtype=np.int64), device=device)
+    return _to_tensor(feats, device), pitch
+
+
+def _autocast(device: torch.device, dtype: torch.dtype):
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+@torch.no_grad()
+def encode_dataset(model: ConvVAE, x: torch.Tensor, *, batch_size: int = EVAL_BATCH,
+                   dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    """Posterior ``mu`` and ``logvar`` [shape=(notes, latent_dim)] float32 of every note of ``x``."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    mus, logvars = [], []
+    for i in range(0, x.shape[0], batch_size):
+        xb = x[i:i + batch_size].to(device)
+        with _autocast(device, dtype):
+            mu, logvar = model.encode(xb)
+        mus.append(mu.float().cpu())
+        logvars.append(logvar.float().cpu())
+    model.train(was_training)
+    return torch.cat(mus), torch.cat(logvars)
+
+
+@torch.no_grad()
+def reconstruct(model: ConvVAE, x: torch.Tensor, pitch: torch.Tensor | None = None) -> torch.Tensor:
+    """Decoded posterior means (no sampling) [shape=(notes, 1, n_mels, frames)] float32, on CPU."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    outs = []
+    for i in range(0, x.shape[0], EVAL_BATCH):
+        xb = x[i:i + EVAL_BATCH].to(device)
+        pb = None if pitch is None else pitch[i:i + EVAL_BATCH].to(device)
+        mu, _ = model.encode(xb)
+        outs.append(model.decode(mu, pb).float().cpu())
+    model.train(was_training)
+    return torch.cat(outs)
+
+
+@torch.no_grad()
+def _evaluate(model: ConvVAE, x: torch.Tensor, pitch: torch.Tensor, *, beta: float, free_bits: float,
+              seed: int, dtype: torch.dtype, pitched: bool) -> dict:
+    """Valid-set loss parts (with sampled z from a fixed-seed generator) and latent statistics."""
+    model.eval()
+    device = x.device
+    gen = torch.Generator(device=device).manual_seed(seed)
+    n = x.shape[0]
+    sums = dict.fromkeys(_SUM_KEYS, 0.0)
+    mus, logvars = [], []
+    for i in range(0, n, EVAL_BATCH):
+        xb = x[i:i + EVAL_BATCH]
+        with _autocast(device, dtype):
+            out = model(xb, pitch[i:i + EVAL_BATCH] if pitched else None, generator=gen)
+        parts = vae_loss(xb, out, beta=beta, free_bits=free_bits)
+        for k in _SUM_KEYS:
+            sums[k] += float(getattr(parts, k)) * xb.shape[0]
+        mus.append(out.mu.float())
+        logvars.append(out.logvar.float())
+    model.train()
+    mu, logvar = torch.cat(mus), torch.cat(logvars)
+    pixels = x[0].numel()
+    res = {f"valid_{k}": v / n for k, v in sums.items()}
+    res["valid_mse"] = res["valid_recon"] / pixels
+    res.update(mu_mean=float(mu.mean()), mu_std=float(mu.std()), logvar_mean=float(logvar.mean()),
+               logvar_std=float(logvar.std()), active_units=active_units(mu) if n > 1 else 0)
+    # Free bits was tuned per dimension; also report how many dimensions sit at the prior.
+    res["kl_dims_below_fb"] = int((kl_per_dim(mu, logvar).mean(0) < free_bits).sum())
+    return res
+
+
+# ----------------------------------------------------------------------------- interrupts
+
+class _StopFlag:
+    """Turns SIGINT / SIGTERM into a flag checked at batch boundaries, so the state saved is consistent."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopFlag:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum is not None:  # a second Ctrl-C: stop now
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __exit__(self, *exc) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+# ----------------------------------------------------------------------------- training
+
+def train(cfg: Config, cache: FeatureCache, *, resume: bool = False, show_progress: bool = True) -> TrainResult:
+    """Train the VAE of ``cfg`` on the train split of ``cache``, early-stopping on the valid split.
+
+    Parameters
+    ----------
+    cfg : Config
+        ``model``, ``train`` and ``run.seed`` define the run; its folder is :func:`checkpoint_dir`.
+    cache : FeatureCache
+        Features with ``train`` and ``valid`` splits (from :func:`vaelib.prepare.prepare_features`).
+    resume : bool
+        Continue from ``last.pt`` of this config's folder when there is one (a finished run is
+        returned as it is); otherwise start from scratch, replacing any earlier run of this config.
+    show_progress : bool
+        tqdm bar per epoch with the running loss parts.
+
+    Returns
+    -------
+    TrainResult
+
+    Raises
+    ------
+    TrainingError
+        On a non-finite loss (naming the step; ``last.pt`` keeps the last good epoch) or an empty split.
+    KeyboardInterrupt
+        After Ctrl-C or SIGTERM, once ``last.pt`` holds the state at that batch boundary.
+    CheckpointError
+        When resuming from a checkpoint whose config differs from ``cfg``.
+    """
+    tc = cfg.train
+    device = resolve_device(tc.device)
+    if device.type == "cpu":
+        set_threads(tc.num_threads)
+    dtype = autocast_dtype(device, enabled=tc.bf16)
+    run_dir = checkpoint_dir(cfg, cache.manifest["key"])
+    run_dir.mkdir(parents=True, exist_ok=True)
+    last_path, best_path = run_dir / "last.pt", run_dir / "best.pt"
+    save_config(cfg, run_dir / "config.yaml")
+
+    x_train, p_train = _split_tensors(cache, "train", device)
+    x_valid, p_valid = _split_tensors(cache, "valid", device)
+    n_train = x_train.shape[0]
+    bs = min(tc.batch_size, n_train)
+    # Drop a last batch of one note: BatchNorm cannot normalise a single sample.
+    n_batches = n_train // bs + (1 if n_train % bs > 1 else 0)
+    pitched = cfg.model.pitch_conditioning
+
+    torch.manual_seed(cfg.run.seed)
+    np.random.seed(cfg.run.seed)
+    model = ConvVAE(cfg.model, n_mels=cfg.features.n_mels, frames=cfg.features.frames).to(device)
+    if device.type == "cpu":
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(model.parameters(), lr=tc.lr)
+    batch_gen = torch.Generator().manual_seed(cfg.run.seed)
+    noise_gen = torch.Generator(device=device).manual_seed(cfg.run.seed + 1)
+
+    history: list[dict] = []
+    epoch, step = 0, 0
+    best = {"valid_recon": math.inf, "epoch": 0, "bad_epochs": 0}
+    partial: dict | None = None
+    finished = False
+    if resume and last_path.is_file():
+        ckpt = load_checkpoint(last_path, device=device)
+        _check_same_model(ckpt, cfg, last_path)  # the folder's hash covers the rest of the config
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        _set_rng_state(ckpt["rng"], batch_gen, noise_gen)
+        epoch, step = ckpt["epoch"], ckpt["step"]
+        history = pd.DataFrame(ckpt["history"]).to_dict("records")
+        best, partial, finished = dict(ckpt["best"]), ckpt.get("partial"), bool(ckpt.get("finished"))
+        log.info("resuming %s at epoch %d, step %d%s", run_dir, epoch, step,
+                 f" (batch {partial['batch']} of epoch {epoch + 1})" if partial else "")
+    elif resume:
+        log.info("no checkpoint in %s: starting from scratch", run_dir)
+
+    params_count = count_parameters(model)
+    meta = {"format": CHECKPOINT_FORMAT, "config": config_to_dict(cfg), "cache_key": cache.manifest["key"],
+            "n_mels": cfg.features.n_mels, "frames": cfg.features.frames, "params_count": params_count,
+            "device": str(device), "dtype": str(dtype).replace("torch.", "")}
+
+    def state(*, part: dict | None = None) -> dict:
+        return {**meta, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "rng": _rng_state(batch_gen, noise_gen), "epoch": epoch, "step": step,
+                "history": pd.DataFrame(history, columns=list(HISTORY_COLUMNS)).to_dict("list"),
+                "best": dict(best), "finished": finished, "partial": part}
+
+    log.info("training %s on %s (%s): %d train / %d valid notes, %d parameters, %d steps an epoch",
+             run_dir.name, device, meta["dtype"], n_train, x_valid.shape[0], params_count, n_batches)
+    model.train()
+    with _StopFlag() as stop:
+        while not finished and epoch < tc.epochs:
+            if partial is not None:
+                batch_gen.set_state(partial["epoch_gen_state"])
+            epoch_gen_state = batch_gen.get_state()
+            perm = torch.randperm(n_train, generator=batch_gen)
+            if partial is not None:
+                first, sums = partial["batch"], dict(partial["sums"])
+                seen, elapsed = partial["seen"], partial["seconds"]
+                _set_rng_state(partial["rng_after"], batch_gen, noise_gen)
+                partial = None
+            else:
+                first, sums, seen, elapsed = 0, dict.fromkeys(_SUM_KEYS, 0.0), 0, 0.0
+            t0 = time.perf_counter()
+            bar = tqdm(range(first, n_batches), total=n_batches, initial=first, desc=f"epoch {epoch + 1}/{tc.epochs}",
+                       unit="batch", disable=not show_progress, leave=False)
+            for b in bar:
+                idx = perm[b * bs:(b + 1) * bs].to(device)
+                xb = x_train[idx]
+                beta = beta_at(step, cfg=tc)
+                with _autocast(device, dtype):
+                    out = model(xb, p_train[idx] if pitched else None, generator=noise_gen)
+                parts = vae_loss(xb, out, beta=beta, free_bits=tc.free_bits)
+                total = parts.total.detach().item()
+                if not math.isfinite(total):
+                    kept = f"{last_path} (epoch {epoch})" if last_path.is_file() else "none (no epoch had finished)"
+                    raise TrainingError(
+                        f"non-finite loss at step {step} (epoch {epoch + 1}, batch {b + 1}/{n_batches}): "
+                        f"recon={float(parts.recon)}, kl_raw={float(parts.kl_raw)}, beta={beta}; training stopped. "
+                        f"Last good checkpoint: {kept}. Try a lower train.lr or a smaller model.logvar_bound.")
+                optimizer.zero_grad(set_to_none=True)
+                parts.total.backward()
+                if tc.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+                optimizer.step()
+                step += 1
+                for k in _SUM_KEYS:
+                    sums[k] += getattr(parts, k).detach().item() * xb.shape[0]
+                seen += xb.shape[0]
+                if show_progress and (b % 10 == 0 or b == n_batches - 1):
+                    bar.set_postfix(recon=f"{sums['recon'] / seen:.1f}", kl=f"{sums['kl_raw'] / seen:.2f}",
+                                    kl_fb=f"{sums['kl_fb'] / seen:.2f}", beta=f"{beta:.3f}")
+                if stop.signum is not None and b < n_batches - 1:
+                    part = {"batch": b + 1, "epoch_gen_state": epoch_gen_state, "sums": sums, "seen": seen,
+                            "seconds": elapsed + time.perf_counter() - t0,
+                            "rng_after": _rng_state(batch_gen, noise_gen)}
+                    _save(state(part=part), last_path)
+                    bar.close()
+                    log.warning("interrupted at step %d: state saved to %s; continue with --resume", step, last_path)
+                    raise KeyboardInterrupt
+            bar.close()
+            seconds = elapsed + time.perf_counter() - t0
+            epoch += 1
+            row = {"epoch": epoch, "step": step, "beta": beta_at(max(step - 1, 0), cfg=tc),
+                   "lr": optimizer.param_groups[0]["lr"], "seconds": seconds,
+                   **{f"train_{k}": v / seen for k, v in sums.items()}}
+            ev = _evaluate(model, x_valid, p_valid, beta=row["beta"], free_bits=tc.free_bits,
+                           seed=cfg.run.seed + 2, dtype=dtype, pitched=pitched)
+            ev.pop("kl_dims_below_fb")
+            row.update(ev)
+            history.append({c: row[c] for c in HISTORY_COLUMNS})
+            improved = row["valid_recon"] < best["valid_recon"]
+            if improved:
+                best = {"valid_recon": row["valid_recon"], "epoch": epoch, "bad_epochs": 0}
+            else:
+                best["bad_epochs"] += 1
+            finished = epoch >= tc.epochs or best["bad_epochs"] >= tc.patience
+            ckpt = state()
+            if improved:
+                _save(ckpt, best_path)
+            _save(ckpt, last_path)
+            atomic_write_text(run_dir / "history.csv", pd.DataFrame(history).to_csv(index=False))
+            log.info("epoch %d: train recon %.2f, valid recon %.2f, kl %.2f, beta %.3f, AU %d, %.1f s%s",
+                     epoch, row["train_recon"], row["valid_recon"], row["valid_kl_raw"], row["beta"],
+                     row["active_units"], seconds, " (best)" if improved else "")
+            if stop.signum is not None:
+                log.warning("interrupted after epoch %d: continue with --resume", epoch)
+                raise KeyboardInterrupt
+
+    hist = pd.DataFrame(history, columns=list(HISTORY_COLUMNS))
+    return TrainResult(run_dir=run_dir, best_path=best_path, last_path=last_path, history=hist,
+                       best_epoch=int(best["epoch"]), best_valid_recon=float(best["valid_recon"]),
+                       stopped_early=bool(len(hist) < tc.epochs), device=str(device),
+                       dtype=meta["dtype"], params_count=params_count)
