@@ -436,7 +436,7 @@ def train(cfg: Config, cache: FeatureCache, *, resume: bool = False, show_progre
                     kept = f"{last_path} (epoch {epoch})" if last_path.is_file() else "none (no epoch had finished)"
                     raise TrainingError(
                         f"non-finite loss at step {step} (epoch {epoch + 1}, batch {b + 1}/{n_batches}): "
-                        f"recon={float(parts.recon)}, kl_raw={float(parts.kl_raw)}, beta={beta}; training stopped. "
+                        f"recon={parts.recon.item()}, kl_raw={parts.kl_raw.item()}, beta={beta}; training stopped. "
                         f"Last good checkpoint: {kept}. Try a lower train.lr or a smaller model.logvar_bound.")
                 optimizer.zero_grad(set_to_none=True)
                 parts.total.backward()

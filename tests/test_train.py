@@ -1,0 +1,172 @@
+"""Training: loss goes down, checkpoints round-trip, resume is exact, NaN guard, config mismatches, CLI."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import vaelib.train as vtrain
+from vaelib.cache import FeatureCache
+from vaelib.config import PROJECT_ROOT, load_config
+from vaelib.exceptions import CheckpointError, TrainingError
+from vaelib.prepare import prepare_features
+from vaelib.train import HISTORY_COLUMNS, checkpoint_dir, find_checkpoint, load_model, train
+
+SMOKE = PROJECT_ROOT / "params" / "smoke.yaml"
+# 56 train notes in batches of 16: 4 steps an epoch (the last one of 8 notes).
+BASE = ["train.epochs=4", "train.batch_size=16", "train.patience=10", "train.warmup_steps=6", "train.num_threads=2"]
+
+
+def _cfg(root: Path, dataset: Path, ckpt: str = "ckpt", extra: tuple[str, ...] = ()):
+    return load_config(SMOKE, [f"data.root={dataset}", f"features.cache_dir={root / 'cache'}",
+                               f"train.checkpoint_dir={root / ckpt}", *BASE, *extra])
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory, smoke_dataset) -> tuple[Path, Path]:
+    return tmp_path_factory.mktemp("train"), smoke_dataset
+
+
+@pytest.fixture(scope="module")
+def cache(work) -> FeatureCache:
+    root, ds = work
+    return prepare_features(_cfg(root, ds), show_progress=False)
+
+
+@pytest.fixture(scope="module")
+def reference(work, cache):
+    """An uninterrupted 4-epoch run."""
+    root, ds = work
+    cfg = _cfg(root, ds)
+    return cfg, train(cfg, cache, show_progress=False)
+
+
+def _interrupt_at(monkeypatch, at_step: int) -> None:
+    """Send ourselves SIGINT when the schedule is asked for step ``at_step`` (as Ctrl-C would)."""
+    real = vtrain.beta_at
+    sent = []
+
+    def beta_then_signal(step, *, cfg):
+        if step == at_step and not sent:
+            sent.append(step)
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(step, cfg=cfg)
+
+    monkeypatch.setattr(vtrain, "beta_at", beta_then_signal)
+
+
+def test_training_lowers_the_loss_and_logs_every_epoch(reference):
+    cfg, res = reference
+    h = res.history
+    assert list(h.columns) == list(HISTORY_COLUMNS)
+    assert len(h) == 4 and h["step"].tolist() == [4, 8, 12, 16]
+    assert h["train_recon"].iloc[-1] < h["train_recon"].iloc[0]
+    assert h["valid_recon"].iloc[-1] < h["valid_recon"].iloc[0]
+    assert np.isfinite(h.drop(columns=["seconds"]).to_numpy(dtype=float)).all()
+    assert h["beta"].iloc[-1] == cfg.train.beta  # warm-up of 6 steps is over
+    saved = pd.read_csv(res.run_dir / "history.csv")
+    assert np.allclose(saved[list(HISTORY_COLUMNS)].to_numpy(float), h.to_numpy(float))
+    for name in ("last.pt", "best.pt", "history.csv", "config.yaml"):
+        assert (res.run_dir / name).is_file()
+    assert res.run_dir == checkpoint_dir(cfg, res_key(res))
+
+
+def res_key(res) -> str:
+    return torch.load(res.last_path, weights_only=True)["cache_key"]
+
+
+def test_checkpoint_round_trip(reference, cache):
+    cfg, res = reference
+    model, ckpt = load_model(res.best_path, cfg=cfg)
+    assert not model.training
+    assert ckpt["epoch"] == res.best_epoch and ckpt["config"]["model"]["latent_dim"] == cfg.model.latent_dim
+    assert {"model", "optimizer", "rng", "history", "step", "config"} <= set(ckpt)
+    again, _ = load_model(res.best_path)
+    x = torch.from_numpy(cache.split("valid")[0][:4].astype(np.float32))
+    assert torch.equal(model.encode(x)[0], again.encode(x)[0])
+    assert find_checkpoint(cfg, cache) == res.best_path
+    other = load_config(SMOKE, [*(f"{k}={v}" for k, v in [("data.root", cfg.data.root),
+                                                          ("features.cache_dir", cfg.features.cache_dir),
+                                                          ("train.checkpoint_dir", cfg.train.checkpoint_dir)]),
+                                *BASE, "model.latent_dim=4"])
+    assert find_checkpoint(other, cache) is None
+    # where and how fast a run goes is not part of its identity
+    moved = load_config(SMOKE, [f"data.root={cfg.data.root}", f"features.cache_dir={cfg.features.cache_dir}",
+                                f"train.checkpoint_dir={cfg.train.checkpoint_dir}", *BASE,
+                                "train.num_threads=1", "train.device=cpu"])
+    assert checkpoint_dir(moved, res_key(res)) == res.run_dir
+
+
+def test_mismatched_config_is_a_clear_error(reference, tmp_path):
+    cfg, res = reference
+    other = load_config(SMOKE, [f"data.root={cfg.data.root}", "model.latent_dim=4", "model.channels=[8,16,64]"])
+    with pytest.raises(CheckpointError, match=r"model\.latent_dim.*model\.channels|model\.channels.*latent_dim"):
+        load_model(res.best_path, cfg=other)
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="cannot read"):
+        load_model(bad)
+    with pytest.raises(CheckpointError, match="not found"):
+        load_model(tmp_path / "missing.pt")
+
+
+@pytest.mark.parametrize("at_step", [5, 7], ids=["mid-epoch", "epoch-end"])
+def test_resume_after_interrupt_matches_uninterrupted(reference, work, cache, monkeypatch, at_step):
+    _, ref = reference
+    root, ds = work
+    cfg = _cfg(root, ds, ckpt=f"ckpt_resume_{at_step}")
+    _interrupt_at(monkeypatch, at_step)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, cache, show_progress=False)
+    saved = torch.load(checkpoint_dir(cfg, cache.manifest["key"]) / "last.pt", weights_only=True)
+    assert saved["step"] == at_step + 1 and not saved["finished"]
+    monkeypatch.undo()
+    res = train(cfg, cache, resume=True, show_progress=False)
+    cols = [c for c in HISTORY_COLUMNS if c != "seconds"]
+    np.testing.assert_allclose(res.history[cols].to_numpy(float), ref.history[cols].to_numpy(float),
+                               rtol=1e-6, atol=1e-6)
+    # a finished run resumed is returned as it is
+    again = train(cfg, cache, resume=True, show_progress=False)
+    assert len(again.history) == 4
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(work, cache, monkeypatch):
+    root, ds = work
+    cfg = _cfg(root, ds, ckpt="ckpt_nan")
+    real = vtrain.vae_loss
+    calls = {"train": 0}
+
+    def poisoned(x, out, *, beta, free_bits):
+        parts = real(x, out, beta=beta, free_bits=free_bits)
+        if torch.is_grad_enabled():
+            calls["train"] += 1
+            if calls["train"] == 6:  # step 5, in epoch 2
+                return parts._replace(total=parts.total * float("nan"))
+        return parts
+
+    monkeypatch.setattr(vtrain, "vae_loss", poisoned)
+    with pytest.raises(TrainingError, match=r"non-finite loss at step 5 \(epoch 2") as err:
+        train(cfg, cache, show_progress=False)
+    assert "last.pt (epoch 1)" in str(err.value)
+    model, ckpt = load_model(checkpoint_dir(cfg, cache.manifest["key"]) / "last.pt")
+    assert ckpt["epoch"] == 1 and ckpt["step"] == 4
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_cli_train_resume_prints_folder_and_metrics(reference, capsys):
+    from vaelib.cli import main
+
+    cfg, res = reference
+    args = ["train", "--params", str(SMOKE), "--quiet", "--resume",
+            "--set", f"data.root={cfg.data.root}", "--set", f"features.cache_dir={cfg.features.cache_dir}",
+            "--set", f"train.checkpoint_dir={cfg.train.checkpoint_dir}", *sum((["--set", s] for s in BASE), [])]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert str(res.run_dir) in out and "best_valid_recon" in out
+    assert main(["train", "--params", str(SMOKE), "--set", "train.device=cuda"]) == 2 or torch.cuda.is_available()
