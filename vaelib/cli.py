@@ -50,6 +50,18 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_params(args: argparse.Namespace) -> int:
+    import yaml
+
+    from vaelib.config import config_to_dict, params_reference
+
+    if args.reference:
+        print(params_reference())
+        return 0
+    print(yaml.safe_dump(config_to_dict(_config(args)), sort_keys=False), end="")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vaelib", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -65,6 +77,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_preprocess)
+
+    p = sub.add_parser("params", help="validate params and print the resolved config (or the reference)")
+    _add_config_args(p)
+    p.add_argument("--reference", action="store_true", help="print the table of every parameter (markdown)")
+    p.set_defaults(func=cmd_params)
 
     # Subcommands of later stages register themselves here (train, embed, run, sweep).
     for register in _registrars():

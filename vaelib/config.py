@@ -41,6 +41,7 @@ __all__ = [
     "section_hash",
     "resolve_path",
     "save_config",
+    "params_reference",
 ]
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -393,3 +394,29 @@ def save_config(cfg: Config, path: Path) -> None:
 
     atomic_write_text(path, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
 
+
+
+def params_reference() -> str:
+    """A markdown table of every parameter: key, type, default, allowed values, help (for the README)."""
+    lines = ["| key | type | default | allowed | meaning |", "|---|---|---|---|---|"]
+    hints_cfg = typing.get_type_hints(Config)
+    for section in dataclasses.fields(Config):
+        cls = hints_cfg[section.name]
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            meta = f.metadata
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            kind = getattr(hints[f.name], "__name__", str(hints[f.name]).replace("typing.", ""))
+            if meta.get("choices"):
+                allowed = ", ".join(map(str, meta["choices"]))
+            elif meta.get("lo") is not None or meta.get("hi") is not None:
+                lo, hi = ("" if meta.get(b) is None else meta[b] for b in ("lo", "hi"))
+                allowed = f"{lo}..{hi}"
+            elif meta.get("items"):
+                allowed = "items: " + ", ".join(map(str, meta["items"]))
+            else:
+                allowed = ""
+            default_text = json.dumps(list(default) if isinstance(default, tuple) else default)
+            lines.append(f"| `{section.name}.{f.name}` | {kind} | `{default_text}` | {allowed} | "
+                         f"{meta.get('help', '').replace('|', '/')} |")
+    return "\n".join(lines)

@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 SAMPLE_RATE = 16000
 HOLD_S = 3.0
 NOTE_S = 4.0
+MAX_PEAK = 0.99  # full scale of 16-bit PCM, with a little headroom
 
 
 def _table() -> dict[int, tuple[str, str]]:
@@ -139,15 +140,18 @@ def _render_program(args: tuple) -> list[dict]:
                 entries.append({"note_str": note_str, "dropped": True, "level_db": float(level)})
                 continue
             peak = float(np.abs(audio).max())
-            if peak > 1.0:
-                log.warning("%s clips (peak %.2f); lower render.gain_db", note_str, peak)
+            limited = peak > MAX_PEAK
+            if limited:
+                # A few GM presets are far louder than the rest: scale those notes down rather than
+                # clip them (the log-mel reference is each note's own peak, so the features agree).
+                audio = audio * (MAX_PEAK / peak)
             pcm = np.clip(np.round(audio * 32767.0), -32768, 32767).astype(np.int16)
             sf.write(Path(audio_dir) / f"{note_str}.wav", pcm, SAMPLE_RATE, subtype="PCM_16")
             quals = note_qualities(audio)
             entries.append({
                 "note_str": note_str, "dropped": False, "instrument_str": name, "program": prog,
                 "instrument_family_str": fam, "instrument_source_str": src,
-                "pitch": pitch, "velocity": vel, "qualities": quals,
+                "pitch": pitch, "velocity": vel, "qualities": quals, "limited_peak": peak if limited else None,
             })
     return entries
 
@@ -205,12 +209,19 @@ def render_dataset(cfg: RenderConfig, out_dir: str | Path, *, show_progress: boo
                 bar.update(len(results[-1]))
         bar.close()
         examples, dropped = _examples_json(results, programs)
+        limited = {e["note_str"]: round(e["limited_peak"], 3) for r in results for e in r
+                   if not e["dropped"] and e["limited_peak"] is not None}
+        if limited:
+            log.warning("%d notes would have clipped (peaks up to %.2f) and were scaled to a peak of %.2f",
+                        len(limited), max(limited.values()), MAX_PEAK)
         atomic_write_json(tmp / "examples.json", examples)
         summary = {
             "soundfont": str(sf_path), "notes": len(examples), "dropped_silent": len(dropped),
             "instruments": len(programs), "pitches": pitches, "velocities": velocities,
+            "scaled_to_avoid_clipping": len(limited),
         }
-        atomic_write_json(tmp / "render_summary.json", {**summary, "dropped_notes": dropped})
+        atomic_write_json(tmp / "render_summary.json",
+                          {**summary, "dropped_notes": dropped, "scaled_notes_peaks": limited})
         os.replace(tmp, out_dir)
     finally:
         if tmp.exists():
