@@ -53,6 +53,10 @@ __all__ = [
     "encode_dataset",
     "reconstruct",
     "HISTORY_COLUMNS",
+    "result_from_dir",
+    "train_or_reuse",
+    "family_examples",
+    "train_metrics",
 ]
 
 log = logging.getLogger(__name__)
@@ -492,3 +496,72 @@ def train(cfg: Config, cache: FeatureCache, *, resume: bool = False, show_progre
                        best_epoch=int(best["epoch"]), best_valid_recon=float(best["valid_recon"]),
                        stopped_early=bool(len(hist) < tc.epochs), device=str(device),
                        dtype=meta["dtype"], params_count=params_count)
+
+
+# ----------------------------------------------------------------------------- reporting
+
+def result_from_dir(run_dir: Path) -> TrainResult:
+    """The :class:`TrainResult` of a finished run, read back from its folder."""
+    last = load_checkpoint(run_dir / "last.pt")
+    hist = pd.DataFrame(last["history"], columns=list(HISTORY_COLUMNS))
+    cfg_epochs = last["config"]["train"]["epochs"]
+    return TrainResult(run_dir=run_dir, best_path=run_dir / "best.pt", last_path=run_dir / "last.pt",
+                       history=hist, best_epoch=int(last["best"]["epoch"]),
+                       best_valid_recon=float(last["best"]["valid_recon"]), stopped_early=len(hist) < cfg_epochs,
+                       device=last["device"], dtype=last["dtype"], params_count=int(last["params_count"]))
+
+
+def train_or_reuse(cfg: Config, cache: FeatureCache, *, retrain: bool = False,
+                   show_progress: bool = True) -> tuple[TrainResult, bool]:
+    """Reuse the finished run of this config (unless ``retrain``), else train (resuming a partial run).
+
+    Returns the result and whether training ran.
+    """
+    found = None if retrain else find_checkpoint(cfg, cache)
+    if found is not None:
+        log.info("reusing %s", found)
+        return result_from_dir(found.parent), False
+    return train(cfg, cache, resume=not retrain, show_progress=show_progress), True
+
+
+def family_examples(meta: pd.DataFrame, *, pitch: int = 60) -> list[int]:
+    """Row positions of one note per instrument family: the note nearest ``pitch``, loudest velocity.
+
+    Returns positions in ``meta`` order of family name.
+    """
+    rows = []
+    for _, grp in meta.groupby("instrument_family_str", sort=True):
+        key = (grp["pitch"] - pitch).abs() * 1000 - grp["velocity"]
+        rows.append(meta.index.get_loc(key.idxmin()))
+    return rows
+
+
+def train_metrics(res: TrainResult, cfg: Config, *, trained: bool) -> dict:
+    """The final numbers of a run, as written to ``train_metrics.json`` by 02_train."""
+    h = res.history
+    last = h.iloc[-1]
+    return {
+        "latent_dim": cfg.model.latent_dim,
+        "channels": list(cfg.model.channels),
+        "depth": cfg.model.depth,
+        "free_bits": cfg.train.free_bits,
+        "beta": cfg.train.beta,
+        "epochs_run": len(h),
+        "stopped_early": res.stopped_early,
+        "best_epoch": res.best_epoch,
+        "best_valid_recon": res.best_valid_recon,
+        "best_valid_mse": float(h.loc[h["epoch"] == res.best_epoch, "valid_mse"].iloc[0]),
+        "final_train_recon": float(last["train_recon"]),
+        "final_valid_recon": float(last["valid_recon"]),
+        "final_train_kl_raw": float(last["train_kl_raw"]),
+        "final_valid_kl_raw": float(last["valid_kl_raw"]),
+        "final_valid_kl_fb": float(last["valid_kl_fb"]),
+        "final_beta": float(last["beta"]),
+        "active_units": int(last["active_units"]),
+        "epoch_seconds_median": float(h["seconds"].median()),
+        "params_count": res.params_count,
+        "device": res.device,
+        "dtype": res.dtype,
+        "checkpoint": str(res.best_path),
+        "trained_now": trained,
+    }
