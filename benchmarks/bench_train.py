@@ -1,0 +1,219 @@
+"""Seconds per training epoch of 12,678 notes (NSynth-valid's size): cached features vs a naive loop.
+
+* **vaelib**: :func:`vaelib.train.train` itself, one epoch of the default model on an in-memory
+  feature cache of 12,678 notes (the default dataset's cache when it is built, else the smoke
+  set's features tiled to 12,678 notes; ``features_source`` says which). The time is the training
+  loop only (the history's ``seconds``), without the valid evaluation.
+* **baseline**: the naive loop: a ``Dataset`` that decodes the wav and computes the log-mel with
+  librosa per item, the default ``DataLoader`` (batch 64, one process), the same model in fp32
+  eager mode without channels-last. Timed on ``--baseline-notes`` items and extrapolated.
+* **channels**: a few steps of each candidate channel list, extrapolated to an epoch, which is how
+  the default ``model.channels`` was chosen.
+
+Writes ``benchmarks/results/train.json``. A benchmark, not a test: timings depend on the load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import librosa
+import numpy as np
+import pandas as pd
+import torch
+
+from vaelib.cache import FeatureCache
+from vaelib.config import PROJECT_ROOT, load_config, resolve_path
+from vaelib.dataset import load_dataset
+from vaelib.device import autocast_dtype, machine_info, resolve_device, set_threads
+from vaelib.io import atomic_write_json
+from vaelib.loss import vae_loss
+from vaelib.model import ConvVAE, count_parameters
+from vaelib.prepare import ensure_dataset, prepare_features
+from vaelib.train import train
+
+NOTES_PER_EPOCH = 12_678  # NSynth valid
+CANDIDATES = ((8, 16, 32), (16, 32, 64), (32, 64, 128))
+OUT = PROJECT_ROOT / "benchmarks" / "results" / "train.json"
+
+
+def _load() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def feature_source(default_cfg, smoke_cfg) -> tuple[FeatureCache, str]:
+    """The default dataset's cache if already built, else the smoke set's (rendered if missing)."""
+    if resolve_path(default_cfg.data.root).is_dir():
+        cache = prepare_features(default_cfg, show_progress=False)
+        return cache, f"default dataset cache {cache.path} ({len(cache.meta)} notes), tiled/cut to {NOTES_PER_EPOCH}"
+    cache = prepare_features(smoke_cfg, show_progress=False)
+    return cache, (f"params/smoke.yaml features ({len(cache.meta)} notes of {cache.meta['instrument_str'].nunique()} "
+                   f"instruments; data/gm_default not rendered) tiled to {NOTES_PER_EPOCH}")
+
+
+def tiled_cache(cache: FeatureCache, n_train: int, n_valid: int, key: str) -> FeatureCache:
+    """An in-memory cache with ``n_train`` train and ``n_valid`` valid notes cycled from ``cache``."""
+    n = len(cache.meta)
+    idx = np.arange(n_train + n_valid) % n
+    feats = np.asarray(cache.features)[idx]
+    meta = cache.meta.iloc[idx].reset_index(drop=True).copy()
+    meta["split"] = ["train"] * n_train + ["valid"] * n_valid
+    return FeatureCache(path=cache.path, features=feats, meta=meta, manifest={**cache.manifest, "key": key})
+
+
+def time_vaelib_epoch(cfg, cache: FeatureCache) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        run_cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, epochs=1, checkpoint_dir=tmp))
+        t0 = time.perf_counter()
+        res = train(run_cfg, cache, show_progress=False)
+        wall = time.perf_counter() - t0
+    return {"epoch_seconds": float(res.history["seconds"].iloc[0]), "call_seconds": wall,
+            "device": res.device, "dtype": res.dtype, "params_count": res.params_count,
+            "train_recon": float(res.history["train_recon"].iloc[0])}
+
+
+class NaiveDataset(torch.utils.data.Dataset):
+    """Decode the wav and compute the normalised log-mel with librosa for every item."""
+
+    def __init__(self, paths: list[str], fcfg) -> None:
+        self.paths, self.f = paths, fcfg
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        f = self.f
+        y, _ = librosa.load(self.paths[i], sr=f.sample_rate, duration=f.duration_s)
+        y = librosa.util.fix_length(y, size=int(f.sample_rate * f.duration_s))
+        mel = librosa.feature.melspectrogram(y=y, sr=f.sample_rate, n_fft=f.n_fft, hop_length=f.hop_length,
+                                             n_mels=f.n_mels, fmin=f.fmin, fmax=f.fmax)
+        db = librosa.power_to_db(mel, ref=np.max, top_db=f.top_db)
+        x = db[:, :f.frames] / (f.top_db / 2) + 1
+        return torch.from_numpy(x.astype(np.float32))[None]
+
+
+def time_baseline(cfg, paths: list[str], n_items: int) -> dict:
+    torch.manual_seed(0)
+    model = ConvVAE(cfg.model, n_mels=cfg.features.n_mels, frames=cfg.features.frames)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
+    ds = NaiveDataset([paths[i % len(paths)] for i in range(n_items)], cfg.features)
+    loader = torch.utils.data.DataLoader(ds, batch_size=cfg.train.batch_size, shuffle=True)
+    t0 = time.perf_counter()
+    seen = 0
+    for x in loader:
+        out = model(x)
+        parts = vae_loss(x, out, beta=cfg.train.beta, free_bits=cfg.train.free_bits)
+        opt.zero_grad()
+        parts.total.backward()
+        opt.step()
+        seen += x.shape[0]
+    sec = time.perf_counter() - t0
+    return {"baseline_notes_timed": seen, "baseline_seconds_timed": sec,
+            "baseline_epoch_seconds": sec / seen * NOTES_PER_EPOCH}
+
+
+def time_channels(cfg, x: torch.Tensor, steps: int) -> list[dict]:
+    """Extrapolated epoch seconds of each candidate channel list (the training step of vaelib.train)."""
+    out = []
+    device = resolve_device(cfg.train.device)
+    dtype = autocast_dtype(device, enabled=cfg.train.bf16)
+    bs = cfg.train.batch_size
+    for ch in CANDIDATES:
+        mcfg = dataclasses.replace(cfg.model, channels=ch, depth=len(ch))
+        torch.manual_seed(0)
+        model = ConvVAE(mcfg).to(memory_format=torch.channels_last)
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+        gen = torch.Generator().manual_seed(0)
+
+        def step(i: int, model=model, opt=opt, gen=gen) -> None:
+            xb = x[(i * bs) % (x.shape[0] - bs):][:bs]
+            with torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
+                o = model(xb, generator=gen)
+            loss = vae_loss(xb, o, beta=1.0, free_bits=0.25).total
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+        for i in range(2):
+            step(i)
+        t0 = time.perf_counter()
+        for i in range(steps):
+            step(i)
+        sec = (time.perf_counter() - t0) / steps
+        out.append({"channels": list(ch), "params_count": count_parameters(model), "seconds_per_step": sec,
+                    "epoch_seconds_extrapolated": sec / bs * NOTES_PER_EPOCH, "steps_timed": steps})
+        print(f"channels {ch}: {sec * 1000:.0f} ms/step -> {sec / bs * NOTES_PER_EPOCH:.1f} s/epoch", flush=True)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--params", default=str(PROJECT_ROOT / "params" / "default.yaml"))
+    ap.add_argument("--set", dest="overrides", action="append", default=[])
+    ap.add_argument("--baseline-notes", type=int, default=512)
+    ap.add_argument("--channel-steps", type=int, default=10)
+    ap.add_argument("--skip-channels", action="store_true")
+    ap.add_argument("--out", default=str(OUT))
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    cfg = load_config(args.params, args.overrides)
+    smoke = load_config(PROJECT_ROOT / "params" / "smoke.yaml")
+    set_threads(cfg.train.num_threads)
+    load_before = _load()
+
+    cache, source = feature_source(cfg, smoke)
+    bench_cache = tiled_cache(cache, NOTES_PER_EPOCH, 256, key=f"bench-{cache.manifest['key']}")
+    print(f"features: {source}", flush=True)
+    ours = time_vaelib_epoch(cfg, bench_cache)
+    print(f"vaelib: {ours['epoch_seconds']:.1f} s/epoch ({ours['device']}, {ours['dtype']})", flush=True)
+
+    src_cfg = cfg if resolve_path(cfg.data.root).is_dir() else smoke
+    ensure_dataset(src_cfg, show_progress=False)
+    paths = list(load_dataset(src_cfg.data, seed=src_cfg.run.seed)["path"])
+    base = time_baseline(cfg, paths, args.baseline_notes)
+    print(f"baseline: {base['baseline_epoch_seconds']:.1f} s/epoch (extrapolated from "
+          f"{base['baseline_notes_timed']} notes)", flush=True)
+
+    x = torch.from_numpy(np.asarray(bench_cache.features[:1024], dtype=np.float32)).contiguous(
+        memory_format=torch.channels_last)
+    channels = [] if args.skip_channels else time_channels(cfg, x, args.channel_steps)
+
+    result = {
+        "notes_per_epoch": NOTES_PER_EPOCH,
+        "epoch_seconds": ours["epoch_seconds"],
+        "baseline_epoch_seconds": base["baseline_epoch_seconds"],
+        "speedup": base["baseline_epoch_seconds"] / ours["epoch_seconds"],
+        "device": ours["device"],
+        "dtype": ours["dtype"],
+        "params_count": ours["params_count"],
+        "model": {"channels": list(cfg.model.channels), "depth": cfg.model.depth,
+                  "kernel_size": cfg.model.kernel_size, "latent_dim": cfg.model.latent_dim,
+                  "norm": cfg.model.norm},
+        "batch_size": cfg.train.batch_size,
+        "features_source": source,
+        "vaelib_method": "vaelib.train.train, 1 epoch, in-memory float32 channels-last tensor, seeded "
+                         "permutation batches, no DataLoader; time of the training loop (valid evaluation excluded)",
+        "baseline_method": (f"Dataset decoding the wav + librosa melspectrogram per item, default DataLoader "
+                            f"(batch {cfg.train.batch_size}, shuffle, 0 workers), fp32 eager, NCHW; "
+                            f"{base['baseline_notes_timed']} notes timed, extrapolated to {NOTES_PER_EPOCH}"),
+        "baseline_notes_timed": base["baseline_notes_timed"],
+        "baseline_seconds_timed": base["baseline_seconds_timed"],
+        "channel_candidates": channels,
+        "target": {"epoch_seconds_max": 8.0, "speedup_min": 5.0},
+        "machine": machine_info(),
+        "load_average_before": load_before,
+        "load_average_after": _load(),
+        "date": pd.Timestamp.now(tz="UTC").isoformat(timespec="seconds"),
+    }
+    atomic_write_json(Path(args.out), result)
+    print(f"speedup {result['speedup']:.1f}x; wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
