@@ -40,6 +40,14 @@ def test_round_trip_error_is_small_for_own_audio_and_large_for_other_audio():
     assert np.all(swapped > mae + 5.0), (mae, swapped)
 
 
+def test_round_trip_ignores_the_level_of_the_source_under_ref_max():
+    x = np.maximum(log_mel(harmonic_note(), cfg=CFG)[None], -0.5)  # floor at -40 dB, so nothing clips below
+    quieter = x - 0.25  # 10 dB lower everywhere: the same sound under ref='max'
+    audio = render_audio(x, cfg=CFG, n_iter=8)
+    np.testing.assert_allclose(roundtrip_mae_db(quieter, audio, cfg=CFG), roundtrip_mae_db(x, audio, cfg=CFG),
+                               atol=1e-4)
+
+
 def test_write_wav(tmp_path):
     audio = 0.5 * np.sin(np.linspace(0, 100, 16000)).astype(np.float32)
     path = write_wav(tmp_path / "a" / "note.wav", audio, sample_rate=16000)

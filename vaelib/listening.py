@@ -47,13 +47,22 @@ def roundtrip_mae_db(x: np.ndarray, audio: np.ndarray, *, cfg: FeatureConfig) ->
     Returns
     -------
     [shape=(notes,)] dB, averaged over every mel bin and frame (both clipped to [-top_db, 0]).
+
+    Notes
+    -----
+    With ``ref='max'`` a log-mel carries no absolute level: the log-mel of any audio peaks at 0 dB.
+    A decoded spectrogram may peak below 0 dB, so it is first re-referenced to its own peak (and
+    clipped again), as the features of its audio necessarily are; otherwise the check would count
+    that level offset in every bin.
     """
     if len(x) != len(audio):
         raise ParameterError(f"audio: {len(audio)} waveforms for {len(x)} spectrograms")
     out = np.empty(len(x), np.float64)
     for i, (xi, ai) in enumerate(zip(x, audio)):
-        again = log_mel(ai, cfg=cfg)
-        out[i] = np.mean(np.abs(normalized_to_db(again, cfg=cfg) - normalized_to_db(np.asarray(xi), cfg=cfg)))
+        source = normalized_to_db(np.asarray(xi, np.float32), cfg=cfg)
+        if cfg.ref == "max":
+            source = np.clip(source - source.max(), -cfg.top_db, 0.0)
+        out[i] = np.mean(np.abs(normalized_to_db(log_mel(ai, cfg=cfg), cfg=cfg) - source))
     return out
 
 

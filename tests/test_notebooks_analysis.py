@@ -1,0 +1,74 @@
+"""Papermill runs of 03_diagnostics, 04_latent_map and 05_listening on the trained smoke set."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from _fixtures_analysis import trained_smoke
+
+from vaelib.config import PROJECT_ROOT
+from vaelib.probes import PROBE_KEYS
+
+pytestmark = pytest.mark.slow
+NOTEBOOKS = PROJECT_ROOT / "notebooks"
+
+
+@pytest.fixture(scope="module")
+def run(smoke_dataset, tmp_path_factory):
+    pytest.importorskip("vaelib.train")
+    return trained_smoke(smoke_dataset, tmp_path_factory.getbasetemp() / "analysis")
+
+
+@pytest.fixture(scope="module")
+def execute(run, tmp_path_factory):
+    papermill = pytest.importorskip("papermill")
+    out_dir = tmp_path_factory.mktemp("reports")
+
+    def go(name: str) -> dict:
+        papermill.execute_notebook(
+            str(NOTEBOOKS / f"{name}.ipynb"), str(out_dir / f"{name}.ipynb"), kernel_name="python3",
+            cwd=str(NOTEBOOKS), progress_bar=False,
+            parameters={"params_file": str(run["params"]), "overrides": run["overrides"], "out_dir": str(out_dir)})
+        return out_dir
+
+    return go
+
+
+def test_03_diagnostics(execute, run):
+    out = execute("03_diagnostics")
+    m = json.loads((out / "diagnostics.json").read_text())
+    d = run["cfg"].model.latent_dim
+    assert m["latent_dim"] == d and 0 <= m["active_units"] <= d
+    assert 0 < m["test_recon_mse"] < 1 and 0 < m["pca_test_recon_mse"] < 1
+    assert set(m["test_recon_mse_by_family"]) == set(run["cache"].split("test")[1]["instrument_family_str"])
+    assert m["collapse"]["verdict"] in ("none", "partial", "full")
+    assert {"active_units_fraction", "no_collapse", "test_recon_mse_vs_pca"} <= set(m["targets"])
+    assert all(isinstance(t["pass"], bool) for t in m["targets"].values())
+
+
+def test_04_latent_map(execute, run):
+    out = execute("04_latent_map")
+    m = json.loads((out / "latent_map.json").read_text())
+    n = len(run["cache"].meta)
+    assert m["projection_shapes"] == {"PCA": [n, 2], "UMAP": [n, 2]}
+    assert (out / "embeddings.parquet").is_file()
+    for feats in ("mu", "pca"):
+        assert set(m["probes"][feats]) == set(PROBE_KEYS)
+        assert all(0 <= v <= 1 for v in m["probes"][feats].values())
+        assert all(0 <= v["mean"] <= 1 for v in m["probes_cv"][feats].values())
+    assert m["interp_n_paths"] == 2 * len(run["cfg"].analysis.interp_pairs)
+    assert m["interp_step_ratio_median"] >= 1.0
+    assert {"family_logreg_margin_vs_pca", "interp_step_ratio_median",
+            "interp_centroid_spearman_median"} <= set(m["targets"])
+
+
+def test_05_listening(execute, run):
+    out = execute("05_listening")
+    m = json.loads((out / "listening.json").read_text())
+    assert 0 < m["gl_logmel_mae_db"] < 80
+    assert set(m["gl_logmel_mae_db_by_kind"]) == {"original", "reconstruction", "interpolation"}
+    assert len(m["listen_notes"]) == run["cfg"].analysis.n_listen
+    assert all((out / w).is_file() for w in m["wav_files"])
+    html = (out / "05_listening.ipynb").read_text()
+    assert html.count("data:audio/wav;base64") >= 2 * run["cfg"].analysis.n_listen
