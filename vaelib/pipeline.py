@@ -58,8 +58,6 @@ def _execute(name: str, out_dir: Path, params_file: Path, overrides: list[str], 
     import papermill as pm
 
     source = NOTEBOOKS_DIR / f"{name}.ipynb"
-    if not source.is_file():
-        raise PipelineError(f"{source}: notebook not found (report.notebooks names {name!r})")
     target = out_dir / f"{name}.ipynb"
     try:
         pm.execute_notebook(
@@ -141,6 +139,9 @@ def run_pipeline(params_file: str | os.PathLike, overrides: list[str] | tuple[st
     overrides = list(overrides)
     cfg: Config = load_config(params_file, overrides)
     keep_code = cfg.report.keep_code if keep_code is None else keep_code
+    missing = [n for n in cfg.report.notebooks if not (NOTEBOOKS_DIR / f"{n}.ipynb").is_file()]
+    if missing:
+        raise PipelineError(f"report.notebooks: no notebook {missing} in {NOTEBOOKS_DIR}")
     reports_root = Path(reports_root or REPORTS_DIR)
     reports_root.mkdir(parents=True, exist_ok=True)
     final = reports_root / cfg.run.name
