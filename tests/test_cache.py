@@ -9,6 +9,7 @@ import time
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 from conftest import entry, sine
 
 import vaelib.cache as cache_mod
@@ -36,7 +37,9 @@ def complete_caches(cfg: FeatureConfig) -> list[str]:
 def test_cache_of_the_smoke_dataset(smoke_dataset, tmp_path):
     df = load_dataset(DataConfig(root=str(smoke_dataset), valid_fraction=0.2, test_fraction=0.3), seed=0)
     cfg = FeatureConfig(cache_dir=str(tmp_path / "cache"))
+    threads = torch.get_num_threads()
     cache = build_feature_cache(df, cfg, show_progress=False)
+    assert torch.get_num_threads() == threads, "the build must restore torch's thread count"
     assert cache.path.parent == tmp_path / "cache" and cache.path.name == cache_key(df, cfg)
     assert sorted(p.name for p in cache.path.iterdir()) == [FEATURES_FILE, MANIFEST_FILE, "meta.parquet"]
     assert cache.features.shape == (168, 1, 80, 128) and cache.features.dtype == np.float16
@@ -112,15 +115,15 @@ def test_interrupted_build_leaves_no_partial_cache(small, monkeypatch):
 
     def interrupt_midway(*args, **kwargs):
         calls.append(1)
-        if len(calls) == 2:
+        if len(calls) == 3:
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
     monkeypatch.setattr(cache_mod, "log_mel_batch", interrupt_midway)
-    changed = dataclasses.replace(cfg, n_mels=40)
+    changed = dataclasses.replace(cfg, n_mels=40, batch_size=1)  # ten batches, the third one interrupted
     with pytest.raises(KeyboardInterrupt):
         build_feature_cache(df, changed, show_progress=False)
-    assert len(calls) == 2, "the build should have been interrupted after its first batch"
+    assert 3 <= len(calls) < 10, "the build should have stopped midway, its queued batches cancelled"
     assert complete_caches(cfg) == [earlier.path.name], "a partial cache folder was left behind"
     monkeypatch.setattr(cache_mod, "log_mel_batch", real)
     done = build_feature_cache(df, changed, show_progress=False)

@@ -120,3 +120,15 @@ def test_inverse_log_mel_round_trip():
     other = log_mel(np.random.default_rng(0).standard_normal(4 * SR).astype(np.float32) * 0.1, cfg=CFG)
     assert np.abs(back - x).mean() < 0.3 * np.abs(other - x).mean()
     np.testing.assert_array_equal(audio, inverse_log_mel(x[0], cfg=CFG, n_iter=16, seed=0))
+
+
+def test_cpu_fast_path_matches_torch_stft_path():
+    # the CPU path (pocketfft + banded mel GEMM) and the autograd/GPU path (torch.stft) agree
+    ys = torch.from_numpy(np.stack([harmonic(f) for f in (41.2, 196.0, 2093.0)] + [np.zeros(4 * SR, np.float32)]))
+    fast = log_mel_batch(ys, cfg=CFG)
+    slow = log_mel_batch(ys.clone().requires_grad_(True), cfg=CFG).detach()
+    torch.testing.assert_close(fast, slow, atol=1e-4, rtol=0)
+    odd = dataclasses.replace(CFG, n_mels=37, n_fft=512, hop_length=160, frames=300)
+    y = torch.from_numpy(harmonic(330.0)[None, : 3 * SR])
+    torch.testing.assert_close(log_mel_batch(y, cfg=odd), log_mel_batch(y.requires_grad_(True), cfg=odd).detach(),
+                               atol=1e-4, rtol=0)

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import json
 import logging
 import os
 import shutil
 import tempfile
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,7 +78,12 @@ def cache_key(df: pd.DataFrame, cfg: FeatureConfig) -> str:
 
 def compute_features(paths: list[str], cfg: FeatureConfig, *, resample: bool = True,
                      show_progress: bool = True, out: np.ndarray | None = None) -> tuple[np.ndarray, WavReport]:
-    """Decode wavs (threads; libsndfile releases the GIL) and compute log-mels in batches.
+    """Decode wavs and compute their log-mels, one batch per task on ``cfg.workers`` threads.
+
+    Each thread runs a whole batch (decode, STFT, mel, dB, float16 store) with torch limited to one
+    thread: coarse-grained parallelism needs no OpenMP barriers, which stall badly when the cores are
+    shared. libsndfile, pocketfft, numpy and torch all release the GIL. At most ``2 * workers``
+    batches are in flight, so memory stays bounded on a dataset of any size.
 
     Returns
     -------
@@ -87,26 +94,38 @@ def compute_features(paths: list[str], cfg: FeatureConfig, *, resample: bool = T
     if out is None:
         out = np.empty((len(paths), *feature_shape(cfg)), dtype=np.float16)
     report = WavReport()
-
-    def decode(p: str) -> tuple[np.ndarray, WavReport]:
-        return read_wav(p, sample_rate=cfg.sample_rate, n_samples=n_samples, resample=resample)
-
     bs = cfg.batch_size
-    batches = [paths[i:i + bs] for i in range(0, len(paths), bs)]
-    with ThreadPoolExecutor(max_workers=cfg.workers) as pool, \
-            tqdm(total=len(paths), desc="log-mel", unit="note", disable=not show_progress) as bar:
-        # Decode batch i+1 while batch i is transformed.
-        pending = pool.map(lambda b: list(map(decode, b)), batches)
-        start = 0
-        for decoded in pending:
-            audio = np.stack([a for a, _ in decoded])
-            for _, r in decoded:
-                report.add(r)
-            with torch.no_grad():
-                x = log_mel_batch(torch.from_numpy(audio), cfg=cfg)
-            out[start:start + len(decoded)] = x.numpy().astype(np.float16)
-            start += len(decoded)
-            bar.update(len(decoded))
+
+    def work(start: int) -> tuple[int, list[WavReport]]:
+        decoded = [read_wav(p, sample_rate=cfg.sample_rate, n_samples=n_samples, resample=resample)
+                   for p in paths[start:start + bs]]
+        with torch.no_grad():
+            x = log_mel_batch(torch.from_numpy(np.stack([a for a, _ in decoded])), cfg=cfg)
+        out[start:start + len(decoded)] = x.half().numpy()
+        return len(decoded), [r for _, r in decoded]
+
+    starts = iter(range(0, len(paths), bs))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with ThreadPoolExecutor(max_workers=cfg.workers) as pool, \
+                tqdm(total=len(paths), desc="log-mel", unit="note", disable=not show_progress) as bar:
+            pending = deque(pool.submit(work, s) for s in itertools.islice(starts, 2 * cfg.workers))
+            try:
+                while pending:
+                    n, reports = pending.popleft().result()
+                    for r in reports:
+                        report.add(r)
+                    bar.update(n)
+                    nxt = next(starts, None)
+                    if nxt is not None:
+                        pending.append(pool.submit(work, nxt))
+            except BaseException:
+                for f in pending:
+                    f.cancel()
+                raise
+    finally:
+        torch.set_num_threads(threads)
     return out, report
 
 
