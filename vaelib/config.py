@@ -126,8 +126,9 @@ class FeatureConfig:
 @dataclass(frozen=True)
 class ModelConfig:
     depth: int = _f(3, "stride-2 conv levels in the encoder (and decoder)", lo=3, hi=4)
-    # 16-32-64 by measurement (benchmarks/results/train.json, 2-core AVX2 CPU, fp32, batch 64): an epoch of
-    # 12,678 notes takes about 3.5x less than with the study's 32-64-128, which the experiments still use.
+    # 16-32-64 by measurement (benchmarks/bench_train.py, 2-core AMD EPYC, AVX2 only so fp32, batch 64, on a
+    # quiet machine): 12,678-note epoch ~22 s, against ~12 s for 8-16-32 and ~86 s for the study's 32-64-128
+    # (which the planned experiments still use). 8-16-32 halves the time but leaves 8 first-level filters.
     channels: tuple[int, ...] = _f((16, 32, 64), "channels per level; its length must equal depth",
                                    items=(1, 1024))
     latent_dim: int = _f(32, "latent dimensions", lo=2, hi=512)
