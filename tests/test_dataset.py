@@ -165,3 +165,28 @@ def test_read_wav_fixes_are_counted(tmp_path):
     sf.write(long, sine(440, seconds=5.0), 16000, subtype="PCM_16")
     audio, report = read_wav(long)
     assert audio.shape == (64000,) and report.cut == 1 and report.padded == 0
+
+
+@pytest.mark.parametrize(("subtype", "channels", "fmt"), [("PCM_16", 1, "WAV"), ("PCM_16", 2, "WAV"),
+                                                          ("FLOAT", 1, "WAV"), ("PCM_24", 1, "WAV"),
+                                                          ("PCM_16", 1, "W64")])
+def test_read_wav_matches_libsndfile(tmp_path, subtype, channels, fmt):
+    # the direct PCM-16 parser and the libsndfile fallback give libsndfile's numbers
+    x = np.random.default_rng(1).uniform(-1, 1, (64000, channels)).astype(np.float32)
+    path = tmp_path / "x.wav"
+    sf.write(path, x, 16000, subtype=subtype, format=fmt)
+    ref = sf.read(path, dtype="float32", always_2d=True)[0].mean(axis=1)
+    if channels > 1:
+        with pytest.warns(UserWarning, match="downmixed"):
+            audio, _ = read_wav(path)
+    else:
+        audio, _ = read_wav(path)
+    np.testing.assert_array_equal(audio, ref.astype(np.float32))
+
+
+def test_read_wav_truncated_pcm16(tmp_path):
+    path = tmp_path / "cut.wav"
+    sf.write(path, sine(440.0), 16000, subtype="PCM_16")
+    path.write_bytes(path.read_bytes()[:60000])  # header claims 128,000 data bytes
+    audio, report = read_wav(path)  # libsndfile reads what is there; it is padded and counted
+    assert audio.shape == (64000,) and report.padded == 1

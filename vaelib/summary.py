@@ -1,0 +1,155 @@
+"""Statistics of the preprocessing stage: what the dataset holds and what the cached features look like.
+
+The 01_preprocess notebook shows these and writes them to ``preprocess_stats.json``; nothing here plots.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from vaelib.cache import FeatureCache
+from vaelib.config import NSYNTH_FAMILIES, NSYNTH_SOURCES, Config, resolve_path
+from vaelib.dataset import SPLITS
+
+__all__ = [
+    "dataset_summary",
+    "count_table",
+    "feature_stats",
+    "example_per_family",
+    "render_summary",
+    "preprocess_stats",
+]
+
+
+def _ordered_splits(meta: pd.DataFrame) -> list[str]:
+    present = set(meta["split"])
+    return [s for s in SPLITS if s in present] + sorted(present - set(SPLITS))
+
+
+def count_table(meta: pd.DataFrame, column: str) -> pd.DataFrame:
+    """Notes per value of ``column`` (rows) and split (columns), NSynth order for families/sources.
+
+    Returns
+    -------
+    DataFrame of int counts, rows = values of ``column`` present, columns = splits present.
+    """
+    table = pd.crosstab(meta[column], meta["split"])
+    order = {"instrument_family_str": NSYNTH_FAMILIES, "instrument_source_str": NSYNTH_SOURCES}.get(column)
+    rows = [v for v in order if v in table.index] if order else sorted(table.index)
+    return table.loc[rows, _ordered_splits(meta)].astype(int)
+
+
+def dataset_summary(meta: pd.DataFrame) -> dict:
+    """Counts of the kept notes: per split, per family and source (overall and per split), instruments,
+    and the pitch and velocity ranges.
+
+    Parameters
+    ----------
+    meta : one row per note with ``split``, ``instrument_str``, ``instrument_family_str``,
+        ``instrument_source_str``, ``pitch`` and ``velocity`` (a cache's ``meta``).
+    """
+    splits = _ordered_splits(meta)
+    by_split = meta.groupby("split")
+    fam = count_table(meta, "instrument_family_str")
+    src = count_table(meta, "instrument_source_str")
+    return {
+        "n_notes_total": int(len(meta)),
+        "n_notes": {s: int(by_split.size()[s]) for s in splits},
+        "n_instruments": {s: int(by_split["instrument_str"].nunique()[s]) for s in splits},
+        "n_instruments_total": int(meta["instrument_str"].nunique()),
+        "notes_per_family": {f: int(n) for f, n in fam.sum(axis=1).items()},
+        "notes_per_source": {f: int(n) for f, n in src.sum(axis=1).items()},
+        "notes_per_family_split": {s: {f: int(fam.loc[f, s]) for f in fam.index} for s in splits},
+        "notes_per_source_split": {s: {f: int(src.loc[f, s]) for f in src.index} for s in splits},
+        "instruments_per_family": {f: int(n) for f, n in
+                                   meta.groupby("instrument_family_str")["instrument_str"].nunique().items()},
+        "families_per_split": {s: sorted(set(meta.loc[meta["split"] == s, "instrument_family_str"])) for s in splits},
+        "pitch_range": [int(meta["pitch"].min()), int(meta["pitch"].max())],
+        "velocities": {int(v): int(n) for v, n in meta["velocity"].value_counts().sort_index().items()},
+        "instruments_shared_between_splits": int((meta.groupby("instrument_str")["split"].nunique() > 1).sum()),
+    }
+
+
+def feature_stats(cache: FeatureCache, *, chunk: int = 4096) -> pd.DataFrame:
+    """Min, max, mean and standard deviation of the normalised features, per split and over all.
+
+    Reads the memory-mapped array in chunks with float64 sums, so the whole cache never sits in memory.
+
+    Returns
+    -------
+    DataFrame indexed by split (then ``all``), columns ``n_notes, min, max, mean, std,
+    frac_at_floor`` (share of cells at -1, i.e. clipped at -top_db).
+    """
+    splits = cache.meta["split"].to_numpy()
+    names = _ordered_splits(cache.meta)
+    acc = {s: np.array([0.0, 0.0, 0.0, 0.0]) for s in names + ["all"]}  # count, sum, sum of squares, floor
+    lo = dict.fromkeys(names + ["all"], np.inf)
+    hi = dict.fromkeys(names + ["all"], -np.inf)
+    for start in range(0, len(splits), chunk):
+        block = np.asarray(cache.features[start:start + chunk], dtype=np.float64)
+        labels = splits[start:start + chunk]
+        for s in names:
+            x = block[labels == s]
+            if not x.size:
+                continue
+            for key in (s, "all"):
+                acc[key] += [x.size, x.sum(), np.square(x).sum(), np.count_nonzero(x <= -1.0)]
+                lo[key] = min(lo[key], float(x.min()))
+                hi[key] = max(hi[key], float(x.max()))
+    rows = {}
+    cells = int(np.prod(cache.features.shape[1:]))
+    for key, (n, s1, s2, floor) in acc.items():
+        mean = s1 / n if n else float("nan")
+        var = max(s2 / n - mean**2, 0.0) if n else float("nan")
+        rows[key] = {"n_notes": int(n // cells), "min": lo[key], "max": hi[key], "mean": mean,
+                     "std": float(np.sqrt(var)), "frac_at_floor": floor / n if n else float("nan")}
+    return pd.DataFrame.from_dict(rows, orient="index")
+
+
+def example_per_family(meta: pd.DataFrame, *, pitch: int = 60, split: str | None = None) -> pd.DataFrame:
+    """One note per family: the instrument first by name, its note nearest ``pitch`` at the loudest velocity.
+
+    Returns
+    -------
+    The chosen rows of ``meta`` (index = row position in the cache), families in NSynth order.
+    """
+    pool = meta if split is None else meta[meta["split"] == split]
+    chosen = []
+    for fam in NSYNTH_FAMILIES:
+        rows = pool[pool["instrument_family_str"] == fam]
+        if rows.empty:
+            continue
+        inst = rows[rows["instrument_str"] == sorted(rows["instrument_str"])[0]]
+        order = inst.assign(_d=(inst["pitch"] - pitch).abs(), _v=-inst["velocity"]).sort_values(
+            ["_d", "_v", "pitch"], kind="stable")
+        chosen.append(order.index[0])
+    return meta.loc[chosen]
+
+
+def render_summary(cfg: Config) -> dict | None:
+    """The render summary of ``data.root`` when it was rendered by vaelib (None for other datasets)."""
+    path = resolve_path(cfg.data.root) / "render_summary.json"
+    if not path.is_file():
+        return None
+    raw = json.loads(path.read_text())
+    return {k: v for k, v in raw.items() if k != "dropped_notes"} | {"dropped_notes_listed": len(
+        raw.get("dropped_notes", []))}
+
+
+def preprocess_stats(cache: FeatureCache, cfg: Config, *, stats: pd.DataFrame | None = None) -> dict:
+    """Everything ``01_preprocess`` records: dataset summary, feature statistics, cache key and path,
+    the render summary when there is one. JSON-ready."""
+    stats = feature_stats(cache) if stats is None else stats
+    return {
+        **dataset_summary(cache.meta),
+        "feature_stats": {k: {c: float(v) if c != "n_notes" else int(v) for c, v in row.items()}
+                          for k, row in stats.to_dict(orient="index").items()},
+        "feature_shape": list(cache.features.shape[1:]),
+        "cache": {"key": cache.manifest["key"], "path": str(Path(cache.path)), "fixes": cache.manifest["fixes"]},
+        "data_root": str(resolve_path(cfg.data.root)),
+        "render": render_summary(cfg),
+    }
