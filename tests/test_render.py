@@ -133,3 +133,17 @@ def test_smoke_dataset(smoke_dataset):
     assert summary["notes"] == 12 * 7 * 2 and summary["instruments"] == 12
     df = read_examples(smoke_dataset)
     assert set(df["instrument_family_str"]) == {"keyboard", "guitar", "string", "brass"}
+
+
+def test_any_soundfont_path(pitched, tmp_path):
+    # a .sf2 given by path renders like the default one (here: the same file under another name)
+    import shutil
+
+    font = tmp_path / "My Font.SF2"
+    shutil.copy(default_soundfont(), font)
+    cfg = RenderConfig(**{**PITCHED.__dict__, "soundfont": str(font), "programs": (73,)})
+    summary = render_dataset(cfg, tmp_path / "ds", show_progress=False)
+    assert summary["soundfont"] == str(font) and summary["notes"] == 4
+    out, _ = pitched
+    for wav in sorted((tmp_path / "ds" / "audio").iterdir()):
+        assert wav.read_bytes() == (out / "audio" / wav.name).read_bytes(), wav.name
