@@ -60,7 +60,7 @@ def _mel_power_cpu(audio: np.ndarray, *, cfg: FeatureConfig) -> np.ndarray:
     window = _hann_cached(n_fft)
     groups = _band_groups_cached(cfg.sample_rate, n_fft, cfg.n_mels, cfg.fmin, cfg.fmax)
     n_bins = n_fft // 2 + 1
-    blk = min(_CPU_BLOCK, batch)
+    blk = max(1, min(_CPU_BLOCK, batch))
     half = n_fft // 2
     # Per-thread buffers reused from call to call: fresh multi-MB arrays cost page faults each time.
     padded = _scratch("padded", (blk, n + n_fft))  # centre=True, pad_mode='constant'
