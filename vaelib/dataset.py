@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import struct
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -258,35 +257,6 @@ class WavReport:
         self.files += other.files
 
 
-def _read_plain_pcm16(path: Path) -> tuple[np.ndarray, int] | None:
-    """Samples [shape=(frames, channels)] int16 and rate of a plain RIFF/WAVE PCM 16-bit file, or
-    None for anything else (other encodings, WAVE_FORMAT_EXTENSIBLE, truncated or odd files), which
-    libsndfile then reads or refuses."""
-    data = path.read_bytes()
-    if len(data) < 12 or data[:4] != b"RIFF" or data[8:12] != b"WAVE":
-        return None
-    pos, fmt = 12, None
-    while pos + 8 <= len(data):
-        chunk, size = data[pos:pos + 4], int.from_bytes(data[pos + 4:pos + 8], "little")
-        body = pos + 8
-        if chunk == b"fmt ":
-            if size < 16 or body + 16 > len(data):
-                return None
-            tag, channels, rate, _byte_rate, block, bits = struct.unpack_from("<HHIIHH", data, body)
-            fmt = (tag, channels, rate, block, bits)
-        elif chunk == b"data":
-            if fmt is None:
-                return None
-            tag, channels, rate, block, bits = fmt
-            if tag != 1 or bits != 16 or channels < 1 or block != 2 * channels or body + size > len(data):
-                return None
-            frames = size // block
-            pcm = np.frombuffer(data, dtype="<i2", count=frames * channels, offset=body)
-            return pcm.reshape(frames, channels), rate
-        pos = body + size + (size & 1)
-    return None
-
-
 def read_wav(path: str | Path, *, sample_rate: int = 16000, n_samples: int = 64000,
              resample: bool = True) -> tuple[np.ndarray, WavReport]:
     """Decode one wav to float32 mono at ``sample_rate``, padded with zeros or cut to ``n_samples``.
@@ -305,19 +275,16 @@ def read_wav(path: str | Path, *, sample_rate: int = 16000, n_samples: int = 640
     if not path.is_file():
         raise DataError(f"{path}: wav file not found")
     try:
-        plain = _read_plain_pcm16(path)
-    except OSError as exc:
+        with sf.SoundFile(path) as fh:
+            sr = fh.samplerate
+            # NSynth's 16-bit PCM read as int16 and scaled here: ~1.5x faster than libsndfile's float path.
+            if fh.subtype == "PCM_16":
+                audio = fh.read(dtype="int16", always_2d=True).astype(np.float32)
+                audio *= np.float32(1.0 / 32768.0)  # libsndfile's own int16 -> float scale
+            else:
+                audio = fh.read(dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, TypeError, OSError) as exc:
         raise DataError(f"{path}: unreadable wav ({exc})") from exc
-    if plain is not None:
-        # NSynth's own format, parsed directly: a quarter of libsndfile's per-file cost, same numbers.
-        pcm, sr = plain
-        audio = pcm.astype(np.float32)
-        audio *= np.float32(1.0 / 32768.0)  # libsndfile's int16 -> float scale
-    else:
-        try:
-            audio, sr = sf.read(path, dtype="float32", always_2d=True)
-        except (sf.LibsndfileError, RuntimeError, TypeError) as exc:
-            raise DataError(f"{path}: unreadable wav ({exc})") from exc
     report = WavReport()
     if audio.shape[1] > 1:
         warnings.warn(f"{path}: {audio.shape[1]} channels, downmixed to mono", stacklevel=2)
