@@ -79,3 +79,17 @@ def make_split(tmp_path):
         return folder
 
     return make
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory, smoke_dataset) -> dict:
+    """The whole pipeline (`vaelib run`) on params/smoke.yaml, once per session: the five notebooks
+    executed by papermill into ``<tmp>/reports/smoke/``. Every notebook test reads this one run."""
+    from vaelib.pipeline import run_pipeline
+
+    tmp = tmp_path_factory.mktemp("run")
+    overrides = [f"data.root={smoke_dataset}", f"features.cache_dir={tmp}/cache",
+                 f"train.checkpoint_dir={tmp}/ckpt"]
+    run_dir = run_pipeline(SMOKE_PARAMS, overrides, reports_root=tmp / "reports")
+    return {"tmp": tmp, "dataset": smoke_dataset, "overrides": overrides, "run_dir": run_dir,
+            "cfg": load_config(SMOKE_PARAMS, overrides)}

@@ -96,3 +96,15 @@ def test_embed_on_a_tiny_checkpoint(smoke_dataset, tmp_path_factory):
         args += ["--set", o]
     assert main(args) == 0
     np.testing.assert_allclose(latent_matrix(pd.read_parquet(out_cli)), latent_matrix(table), atol=1e-5)
+
+
+def test_maps_of_mu_leaves_umap_out_when_asked():
+    import dataclasses
+
+    from vaelib.config import AnalysisConfig
+    from vaelib.latent import maps_of_mu
+
+    mu = np.random.default_rng(0).standard_normal((40, 6)).astype(np.float32)
+    is_train = np.arange(40) < 30
+    maps = maps_of_mu(mu, is_train=is_train, cfg=dataclasses.replace(AnalysisConfig(), umap=False), seed=0)
+    assert list(maps) == ["PCA"] and maps["PCA"].coords.shape == (40, 2)

@@ -77,15 +77,8 @@ def test_feature_stats_per_split_exact():
 
 
 @pytest.mark.slow
-def test_notebook_01_on_smoke_params(tmp_path):
-    papermill = pytest.importorskip("papermill")
-    out_dir = tmp_path / "report"
-    papermill.execute_notebook(
-        str(NOTEBOOK), str(tmp_path / "01_out.ipynb"), kernel_name="python3", cwd=str(NOTEBOOK.parent),
-        parameters={"params_file": str(PROJECT_ROOT / "params" / "smoke.yaml"),
-                    "overrides": [f"data.root={tmp_path / 'ds'}", f"features.cache_dir={tmp_path / 'cache'}"],
-                    "out_dir": str(out_dir)},
-        progress_bar=False)
+def test_notebook_01_on_smoke_params(smoke_run):
+    out_dir, cache_dir = smoke_run["run_dir"], smoke_run["tmp"] / "cache"
     stats = json.loads((out_dir / "preprocess_stats.json").read_text())
     # params/smoke.yaml: 12 programs x 7 pitches x 2 velocities, split 4/4/4 instruments (one per family)
     assert stats["n_notes"] == {"train": 56, "valid": 56, "test": 56}
@@ -98,8 +91,8 @@ def test_notebook_01_on_smoke_params(tmp_path):
         fs = stats["feature_stats"][split]
         assert fs["min"] == -1.0 and fs["max"] == 1.0 and -1.0 < fs["mean"] < 0.0 and 0.2 < fs["std"] < 1.0
     assert stats["feature_shape"] == [1, 80, 128]
-    assert stats["cache"]["path"] == str(tmp_path / "cache" / stats["cache"]["key"])
-    assert (tmp_path / "cache" / stats["cache"]["key"] / "features.npy").is_file()
+    assert stats["cache"]["path"] == str(cache_dir / stats["cache"]["key"])
+    assert (cache_dir / stats["cache"]["key"] / "features.npy").is_file()
     assert stats["render"]["notes"] == 168 and stats["render"]["instruments"] == 12
     for png in ("01_counts.png", "01_pitch_velocity.png", "01_family_spectrograms.png"):
         assert (out_dir / png).stat().st_size > 10_000, png

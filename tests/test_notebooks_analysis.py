@@ -1,11 +1,10 @@
-"""Papermill runs of 03_diagnostics, 04_latent_map and 05_listening on the trained smoke set."""
+"""03_diagnostics, 04_latent_map and 05_listening as executed by papermill in the session's smoke run."""
 
 from __future__ import annotations
 
 import json
 
 import pytest
-from _fixtures_analysis import trained_smoke
 
 from vaelib.config import PROJECT_ROOT
 from vaelib.probes import PROBE_KEYS
@@ -15,22 +14,19 @@ NOTEBOOKS = PROJECT_ROOT / "notebooks"
 
 
 @pytest.fixture(scope="module")
-def run(smoke_dataset, tmp_path_factory):
-    pytest.importorskip("vaelib.train")
-    return trained_smoke(smoke_dataset, tmp_path_factory.getbasetemp() / "analysis")
+def run(smoke_run):
+    from vaelib.prepare import prepare_features
+
+    return {**smoke_run, "cache": prepare_features(smoke_run["cfg"], show_progress=False)}
 
 
 @pytest.fixture(scope="module")
-def execute(run, tmp_path_factory):
-    papermill = pytest.importorskip("papermill")
-    out_dir = tmp_path_factory.mktemp("reports")
+def execute(smoke_run):
+    """The notebooks were executed by the session's smoke run; this hands back its folder."""
 
-    def go(name: str) -> dict:
-        papermill.execute_notebook(
-            str(NOTEBOOKS / f"{name}.ipynb"), str(out_dir / f"{name}.ipynb"), kernel_name="python3",
-            cwd=str(NOTEBOOKS), progress_bar=False,
-            parameters={"params_file": str(run["params"]), "overrides": run["overrides"], "out_dir": str(out_dir)})
-        return out_dir
+    def go(name: str):
+        assert (smoke_run["run_dir"] / f"{name}.ipynb").is_file(), name
+        return smoke_run["run_dir"]
 
     return go
 

@@ -160,6 +160,7 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class AnalysisConfig:
+    umap: bool = _f(True, "draw the UMAP map in 04 beside PCA (its numba compile costs ~20 s per kernel)")
     umap_neighbors: int = _f(15, "UMAP n_neighbors", lo=2, hi=500)
     umap_min_dist: float = _f(0.1, "UMAP min_dist", lo=0.0, hi=1.0)
     knn_k: int = _f(5, "neighbours of the kNN probes", lo=1, hi=200)

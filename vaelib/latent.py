@@ -18,10 +18,11 @@ import pandas as pd
 import torch
 from sklearn.decomposition import PCA
 
-from vaelib.config import Config, config_from_dict
+from vaelib.config import AnalysisConfig, Config, config_from_dict
 from vaelib.exceptions import ParameterError
 
 __all__ = [
+    "maps_of_mu",
     "META_COLUMNS",
     "encode_features",
     "decode_latents",
@@ -229,3 +230,11 @@ def project_umap(x: np.ndarray, *, n_neighbors: int, min_dist: float, seed: int)
                         random_state=seed, n_jobs=1)
     coords = reducer.fit_transform(x)
     return Projection("umap", np.asarray(coords), lambda z: np.asarray(reducer.transform(np.asarray(z, np.float32))))
+
+
+def maps_of_mu(mu: np.ndarray, *, is_train: np.ndarray, cfg: AnalysisConfig, seed: int) -> dict[str, Projection]:
+    """The 2-D maps of 04: PCA fitted on the train notes, and UMAP unless ``cfg.umap`` is false."""
+    maps = {"PCA": project_pca(mu, fit_mask=is_train, seed=seed)}
+    if cfg.umap:
+        maps["UMAP"] = project_umap(mu, n_neighbors=cfg.umap_neighbors, min_dist=cfg.umap_min_dist, seed=seed)
+    return maps
