@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -221,7 +222,10 @@ def project_umap(x: np.ndarray, *, n_neighbors: int, min_dist: float, seed: int)
     ----------
     x : [shape=(notes, dims)]; ``n_neighbors`` is capped at ``notes - 1``.
     """
-    import umap
+    with warnings.catch_warnings():
+        # umap imports tqdm.auto, which warns in a kernel without ipywidgets; the reports need no widget.
+        warnings.filterwarnings("ignore", message="IProgress not found")
+        import umap
 
     x = np.asarray(x, dtype=np.float32)
     if x.ndim != 2 or len(x) < 4:

@@ -147,6 +147,7 @@ def run_pipeline(params_file: str | os.PathLike, overrides: list[str] | tuple[st
     final = reports_root / cfg.run.name
     final.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.staging-", dir=final.parent))
+    staging.chmod(0o755)  # mkdtemp makes it private; the run folder it becomes should not be
     started = time.time()
     save_config(cfg, staging / "params.yaml")
     timings: dict[str, float] = {}
