@@ -108,3 +108,14 @@ def test_maps_of_mu_leaves_umap_out_when_asked():
     is_train = np.arange(40) < 30
     maps = maps_of_mu(mu, is_train=is_train, cfg=dataclasses.replace(AnalysisConfig(), umap=False), seed=0)
     assert list(maps) == ["PCA"] and maps["PCA"].coords.shape == (40, 2)
+
+
+def test_transform_each_matches_one_transform_per_set():
+    from vaelib.latent import project_pca
+
+    rng = np.random.default_rng(1)
+    proj = project_pca(rng.standard_normal((30, 5)).astype(np.float32))
+    sets = [rng.standard_normal((n, 5)).astype(np.float32) for n in (3, 1, 4)]
+    for got, points in zip(proj.transform_each(sets), sets, strict=True):
+        np.testing.assert_allclose(got, proj.transform(points), rtol=1e-5, atol=1e-6)
+    assert proj.transform_each([]) == []

@@ -197,6 +197,13 @@ class Projection:
     transform: Callable[[np.ndarray], np.ndarray]
     explained: tuple[float, float] | None = None  # PCA's explained variance ratios
 
+    def transform_each(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
+        """``transform`` of several point sets in one call (UMAP's transform has a large fixed cost)."""
+        if not arrays:
+            return []
+        coords = self.transform(np.concatenate(arrays))
+        return np.split(coords, np.cumsum([len(a) for a in arrays])[:-1])
+
 
 def project_pca(x: np.ndarray, *, fit_mask: np.ndarray | None = None, seed: int = 0) -> Projection:
     """PCA to 2-D, fitted on ``x[fit_mask]`` (all rows when None), applied to every row.

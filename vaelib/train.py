@@ -51,11 +51,9 @@ __all__ = [
     "load_model",
     "load_checkpoint",
     "encode_dataset",
-    "reconstruct",
     "HISTORY_COLUMNS",
     "result_from_dir",
     "train_or_reuse",
-    "family_examples",
     "train_metrics",
 ]
 
@@ -248,22 +246,6 @@ def encode_dataset(model: ConvVAE, x: torch.Tensor, *, batch_size: int = EVAL_BA
         logvars.append(logvar.float().cpu())
     model.train(was_training)
     return torch.cat(mus), torch.cat(logvars)
-
-
-@torch.no_grad()
-def reconstruct(model: ConvVAE, x: torch.Tensor, pitch: torch.Tensor | None = None) -> torch.Tensor:
-    """Decoded posterior means (no sampling) [shape=(notes, 1, n_mels, frames)] float32, on CPU."""
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    outs = []
-    for i in range(0, x.shape[0], EVAL_BATCH):
-        xb = x[i:i + EVAL_BATCH].to(device)
-        pb = None if pitch is None else pitch[i:i + EVAL_BATCH].to(device)
-        mu, _ = model.encode(xb)
-        outs.append(model.decode(mu, pb).float().cpu())
-    model.train(was_training)
-    return torch.cat(outs)
 
 
 @torch.no_grad()
@@ -522,18 +504,6 @@ def train_or_reuse(cfg: Config, cache: FeatureCache, *, retrain: bool = False,
         log.info("reusing %s", found)
         return result_from_dir(found.parent), False
     return train(cfg, cache, resume=not retrain, show_progress=show_progress), True
-
-
-def family_examples(meta: pd.DataFrame, *, pitch: int = 60) -> list[int]:
-    """Row positions of one note per instrument family: the note nearest ``pitch``, loudest velocity.
-
-    Returns positions in ``meta`` order of family name.
-    """
-    rows = []
-    for _, grp in meta.groupby("instrument_family_str", sort=True):
-        key = (grp["pitch"] - pitch).abs() * 1000 - grp["velocity"]
-        rows.append(meta.index.get_loc(key.idxmin()))
-    return rows
 
 
 def train_metrics(res: TrainResult, cfg: Config, *, trained: bool) -> dict:
