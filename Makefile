@@ -16,7 +16,7 @@ $(STAMP): requirements.lock pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	# --no-deps: the lock is complete, and tinysoundfont's pyaudio (live playback only) does not build here.
 	$(PY) -m pip install -q --no-deps -r requirements.lock
-	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	$(PY) -m pip install -q --no-deps -e .
 	$(VENV)/bin/nbstripout --install --attributes .gitattributes 2>/dev/null || true
 	$(PY) -m ipykernel install --prefix $(VENV) --name python3 >/dev/null
 	@touch $(STAMP)

@@ -48,6 +48,14 @@ def test_smoke_run_writes_every_report_and_metric(smoke_run):
     assert (run_dir / "params.yaml").is_file()
 
 
+def test_progress_bars_reach_the_notebook_but_not_the_report(smoke_run):
+    nb = json.loads((smoke_run["run_dir"] / "02_train.ipynb").read_text())
+    stderr = "".join("".join(o.get("text", "")) for c in nb["cells"] if c["cell_type"] == "code"
+                     for o in c.get("outputs", []) if o.get("name") == "stderr")
+    assert "epoch" in stderr and "\r" in stderr
+    assert "batch/s]" in stderr and "batch/s]" not in (smoke_run["run_dir"] / "02_train.html").read_text()
+
+
 def test_rerun_reuses_dataset_cache_and_checkpoint(smoke_run):
     tmp = smoke_run["tmp"]
     caches = sorted(p.name for p in (tmp / "cache").iterdir())
