@@ -141,3 +141,13 @@ def test_resolve_path(monkeypatch, tmp_path):
     monkeypatch.delenv("VAE_TEST_ROOT")
     with pytest.raises(ConfigError, match="VAE_TEST_ROOT"):
         resolve_path("$VAE_TEST_ROOT/ds")
+
+
+def test_exponent_without_a_dot_is_a_number(tmp_path):
+    # PyYAML reads 3e-4 as the string '3e-4'; the config still takes it as a float.
+    assert load_config(overrides=["train.lr=3e-4"]).train.lr == 3e-4
+    path = tmp_path / "p.yaml"
+    path.write_text("train:\n  lr: 5e-4\n")
+    assert load_config(path).train.lr == 5e-4
+    with pytest.raises(ConfigError, match="train.lr: expected a number, got 'fast'"):
+        load_config(overrides=["train.lr=fast"])

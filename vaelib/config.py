@@ -238,6 +238,12 @@ def _check_scalar(where: str, value: Any, kind: Any) -> Any:
             raise ConfigError(f"{where}: expected an integer, got {value!r}")
         return value
     if kind is float:
+        if isinstance(value, str):
+            # YAML 1.1 reads 3e-4 (no dot) as a string; a number written so is still a number.
+            try:
+                return float(value)
+            except ValueError:
+                raise ConfigError(f"{where}: expected a number, got {value!r}") from None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
         return float(value)
