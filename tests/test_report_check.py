@@ -65,3 +65,9 @@ def test_browser_passes_good_pages(tmp_path):
     problems, seen = check_reports(tmp_path)
     assert problems == []
     assert seen["index.html"]["images"] == 1
+
+
+def test_browser_that_cannot_start_is_one_problem_per_page(tmp_path):
+    _site(tmp_path, broken=False)
+    problems, _ = check_reports(tmp_path, chromium=str(tmp_path / "no-such-chromium"))
+    assert len(problems) == 2 and all("could not start" in p for p in problems)

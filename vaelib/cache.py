@@ -179,6 +179,8 @@ def build_feature_cache(df: pd.DataFrame, cfg: FeatureConfig, *, resample: bool 
             "fixed_files": report.files[:100],
         }
         (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
+        if final.exists() and not (final / MANIFEST_FILE).is_file():
+            shutil.rmtree(final)  # a folder of this key without a manifest is never read: replace it
         try:
             os.replace(tmp, final)
         except OSError:

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from vaelib.config import REPORTS_DIR, load_config, resolve_path
+from vaelib.config import DATA_DIR, load_config, resolve_path
 from vaelib.exceptions import CheckpointError
 
 __all__ = ["register", "cmd_embed"]
@@ -26,7 +26,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
         if checkpoint is None:
             raise CheckpointError("no finished training matches these params: run `vaelib train` "
                                   "(or 02_train) first, or pass --checkpoint")
-    out = resolve_path(args.out) if args.out else REPORTS_DIR / cfg.run.name / "embeddings.parquet"
+    out = resolve_path(args.out) if args.out else DATA_DIR / "embeddings" / f"{cfg.run.name}.parquet"
     data = resolve_path(args.data) if args.data else None
     table = embed(Path(checkpoint), data, cfg=cfg, out=out, show_progress=not args.quiet)
     print(json.dumps({"out": str(out), "checkpoint": str(checkpoint), "notes": len(table),
@@ -40,6 +40,7 @@ def register(sub: argparse._SubParsersAction, add_config_args) -> None:
     add_config_args(p)
     p.add_argument("--checkpoint", help="a .pt checkpoint (default: the finished training of the params)")
     p.add_argument("--data", help="NSynth-layout folder (default: data.root of the params)")
-    p.add_argument("--out", help="Parquet file (default: reports/<run>/embeddings.parquet)")
+    p.add_argument("--out", help="Parquet file (default: data/embeddings/<run>.parquet, outside the run folder, "
+                                 "which each run replaces whole)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_embed)

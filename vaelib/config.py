@@ -54,7 +54,6 @@ NSYNTH_FAMILIES = (
     "organ", "reed", "string", "synth_lead", "vocal",
 )
 NSYNTH_SOURCES = ("acoustic", "electronic", "synthetic")
-NSYNTH_VELOCITIES = (25, 50, 75, 100, 127)
 
 
 def _f(default: Any, help: str, *, lo: float | None = None, hi: float | None = None,

@@ -15,10 +15,10 @@ from typing import Any
 
 import numpy as np
 
-_UMASK = os.umask(0)
-os.umask(_UMASK)
+UMASK = os.umask(0)
+os.umask(UMASK)
 
-__all__ = ["atomic_path", "atomic_write_text", "atomic_write_bytes", "atomic_write_json", "atomic_save_npy"]
+__all__ = ["UMASK", "atomic_path", "atomic_write_text", "atomic_write_json"]
 
 
 @contextmanager
@@ -37,7 +37,7 @@ def atomic_path(target: str | os.PathLike, *, suffix: str = ""):
         with open(tmp_path, "rb") as fh:
             os.fsync(fh.fileno())
         # mkstemp creates 0600; a report or cache file should read like any file the user writes.
-        os.chmod(tmp_path, 0o666 & ~_UMASK)
+        os.chmod(tmp_path, 0o666 & ~UMASK)
         os.replace(tmp_path, target)
     finally:
         if tmp_path.exists():
@@ -53,17 +53,8 @@ def atomic_write_text(target: str | os.PathLike, text: str) -> None:
     _write_with(target, lambda p: p.write_text(text))
 
 
-def atomic_write_bytes(target: str | os.PathLike, data: bytes) -> None:
-    _write_with(target, lambda p: p.write_bytes(data))
-
-
 def atomic_write_json(target: str | os.PathLike, obj: Any) -> None:
     atomic_write_text(target, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
-
-
-def atomic_save_npy(target: str | os.PathLike, array: np.ndarray) -> None:
-    # np.save appends .npy to names without it, so the temp name must end in .npy.
-    _write_with(target, lambda p: np.save(p, array, allow_pickle=False), suffix=".npy")
 
 
 def _json_default(obj: Any) -> Any:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from vaelib.config import PROJECT_ROOT, REPORTS_DIR, Config, config_to_dict, load_config, save_config
 from vaelib.exceptions import VaelibError
-from vaelib.io import atomic_write_json, atomic_write_text
+from vaelib.io import UMASK, atomic_write_json, atomic_write_text
 from vaelib.report_html import notebook_to_html, run_index_html, runs_index_html
 
 __all__ = ["PipelineError", "NOTEBOOKS_DIR", "METRIC_FILES", "run_pipeline", "collect_metrics",
@@ -100,7 +100,10 @@ def collect_metrics(run_dir: Path, notebooks: tuple[str, ...]) -> dict:
         path = run_dir / fname if fname else None
         if path is None or not path.is_file():
             continue
-        data = json.loads(path.read_text())
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise PipelineError(f"{path}: the JSON notebook {name} wrote is malformed ({exc})") from exc
         targets.update(data.pop("targets", {}) or {})
         for key, value in data.items():
             metrics.setdefault(key, value)
@@ -147,7 +150,7 @@ def run_pipeline(params_file: str | os.PathLike, overrides: list[str] | tuple[st
     final = reports_root / cfg.run.name
     final.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.staging-", dir=final.parent))
-    staging.chmod(0o755)  # mkdtemp makes it private; the run folder it becomes should not be
+    staging.chmod(0o777 & ~UMASK)  # mkdtemp makes it private; the run folder it becomes should not be
     started = time.time()
     save_config(cfg, staging / "params.yaml")
     timings: dict[str, float] = {}

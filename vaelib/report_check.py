@@ -96,6 +96,10 @@ def _browser_problems(page: Path, chromium: str, timeout: float) -> tuple[list[s
             [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--virtual-time-budget=15000",
              "--dump-dom", tmp.as_uri()],
             capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return [f"{page}: Chromium did not load the page within {timeout:.0f} s"], {}
+    except OSError as exc:
+        return [f"{page}: Chromium ({chromium}) could not start: {exc}"], {}
     finally:
         tmp.unlink(missing_ok=True)
         shutil.rmtree(profile, ignore_errors=True)

@@ -40,7 +40,7 @@ from vaelib.config import Config, config_from_dict, config_to_dict, resolve_path
 from vaelib.device import autocast_dtype, resolve_device, set_threads
 from vaelib.exceptions import CheckpointError, ConfigError, TrainingError
 from vaelib.io import atomic_path, atomic_write_text
-from vaelib.loss import active_units, beta_at, kl_per_dim, vae_loss
+from vaelib.loss import active_units, beta_at, vae_loss
 from vaelib.model import ConvVAE, count_parameters
 
 __all__ = [
@@ -50,7 +50,6 @@ __all__ = [
     "find_checkpoint",
     "load_model",
     "load_checkpoint",
-    "encode_dataset",
     "HISTORY_COLUMNS",
     "result_from_dir",
     "train_or_reuse",
@@ -218,8 +217,9 @@ def _to_tensor(features: np.ndarray, device: torch.device) -> torch.Tensor:
 
 def _split_tensors(cache: FeatureCache, name: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     feats, meta = cache.split(name)
-    if len(meta) == 0:
-        raise TrainingError(f"{cache.path}: the {name!r} split is empty; check data.valid_fraction / filters")
+    if len(meta) < 2:
+        raise TrainingError(f"{cache.path}: the {name!r} split has {len(meta)} note(s), at least 2 are needed; "
+                            "check data.valid_fraction / data.test_fraction / the filters")
     pitch = torch.tensor(meta["pitch"].to_numpy(dtype=np.int64), device=device)
     return _to_tensor(feats, device), pitch
 
@@ -228,24 +228,6 @@ def _autocast(device: torch.device, dtype: torch.dtype):
     if dtype == torch.float32:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-@torch.no_grad()
-def encode_dataset(model: ConvVAE, x: torch.Tensor, *, batch_size: int = EVAL_BATCH,
-                   dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
-    """Posterior ``mu`` and ``logvar`` [shape=(notes, latent_dim)] float32 of every note of ``x``."""
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    mus, logvars = [], []
-    for i in range(0, x.shape[0], batch_size):
-        xb = x[i:i + batch_size].to(device)
-        with _autocast(device, dtype):
-            mu, logvar = model.encode(xb)
-        mus.append(mu.float().cpu())
-        logvars.append(logvar.float().cpu())
-    model.train(was_training)
-    return torch.cat(mus), torch.cat(logvars)
 
 
 @torch.no_grad()
@@ -275,7 +257,6 @@ def _evaluate(model: ConvVAE, x: torch.Tensor, pitch: torch.Tensor, *, beta: flo
     res.update(mu_mean=float(mu.mean()), mu_std=float(mu.std()), logvar_mean=float(logvar.mean()),
                logvar_std=float(logvar.std()), active_units=active_units(mu) if n > 1 else 0)
     # Free bits was tuned per dimension; also report how many dimensions sit at the prior.
-    res["kl_dims_below_fb"] = int((kl_per_dim(mu, logvar).mean(0) < free_bits).sum())
     return res
 
 
@@ -452,7 +433,6 @@ def train(cfg: Config, cache: FeatureCache, *, resume: bool = False, show_progre
                    **{f"train_{k}": v / seen for k, v in sums.items()}}
             ev = _evaluate(model, x_valid, p_valid, beta=row["beta"], free_bits=tc.free_bits,
                            seed=cfg.run.seed + 2, dtype=dtype, pitched=pitched)
-            ev.pop("kl_dims_below_fb")
             row.update(ev)
             history.append({c: row[c] for c in HISTORY_COLUMNS})
             improved = row["valid_recon"] < best["valid_recon"]
