@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 from vaelib.pipeline import run_pipeline
 from vaelib.report_check import check_reports, find_chromium
@@ -64,10 +65,10 @@ def test_rerun_reuses_dataset_cache_and_checkpoint(smoke_run):
     wav = next((ds / "audio").iterdir())
     wav_mtime = wav.stat().st_mtime_ns
     # Only analysis parameters change: nothing upstream is rebuilt (UMAP off keeps this rerun short).
-    # A second run name, so the session's smoke run stays as the notebook tests read it; 01 and 02 are
-    # the notebooks that would rebuild or retrain, so they are the ones rerun here.
+    # A second run name, so the session's smoke run stays as the notebook tests read it; 02 is the
+    # notebook that would re-render, rebuild the cache or retrain, so it is the one rerun here.
     rerun = run_pipeline(SMOKE, [*smoke_run["overrides"], "analysis.interp_steps=4", "analysis.umap=false",
-                                 "run.name=smoke_rerun", "report.notebooks=[01_preprocess, 02_train]"],
+                                 "run.name=smoke_rerun", "report.notebooks=[02_train]"],
                          reports_root=tmp / "reports")
     assert sorted(p.name for p in (tmp / "cache").iterdir()) == caches
     assert {p: p.stat().st_mtime_ns for p in (tmp / "ckpt").glob("*/best.pt")} == ckpts
@@ -89,13 +90,14 @@ def test_reports_render_in_chromium(smoke_run):
 
 
 def test_sweep_of_two_tiny_experiments(smoke_run, tmp_path):
-    base = SMOKE
     files = []
-    for name, extra in (("tiny_a", "train:\n  free_bits: 0.5\n"), ("tiny_b", "model:\n  latent_dim: 4\n")):
+    # 02-04 are what the comparison page reads; one epoch and no UMAP keep each experiment short.
+    common = {"base": str(SMOKE), "report": {"notebooks": ["02_train", "03_diagnostics", "04_latent_map"]},
+              "analysis": {"umap": False}}
+    for name, extra in (("tiny_a", {"train": {"free_bits": 0.5, "epochs": 1}}),
+                        ("tiny_b", {"model": {"latent_dim": 4}, "train": {"epochs": 1}})):
         path = tmp_path / f"{name}.yaml"
-        # 02-04 are what the comparison page reads; UMAP off keeps each experiment short.
-        path.write_text(f"base: {base}\nrun:\n  name: {name}\n{extra}"
-                        "report:\n  notebooks: [02_train, 03_diagnostics, 04_latent_map]\nanalysis:\n  umap: false\n")
+        path.write_text(yaml.safe_dump({**common, "run": {"name": name}, **extra}))
         files.append(path)
     reports = smoke_run["tmp"] / "reports"
     out = run_sweep(files, smoke_run["overrides"], reports_root=reports)

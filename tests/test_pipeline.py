@@ -12,6 +12,7 @@ from vaelib import pipeline
 from vaelib.exceptions import ConfigError
 from vaelib.pipeline import PipelineError, collect_metrics, run_pipeline
 from vaelib.report_check import check_reports
+from vaelib.report_html import notebook_to_html
 
 SMOKE = Path(__file__).resolve().parents[1] / "params" / "smoke.yaml"
 
@@ -62,8 +63,8 @@ def test_run_writes_reports_metrics_and_indexes(standins, tmp_path):
     assert "standin/index.html" in (tmp_path / "reports" / "index.html").read_text()
     # The HTML hides code by default and keeps it on request.
     assert 'class="highlight' not in (run_dir / "01_preprocess.html").read_text()
-    run_pipeline(SMOKE, OVR, reports_root=tmp_path / "reports", keep_code=True)
-    assert 'class="highlight' in (run_dir / "01_preprocess.html").read_text()
+    notebook_to_html(run_dir / "01_preprocess.ipynb", tmp_path / "with_code.html", keep_code=True)
+    assert 'class="highlight' in (tmp_path / "with_code.html").read_text()
     problems, _ = check_reports(tmp_path / "reports", use_browser=False)
     assert problems == []
 
