@@ -11,6 +11,7 @@ import json
 import logging
 import sys
 
+from vaelib import cli_analysis, cli_pipeline, cli_train
 from vaelib.config import PARAMS_DIR, Config, load_config, resolve_path
 from vaelib.exceptions import VaelibError
 
@@ -83,23 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", action="store_true", help="print the table of every parameter (markdown)")
     p.set_defaults(func=cmd_params)
 
-    # Subcommands of later stages register themselves here (train, embed, run, sweep).
-    for register in _registrars():
-        register(sub, _add_config_args)
+    # Each stage's module adds its own subcommands (train; embed; run, sweep, check).
+    for module in (cli_train, cli_analysis, cli_pipeline):
+        module.register(sub, _add_config_args)
     return parser
-
-
-def _registrars() -> list:
-    found = []
-    for module in ("vaelib.cli_train", "vaelib.cli_analysis", "vaelib.cli_pipeline"):
-        try:
-            mod = __import__(module, fromlist=["register"])
-        except ModuleNotFoundError as exc:
-            if exc.name != module:
-                raise
-            continue
-        found.append(mod.register)
-    return found
 
 
 def main(argv: list[str] | None = None) -> int:
