@@ -272,18 +272,21 @@ def read_wav(path: str | Path, *, sample_rate: int = 16000, n_samples: int = 640
         Missing or unreadable file, or another rate with ``resample=False``.
     """
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: wav file not found")
     try:
         with sf.SoundFile(path) as fh:
             sr = fh.samplerate
-            # NSynth's 16-bit PCM read as int16 and scaled here: ~1.5x faster than libsndfile's float path.
+            # NSynth's 16-bit PCM read as int16 and scaled in one pass: ~1.5x faster than libsndfile's
+            # float path, and the read stops at n_samples when the rate needs no resampling.
+            frames = n_samples if sr == sample_rate else -1
+            too_long = fh.frames > n_samples and sr == sample_rate
             if fh.subtype == "PCM_16":
-                audio = fh.read(dtype="int16", always_2d=True).astype(np.float32)
-                audio *= np.float32(1.0 / 32768.0)  # libsndfile's own int16 -> float scale
+                raw = fh.read(frames, dtype="int16", always_2d=True)
+                audio = np.multiply(raw, np.float32(1.0 / 32768.0), dtype=np.float32)  # libsndfile's scale
             else:
-                audio = fh.read(dtype="float32", always_2d=True)
+                audio = fh.read(frames, dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, TypeError, OSError) as exc:
+        if not path.is_file():  # checked only on failure: a stat per note costs ~5% of preprocessing
+            raise DataError(f"{path}: wav file not found") from exc
         raise DataError(f"{path}: unreadable wav ({exc})") from exc
     report = WavReport()
     if audio.shape[1] > 1:
@@ -302,7 +305,7 @@ def read_wav(path: str | Path, *, sample_rate: int = 16000, n_samples: int = 640
     if len(audio) < n_samples:
         audio = np.pad(audio, (0, n_samples - len(audio)))
         report.padded = 1
-    elif len(audio) > n_samples:
+    elif len(audio) > n_samples or too_long:
         audio = audio[:n_samples]
         report.cut = 1
     if report.resampled or report.downmixed or report.padded or report.cut:

@@ -36,13 +36,27 @@ def _filterbank_cached(sr: int, n_fft: int, n_mels: int, fmin: float, fmax: floa
     return fb.astype(np.float32)
 
 
+BAND_GROUP = 5  # mel bands per block of the filterbank product (see _band_blocks)
+
+
 @functools.lru_cache(maxsize=8)
-def _support_cached(sr: int, n_fft: int, n_mels: int, fmin: float, fmax: float) -> tuple[int, int, torch.Tensor]:
-    """First and last+1 FFT bin that any mel band reads, and the filterbank cropped to them."""
+def _band_blocks(sr: int, n_fft: int, n_mels: int, fmin: float,
+                 fmax: float) -> tuple[tuple[int, int, int, torch.Tensor], ...]:
+    """The filterbank as blocks ``(band0, bin0, bin1, weights)`` of ``BAND_GROUP`` adjacent bands.
+
+    Each FFT bin feeds at most two bands, so the dense (n_mels x bins) product is ~97% zeros; a block
+    of adjacent bands reads only the bins its triangles span. With 80 bands and n_fft 1024 the
+    blocks read 600 bin columns instead of 80 x 510, and the product measured ~2.5x faster.
+    """
     fb = _filterbank_cached(sr, n_fft, n_mels, fmin, fmax)
-    cols = np.flatnonzero(fb.any(axis=0))
-    lo, hi = int(cols[0]), int(cols[-1]) + 1
-    return lo, hi, torch.from_numpy(np.ascontiguousarray(fb[:, lo:hi]))
+    blocks = []
+    for b0 in range(0, n_mels, BAND_GROUP):
+        cols = np.flatnonzero(fb[b0:b0 + BAND_GROUP].any(axis=0))
+        if cols.size == 0:  # bands narrower than a bin at a very small n_fft: all-zero rows
+            continue
+        c0, c1 = int(cols[0]), int(cols[-1]) + 1
+        blocks.append((b0, c0, c1, torch.from_numpy(np.ascontiguousarray(fb[b0:b0 + BAND_GROUP, c0:c1]))))
+    return tuple(blocks)
 
 
 def mel_filterbank(cfg: FeatureConfig) -> np.ndarray:
@@ -76,12 +90,12 @@ def log_mel_batch(audio: torch.Tensor, *, cfg: FeatureConfig) -> torch.Tensor:
     window = torch.hann_window(cfg.n_fft, device=audio.device)
     spec = torch.stft(audio, n_fft=cfg.n_fft, hop_length=cfg.hop_length, window=window,
                       center=True, pad_mode="constant", return_complex=True)  # (B, n_fft//2+1, T)
-    # Only the bins some band reads: fmin/fmax leave bins unused, and the cropped product measured
-    # 1.3-1.4x faster than the full one on the 2-core CPU (benchmarks/bench_preprocess.py).
-    lo, hi, fb = _support_cached(cfg.sample_rate, cfg.n_fft, cfg.n_mels, cfg.fmin, cfg.fmax)
-    spec = spec[:, lo:hi]
-    power = spec.real.square() + spec.imag.square()  # (B, hi - lo, T)
-    mel = torch.matmul(fb.to(audio.device), power)  # (B, n_mels, T)
+    spec = torch.view_as_real(spec)  # (B, bins, T, 2) view; power below makes one temporary, not three
+    re_, im_ = spec[..., 0], spec[..., 1]
+    power = torch.mul(re_, re_).addcmul_(im_, im_)  # (B, bins, T)
+    mel = power.new_zeros(power.shape[0], cfg.n_mels, power.shape[2])  # a band with no bin stays 0 -> AMIN
+    for b0, c0, c1, w in _band_blocks(cfg.sample_rate, cfg.n_fft, cfg.n_mels, cfg.fmin, cfg.fmax):
+        mel[:, b0:b0 + w.shape[0]] = torch.matmul(w.to(audio.device), power[:, c0:c1])
     db = 10.0 * torch.log10(mel.clamp_min(AMIN))
     if cfg.ref == "max":
         ref_db = db.amax(dim=(1, 2), keepdim=True)
