@@ -13,7 +13,7 @@ help: ## list the targets
 
 $(STAMP): requirements.lock pyproject.toml
 	@test -x $(PY) || $(shell command -v $(PYTHON) || echo python3) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q pip==26.3  # pinned like the lock: an unpinned upgrade would change the installer under it
 	# --no-deps: the lock is complete, and tinysoundfont's pyaudio (live playback only) does not build here.
 	$(PY) -m pip install -q --no-deps -r requirements.lock
 	$(PY) -m pip install -q --no-deps -e .

@@ -64,9 +64,10 @@ def smoke_overrides(dataset: Path, work: Path) -> list[str]:
 def trained_smoke(dataset: Path, work: Path) -> dict:
     """params/smoke.yaml trained once per session (the real model and trainer): cfg, cache, checkpoint."""
     if "run" not in _TRAINED:
+        from vaelib.checkpoint import find_checkpoint
         from vaelib.config import PROJECT_ROOT, load_config
         from vaelib.prepare import prepare_features
-        from vaelib.train import find_checkpoint, train
+        from vaelib.train import train
 
         params = PROJECT_ROOT / "params" / "smoke.yaml"
         overrides = smoke_overrides(dataset, work)

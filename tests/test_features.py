@@ -133,9 +133,21 @@ def _dense_log_mel(y: torch.Tensor, cfg) -> torch.Tensor:
     return torch.nn.functional.pad(x, (0, cfg.frames - x.shape[-1]), value=-1.0).unsqueeze(1)
 
 
-def test_cropped_filterbank_matches_the_dense_product():
-    ys = torch.from_numpy(np.stack([harmonic(f) for f in (41.2, 196.0, 2093.0)] + [np.zeros(4 * SR, np.float32)]))
+def test_blocked_filterbank_matches_the_dense_product():
+    ys = torch.from_numpy(np.stack([harmonic(f) for f in (41.2, 196.0, 2093.0)]))
     torch.testing.assert_close(log_mel_batch(ys, cfg=CFG), _dense_log_mel(ys, CFG), atol=1e-4, rtol=0)
     odd = dataclasses.replace(CFG, n_mels=37, n_fft=512, hop_length=160, frames=300, fmin=300.0, fmax=5000.0)
     y = torch.from_numpy(harmonic(330.0)[None, : 3 * SR])
     torch.testing.assert_close(log_mel_batch(y, cfg=odd), _dense_log_mel(y, odd), atol=1e-4, rtol=0)
+    # more bands than low-frequency bins: some bands read no bin at all (librosa warns) and stay silent
+    narrow = dataclasses.replace(CFG, n_mels=128, n_fft=256, hop_length=128, frames=500, fmin=0.0)
+    with pytest.warns(UserWarning, match="Empty filters"):
+        dense = _dense_log_mel(y, narrow)
+    torch.testing.assert_close(log_mel_batch(y, cfg=narrow), dense, atol=1e-4, rtol=0)
+
+
+def test_digital_silence_is_minus_one_not_full_scale():
+    ys = torch.from_numpy(np.stack([np.zeros(4 * SR, np.float32), harmonic(440.0, amp=1e-4)]))
+    x = log_mel_batch(ys, cfg=CFG)
+    assert torch.all(x[0] == -1.0)  # against its own maximum it would have been +1 everywhere
+    assert x[1].max() == 1.0  # a very quiet note is still measured against its own peak

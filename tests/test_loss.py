@@ -10,7 +10,16 @@ import torch
 
 from vaelib.config import TrainConfig
 from vaelib.exceptions import ParameterError
-from vaelib.loss import active_units, beta_at, free_bits_kl, kl_per_dim, recon_loss, vae_loss
+from vaelib.loss import (
+    active_units,
+    attribute_order,
+    beta_at,
+    free_bits_kl,
+    instrument_contrast,
+    kl_per_dim,
+    recon_loss,
+    vae_loss,
+)
 from vaelib.model import VAEOutput
 
 
@@ -87,3 +96,72 @@ def test_active_units():
     mu[:, 0] = torch.linspace(-1, 1, 100)
     mu[:, 1] = torch.linspace(-0.01, 0.01, 100)
     assert active_units(mu) == 1
+
+
+def _supcon_by_loops(mu: np.ndarray, labels: np.ndarray, temperature: float) -> float:
+    """Khosla et al. (2020) eq. 2 written as plain loops over anchors and positives."""
+    z = mu / np.linalg.norm(mu, axis=1, keepdims=True)
+    losses = []
+    for i in range(len(z)):
+        others = [a for a in range(len(z)) if a != i]
+        positives = [p for p in others if labels[p] == labels[i]]
+        if not positives:
+            continue
+        denom = sum(math.exp(z[i] @ z[a] / temperature) for a in others)
+        losses.append(-np.mean([math.log(math.exp(z[i] @ z[p] / temperature) / denom) for p in positives]))
+    return float(np.mean(losses))
+
+
+def test_instrument_contrast_matches_the_definition():
+    rng = np.random.default_rng(0)
+    mu = rng.normal(size=(12, 5)).astype(np.float32)
+    labels = np.array([0, 0, 1, 1, 1, 2, 3, 3, 4, 5, 5, 5])  # notes 5 and 8 have no positive
+    got = instrument_contrast(torch.from_numpy(mu), torch.from_numpy(labels), temperature=0.5)
+    assert float(got) == pytest.approx(_supcon_by_loops(mu, labels, 0.5), rel=1e-5)
+    # dims=3 is the same loss on the first three coordinates only
+    got3 = instrument_contrast(torch.from_numpy(mu), torch.from_numpy(labels), temperature=0.5, dims=3)
+    assert float(got3) == pytest.approx(_supcon_by_loops(mu[:, :3], labels, 0.5), rel=1e-5)
+
+
+def test_instrument_contrast_rewards_one_region_per_instrument():
+    gen = torch.Generator().manual_seed(0)
+    labels = torch.arange(8).repeat_interleave(4)  # 8 instruments x 4 notes
+    centres = torch.randn(8, 16, generator=gen)
+    clustered = centres[labels] + 0.05 * torch.randn(32, 16, generator=gen)
+    shuffled = clustered[torch.randperm(32, generator=gen)]
+    tight = float(instrument_contrast(clustered, labels, temperature=0.1))
+    loose = float(instrument_contrast(shuffled, labels, temperature=0.1))
+    # the minimum is log(3) (three equally close positives), chance is about log(31)
+    assert tight == pytest.approx(math.log(3), abs=0.05)
+    assert loose > math.log(31) - 0.5
+    assert float(instrument_contrast(clustered, torch.arange(32), temperature=0.1)) == 0.0  # no positives
+
+
+def test_instrument_contrast_rejects_bad_arguments():
+    with pytest.raises(ParameterError, match="temperature"):
+        instrument_contrast(torch.zeros(4, 2), torch.zeros(4), temperature=0.0)
+    with pytest.raises(ParameterError, match="labels"):
+        instrument_contrast(torch.zeros(4, 2), torch.zeros(3), temperature=0.1)
+
+
+def test_attribute_order_matches_the_definition_and_rewards_a_monotonic_dimension():
+    rng = np.random.default_rng(1)
+    mu = rng.normal(size=(10, 4)).astype(np.float32)
+    pitch = rng.integers(40, 80, size=10)
+    expected = np.mean([abs(math.tanh(10 * (mu[i, 2] - mu[j, 2])) - np.sign(pitch[i] - pitch[j]))
+                        for i in range(10) for j in range(10)])
+    got = attribute_order(torch.from_numpy(mu), torch.from_numpy(pitch), dim=2)
+    assert float(got) == pytest.approx(expected, rel=1e-5)
+    ordered = mu.copy()
+    ordered[:, -1] = (pitch - 60) / 2.0  # half a unit per semitone: tanh(5) ~ 1
+    assert float(attribute_order(torch.from_numpy(ordered), torch.from_numpy(pitch), dim=-1)) < 1e-3
+    reversed_ = ordered.copy()
+    reversed_[:, -1] *= -1
+    assert float(attribute_order(torch.from_numpy(reversed_), torch.from_numpy(pitch), dim=-1)) > 1.5
+
+
+def test_attribute_order_rejects_bad_arguments():
+    with pytest.raises(ParameterError, match="attribute"):
+        attribute_order(torch.zeros(4, 2), torch.zeros(3), dim=0)
+    with pytest.raises(ParameterError, match="dim 2"):
+        attribute_order(torch.zeros(4, 2), torch.zeros(4), dim=2)

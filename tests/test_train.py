@@ -13,10 +13,11 @@ import torch
 
 import vaelib.train as vtrain
 from vaelib.cache import FeatureCache
+from vaelib.checkpoint import checkpoint_dir, find_checkpoint, load_model
 from vaelib.config import PROJECT_ROOT, load_config
 from vaelib.exceptions import CheckpointError, TrainingError
 from vaelib.prepare import prepare_features
-from vaelib.train import HISTORY_COLUMNS, checkpoint_dir, find_checkpoint, load_model, train
+from vaelib.train import HISTORY_COLUMNS, train
 
 SMOKE = PROJECT_ROOT / "params" / "smoke.yaml"
 # 56 train notes in batches of 16: 4 steps an epoch (the last one of 8 notes).

@@ -19,8 +19,8 @@ def cmd_embed(args: argparse.Namespace) -> int:
     if args.checkpoint:
         checkpoint = resolve_path(args.checkpoint)
     else:
+        from vaelib.checkpoint import find_checkpoint
         from vaelib.prepare import prepare_features
-        from vaelib.train import find_checkpoint
 
         checkpoint = find_checkpoint(cfg, prepare_features(cfg, show_progress=not args.quiet))
         if checkpoint is None:

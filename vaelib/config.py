@@ -149,6 +149,11 @@ class TrainConfig:
     warmup_steps: int = _f(1000, "steps of linear beta warm-up from 0", lo=0)
     free_bits: float = _f(0.25, "nats per latent dimension below which KL is not penalised", lo=0.0, hi=10.0)
     patience: int = _f(4, "epochs without a better valid reconstruction before stopping", lo=1)
+    contrast: float = _f(0.0, "weight of the instrument-contrastive term on mu (0: a plain beta-VAE)", lo=0.0)
+    contrast_temperature: float = _f(0.1, "temperature of the instrument-contrastive term", lo=1e-3, hi=10.0)
+    contrast_dims: int = _f(0, "leading latent dimensions the contrastive term acts on (0: all)", lo=0)
+    pitch_order: float = _f(0.0, "weight of the AR-VAE term ordering the last latent dimension by pitch (0: off)",
+                            lo=0.0)
     device: str = _f("auto", "auto (cuda, mps, cpu in that order), cuda, mps or cpu",
                      choices=("auto", "cuda", "mps", "cpu"))
     bf16: bool = _f(True, "bf16 autocast where the hardware runs it fast")

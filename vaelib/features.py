@@ -28,6 +28,7 @@ __all__ = [
 ]
 
 AMIN = 1e-10  # power floor before the log, as librosa.power_to_db
+SILENT_DB = 10.0 * np.log10(AMIN) + 1e-3  # a note whose loudest bin is at the floor is silent
 
 
 @functools.lru_cache(maxsize=8)
@@ -98,7 +99,10 @@ def log_mel_batch(audio: torch.Tensor, *, cfg: FeatureConfig) -> torch.Tensor:
         mel[:, b0:b0 + w.shape[0]] = torch.matmul(w.to(audio.device), power[:, c0:c1])
     db = 10.0 * torch.log10(mel.clamp_min(AMIN))
     if cfg.ref == "max":
+        # A digitally silent note sits at the AMIN floor everywhere; against its own maximum it would
+        # read as full scale (+1, as librosa's ref=np.max gives). Measured against 0 dB it is silence (-1).
         ref_db = db.amax(dim=(1, 2), keepdim=True)
+        ref_db = torch.where(ref_db <= SILENT_DB, torch.zeros_like(ref_db), ref_db)
     else:
         ref_db = torch.full_like(db[:, :1, :1], 10.0 * np.log10(max(cfg.ref_power, AMIN)))
     db = (db - ref_db).clamp(-cfg.top_db, 0.0)

@@ -169,9 +169,9 @@ def embed(checkpoint: str | Path, dataset_root: str | Path | None, *, cfg: Confi
     The table written (see ``embedding_table``).
     """
     from vaelib.cache import build_feature_cache
+    from vaelib.checkpoint import load_model
     from vaelib.dataset import load_dataset
     from vaelib.io import atomic_path
-    from vaelib.train import load_model
 
     model, ckpt = load_model(Path(checkpoint), device=device)
     trained = checkpoint_config(ckpt)

@@ -26,7 +26,8 @@ import torch
 from vaelib.config import TrainConfig
 from vaelib.exceptions import ParameterError
 
-__all__ = ["LossParts", "kl_per_dim", "free_bits_kl", "recon_loss", "vae_loss", "beta_at", "active_units"]
+__all__ = ["LossParts", "kl_per_dim", "free_bits_kl", "recon_loss", "vae_loss", "beta_at", "active_units",
+           "instrument_contrast", "attribute_order"]
 
 ACTIVE_UNIT_THRESHOLD = 0.01  # Burda et al. 2016 (IWAE), sec. 5.2: Var_x(E_q[z_d|x]) > 0.01
 
@@ -130,3 +131,69 @@ def active_units(mu: torch.Tensor, *, threshold: float = ACTIVE_UNIT_THRESHOLD) 
     if mu.ndim != 2 or mu.shape[0] < 2:
         raise ParameterError(f"mu: expected (notes >= 2, dim), got {tuple(mu.shape)}")
     return int((mu.float().var(dim=0) > threshold).sum())
+
+
+def instrument_contrast(mu: torch.Tensor, labels: torch.Tensor, *, temperature: float, dims: int = 0) -> torch.Tensor:
+    """Supervised contrastive loss (Khosla et al. 2020, eq. 2) of ``mu`` with instruments as classes.
+
+    Notes of one instrument at other pitches and velocities are the positives of each note, every
+    other note of the batch a negative: the term rewards a latent region per instrument, i.e. that
+    what stays constant across an instrument's notes (its timbre) is what mu encodes first. It uses
+    instrument identity only, never the family, so the family probes stay a held-out measurement.
+
+    Parameters
+    ----------
+    mu : [shape=(batch, latent_dim)] posterior means
+    labels : [shape=(batch,)] integer instrument ids
+    temperature : float > 0, of the cosine similarities
+    dims : the first ``dims`` latent dimensions carry the term (0: all), leaving the rest free for
+        what varies within an instrument (pitch, loudness)
+
+    Returns
+    -------
+    scalar float32 tensor, averaged over the notes that have at least one positive (0 when none has)
+    """
+    if temperature <= 0:
+        raise ParameterError(f"temperature must be > 0, got {temperature}")
+    if labels.shape != mu.shape[:1]:
+        raise ParameterError(f"labels {tuple(labels.shape)} must have one entry per row of mu {tuple(mu.shape)}")
+    z = torch.nn.functional.normalize(mu.float()[:, :dims] if dims else mu.float(), dim=1)
+    sim = z @ z.T / temperature  # (B, B)
+    self_mask = torch.eye(len(z), dtype=torch.bool, device=z.device)
+    sim = sim.masked_fill(self_mask, -torch.inf)
+    log_prob = sim - torch.logsumexp(sim, dim=1, keepdim=True)
+    positive = (labels[:, None] == labels[None, :]) & ~self_mask
+    n_pos = positive.sum(dim=1)
+    has = n_pos > 0
+    if not bool(has.any()):
+        return mu.new_zeros((), dtype=torch.float32)
+    per_anchor = log_prob.masked_fill(~positive, 0.0).sum(dim=1)[has] / n_pos[has]
+    return -per_anchor.mean()
+
+
+def attribute_order(mu: torch.Tensor, attribute: torch.Tensor, *, dim: int, delta: float = 10.0) -> torch.Tensor:
+    """Attribute regularization of one latent dimension (Pati & Lerch 2020, AR-VAE, eq. 3).
+
+    Pushes latent dimension ``dim`` to be monotonic in ``attribute`` (here the MIDI pitch): for every
+    pair of notes in the batch, ``tanh(delta * (mu_i - mu_j))`` is pulled to ``sign(a_i - a_j)``.
+    Only the order of the attribute is used, not its values, and the decoder is not given it.
+
+    Parameters
+    ----------
+    mu : [shape=(batch, latent_dim)] posterior means
+    attribute : [shape=(batch,)] the attribute of each note
+    dim : the regularized dimension (negative counts from the end)
+    delta : sharpness of the tanh (the paper's default, 10)
+
+    Returns
+    -------
+    scalar float32 tensor in [0, 2]: mean absolute error over all ordered pairs
+    """
+    if attribute.shape != mu.shape[:1]:
+        raise ParameterError(f"attribute {tuple(attribute.shape)} must have one entry per row of mu "
+                             f"{tuple(mu.shape)}")
+    if not -mu.shape[1] <= dim < mu.shape[1]:
+        raise ParameterError(f"dim {dim} is outside the {mu.shape[1]} latent dimensions")
+    z = mu.float()[:, dim]
+    a = attribute.float()
+    return (torch.tanh(delta * (z[:, None] - z[None, :])) - torch.sign(a[:, None] - a[None, :])).abs().mean()

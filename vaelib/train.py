@@ -20,7 +20,6 @@ arrived), ``best.pt`` (best valid reconstruction so far), ``history.csv``, ``con
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import math
 import signal
@@ -36,20 +35,26 @@ import torch
 from tqdm import tqdm
 
 from vaelib.cache import FeatureCache
-from vaelib.config import Config, config_from_dict, config_to_dict, resolve_path, save_config, section_hash
+from vaelib.checkpoint import (
+    CHECKPOINT_FORMAT,
+    check_same_model,
+    checkpoint_dir,
+    find_checkpoint,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from vaelib.config import Config, config_to_dict, save_config
 from vaelib.device import autocast_dtype, resolve_device, set_threads
-from vaelib.exceptions import CheckpointError, ConfigError, TrainingError
-from vaelib.io import atomic_path, atomic_write_text
-from vaelib.loss import active_units, beta_at, vae_loss
+from vaelib.exceptions import TrainingError
+from vaelib.io import atomic_write_text
+from vaelib.loss import active_units, attribute_order, beta_at, instrument_contrast, vae_loss
 from vaelib.model import ConvVAE, count_parameters
 
 __all__ = [
     "TrainResult",
-    "checkpoint_dir",
     "train",
-    "find_checkpoint",
-    "load_model",
-    "load_checkpoint",
     "HISTORY_COLUMNS",
     "result_from_dir",
     "train_or_reuse",
@@ -58,17 +63,15 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_FORMAT = 1
 EVAL_BATCH = 256  # notes per forward pass when evaluating (no gradients, so larger is fine)
-# Training parameters that change where or how fast a run goes, not what it computes.
-_RUNTIME_ONLY = {"device": "auto", "num_threads": 0, "checkpoint_dir": ""}
 HISTORY_COLUMNS = (
     "epoch", "step", "beta", "lr", "seconds",
-    "train_recon", "train_kl_raw", "train_kl_fb", "train_total",
+    "train_recon", "train_kl_raw", "train_kl_fb", "train_total", "train_contrast", "train_pitch_order",
     "valid_recon", "valid_kl_raw", "valid_kl_fb", "valid_total", "valid_mse",
     "mu_mean", "mu_std", "logvar_mean", "logvar_std", "active_units",
 )
 _SUM_KEYS = ("recon", "kl_raw", "kl_fb", "total")
+_AUX_KEYS = ("contrast", "pitch_order")  # optional terms beside the VAE objective, logged when on
 
 
 @dataclass
@@ -87,125 +90,6 @@ class TrainResult:
     params_count: int
 
 
-def checkpoint_dir(cfg: Config, cache_key: str) -> Path:
-    """Folder of the run defined by the model, training, feature and data config, seed and cache.
-
-    ``train.device``, ``train.num_threads`` and ``train.checkpoint_dir`` are left out of the hash:
-    they change where the run goes, not what it computes.
-    """
-    train_cfg = dataclasses.replace(cfg.train, **_RUNTIME_ONLY)
-    key = section_hash(cfg.model, train_cfg, cfg.features, cfg.data,
-                       extra={"seed": cfg.run.seed, "cache": cache_key})
-    return resolve_path(cfg.train.checkpoint_dir) / key
-
-
-# ----------------------------------------------------------------------------- checkpoints
-
-def _rng_state(batch_gen: torch.Generator, noise_gen: torch.Generator) -> dict:
-    np_state = np.random.get_state()
-    state = {
-        "torch": torch.get_rng_state(),
-        "batch": batch_gen.get_state(),
-        "noise": noise_gen.get_state(),
-        # numpy's legacy global state as plain types, so weights_only loading accepts it
-        "numpy": {"name": np_state[0], "keys": torch.from_numpy(np_state[1].astype(np.int64)),
-                  "pos": int(np_state[2]), "has_gauss": int(np_state[3]), "gauss": float(np_state[4])},
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict, batch_gen: torch.Generator, noise_gen: torch.Generator) -> None:
-    torch.set_rng_state(state["torch"])
-    batch_gen.set_state(state["batch"])
-    noise_gen.set_state(state["noise"])
-    n = state["numpy"]
-    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _save(obj: dict, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
-
-
-def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu") -> dict:
-    """Read a checkpoint with ``weights_only=True``.
-
-    Raises
-    ------
-    CheckpointError
-        When the file is missing, unreadable or not a vaelib checkpoint.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint not found")
-    try:
-        ckpt = torch.load(path, map_location=device, weights_only=True)
-    except Exception as exc:  # torch raises several types for corrupt or foreign files
-        raise CheckpointError(f"{path}: cannot read checkpoint ({type(exc).__name__}: {exc})") from exc
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT or "model" not in ckpt:
-        raise CheckpointError(f"{path}: not a vaelib checkpoint (format {CHECKPOINT_FORMAT})")
-    return ckpt
-
-
-def _config_diff(a: dict, b: dict, prefix: str) -> list[str]:
-    keys = sorted(set(a) | set(b))
-    return [f"{prefix}.{k} (checkpoint {a.get(k)!r}, asked {b.get(k)!r})" for k in keys if a.get(k) != b.get(k)]
-
-
-def _check_same_model(ckpt: dict, cfg: Config, path: Path) -> None:
-    saved = ckpt["config"]
-    diffs = _config_diff(saved["model"], config_to_dict(cfg.model), "model")
-    for k in ("n_mels", "frames"):
-        if saved["features"][k] != getattr(cfg.features, k):
-            diffs.append(f"features.{k} (checkpoint {saved['features'][k]!r}, asked {getattr(cfg.features, k)!r})")
-    if diffs:
-        raise CheckpointError(f"{path}: checkpoint does not match the model asked for: " + "; ".join(diffs))
-
-
-def load_model(path: str | Path, *, cfg: Config | None = None,
-               device: str | torch.device = "cpu") -> tuple[ConvVAE, dict]:
-    """The model of a checkpoint, in eval mode on ``device``, and the checkpoint dict.
-
-    Raises
-    ------
-    CheckpointError
-        When the file cannot be read, or ``cfg`` is given and its model (or n_mels / frames)
-        differs from the checkpoint's; the message names every differing key.
-    """
-    path = Path(path)
-    ckpt = load_checkpoint(path, device=device)
-    if cfg is not None:
-        _check_same_model(ckpt, cfg, path)
-    try:
-        saved = config_from_dict(ckpt["config"], where=str(path))
-    except ConfigError as exc:
-        raise CheckpointError(f"{path}: the checkpoint's config is not valid here ({exc})") from exc
-    model = ConvVAE(saved.model, n_mels=saved.features.n_mels, frames=saved.features.frames)
-    model.load_state_dict(ckpt["model"])
-    model.to(device).eval()
-    return model, ckpt
-
-
-def find_checkpoint(cfg: Config, cache: FeatureCache) -> Path | None:
-    """``best.pt`` of a finished run with this config and cache, else None."""
-    run_dir = checkpoint_dir(cfg, cache.manifest["key"])
-    best, last = run_dir / "best.pt", run_dir / "last.pt"
-    if not (best.is_file() and last.is_file()):
-        return None
-    try:
-        ckpt = load_checkpoint(last)
-    except CheckpointError as exc:
-        log.warning("ignoring %s: %s", last, exc)
-        return None
-    if not ckpt.get("finished") or ckpt["config"]["model"] != config_to_dict(cfg.model):
-        return None
-    return best
-
-
 # ----------------------------------------------------------------------------- data
 
 def _to_tensor(features: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -215,13 +99,15 @@ def _to_tensor(features: np.ndarray, device: torch.device) -> torch.Tensor:
     return x
 
 
-def _split_tensors(cache: FeatureCache, name: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def _split_tensors(cache: FeatureCache, name: str,
+                   device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     feats, meta = cache.split(name)
     if len(meta) < 2:
         raise TrainingError(f"{cache.path}: the {name!r} split has {len(meta)} note(s), at least 2 are needed; "
                             "check data.valid_fraction / data.test_fraction / the filters")
     pitch = torch.tensor(meta["pitch"].to_numpy(dtype=np.int64), device=device)
-    return _to_tensor(feats, device), pitch
+    instrument = torch.tensor(meta["instrument"].to_numpy(dtype=np.int64), device=device)
+    return _to_tensor(feats, device), pitch, instrument
 
 
 def _autocast(device: torch.device, dtype: torch.dtype):
@@ -325,8 +211,8 @@ def train(cfg: Config, cache: FeatureCache, *, resume: bool = False, show_progre
     last_path, best_path = run_dir / "last.pt", run_dir / "best.pt"
     save_config(cfg, run_dir / "config.yaml")
 
-    x_train, p_train = _split_tensors(cache, "train", device)
-    x_valid, p_valid = _split_tensors(cache, "valid", device)
+    x_train, p_train, i_train = _split_tensors(cache, "train", device)
+    x_valid, p_valid, _ = _split_tensors(cache, "valid", device)
     n_train = x_train.shape[0]
     bs = min(tc.batch_size, n_train)
     # Drop a last batch of one note: BatchNorm cannot normalise a single sample.
@@ -349,10 +235,10 @@ def train(cfg: Config, cache: FeatureCache, *, resume: bool = False, show_progre
     finished = False
     if resume and last_path.is_file():
         ckpt = load_checkpoint(last_path, device=device)
-        _check_same_model(ckpt, cfg, last_path)  # the folder's hash covers the rest of the config
+        check_same_model(ckpt, cfg, last_path)  # the folder's hash covers the rest of the config
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
-        _set_rng_state(ckpt["rng"], batch_gen, noise_gen)
+        set_rng_state(ckpt["rng"], batch_gen, noise_gen)
         epoch, step = ckpt["epoch"], ckpt["step"]
         history = pd.DataFrame(ckpt["history"]).to_dict("records")
         best, partial, finished = dict(ckpt["best"]), ckpt.get("partial"), bool(ckpt.get("finished"))
@@ -368,7 +254,7 @@ def train(cfg: Config, cache: FeatureCache, *, resume: bool = False, show_progre
 
     def state(*, part: dict | None = None) -> dict:
         return {**meta, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "rng": _rng_state(batch_gen, noise_gen), "epoch": epoch, "step": step,
+                "rng": rng_state(batch_gen, noise_gen), "epoch": epoch, "step": step,
                 "history": pd.DataFrame(history, columns=list(HISTORY_COLUMNS)).to_dict("list"),
                 "best": dict(best), "finished": finished, "partial": part}
 
@@ -382,12 +268,12 @@ def train(cfg: Config, cache: FeatureCache, *, resume: bool = False, show_progre
             epoch_gen_state = batch_gen.get_state()
             perm = torch.randperm(n_train, generator=batch_gen)
             if partial is not None:
-                first, sums = partial["batch"], dict(partial["sums"])
+                first, sums = partial["batch"], {**dict.fromkeys(_AUX_KEYS, 0.0), **partial["sums"]}
                 seen, elapsed = partial["seen"], partial["seconds"]
-                _set_rng_state(partial["rng_after"], batch_gen, noise_gen)
+                set_rng_state(partial["rng_after"], batch_gen, noise_gen)
                 partial = None
             else:
-                first, sums, seen, elapsed = 0, dict.fromkeys(_SUM_KEYS, 0.0), 0, 0.0
+                first, sums, seen, elapsed = 0, dict.fromkeys((*_SUM_KEYS, *_AUX_KEYS), 0.0), 0, 0.0
             t0 = time.perf_counter()
             bar = tqdm(range(first, n_batches), total=n_batches, initial=first, desc=f"epoch {epoch + 1}/{tc.epochs}",
                        unit="batch", disable=not show_progress, leave=False)
@@ -398,7 +284,17 @@ def train(cfg: Config, cache: FeatureCache, *, resume: bool = False, show_progre
                 with _autocast(device, dtype):
                     out = model(xb, p_train[idx] if pitched else None, generator=noise_gen)
                 parts = vae_loss(xb, out, beta=beta, free_bits=tc.free_bits)
-                total = parts.total.detach().item()
+                loss = parts.total
+                if tc.contrast > 0:
+                    contrast = instrument_contrast(out.mu, i_train[idx], temperature=tc.contrast_temperature,
+                                                   dims=tc.contrast_dims)
+                    loss = loss + tc.contrast * contrast
+                    sums["contrast"] += contrast.detach().item() * xb.shape[0]
+                if tc.pitch_order > 0:
+                    order = attribute_order(out.mu, p_train[idx], dim=-1)
+                    loss = loss + tc.pitch_order * order
+                    sums["pitch_order"] += order.detach().item() * xb.shape[0]
+                total = loss.detach().item()
                 if not math.isfinite(total):
                     kept = f"{last_path} (epoch {epoch})" if last_path.is_file() else "none (no epoch had finished)"
                     raise TrainingError(
@@ -406,7 +302,7 @@ def train(cfg: Config, cache: FeatureCache, *, resume: bool = False, show_progre
                         f"recon={parts.recon.item()}, kl_raw={parts.kl_raw.item()}, beta={beta}; training stopped. "
                         f"Last good checkpoint: {kept}. Try a lower train.lr or a smaller model.logvar_bound.")
                 optimizer.zero_grad(set_to_none=True)
-                parts.total.backward()
+                loss.backward()
                 if tc.grad_clip > 0:
                     torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
                 optimizer.step()
@@ -420,8 +316,8 @@ def train(cfg: Config, cache: FeatureCache, *, resume: bool = False, show_progre
                 if stop.signum is not None and b < n_batches - 1:
                     part = {"batch": b + 1, "epoch_gen_state": epoch_gen_state, "sums": sums, "seen": seen,
                             "seconds": elapsed + time.perf_counter() - t0,
-                            "rng_after": _rng_state(batch_gen, noise_gen)}
-                    _save(state(part=part), last_path)
+                            "rng_after": rng_state(batch_gen, noise_gen)}
+                    save_checkpoint(state(part=part), last_path)
                     bar.close()
                     log.warning("interrupted at step %d: state saved to %s; continue with --resume", step, last_path)
                     raise KeyboardInterrupt
@@ -443,8 +339,8 @@ def train(cfg: Config, cache: FeatureCache, *, resume: bool = False, show_progre
             finished = epoch >= tc.epochs or best["bad_epochs"] >= tc.patience
             ckpt = state()
             if improved:
-                _save(ckpt, best_path)
-            _save(ckpt, last_path)
+                save_checkpoint(ckpt, best_path)
+            save_checkpoint(ckpt, last_path)
             atomic_write_text(run_dir / "history.csv", pd.DataFrame(history).to_csv(index=False))
             log.info("epoch %d: train recon %.2f, valid recon %.2f, kl %.2f, beta %.3f, AU %d, %.1f s%s",
                      epoch, row["train_recon"], row["valid_recon"], row["valid_kl_raw"], row["beta"],

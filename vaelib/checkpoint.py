@@ -1,0 +1,148 @@
+"""Checkpoints of a training run: where they live, how they are written, read and matched to a config.
+
+A run's folder is named by a hash of everything that changes what training computes (model,
+training, feature and data config, seed, feature cache). Files are written atomically; they are
+read with ``torch.load(..., weights_only=True)``, so a checkpoint holds only tensors and plain types
+(the numpy RNG state included).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vaelib.cache import FeatureCache
+from vaelib.config import Config, config_from_dict, config_to_dict, resolve_path, section_hash
+from vaelib.exceptions import CheckpointError, ConfigError
+from vaelib.io import atomic_path
+from vaelib.model import ConvVAE
+
+__all__ = ["CHECKPOINT_FORMAT", "checkpoint_dir", "load_checkpoint", "load_model", "find_checkpoint",
+           "check_same_model", "save_checkpoint", "rng_state", "set_rng_state"]
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = 1
+# Training parameters that change where or how fast a run goes, not what it computes.
+_RUNTIME_ONLY = {"device": "auto", "num_threads": 0, "checkpoint_dir": ""}
+
+
+def checkpoint_dir(cfg: Config, cache_key: str) -> Path:
+    """Folder of the run defined by the model, training, feature and data config, seed and cache.
+
+    ``train.device``, ``train.num_threads`` and ``train.checkpoint_dir`` are left out of the hash:
+    they change where the run goes, not what it computes.
+    """
+    train_cfg = dataclasses.replace(cfg.train, **_RUNTIME_ONLY)
+    key = section_hash(cfg.model, train_cfg, cfg.features, cfg.data,
+                       extra={"seed": cfg.run.seed, "cache": cache_key})
+    return resolve_path(cfg.train.checkpoint_dir) / key
+
+
+def rng_state(batch_gen: torch.Generator, noise_gen: torch.Generator) -> dict:
+    np_state = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "batch": batch_gen.get_state(),
+        "noise": noise_gen.get_state(),
+        # numpy's legacy global state as plain types, so weights_only loading accepts it
+        "numpy": {"name": np_state[0], "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+                  "pos": int(np_state[2]), "has_gauss": int(np_state[3]), "gauss": float(np_state[4])},
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict, batch_gen: torch.Generator, noise_gen: torch.Generator) -> None:
+    torch.set_rng_state(state["torch"])
+    batch_gen.set_state(state["batch"])
+    noise_gen.set_state(state["noise"])
+    n = state["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(obj: dict, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu") -> dict:
+    """Read a checkpoint with ``weights_only=True``.
+
+    Raises
+    ------
+    CheckpointError
+        When the file is missing, unreadable or not a vaelib checkpoint.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=True)
+    except Exception as exc:  # torch raises several types for corrupt or foreign files
+        raise CheckpointError(f"{path}: cannot read checkpoint ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT or "model" not in ckpt:
+        raise CheckpointError(f"{path}: not a vaelib checkpoint (format {CHECKPOINT_FORMAT})")
+    return ckpt
+
+
+def _config_diff(a: dict, b: dict, prefix: str) -> list[str]:
+    keys = sorted(set(a) | set(b))
+    return [f"{prefix}.{k} (checkpoint {a.get(k)!r}, asked {b.get(k)!r})" for k in keys if a.get(k) != b.get(k)]
+
+
+def check_same_model(ckpt: dict, cfg: Config, path: Path) -> None:
+    saved = ckpt["config"]
+    diffs = _config_diff(saved["model"], config_to_dict(cfg.model), "model")
+    for k in ("n_mels", "frames"):
+        if saved["features"][k] != getattr(cfg.features, k):
+            diffs.append(f"features.{k} (checkpoint {saved['features'][k]!r}, asked {getattr(cfg.features, k)!r})")
+    if diffs:
+        raise CheckpointError(f"{path}: checkpoint does not match the model asked for: " + "; ".join(diffs))
+
+
+def load_model(path: str | Path, *, cfg: Config | None = None,
+               device: str | torch.device = "cpu") -> tuple[ConvVAE, dict]:
+    """The model of a checkpoint, in eval mode on ``device``, and the checkpoint dict.
+
+    Raises
+    ------
+    CheckpointError
+        When the file cannot be read, or ``cfg`` is given and its model (or n_mels / frames)
+        differs from the checkpoint's; the message names every differing key.
+    """
+    path = Path(path)
+    ckpt = load_checkpoint(path, device=device)
+    if cfg is not None:
+        check_same_model(ckpt, cfg, path)
+    try:
+        saved = config_from_dict(ckpt["config"], where=str(path))
+    except ConfigError as exc:
+        raise CheckpointError(f"{path}: the checkpoint's config is not valid here ({exc})") from exc
+    model = ConvVAE(saved.model, n_mels=saved.features.n_mels, frames=saved.features.frames)
+    model.load_state_dict(ckpt["model"])
+    model.to(device).eval()
+    return model, ckpt
+
+
+def find_checkpoint(cfg: Config, cache: FeatureCache) -> Path | None:
+    """``best.pt`` of a finished run with this config and cache, else None."""
+    run_dir = checkpoint_dir(cfg, cache.manifest["key"])
+    best, last = run_dir / "best.pt", run_dir / "last.pt"
+    if not (best.is_file() and last.is_file()):
+        return None
+    try:
+        ckpt = load_checkpoint(last)
+    except CheckpointError as exc:
+        log.warning("ignoring %s: %s", last, exc)
+        return None
+    if not ckpt.get("finished") or ckpt["config"]["model"] != config_to_dict(cfg.model):
+        return None
+    return best
