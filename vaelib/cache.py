@@ -35,7 +35,7 @@ __all__ = ["FeatureCache", "cache_key", "build_feature_cache", "open_feature_cac
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: a digitally silent note is -1 (was +1 under ref=max)
 # Parameters that change how fast the cache is built, not what it holds.
 _NOT_IN_KEY = ("batch_size", "workers", "cache_dir")
 FEATURES_FILE = "features.npy"
