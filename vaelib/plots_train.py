@@ -8,13 +8,18 @@ from matplotlib.figure import Figure
 
 __all__ = ["loss_curves", "latent_curves"]
 
+AUX_LABELS = {"train_contrast": "instrument contrast (SupCon)", "train_pitch_order": "pitch order (AR-VAE)"}
+
 
 def loss_curves(history: pd.DataFrame, *, title: str = "Training curves") -> Figure:
-    """Reconstruction (left) and raw / free-bits KL with beta on a second axis (right), train and valid.
+    """Reconstruction (left) and raw / free-bits KL with beta on a second axis (middle), train and valid;
+    when the run used the instrument-contrastive or pitch-order terms, those per epoch (right).
 
     ``history`` has the columns of :data:`vaelib.train.HISTORY_COLUMNS`, one row per epoch.
     """
-    fig, (ax_r, ax_k) = plt.subplots(1, 2, figsize=(12, 3.8), constrained_layout=True)
+    aux = [c for c in AUX_LABELS if c in history and history[c].abs().sum() > 0]
+    fig, axes = plt.subplots(1, 3 if aux else 2, figsize=(17 if aux else 12, 3.8), constrained_layout=True)
+    ax_r, ax_k = axes[0], axes[1]
     ep = history["epoch"]
     ax_r.plot(ep, history["train_recon"], "o-", label="train")
     ax_r.plot(ep, history["valid_recon"], "s--", label="valid")
@@ -33,6 +38,11 @@ def loss_curves(history: pd.DataFrame, *, title: str = "Training curves") -> Fig
     ax_b.set_ylabel("beta (KL weight)")
     ax_b.set_ylim(bottom=0)
     ax_k.legend(lines, [ln.get_label() for ln in lines], fontsize=8, loc="best")
+    if aux:
+        for i, col in enumerate(aux):
+            axes[2].plot(ep, history[col], "o-", color=f"C{4 + i}", label=AUX_LABELS[col])
+        axes[2].set(title="Auxiliary terms (train, unweighted)", xlabel="epoch", ylabel="loss per note")
+        axes[2].legend(fontsize=8)
     fig.suptitle(title)
     return fig
 
