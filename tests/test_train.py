@@ -171,3 +171,40 @@ def test_cli_train_resume_prints_folder_and_metrics(reference, capsys):
     out = capsys.readouterr().out
     assert str(res.run_dir) in out and "best_valid_recon" in out
     assert main(["train", "--params", str(SMOKE), "--set", "train.device=cuda"]) == 2 or torch.cuda.is_available()
+
+
+def test_instrument_grouped_order_is_a_permutation_of_whole_groups():
+    inst = torch.tensor([3] * 7 + [5] * 4 + [9] * 6 + [1])
+    order = vtrain.instrument_grouped_order(inst, 4, torch.Generator().manual_seed(0))
+    assert sorted(order.tolist()) == list(range(len(inst)))  # every note exactly once
+    runs, start = [], 0
+    labels = inst[order].tolist()
+    for i in range(1, len(labels) + 1):
+        if i == len(labels) or labels[i] != labels[start] or i - start == 4:
+            runs.append((labels[start], i - start))
+            start = i
+    # groups of 4 (an instrument's last group smaller); 7 notes of instrument 3 -> 4 + 3
+    assert sorted(runs) == [(1, 1), (3, 3), (3, 4), (5, 4), (9, 2), (9, 4)]
+    again = vtrain.instrument_grouped_order(inst, 4, torch.Generator().manual_seed(0))
+    assert torch.equal(order, again)  # a pure function of the generator's state
+
+
+AUX = ("train.contrast=5", "train.contrast_dims=4", "train.notes_per_instrument=4", "train.pitch_order=5")
+
+
+def test_auxiliary_terms_are_logged_and_resume_exactly(work, cache, monkeypatch, reference):
+    root, ds = work
+    ref_cfg = _cfg(root, ds, ckpt="ckpt_aux_ref", extra=AUX)
+    ref = train(ref_cfg, cache, show_progress=False)
+    h = ref.history
+    assert (h["train_contrast"] > 0).all() and (h["train_pitch_order"] > 0).all()
+    assert (reference[1].history[["train_contrast", "train_pitch_order"]] == 0).all().all()  # off by default
+    assert not np.allclose(h["train_recon"], reference[1].history["train_recon"])  # the terms act on training
+    cfg = _cfg(root, ds, ckpt="ckpt_aux_resume", extra=AUX)
+    _interrupt_at(monkeypatch, 5)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, cache, show_progress=False)
+    monkeypatch.undo()
+    res = train(cfg, cache, resume=True, show_progress=False)
+    cols = [c for c in HISTORY_COLUMNS if c != "seconds"]
+    np.testing.assert_allclose(res.history[cols].to_numpy(float), h[cols].to_numpy(float), rtol=1e-6, atol=1e-6)

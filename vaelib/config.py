@@ -152,6 +152,8 @@ class TrainConfig:
     contrast: float = _f(0.0, "weight of the instrument-contrastive term on mu (0: a plain beta-VAE)", lo=0.0)
     contrast_temperature: float = _f(0.1, "temperature of the instrument-contrastive term", lo=1e-3, hi=10.0)
     contrast_dims: int = _f(0, "leading latent dimensions the contrastive term acts on (0: all)", lo=0)
+    notes_per_instrument: int = _f(0, "batches built of groups of this many notes of one instrument (0: uniform "
+                                   "random batches); gives the contrastive term its positives", lo=0)
     pitch_order: float = _f(0.0, "weight of the AR-VAE term ordering the last latent dimension by pitch (0: off)",
                             lo=0.0)
     device: str = _f("auto", "auto (cuda, mps, cpu in that order), cuda, mps or cpu",
