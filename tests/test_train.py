@@ -16,6 +16,7 @@ from vaelib.cache import FeatureCache
 from vaelib.checkpoint import checkpoint_dir, find_checkpoint, load_model
 from vaelib.config import PROJECT_ROOT, load_config
 from vaelib.exceptions import CheckpointError, TrainingError
+from vaelib.model import ConvVAE
 from vaelib.prepare import prepare_features
 from vaelib.train import HISTORY_COLUMNS, train
 
@@ -189,7 +190,8 @@ def test_instrument_grouped_order_is_a_permutation_of_whole_groups():
     assert torch.equal(order, again)  # a pure function of the generator's state
 
 
-AUX = ("train.contrast=5", "train.contrast_dims=4", "train.notes_per_instrument=4", "train.pitch_order=5")
+AUX = ("train.contrast=5", "train.contrast_dims=4", "train.notes_per_instrument=4", "train.pitch_order=5",
+       "model.pitch_head=true", "train.pitch_weight=2")
 
 
 def test_auxiliary_terms_are_logged_and_resume_exactly(work, cache, monkeypatch, reference):
@@ -197,8 +199,14 @@ def test_auxiliary_terms_are_logged_and_resume_exactly(work, cache, monkeypatch,
     ref_cfg = _cfg(root, ds, ckpt="ckpt_aux_ref", extra=AUX)
     ref = train(ref_cfg, cache, show_progress=False)
     h = ref.history
-    assert (h["train_contrast"] > 0).all() and (h["train_pitch_order"] > 0).all()
-    assert (reference[1].history[["train_contrast", "train_pitch_order"]] == 0).all().all()  # off by default
+    aux_cols = ["train_contrast", "train_pitch_ce", "train_pitch_order"]
+    assert (h[aux_cols] > 0).all().all()
+    assert (reference[1].history[aux_cols] == 0).all().all()  # off by default
+    model, _ = load_model(ref.best_path, cfg=ref_cfg)
+    assert model.pitch_logits is not None and model.pitch_logits.out_features == 128
+    torch.manual_seed(ref_cfg.run.seed)
+    init = ConvVAE(ref_cfg.model)
+    assert not torch.allclose(model.pitch_logits.weight, init.pitch_logits.weight)  # the head is trained
     assert not np.allclose(h["train_recon"], reference[1].history["train_recon"])  # the terms act on training
     cfg = _cfg(root, ds, ckpt="ckpt_aux_resume", extra=AUX)
     _interrupt_at(monkeypatch, 5)

@@ -138,6 +138,8 @@ class ModelConfig:
     activation: str = _f("leaky_relu", "activation", choices=("leaky_relu", "relu", "gelu", "silu"))
     logvar_bound: float = _f(8.0, "logvar is squashed smoothly into [-bound, bound]", lo=1.0, hi=30.0)
     pitch_conditioning: bool = _f(False, "give the decoder the note's MIDI pitch (one-hot)")
+    pitch_head: bool = _f(False, "a linear pitch classifier on mu, trained with train.pitch_weight (the decoder "
+                                 "is not given the pitch)")
 
 
 @dataclass(frozen=True)
@@ -154,6 +156,7 @@ class TrainConfig:
     contrast_dims: int = _f(0, "leading latent dimensions the contrastive term acts on (0: all)", lo=0)
     notes_per_instrument: int = _f(0, "batches built of groups of this many notes of one instrument (0: uniform "
                                    "random batches); gives the contrastive term its positives", lo=0)
+    pitch_weight: float = _f(10.0, "weight of the pitch classifier's cross-entropy when model.pitch_head", lo=0.0)
     pitch_order: float = _f(0.0, "weight of the AR-VAE term ordering the last latent dimension by pitch (0: off)",
                             lo=0.0)
     device: str = _f("auto", "auto (cuda, mps, cpu in that order), cuda, mps or cpu",

@@ -91,7 +91,7 @@ class ConvVAE(nn.Module):
     ----------
     cfg : ModelConfig
         ``depth`` stride-2 levels with ``channels[i]`` channels each, ``kernel_size``, ``norm``,
-        ``activation``, ``latent_dim``, ``logvar_bound`` and ``pitch_conditioning``.
+        ``activation``, ``latent_dim``, ``logvar_bound``, ``pitch_conditioning`` and ``pitch_head``.
     n_mels, frames : int
         Input height and width; any sizes of at least ``2 ** depth`` work.
 
@@ -140,6 +140,9 @@ class ConvVAE(nn.Module):
             if not last:
                 dec += [_norm(cfg.norm, rev[i + 1]), _act(cfg.activation)]
         self.decoder = nn.Sequential(*dec)
+        # Luo et al. (ISMIR 2019) supervise pitch on the latent of a timbre/pitch VAE; a linear head keeps
+        # what it rewards (pitch linearly readable from mu) the same as what the probes measure.
+        self.pitch_logits = nn.Linear(cfg.latent_dim, N_PITCHES) if cfg.pitch_head else None
 
     @staticmethod
     def _out_pad(n_in: int, n_out: int, k: int, pad: int) -> int:

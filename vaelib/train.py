@@ -66,12 +66,13 @@ log = logging.getLogger(__name__)
 EVAL_BATCH = 256  # notes per forward pass when evaluating (no gradients, so larger is fine)
 HISTORY_COLUMNS = (
     "epoch", "step", "beta", "lr", "seconds",
-    "train_recon", "train_kl_raw", "train_kl_fb", "train_total", "train_contrast", "train_pitch_order",
+    "train_recon", "train_kl_raw", "train_kl_fb", "train_total",
+    "train_contrast", "train_pitch_ce", "train_pitch_order",
     "valid_recon", "valid_kl_raw", "valid_kl_fb", "valid_total", "valid_mse",
     "mu_mean", "mu_std", "logvar_mean", "logvar_std", "active_units",
 )
 _SUM_KEYS = ("recon", "kl_raw", "kl_fb", "total")
-_AUX_KEYS = ("contrast", "pitch_order")  # optional terms beside the VAE objective, logged when on
+_AUX_KEYS = ("contrast", "pitch_ce", "pitch_order")  # optional terms beside the VAE objective, logged when on
 
 
 @dataclass
@@ -320,6 +321,10 @@ def train(cfg: Config, cache: FeatureCache, *, resume: bool = False, show_progre
                                                    dims=tc.contrast_dims)
                     loss = loss + tc.contrast * contrast
                     sums["contrast"] += contrast.detach().item() * xb.shape[0]
+                if model.pitch_logits is not None:
+                    pitch_ce = torch.nn.functional.cross_entropy(model.pitch_logits(out.mu.float()), p_train[idx])
+                    loss = loss + tc.pitch_weight * pitch_ce
+                    sums["pitch_ce"] += pitch_ce.detach().item() * xb.shape[0]
                 if tc.pitch_order > 0:
                     order = attribute_order(out.mu, p_train[idx], dim=-1)
                     loss = loss + tc.pitch_order * order
