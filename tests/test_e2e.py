@@ -39,7 +39,7 @@ def test_smoke_run_writes_every_report_and_metric(smoke_run):
             assert 0.0 <= metrics["probes"][kind][key] <= 1.0, (kind, key)
     assert 0 < metrics["test_recon_mse"] < 1 and 0 < metrics["pca_test_recon_mse"] < 1
     assert metrics["interp_step_ratio_median"] >= 1.0
-    assert metrics["gl_logmel_mae_db"] > 0
+    assert 0 < metrics["gl_logmel_mae_db_loud"] < metrics["gl_logmel_mae_db"]  # the floor is the worse part
     assert metrics["targets"], "every run states its targets"
     index = (run_dir / "index.html").read_text()
     assert all(f"{n}.html" in index for n in ("01_preprocess", "05_listening"))

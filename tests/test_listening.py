@@ -38,6 +38,8 @@ def test_round_trip_error_is_small_for_own_audio_and_large_for_other_audio():
     assert mae.shape == (2,) and np.all(mae < 16.0), mae
     swapped = roundtrip_mae_db(x, audio[::-1], cfg=CFG)
     assert np.all(swapped > mae + 5.0), (mae, swapped)
+    loud = roundtrip_mae_db(x, audio, cfg=CFG, above_db=-40.0)  # the note itself, without the -80 dB floor
+    assert np.all(loud < mae) and np.all(loud < 8.0), (loud, mae)
 
 
 def test_round_trip_ignores_the_level_of_the_source_under_ref_max():

@@ -191,7 +191,7 @@ def test_instrument_grouped_order_is_a_permutation_of_whole_groups():
 
 
 AUX = ("train.contrast=5", "train.contrast_dims=4", "train.notes_per_instrument=4", "train.pitch_order=5",
-       "model.pitch_head=true", "train.pitch_weight=2")
+       "model.pitch_head=true", "train.pitch_weight=2", "train.epochs=2")  # 2 epochs of 4 steps
 
 
 def test_auxiliary_terms_are_logged_and_resume_exactly(work, cache, monkeypatch, reference):
@@ -207,7 +207,7 @@ def test_auxiliary_terms_are_logged_and_resume_exactly(work, cache, monkeypatch,
     torch.manual_seed(ref_cfg.run.seed)
     init = ConvVAE(ref_cfg.model)
     assert not torch.allclose(model.pitch_logits.weight, init.pitch_logits.weight)  # the head is trained
-    assert not np.allclose(h["train_recon"], reference[1].history["train_recon"])  # the terms act on training
+    assert not np.allclose(h["train_recon"], reference[1].history["train_recon"][:2])  # the terms act on training
     cfg = _cfg(root, ds, ckpt="ckpt_aux_resume", extra=AUX)
     _interrupt_at(monkeypatch, 5)
     with pytest.raises(KeyboardInterrupt):

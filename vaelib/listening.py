@@ -36,17 +36,20 @@ def render_audio(x: np.ndarray, *, cfg: FeatureConfig, n_iter: int, seed: int = 
     return np.stack([inverse_log_mel(xi, cfg=cfg, n_iter=n_iter, seed=seed) for xi in x])
 
 
-def roundtrip_mae_db(x: np.ndarray, audio: np.ndarray, *, cfg: FeatureConfig) -> np.ndarray:
+def roundtrip_mae_db(x: np.ndarray, audio: np.ndarray, *, cfg: FeatureConfig,
+                     above_db: float | None = None) -> np.ndarray:
     """Mean absolute difference in dB between the log-mel of rendered audio and the log-mel it came from.
 
     Parameters
     ----------
     x : [shape=(notes, 1, n_mels, frames)] normalised log-mel the audio was rendered from.
     audio : [shape=(notes, samples)] rendered waveforms.
+    above_db : average only over the cells where the source is at least this loud (e.g. -40: the
+        note itself, not the floor, where Griffin-Lim's phase noise dominates); None: every cell.
 
     Returns
     -------
-    [shape=(notes,)] dB, averaged over every mel bin and frame (both clipped to [-top_db, 0]).
+    [shape=(notes,)] dB, averaged over the mel bins and frames (both clipped to [-top_db, 0]).
 
     Notes
     -----
@@ -62,7 +65,8 @@ def roundtrip_mae_db(x: np.ndarray, audio: np.ndarray, *, cfg: FeatureConfig) ->
         source = normalized_to_db(np.asarray(xi, np.float32), cfg=cfg)
         if cfg.ref == "max":
             source = np.clip(source - source.max(), -cfg.top_db, 0.0)
-        out[i] = np.mean(np.abs(normalized_to_db(log_mel(ai, cfg=cfg), cfg=cfg) - source))
+        err = np.abs(normalized_to_db(log_mel(ai, cfg=cfg), cfg=cfg) - source)
+        out[i] = np.mean(err if above_db is None else err[source >= above_db])
     return out
 
 

@@ -24,7 +24,7 @@ KEY_METRICS = (
     "probes.mu.family_logreg", "probes.pca.family_logreg", "probes.mu.family_knn",
     "probes.mu.pitch1_logreg", "probes.pca.pitch1_logreg",
     "interp_step_ratio_median", "interp_centroid_spearman_median", "gl_logmel_mae_db",
-    "epoch_seconds_median",
+    "gl_logmel_mae_db_loud", "epoch_seconds_median",
 )
 
 _CSS = """
