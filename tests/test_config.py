@@ -88,6 +88,8 @@ def test_bad_values_refused_naming_the_key(raw, named):
         ("features.nope=1", "nope"),                  # unknown key
         ("train.epochs=many", "train.epochs"),        # wrong type
         ("train.epochs=0", "train.epochs"),           # below minimum
+        ("train.contrast_dims=33", "train.contrast_dims"),          # more than latent_dim (32)
+        ("train.notes_per_instrument=5", "train.notes_per_instrument"),  # 64 notes are not groups of 5
     ],
 )
 def test_bad_overrides_refused_naming_the_key(override, named):

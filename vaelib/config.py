@@ -299,6 +299,12 @@ def _cross_checks(cfg: Config) -> None:
         raise ConfigError(f"features.fmax ({cfg.features.fmax}) is above Nyquist ({cfg.features.sample_rate / 2})")
     if cfg.features.fmin >= cfg.features.fmax:
         raise ConfigError(f"features.fmin ({cfg.features.fmin}) must be below features.fmax ({cfg.features.fmax})")
+    if cfg.train.contrast_dims > cfg.model.latent_dim:
+        raise ConfigError(f"train.contrast_dims ({cfg.train.contrast_dims}) is above model.latent_dim "
+                          f"({cfg.model.latent_dim})")
+    if cfg.train.notes_per_instrument and cfg.train.batch_size % cfg.train.notes_per_instrument:
+        raise ConfigError(f"train.batch_size ({cfg.train.batch_size}) must be a multiple of "
+                          f"train.notes_per_instrument ({cfg.train.notes_per_instrument}), or groups are cut")
     for pair in cfg.analysis.interp_pairs:
         parts = pair.split(":")
         if len(parts) != 2 or any(p not in NSYNTH_FAMILIES for p in parts):
