@@ -15,6 +15,7 @@ def test_02_train_notebook_on_smoke_set(smoke_run):
                 "final_train_recon", "params_count", "device", "dtype", "checkpoint"):
         assert key in metrics, key
     assert metrics["latent_dim"] == 8 and metrics["epochs_run"] == 2 and metrics["trained_now"]
+    assert metrics["contrast"] == metrics["pitch_head_weight"] == metrics["pitch_order"] == 0.0  # a plain VAE
     assert metrics["best_valid_recon"] > 0 and metrics["params_count"] > 0
     assert metrics["checkpoint"].startswith(str(smoke_run["tmp"] / "ckpt"))
     for png in ("train_curves.png", "train_latent_stats.png", "train_reconstructions.png"):
