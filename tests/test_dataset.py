@@ -21,6 +21,7 @@ from vaelib.dataset import (
     read_wav,
     split_by_instrument,
 )
+from vaelib.exceptions import DataError
 
 VALID_JSON = "valid-acoustic-subset.examples.json"
 TEST_JSON = "test-acoustic-subset.examples.json"
@@ -171,7 +172,7 @@ def test_read_wav_fixes_are_counted(tmp_path):
                                                           ("FLOAT", 1, "WAV"), ("PCM_24", 1, "WAV"),
                                                           ("PCM_16", 1, "W64")])
 def test_read_wav_matches_libsndfile(tmp_path, subtype, channels, fmt):
-    # the direct PCM-16 parser and the libsndfile fallback give libsndfile's numbers
+    # the int16 path and the float path give libsndfile's own float numbers
     x = np.random.default_rng(1).uniform(-1, 1, (64000, channels)).astype(np.float32)
     path = tmp_path / "x.wav"
     sf.write(path, x, 16000, subtype=subtype, format=fmt)
@@ -190,3 +191,15 @@ def test_read_wav_truncated_pcm16(tmp_path):
     path.write_bytes(path.read_bytes()[:60000])  # header claims 128,000 data bytes
     audio, report = read_wav(path)  # libsndfile reads what is there; it is padded and counted
     assert audio.shape == (64000,) and report.padded == 1
+
+
+def test_read_wav_missing_or_unreadable_named(tmp_path):
+    with pytest.raises(DataError, match=r"nothere\.wav: wav file not found"):
+        read_wav(tmp_path / "nothere.wav")
+    with pytest.raises(DataError, match=r"sub: wav file not found"):
+        (tmp_path / "sub").mkdir()
+        read_wav(tmp_path / "sub")
+    junk = tmp_path / "junk.wav"
+    junk.write_bytes(b"not a wav at all")
+    with pytest.raises(DataError, match=r"junk\.wav: unreadable wav"):
+        read_wav(junk)

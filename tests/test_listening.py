@@ -67,3 +67,10 @@ def test_listening_notes_cycle_through_families():
     assert len(idx) == 6 and picked["instrument_str"].is_unique
     assert set(picked["instrument_family_str"].iloc[:4]) == {"keyboard", "string", "brass", "guitar"}
     assert set(picked["pitch"]) == {56} and set(picked["velocity"]) == {127}
+
+
+def test_round_trip_of_silence_is_silence():
+    silent = -np.ones((1, 1, CFG.n_mels, CFG.frames), np.float32)
+    audio = np.zeros((1, CFG.frames * CFG.hop_length), np.float32)
+    np.testing.assert_array_equal(roundtrip_mae_db(silent, audio, cfg=CFG), [0.0])
+    assert np.isnan(roundtrip_mae_db(silent, audio, cfg=CFG, above_db=-40.0)[0])  # no loud cell to average

@@ -6,7 +6,7 @@ import matplotlib
 import numpy as np
 import pandas as pd
 
-from vaelib.plots_train import loss_curves
+from vaelib.plots_train import AUX_LABELS, loss_curves
 from vaelib.train import HISTORY_COLUMNS
 
 matplotlib.use("Agg")
@@ -15,6 +15,8 @@ matplotlib.use("Agg")
 def _history(**cols) -> pd.DataFrame:
     h = pd.DataFrame(np.linspace(0.1, 1.0, 3 * len(HISTORY_COLUMNS)).reshape(3, -1), columns=list(HISTORY_COLUMNS))
     h["epoch"] = [1, 2, 3]
+    for k in AUX_LABELS:
+        h[k] = 0.0  # a plain VAE run logs the optional terms as zeros
     for k, v in cols.items():
         h[k] = v
     return h

@@ -216,3 +216,15 @@ def test_auxiliary_terms_are_logged_and_resume_exactly(work, cache, monkeypatch,
     res = train(cfg, cache, resume=True, show_progress=False)
     cols = [c for c in HISTORY_COLUMNS if c != "seconds"]
     np.testing.assert_allclose(res.history[cols].to_numpy(float), h[cols].to_numpy(float), rtol=1e-6, atol=1e-6)
+
+
+def test_checkpoint_from_before_a_new_model_key_still_matches(reference, tmp_path):
+    cfg, ref = reference
+    ckpt = torch.load(ref.best_path, weights_only=True)
+    del ckpt["config"]["model"]["pitch_head"]  # as written before model.pitch_head existed
+    old = tmp_path / "old.pt"
+    torch.save(ckpt, old)
+    model, _ = load_model(old, cfg=cfg)  # the missing key reads as its default (False)
+    assert model.pitch_logits is None
+    with pytest.raises(CheckpointError, match="model.latent_dim"):
+        load_model(old, cfg=load_config(SMOKE, [f"data.root={cfg.data.root}", "model.latent_dim=4"]))

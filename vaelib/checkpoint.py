@@ -100,7 +100,11 @@ def _config_diff(a: dict, b: dict, prefix: str) -> list[str]:
 
 def check_same_model(ckpt: dict, cfg: Config, path: Path) -> None:
     saved = ckpt["config"]
-    diffs = _config_diff(saved["model"], config_to_dict(cfg.model), "model")
+    try:  # through the dataclass, so a key added since the checkpoint was written reads as its default
+        saved_model = config_to_dict(config_from_dict(saved, where=str(path)).model)
+    except ConfigError:
+        saved_model = saved["model"]
+    diffs = _config_diff(saved_model, config_to_dict(cfg.model), "model")
     for k in ("n_mels", "frames"):
         if saved["features"][k] != getattr(cfg.features, k):
             diffs.append(f"features.{k} (checkpoint {saved['features'][k]!r}, asked {getattr(cfg.features, k)!r})")

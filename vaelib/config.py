@@ -304,7 +304,7 @@ def _cross_checks(cfg: Config) -> None:
                           f"({cfg.model.latent_dim})")
     if cfg.train.notes_per_instrument and cfg.train.batch_size % cfg.train.notes_per_instrument:
         raise ConfigError(f"train.batch_size ({cfg.train.batch_size}) must be a multiple of "
-                          f"train.notes_per_instrument ({cfg.train.notes_per_instrument}), or groups are cut")
+                          f"train.notes_per_instrument ({cfg.train.notes_per_instrument}): batches hold whole groups")
     for pair in cfg.analysis.interp_pairs:
         parts = pair.split(":")
         if len(parts) != 2 or any(p not in NSYNTH_FAMILIES for p in parts):

@@ -84,7 +84,7 @@ def log_mel_batch(audio: torch.Tensor, *, cfg: FeatureConfig) -> torch.Tensor:
     Returns
     -------
     [shape=(batch, 1, n_mels, frames)] float32 in [-1, 1]; -1 is ``-top_db`` dB (silence),
-    +1 is the reference (each note's peak when ``ref='max'``).
+    +1 is the reference (each note's peak when ``ref='max'``; a digitally silent note is -1 everywhere).
     """
     if audio.ndim != 2:
         raise ParameterError(f"audio: expected shape (batch, samples), got {tuple(audio.shape)}")

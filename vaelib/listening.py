@@ -46,6 +46,7 @@ def roundtrip_mae_db(x: np.ndarray, audio: np.ndarray, *, cfg: FeatureConfig,
     audio : [shape=(notes, samples)] rendered waveforms.
     above_db : average only over the cells where the source is at least this loud (e.g. -40: the
         note itself, not the floor, where Griffin-Lim's phase noise dominates); None: every cell.
+        A note with no such cell gets NaN.
 
     Returns
     -------
@@ -53,7 +54,8 @@ def roundtrip_mae_db(x: np.ndarray, audio: np.ndarray, *, cfg: FeatureConfig,
 
     Notes
     -----
-    With ``ref='max'`` a log-mel carries no absolute level: the log-mel of any audio peaks at 0 dB.
+    With ``ref='max'`` a log-mel carries no absolute level: the log-mel of any audible audio peaks at
+    0 dB (digital silence stays at -top_db).
     A decoded spectrogram may peak below 0 dB, so it is first re-referenced to its own peak (and
     clipped again), as the features of its audio necessarily are; otherwise the check would count
     that level offset in every bin.
@@ -63,10 +65,12 @@ def roundtrip_mae_db(x: np.ndarray, audio: np.ndarray, *, cfg: FeatureConfig,
     out = np.empty(len(x), np.float64)
     for i, (xi, ai) in enumerate(zip(x, audio)):
         source = normalized_to_db(np.asarray(xi, np.float32), cfg=cfg)
-        if cfg.ref == "max":
+        if cfg.ref == "max" and source.max() > -cfg.top_db:  # a silent source stays silent
             source = np.clip(source - source.max(), -cfg.top_db, 0.0)
         err = np.abs(normalized_to_db(log_mel(ai, cfg=cfg), cfg=cfg) - source)
-        out[i] = np.mean(err if above_db is None else err[source >= above_db])
+        if above_db is not None:
+            err = err[source >= above_db]
+        out[i] = np.mean(err) if err.size else np.nan  # no cell that loud (only with ref='fixed')
     return out
 
 

@@ -14,7 +14,7 @@ AUX_LABELS = {"train_contrast": "instrument contrast (SupCon)", "train_pitch_ce"
 
 def loss_curves(history: pd.DataFrame, *, title: str = "Training curves") -> Figure:
     """Reconstruction (left) and raw / free-bits KL with beta on a second axis (middle), train and valid;
-    when the run used the instrument-contrastive or pitch-order terms, those per epoch (right).
+    when the run used any optional term (instrument contrast, pitch head, pitch order), those per epoch (right).
 
     ``history`` has the columns of :data:`vaelib.train.HISTORY_COLUMNS`, one row per epoch.
     """
