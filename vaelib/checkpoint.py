@@ -98,13 +98,18 @@ def _config_diff(a: dict, b: dict, prefix: str) -> list[str]:
     return [f"{prefix}.{k} (checkpoint {a.get(k)!r}, asked {b.get(k)!r})" for k in keys if a.get(k) != b.get(k)]
 
 
+def _saved_model(ckpt: dict, path: Path) -> dict:
+    """The checkpoint's model config read through the dataclass, so a key added since it was written
+    reads as its default instead of as a difference."""
+    try:
+        return config_to_dict(config_from_dict(ckpt["config"], where=str(path)).model)
+    except ConfigError:
+        return ckpt["config"]["model"]
+
+
 def check_same_model(ckpt: dict, cfg: Config, path: Path) -> None:
     saved = ckpt["config"]
-    try:  # through the dataclass, so a key added since the checkpoint was written reads as its default
-        saved_model = config_to_dict(config_from_dict(saved, where=str(path)).model)
-    except ConfigError:
-        saved_model = saved["model"]
-    diffs = _config_diff(saved_model, config_to_dict(cfg.model), "model")
+    diffs = _config_diff(_saved_model(ckpt, path), config_to_dict(cfg.model), "model")
     for k in ("n_mels", "frames"):
         if saved["features"][k] != getattr(cfg.features, k):
             diffs.append(f"features.{k} (checkpoint {saved['features'][k]!r}, asked {getattr(cfg.features, k)!r})")
@@ -147,6 +152,6 @@ def find_checkpoint(cfg: Config, cache: FeatureCache) -> Path | None:
     except CheckpointError as exc:
         log.warning("ignoring %s: %s", last, exc)
         return None
-    if not ckpt.get("finished") or ckpt["config"]["model"] != config_to_dict(cfg.model):
+    if not ckpt.get("finished") or _saved_model(ckpt, last) != config_to_dict(cfg.model):
         return None
     return best
