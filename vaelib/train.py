@@ -128,8 +128,9 @@ def instrument_grouped_order(instruments: torch.Tensor, k: int, gen: torch.Gener
     """
     n = instruments.shape[0]
     perm = torch.randperm(n, generator=gen)
-    by_instrument = torch.argsort(instruments[perm], stable=True)  # grouped, still shuffled within
-    notes, inst = perm[by_instrument], instruments[perm][by_instrument]
+    shuffled = instruments[perm]
+    by_instrument = torch.argsort(shuffled, stable=True)  # grouped, still shuffled within
+    notes, inst = perm[by_instrument], shuffled[by_instrument]
     positions = torch.arange(n)
     starts = torch.ones(n, dtype=torch.bool)
     starts[1:] = inst[1:] != inst[:-1]
@@ -244,6 +245,7 @@ def train(cfg: Config, cache: FeatureCache, *, resume: bool = False, show_progre
 
     x_train, p_train, i_train = _split_tensors(cache, "train", device)
     x_valid, p_valid, _ = _split_tensors(cache, "valid", device)
+    i_train_cpu = i_train.cpu()  # the epoch order is drawn on the CPU generator
     n_train = x_train.shape[0]
     bs = min(tc.batch_size, n_train)
     # Drop a last batch of one note: BatchNorm cannot normalise a single sample.
@@ -297,7 +299,7 @@ def train(cfg: Config, cache: FeatureCache, *, resume: bool = False, show_progre
             if partial is not None:
                 batch_gen.set_state(partial["epoch_gen_state"])
             epoch_gen_state = batch_gen.get_state()
-            perm = (instrument_grouped_order(i_train.cpu(), tc.notes_per_instrument, batch_gen)
+            perm = (instrument_grouped_order(i_train_cpu, tc.notes_per_instrument, batch_gen)
                     if tc.notes_per_instrument else torch.randperm(n_train, generator=batch_gen))
             if partial is not None:
                 first, sums = partial["batch"], {**dict.fromkeys(_AUX_KEYS, 0.0), **partial["sums"]}
