@@ -89,7 +89,7 @@ def main() -> None:
             Path(p).read_bytes()
 
         feat_cfg = FeatureConfig(cache_dir=str(work / "cache_warmup"))
-        build_feature_cache(df.iloc[:64], feat_cfg, show_progress=False)  # imports, filterbank, thread pool
+        build_feature_cache(df.iloc[:512], feat_cfg, show_progress=False)  # imports, filterbank, malloc arenas
         m = min(args.baseline_notes, n)
         sub = paths[:: max(1, n // m)][:m]  # spread over instruments and pitches
         librosa_baseline(sub[:2], feat_cfg, work / "baseline_warmup")  # numba / FFT plan warm-up

@@ -11,6 +11,7 @@ import torch
 
 from vaelib.config import FeatureConfig
 from vaelib.features import (
+    LogMelWorkspace,
     feature_shape,
     inverse_log_mel,
     log_mel,
@@ -151,3 +152,29 @@ def test_digital_silence_is_minus_one_not_full_scale():
     x = log_mel_batch(ys, cfg=CFG)
     assert torch.all(x[0] == -1.0)  # against its own maximum it would have been +1 everywhere
     assert x[1].max() == 1.0  # a very quiet note is still measured against its own peak
+
+
+def test_reused_workspace_matches_a_fresh_computation():
+    # batches of 3, then 1 (a short last batch), then 2 decoded in place, through one workspace:
+    # nothing of an earlier batch leaks into a later one, and each result owns its memory
+    ys = torch.from_numpy(np.stack([harmonic(f, amp=a) for f, a in
+                                    ((55.0, 0.5), (440.0, 1e-3), (1760.0, 0.2), (98.0, 0.9), (3000.0, 0.05))]))
+    ws = LogMelWorkspace(3, ys.shape[1], CFG)
+    first = log_mel_batch(ys[:3], cfg=CFG, workspace=ws)
+    second = log_mel_batch(ys[3:4], cfg=CFG, workspace=ws)
+    ws.audio(2).copy_(ys[3:5])
+    third = log_mel_batch(ws.audio(2), cfg=CFG, workspace=ws)
+    torch.testing.assert_close(first, log_mel_batch(ys[:3], cfg=CFG), atol=0, rtol=0)
+    torch.testing.assert_close(second, log_mel_batch(ys[3:4], cfg=CFG), atol=0, rtol=0)
+    torch.testing.assert_close(third, log_mel_batch(ys[3:5], cfg=CFG), atol=0, rtol=0)
+    assert first.data_ptr() != second.data_ptr() and not torch.equal(first[0], first[1])
+    torch.testing.assert_close(first, librosa_batch(ys[:3]), atol=2e-3, rtol=0)
+    # a batch larger than the workspace, or of another length, gets buffers of its own
+    torch.testing.assert_close(log_mel_batch(ys, cfg=CFG, workspace=ws), log_mel_batch(ys, cfg=CFG), atol=0, rtol=0)
+    short = ys[:2, : 2 * SR]
+    torch.testing.assert_close(log_mel_batch(short, cfg=CFG, workspace=ws), log_mel_batch(short, cfg=CFG),
+                               atol=0, rtol=0)
+
+
+def librosa_batch(ys: torch.Tensor) -> torch.Tensor:
+    return torch.from_numpy(np.stack([librosa_reference(y.numpy()) for y in ys])[:, None].astype(np.float32))

@@ -16,6 +16,7 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -29,7 +30,7 @@ from tqdm import tqdm
 from vaelib.config import FeatureConfig, config_to_dict, resolve_path
 from vaelib.dataset import WavReport, read_wav
 from vaelib.exceptions import DataError
-from vaelib.features import feature_shape, log_mel_batch
+from vaelib.features import LogMelWorkspace, feature_shape, log_mel_batch
 
 __all__ = ["FeatureCache", "cache_key", "build_feature_cache", "open_feature_cache", "compute_features"]
 
@@ -80,10 +81,11 @@ def compute_features(paths: list[str], cfg: FeatureConfig, *, resample: bool = T
                      show_progress: bool = True, out: np.ndarray | None = None) -> tuple[np.ndarray, WavReport]:
     """Decode wavs and compute their log-mels, one batch per task on ``cfg.workers`` threads.
 
-    Each thread runs a whole batch (decode, STFT, mel, dB, float16 store) with torch limited to one
-    thread: coarse-grained parallelism needs no OpenMP barriers, which stall badly when the cores are
-    shared. libsndfile, pocketfft, numpy and torch all release the GIL. At most ``2 * workers``
-    batches are in flight, so memory stays bounded on a dataset of any size.
+    Each thread runs a whole batch (decode, STFT, mel, dB, float16 store) in buffers of its own that
+    it reuses (``LogMelWorkspace``), with torch limited to one thread: coarse-grained parallelism
+    needs no OpenMP barriers, which stall badly when the cores are shared. libsndfile, the FFT,
+    numpy and torch release the GIL. At most ``2 * workers`` batches are in flight, so memory stays
+    bounded on a dataset of any size.
 
     Returns
     -------
@@ -96,13 +98,20 @@ def compute_features(paths: list[str], cfg: FeatureConfig, *, resample: bool = T
     report = WavReport()
     bs = cfg.batch_size
 
+    local = threading.local()
+
     def work(start: int) -> tuple[int, list[WavReport]]:
-        decoded = [read_wav(p, sample_rate=cfg.sample_rate, n_samples=n_samples, resample=resample)
-                   for p in paths[start:start + bs]]
+        if not hasattr(local, "ws"):
+            local.ws = LogMelWorkspace(bs, n_samples, cfg)
+        batch = paths[start:start + bs]
+        audio = local.ws.audio(len(batch))
+        rows = audio.numpy()
+        reports = [read_wav(p, sample_rate=cfg.sample_rate, n_samples=n_samples, resample=resample, out=row)[1]
+                   for p, row in zip(batch, rows)]
         with torch.no_grad():
-            x = log_mel_batch(torch.from_numpy(np.stack([a for a, _ in decoded])), cfg=cfg)
-        out[start:start + len(decoded)] = x.half().numpy()
-        return len(decoded), [r for _, r in decoded]
+            x = log_mel_batch(audio, cfg=cfg, workspace=local.ws)
+        out[start:start + len(batch)] = x.half().numpy()
+        return len(batch), reports
 
     starts = iter(range(0, len(paths), bs))
     threads = torch.get_num_threads()

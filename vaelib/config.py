@@ -117,9 +117,9 @@ class FeatureConfig:
                   choices=("max", "fixed"))
     ref_power: float = _f(1.0, "power taken as 0 dB when ref='fixed'", lo=1e-12)
     top_db: float = _f(80.0, "dB range kept below the reference; the study clips to [-80, 0]", lo=10, hi=160)
-    batch_size: int = _f(16, "notes per STFT batch: small batches stay in cache (16-32 measured fastest)",
+    batch_size: int = _f(8, "notes per STFT batch: small batches stay in cache (4-16 measured fastest)",
                          lo=1, hi=4096)
-    workers: int = _f(3, "threads, each decoding and transforming whole batches (3 keep 2 cores busy)",
+    workers: int = _f(2, "threads, each decoding and transforming whole batches (one per core measured fastest)",
                       lo=1, hi=64)
     cache_dir: str = _f("data/cache", "feature cache folder")
 

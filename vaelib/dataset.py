@@ -257,13 +257,17 @@ class WavReport:
         self.files += other.files
 
 
-def read_wav(path: str | Path, *, sample_rate: int = 16000, n_samples: int = 64000,
-             resample: bool = True) -> tuple[np.ndarray, WavReport]:
+def read_wav(path: str | Path, *, sample_rate: int = 16000, n_samples: int = 64000, resample: bool = True,
+             out: np.ndarray | None = None) -> tuple[np.ndarray, WavReport]:
     """Decode one wav to float32 mono at ``sample_rate``, padded with zeros or cut to ``n_samples``.
+
+    Parameters
+    ----------
+    out : [shape=(n_samples,)] float32 array to decode into (a row of a batch buffer: saves a copy).
 
     Returns
     -------
-    audio : [shape=(n_samples,)] float32 in [-1, 1]
+    audio : [shape=(n_samples,)] float32 in [-1, 1] (``out`` if given)
     report : which fixes were applied (stereo downmix, resampling, pad/cut)
 
     Raises
@@ -272,6 +276,11 @@ def read_wav(path: str | Path, *, sample_rate: int = 16000, n_samples: int = 640
         Missing or unreadable file, or another rate with ``resample=False``.
     """
     path = Path(path)
+    if out is not None and out.shape != (n_samples,):
+        raise ParameterError(f"out: expected shape ({n_samples},), got {out.shape}")
+    if out is None:
+        out = np.empty(n_samples, np.float32)
+    in_place = False
     try:
         with sf.SoundFile(path) as fh:
             sr = fh.samplerate
@@ -281,7 +290,11 @@ def read_wav(path: str | Path, *, sample_rate: int = 16000, n_samples: int = 640
             too_long = fh.frames > n_samples and sr == sample_rate
             if fh.subtype == "PCM_16":
                 raw = fh.read(frames, dtype="int16", always_2d=True)
-                audio = np.multiply(raw, np.float32(1.0 / 32768.0), dtype=np.float32)  # libsndfile's scale
+                if raw.shape[1] == 1 and sr == sample_rate:  # the common case, straight into its place
+                    audio = np.multiply(raw, np.float32(1.0 / 32768.0), out=out[:len(raw), None])  # libsndfile's scale
+                    in_place = True
+                else:
+                    audio = np.multiply(raw, np.float32(1.0 / 32768.0), dtype=np.float32)
             else:
                 audio = fh.read(frames, dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, TypeError, OSError) as exc:
@@ -303,11 +316,13 @@ def read_wav(path: str | Path, *, sample_rate: int = 16000, n_samples: int = 640
         audio = librosa.resample(audio, orig_sr=sr, target_sr=sample_rate).astype(np.float32)
         report.resampled = 1
     if len(audio) < n_samples:
-        audio = np.pad(audio, (0, n_samples - len(audio)))
         report.padded = 1
     elif len(audio) > n_samples or too_long:
-        audio = audio[:n_samples]
         report.cut = 1
     if report.resampled or report.downmixed or report.padded or report.cut:
         report.files.append(str(path))
-    return np.ascontiguousarray(audio, dtype=np.float32), report
+    m = min(len(audio), n_samples)
+    if not in_place:
+        out[:m] = audio[:m]
+    out[m:] = 0.0
+    return out, report
