@@ -68,6 +68,7 @@ def test_integral_float_accepted_for_int():
         ({"data": {"families": 3}}, "data.families"),
         ({"data": {"pitch_min": 90, "pitch_max": 40}}, "data.pitch_min"),
         ({"model": {"depth": 4}}, "model.channels"),
+        ({"model": {"pitch_dims": 33}}, "model.pitch_dims"),
         ({"features": {"fmax": 9000.0}}, "features.fmax"),
         ({"features": "all"}, "features"),
         ({"analysis": {"interp_pairs": ["keyboard-string"]}}, "analysis.interp_pairs"),

@@ -77,6 +77,19 @@ def test_pitch_conditioning():
     assert torch.equal(plain.decode(z, torch.tensor([30, 90])), plain.decode(z))
 
 
+@pytest.mark.parametrize(("pitch_dims", "reads"), [(0, 8), (3, 3)])
+def test_pitch_head_reads_only_its_trailing_dims(pitch_dims, reads):
+    model = ConvVAE(_cfg(pitch_head=True, pitch_dims=pitch_dims, latent_dim=8))
+    mu = torch.randn(4, 8, requires_grad=True)
+    logits = model.pitch_scores(mu)
+    assert logits.shape == (4, 128) and model.pitch_logits.in_features == reads
+    logits.sum().backward()
+    touched = mu.grad.abs().sum(dim=0) > 0
+    assert touched.tolist() == [False] * (8 - reads) + [True] * reads
+    with pytest.raises(ParameterError, match="no pitch head"):
+        ConvVAE(_cfg(latent_dim=8)).pitch_scores(mu)
+
+
 def test_bad_inputs():
     with pytest.raises(ParameterError, match="channels"):
         ConvVAE(ModelConfig(depth=4, channels=(8, 16, 32)))

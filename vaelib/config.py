@@ -140,6 +140,8 @@ class ModelConfig:
     pitch_conditioning: bool = _f(False, "give the decoder the note's MIDI pitch (one-hot)")
     pitch_head: bool = _f(False, "a linear pitch classifier on mu, trained with train.pitch_weight (the decoder "
                                  "is not given the pitch)")
+    pitch_dims: int = _f(0, "trailing latent dimensions the pitch head reads (0: all), so that pitch can be "
+                            "kept out of the leading ones", lo=0)
 
 
 @dataclass(frozen=True)
@@ -299,6 +301,9 @@ def _cross_checks(cfg: Config) -> None:
         raise ConfigError(f"features.fmax ({cfg.features.fmax}) is above Nyquist ({cfg.features.sample_rate / 2})")
     if cfg.features.fmin >= cfg.features.fmax:
         raise ConfigError(f"features.fmin ({cfg.features.fmin}) must be below features.fmax ({cfg.features.fmax})")
+    if cfg.model.pitch_dims > cfg.model.latent_dim:
+        raise ConfigError(f"model.pitch_dims ({cfg.model.pitch_dims}) is above model.latent_dim "
+                          f"({cfg.model.latent_dim})")
     if cfg.train.contrast_dims > cfg.model.latent_dim:
         raise ConfigError(f"train.contrast_dims ({cfg.train.contrast_dims}) is above model.latent_dim "
                           f"({cfg.model.latent_dim})")

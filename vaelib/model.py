@@ -91,7 +91,7 @@ class ConvVAE(nn.Module):
     ----------
     cfg : ModelConfig
         ``depth`` stride-2 levels with ``channels[i]`` channels each, ``kernel_size``, ``norm``,
-        ``activation``, ``latent_dim``, ``logvar_bound``, ``pitch_conditioning`` and ``pitch_head``.
+        ``activation``, ``latent_dim``, ``logvar_bound``, ``pitch_conditioning``, ``pitch_head`` and ``pitch_dims``.
     n_mels, frames : int
         Input height and width; any sizes of at least ``2 ** depth`` work.
 
@@ -142,7 +142,8 @@ class ConvVAE(nn.Module):
         self.decoder = nn.Sequential(*dec)
         # Luo et al. (ISMIR 2019) supervise pitch on the latent of a timbre/pitch VAE; a linear head keeps
         # what it rewards (pitch linearly readable from mu) the same as what the probes measure.
-        self.pitch_logits = nn.Linear(cfg.latent_dim, N_PITCHES) if cfg.pitch_head else None
+        self.pitch_dims = cfg.pitch_dims or cfg.latent_dim
+        self.pitch_logits = nn.Linear(self.pitch_dims, N_PITCHES) if cfg.pitch_head else None
 
     @staticmethod
     def _out_pad(n_in: int, n_out: int, k: int, pad: int) -> int:
@@ -150,6 +151,12 @@ class ConvVAE(nn.Module):
         op = n_out - ((n_in - 1) * 2 - 2 * pad + k)
         assert op in (0, 1), f"kernel {k} cannot mirror {n_out} -> {n_in} (output_padding {op})"
         return op
+
+    def pitch_scores(self, mu: torch.Tensor) -> torch.Tensor:
+        """Logits over the 128 MIDI pitches from the trailing ``pitch_dims`` dimensions of mu."""
+        if self.pitch_logits is None:
+            raise ParameterError("pitch_scores: the model has no pitch head (model.pitch_head=false)")
+        return self.pitch_logits(mu[:, -self.pitch_dims:])
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """q(z|x) parameters.

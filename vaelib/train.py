@@ -325,7 +325,7 @@ def train(cfg: Config, cache: FeatureCache, *, resume: bool = False, show_progre
                     loss = loss + tc.contrast * contrast
                     aux_now["contrast"] = contrast.detach().item()
                 if model.pitch_logits is not None:
-                    pitch_ce = torch.nn.functional.cross_entropy(model.pitch_logits(out.mu.float()), p_train[idx])
+                    pitch_ce = torch.nn.functional.cross_entropy(model.pitch_scores(out.mu.float()), p_train[idx])
                     loss = loss + tc.pitch_weight * pitch_ce
                     aux_now["pitch_ce"] = pitch_ce.detach().item()
                 if tc.pitch_order > 0:
