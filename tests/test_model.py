@@ -90,6 +90,17 @@ def test_pitch_head_reads_only_its_trailing_dims(pitch_dims, reads):
         ConvVAE(_cfg(latent_dim=8)).pitch_scores(mu)
 
 
+@pytest.mark.parametrize("head", [0, 16])
+def test_contrast_features_read_only_the_leading_dims(head):
+    model = ConvVAE(_cfg(contrast_head=head, latent_dim=8))
+    mu = torch.randn(4, 8, requires_grad=True)
+    feats = model.contrast_features(mu, 3)
+    assert feats.shape == (4, head or 3)
+    feats.sum().backward()
+    assert (mu.grad.abs().sum(dim=0) > 0).tolist() == [True] * 3 + [False] * 5
+    assert model.contrast_features(mu).shape == (4, head or 8)
+
+
 def test_bad_inputs():
     with pytest.raises(ParameterError, match="channels"):
         ConvVAE(ModelConfig(depth=4, channels=(8, 16, 32)))

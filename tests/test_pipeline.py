@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import nbformat
@@ -108,3 +109,23 @@ def test_invalid_params_refused_before_anything_runs(standins, tmp_path):
 def test_collect_metrics_skips_missing_files(tmp_path):
     (tmp_path / "train_metrics.json").write_text(json.dumps({"latent_dim": 4}))
     assert collect_metrics(tmp_path, ("01_preprocess", "02_train")) == {"latent_dim": 4}
+
+
+def test_folders_of_a_killed_run_are_removed_by_the_next(standins, tmp_path):
+    import subprocess
+    import sys
+
+    root = tmp_path / "reports"
+    root.mkdir()
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = int(gone.stdout)  # a pid whose process has exited
+    left = [root / f".standin.staging-{dead}-abc", root / f".standin.old-{dead}"]
+    alive = root / f".standin.staging-{os.getpid()}-xyz"  # a run still going (this process)
+    other = root / f".otherrun.staging-{dead}-abc"  # another run's folder is not this run's business
+    for folder in (*left, alive, other):
+        folder.mkdir()
+        (folder / "01_preprocess.ipynb").write_text("{}")
+    run_dir = run_pipeline(SMOKE, OVR, reports_root=root)
+    assert run_dir.is_dir() and not any(f.exists() for f in left)
+    assert alive.is_dir() and other.is_dir()
+    assert sorted(p.name for p in root.glob(".standin.*")) == [alive.name]

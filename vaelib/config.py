@@ -140,6 +140,8 @@ class ModelConfig:
     pitch_conditioning: bool = _f(False, "give the decoder the note's MIDI pitch (one-hot)")
     pitch_head: bool = _f(False, "a linear pitch classifier on mu, trained with train.pitch_weight (the decoder "
                                  "is not given the pitch)")
+    contrast_head: int = _f(0, "width of an MLP projection head that the contrastive term acts through (0: on mu "
+                                "itself); as in SimCLR, the head can discard what mu must keep to reconstruct", lo=0)
     pitch_dims: int = _f(0, "trailing latent dimensions the pitch head reads (0: all), so that pitch can be "
                             "kept out of the leading ones", lo=0)
 

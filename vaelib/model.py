@@ -91,7 +91,8 @@ class ConvVAE(nn.Module):
     ----------
     cfg : ModelConfig
         ``depth`` stride-2 levels with ``channels[i]`` channels each, ``kernel_size``, ``norm``,
-        ``activation``, ``latent_dim``, ``logvar_bound``, ``pitch_conditioning``, ``pitch_head`` and ``pitch_dims``.
+        ``activation``, ``latent_dim``, ``logvar_bound``, ``pitch_conditioning``, ``contrast_head``,
+        ``pitch_head`` and ``pitch_dims``.
     n_mels, frames : int
         Input height and width; any sizes of at least ``2 ** depth`` work.
 
@@ -142,6 +143,11 @@ class ConvVAE(nn.Module):
         self.decoder = nn.Sequential(*dec)
         # Luo et al. (ISMIR 2019) supervise pitch on the latent of a timbre/pitch VAE; a linear head keeps
         # what it rewards (pitch linearly readable from mu) the same as what the probes measure.
+        # Chen et al. 2020 (SimCLR): a contrastive loss taken through a small MLP leaves the layer before
+        # it more informative; here that layer is mu, which the decoder also needs.
+        self.contrast_proj = (nn.Sequential(nn.Linear(cfg.latent_dim, cfg.contrast_head), nn.ReLU(),
+                                            nn.Linear(cfg.contrast_head, cfg.contrast_head))
+                              if cfg.contrast_head else None)
         self.pitch_dims = cfg.pitch_dims or cfg.latent_dim
         self.pitch_logits = nn.Linear(self.pitch_dims, N_PITCHES) if cfg.pitch_head else None
 
@@ -151,6 +157,14 @@ class ConvVAE(nn.Module):
         op = n_out - ((n_in - 1) * 2 - 2 * pad + k)
         assert op in (0, 1), f"kernel {k} cannot mirror {n_out} -> {n_in} (output_padding {op})"
         return op
+
+    def contrast_features(self, mu: torch.Tensor, dims: int = 0) -> torch.Tensor:
+        """What the contrastive term compares: the leading ``dims`` of mu (0: all), through the projection
+        head when the model has one (the other dimensions enter it as zeros)."""
+        lead = mu[:, :dims] if dims else mu
+        if self.contrast_proj is None:
+            return lead
+        return self.contrast_proj(nn.functional.pad(lead, (0, mu.shape[1] - lead.shape[1])))
 
     def pitch_scores(self, mu: torch.Tensor) -> torch.Tensor:
         """Logits over the 128 MIDI pitches from the trailing ``pitch_dims`` dimensions of mu."""

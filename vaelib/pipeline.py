@@ -112,6 +112,29 @@ def collect_metrics(run_dir: Path, notebooks: tuple[str, ...]) -> dict:
     return metrics
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def remove_abandoned(final: Path) -> list[Path]:
+    """Remove the staging and swap folders of ``final`` left by runs whose process is gone (killed, or
+    the machine lost): their names carry the pid of the run that made them. Returns what was removed."""
+    removed = []
+    for kind in ("staging", "old"):
+        for folder in final.parent.glob(f".{final.name}.{kind}-*"):
+            pid = folder.name.rsplit(f".{kind}-", 1)[1].split("-", 1)[0]
+            if pid.isdigit() and not _pid_alive(int(pid)):
+                shutil.rmtree(folder, ignore_errors=True)
+                removed.append(folder)
+    return removed
+
+
 def _swap_into_place(staging: Path, final: Path) -> None:
     old = None
     if final.exists():
@@ -149,7 +172,9 @@ def run_pipeline(params_file: str | os.PathLike, overrides: list[str] | tuple[st
     reports_root.mkdir(parents=True, exist_ok=True)
     final = reports_root / cfg.run.name
     final.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.staging-", dir=final.parent))
+    for folder in remove_abandoned(final):
+        log.warning("removed %s, left by a run that was killed", folder)
+    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.staging-{os.getpid()}-", dir=final.parent))
     staging.chmod(0o777 & ~UMASK)  # mkdtemp makes it private; the run folder it becomes should not be
     started = time.time()
     save_config(cfg, staging / "params.yaml")

@@ -320,8 +320,8 @@ def train(cfg: Config, cache: FeatureCache, *, resume: bool = False, show_progre
                 parts = vae_loss(xb, out, beta=beta, free_bits=tc.free_bits)
                 loss, aux_now = parts.total, {}
                 if tc.contrast > 0:
-                    contrast = instrument_contrast(out.mu, i_train[idx], temperature=tc.contrast_temperature,
-                                                   dims=tc.contrast_dims)
+                    contrast = instrument_contrast(model.contrast_features(out.mu.float(), tc.contrast_dims),
+                                                   i_train[idx], temperature=tc.contrast_temperature)
                     loss = loss + tc.contrast * contrast
                     aux_now["contrast"] = contrast.detach().item()
                 if model.pitch_logits is not None:
