@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -228,3 +229,30 @@ def test_checkpoint_from_before_a_new_model_key_still_matches(reference, tmp_pat
     assert model.pitch_logits is None
     with pytest.raises(CheckpointError, match="model.latent_dim"):
         load_model(old, cfg=load_config(SMOKE, [f"data.root={cfg.data.root}", "model.latent_dim=4"]))
+
+
+def test_family_labels_change_what_the_contrast_term_groups(work, cache, monkeypatch):
+    root, ds = work
+    seen = {}
+    real = vtrain.instrument_contrast
+
+    def spy(feats, labels, **kw):
+        seen.setdefault("labels", []).append(labels.cpu())
+        return real(feats, labels, **kw)
+
+    monkeypatch.setattr(vtrain, "instrument_contrast", spy)
+    extra = ("train.contrast=5", "train.epochs=1")
+    distinct = {}
+    for kind in ("instrument", "family"):
+        seen.clear()
+        cfg = _cfg(root, ds, ckpt=f"ckpt_labels_{kind}", extra=(*extra, f"train.contrast_labels={kind}"))
+        res = train(cfg, cache, show_progress=False)
+        assert res.history["train_contrast"].iloc[0] > 0
+        labels = torch.cat(seen["labels"])
+        train_meta = cache.meta[cache.meta["split"] == "train"]
+        column = "instrument" if kind == "instrument" else "instrument_family"
+        # the term saw each train note once, under its id of that kind
+        expected = sorted(train_meta[column].tolist())
+        assert len(labels) >= len(expected) - 1 and not Counter(labels.tolist()) - Counter(expected)
+        distinct[kind] = sorted(set(labels.tolist()))
+    assert distinct["family"] != distinct["instrument"]

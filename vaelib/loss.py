@@ -138,13 +138,14 @@ def instrument_contrast(mu: torch.Tensor, labels: torch.Tensor, *, temperature: 
 
     Notes of one instrument at other pitches and velocities are the positives of each note, every
     other note of the batch a negative: the term rewards a latent region per instrument, i.e. that
-    what stays constant across an instrument's notes (its timbre) is what mu encodes first. It uses
-    instrument identity only, never the family, so the family probes stay a held-out measurement.
+    what stays constant across an instrument's notes (its timbre) is what mu encodes first. Training
+    gives it instrument ids unless ``train.contrast_labels`` is ``family``: instrument identity alone
+    keeps the family probes a measurement of structure the model found, not of a label it was given.
 
     Parameters
     ----------
     mu : [shape=(batch, latent_dim)] posterior means
-    labels : [shape=(batch,)] integer instrument ids
+    labels : [shape=(batch,)] integer class ids (instruments, or families)
     temperature : float > 0, of the cosine similarities
     dims : the first ``dims`` latent dimensions carry the term (0: all), leaving the rest free for
         what varies within an instrument (pitch, loudness)

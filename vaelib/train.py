@@ -244,6 +244,11 @@ def train(cfg: Config, cache: FeatureCache, *, resume: bool = False, show_progre
     save_config(cfg, run_dir / "config.yaml")
 
     x_train, p_train, i_train = _split_tensors(cache, "train", device)
+    if tc.contrast_labels == "family":  # rows in the order of cache.split("train")
+        families = cache.meta.loc[cache.meta["split"].to_numpy() == "train", "instrument_family"]
+        c_train = torch.tensor(families.to_numpy(dtype=np.int64), device=device)
+    else:
+        c_train = i_train
     x_valid, p_valid, _ = _split_tensors(cache, "valid", device)
     i_train_cpu = i_train.cpu()  # the epoch order is drawn on the CPU generator
     n_train = x_train.shape[0]
@@ -321,7 +326,7 @@ def train(cfg: Config, cache: FeatureCache, *, resume: bool = False, show_progre
                 loss, aux_now = parts.total, {}
                 if tc.contrast > 0:
                     contrast = instrument_contrast(model.contrast_features(out.mu.float(), tc.contrast_dims),
-                                                   i_train[idx], temperature=tc.contrast_temperature)
+                                                   c_train[idx], temperature=tc.contrast_temperature)
                     loss = loss + tc.contrast * contrast
                     aux_now["contrast"] = contrast.detach().item()
                 if model.pitch_logits is not None:
