@@ -186,13 +186,14 @@ def test_read_wav_matches_libsndfile(tmp_path, subtype, channels, fmt):
     np.testing.assert_array_equal(audio, ref.astype(np.float32))
 
 
-@pytest.mark.parametrize(("subtype", "channels", "seconds"), [("PCM_16", 1, 3.0), ("PCM_16", 1, 5.0),
-                                                              ("PCM_16", 2, 4.0), ("FLOAT", 1, 3.0)])
-def test_read_wav_into_a_row_of_a_batch(tmp_path, subtype, channels, seconds):
+@pytest.mark.parametrize(("subtype", "channels", "seconds", "rate"), [
+    ("PCM_16", 1, 3.0, 16000), ("PCM_16", 1, 5.0, 16000), ("PCM_16", 2, 4.0, 16000), ("FLOAT", 1, 3.0, 16000),
+    ("PCM_16", 1, 3.0, 22050)])
+def test_read_wav_into_a_row_of_a_batch(tmp_path, subtype, channels, seconds, rate):
     # decoding into a dirty row gives what a fresh decode gives: the tail past a short file is zeroed
-    x = np.random.default_rng(2).uniform(-1, 1, (int(16000 * seconds), channels)).astype(np.float32)
+    x = np.random.default_rng(2).uniform(-1, 1, (int(rate * seconds), channels)).astype(np.float32)
     path = tmp_path / "x.wav"
-    sf.write(path, x, 16000, subtype=subtype)
+    sf.write(path, x, rate, subtype=subtype)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the stereo file warns; checked elsewhere
         fresh, report = read_wav(path)

@@ -119,13 +119,22 @@ def test_folders_of_a_killed_run_are_removed_by_the_next(standins, tmp_path):
     root.mkdir()
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     dead = int(gone.stdout)  # a pid whose process has exited
-    left = [root / f".standin.staging-{dead}-abc", root / f".standin.old-{dead}"]
-    alive = root / f".standin.staging-{os.getpid()}-xyz"  # a run still going (this process)
-    other = root / f".otherrun.staging-{dead}-abc"  # another run's folder is not this run's business
-    for folder in (*left, alive, other):
-        folder.mkdir()
-        (folder / "01_preprocess.ipynb").write_text("{}")
-    run_dir = run_pipeline(SMOKE, OVR, reports_root=root)
-    assert run_dir.is_dir() and not any(f.exists() for f in left)
-    assert alive.is_dir() and other.is_dir()
-    assert sorted(p.name for p in root.glob(".standin.*")) == [alive.name]
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])  # a run still going
+    try:
+        # this process's own pid is a leftover too: the run has not made its folders yet (pids are reused)
+        left = [root / f".standin.staging-{dead}-abc", root / f".standin.old-{dead}",
+                root / f".standin.old-{os.getpid()}"]
+        alive = root / f".standin.staging-{live.pid}-xyz"
+        others = [root / f".otherrun.staging-{dead}-abc", root / f".standin2.staging-{dead}-abc"]
+        for folder in (*left, alive, *others):
+            folder.mkdir()
+            (folder / "01_preprocess.ipynb").write_text("{}")
+        run_dir = run_pipeline(SMOKE, OVR, reports_root=root)
+        assert run_dir.is_dir() and not any(f.exists() for f in left)
+        assert alive.is_dir() and all(f.is_dir() for f in others)
+        assert sorted(p.name for p in root.glob(".standin.*")) == [alive.name]
+        run_pipeline(SMOKE, OVR, reports_root=root)  # the swap of a second run leaves no .old folder
+        assert sorted(p.name for p in root.glob(".standin.*")) == [alive.name]
+    finally:
+        live.kill()
+        live.wait()

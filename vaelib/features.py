@@ -75,6 +75,10 @@ def feature_shape(cfg: FeatureConfig) -> tuple[int, int, int]:
     return (1, cfg.n_mels, cfg.frames)
 
 
+def _workspace_key(cfg: FeatureConfig) -> tuple:
+    return (cfg.n_fft, cfg.hop_length, cfg.n_mels, cfg.frames)
+
+
 class LogMelWorkspace:
     """Buffers for ``log_mel_batch``, reused from call to call by one thread.
 
@@ -87,7 +91,9 @@ class LogMelWorkspace:
     def __init__(self, max_batch: int, n_samples: int, cfg: FeatureConfig, device: torch.device | str = "cpu"):
         half = cfg.n_fft // 2
         self.max_batch, self.n_samples = max_batch, n_samples
-        self.n_frames = min(cfg.frames, 1 + n_samples // cfg.hop_length)  # frames of a centred STFT, cropped
+        # frames of a centred STFT (as torch.stft counts them, odd n_fft included), cropped to cfg.frames
+        self.n_frames = min(cfg.frames, (n_samples + 2 * half - cfg.n_fft) // cfg.hop_length + 1)
+        self.cfg_key = _workspace_key(cfg)
         bins = half + 1
         # The pad columns are zeroed once and never written: they are the STFT's constant padding.
         self.padded = torch.zeros(max_batch, n_samples + 2 * half, device=device)
@@ -103,9 +109,9 @@ class LogMelWorkspace:
         half = (self.padded.shape[1] - self.n_samples) // 2
         return self.padded[:batch, half:half + self.n_samples]
 
-    def fits(self, audio: torch.Tensor) -> bool:
+    def fits(self, audio: torch.Tensor, cfg: FeatureConfig) -> bool:
         return (audio.shape[0] <= self.max_batch and audio.shape[1] == self.n_samples
-                and audio.device == self.padded.device)
+                and audio.device == self.padded.device and self.cfg_key == _workspace_key(cfg))
 
 
 def log_mel_batch(audio: torch.Tensor, *, cfg: FeatureConfig,
@@ -123,11 +129,12 @@ def log_mel_batch(audio: torch.Tensor, *, cfg: FeatureConfig,
     [shape=(batch, 1, n_mels, frames)] float32 in [-1, 1], a new tensor; -1 is ``-top_db`` dB (silence),
     +1 is the reference (each note's peak when ``ref='max'``; a digitally silent note is -1 everywhere).
     Equal to ``torch.stft`` (centred, zero padding, Hann window) -> power -> filterbank -> dB.
+    Computed in place in reused buffers: not differentiable.
     """
     if audio.ndim != 2:
         raise ParameterError(f"audio: expected shape (batch, samples), got {tuple(audio.shape)}")
     ws = workspace
-    if ws is None or not ws.fits(audio):
+    if ws is None or not ws.fits(audio, cfg):
         ws = LogMelWorkspace(audio.shape[0], audio.shape[1], cfg, device=audio.device)
     b = audio.shape[0]
     dst = ws.audio(b)

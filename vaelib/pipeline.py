@@ -8,6 +8,7 @@ kept in ``reports/<run>.failed/`` for inspection.
 from __future__ import annotations
 
 import datetime as dt
+import glob
 import json
 import logging
 import os
@@ -124,12 +125,14 @@ def _pid_alive(pid: int) -> bool:
 
 def remove_abandoned(final: Path) -> list[Path]:
     """Remove the staging and swap folders of ``final`` left by runs whose process is gone (killed, or
-    the machine lost): their names carry the pid of the run that made them. Returns what was removed."""
+    the machine lost): their names carry the pid of the run that made them. Called before this run makes
+    its own, so a folder with this process's pid is a leftover too (pids are reused). Returns what was
+    removed."""
     removed = []
     for kind in ("staging", "old"):
-        for folder in final.parent.glob(f".{final.name}.{kind}-*"):
-            pid = folder.name.rsplit(f".{kind}-", 1)[1].split("-", 1)[0]
-            if pid.isdigit() and not _pid_alive(int(pid)):
+        for folder in final.parent.glob(f".{glob.escape(final.name)}.{kind}-*"):
+            pid = folder.name[len(f".{final.name}.{kind}-"):].split("-", 1)[0]
+            if pid.isdigit() and (int(pid) == os.getpid() or not _pid_alive(int(pid))):
                 shutil.rmtree(folder, ignore_errors=True)
                 removed.append(folder)
     return removed
@@ -139,6 +142,7 @@ def _swap_into_place(staging: Path, final: Path) -> None:
     old = None
     if final.exists():
         old = final.with_name(f".{final.name}.old-{os.getpid()}")
+        shutil.rmtree(old, ignore_errors=True)
         os.replace(final, old)
     os.replace(staging, final)
     if old is not None:

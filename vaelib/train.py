@@ -111,6 +111,14 @@ def _split_tensors(cache: FeatureCache, name: str,
     return _to_tensor(feats, device), pitch, instrument
 
 
+def contrast_classes(cache: FeatureCache, kind: str, device: torch.device) -> torch.Tensor:
+    """Class id of every train note for the contrastive term, in the row order of ``cache.split("train")``:
+    its ``instrument`` or its ``instrument_family``."""
+    column = {"instrument": "instrument", "family": "instrument_family"}[kind]
+    rows = cache.meta["split"].to_numpy() == "train"  # the mask cache.split uses
+    return torch.tensor(cache.meta.loc[rows, column].to_numpy(dtype=np.int64), device=device)
+
+
 def instrument_grouped_order(instruments: torch.Tensor, k: int, gen: torch.Generator) -> torch.Tensor:
     """An epoch's order of the notes in which every run of ``k`` consecutive notes is one instrument's.
 
@@ -244,11 +252,7 @@ def train(cfg: Config, cache: FeatureCache, *, resume: bool = False, show_progre
     save_config(cfg, run_dir / "config.yaml")
 
     x_train, p_train, i_train = _split_tensors(cache, "train", device)
-    if tc.contrast_labels == "family":  # rows in the order of cache.split("train")
-        families = cache.meta.loc[cache.meta["split"].to_numpy() == "train", "instrument_family"]
-        c_train = torch.tensor(families.to_numpy(dtype=np.int64), device=device)
-    else:
-        c_train = i_train
+    c_train = contrast_classes(cache, tc.contrast_labels, device)
     x_valid, p_valid, _ = _split_tensors(cache, "valid", device)
     i_train_cpu = i_train.cpu()  # the epoch order is drawn on the CPU generator
     n_train = x_train.shape[0]
