@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from vaelib.config import TrainConfig
+from vaelib.config import ModelConfig, TrainConfig
 from vaelib.exceptions import ParameterError
 from vaelib.loss import (
     active_units,
@@ -20,7 +20,7 @@ from vaelib.loss import (
     recon_loss,
     vae_loss,
 )
-from vaelib.model import VAEOutput
+from vaelib.model import ConvVAE, VAEOutput
 
 
 def _numerical_kl(mu: float, logvar: float) -> float:
@@ -118,8 +118,10 @@ def test_instrument_contrast_matches_the_definition():
     labels = np.array([0, 0, 1, 1, 1, 2, 3, 3, 4, 5, 5, 5])  # notes 5 and 8 have no positive
     got = instrument_contrast(torch.from_numpy(mu), torch.from_numpy(labels), temperature=0.5)
     assert float(got) == pytest.approx(_supcon_by_loops(mu, labels, 0.5), rel=1e-5)
-    # dims=3 is the same loss on the first three coordinates only
-    got3 = instrument_contrast(torch.from_numpy(mu), torch.from_numpy(labels), temperature=0.5, dims=3)
+    # what training passes for train.contrast_dims=3 (no projection head): the first three coordinates
+    model = ConvVAE(ModelConfig(latent_dim=5))
+    got3 = instrument_contrast(model.contrast_features(torch.from_numpy(mu), 3), torch.from_numpy(labels),
+                               temperature=0.5)
     assert float(got3) == pytest.approx(_supcon_by_loops(mu[:, :3], labels, 0.5), rel=1e-5)
 
 

@@ -133,7 +133,7 @@ def active_units(mu: torch.Tensor, *, threshold: float = ACTIVE_UNIT_THRESHOLD) 
     return int((mu.float().var(dim=0) > threshold).sum())
 
 
-def instrument_contrast(mu: torch.Tensor, labels: torch.Tensor, *, temperature: float, dims: int = 0) -> torch.Tensor:
+def instrument_contrast(mu: torch.Tensor, labels: torch.Tensor, *, temperature: float) -> torch.Tensor:
     """Supervised contrastive loss (Khosla et al. 2020, eq. 2) of ``mu`` with instruments as classes.
 
     Notes of one instrument at other pitches and velocities are the positives of each note, every
@@ -144,11 +144,10 @@ def instrument_contrast(mu: torch.Tensor, labels: torch.Tensor, *, temperature: 
 
     Parameters
     ----------
-    mu : [shape=(batch, latent_dim)] posterior means
+    mu : [shape=(batch, dims)] what is compared: posterior means, or the part of them that training
+        selects and projects (``ConvVAE.contrast_features``)
     labels : [shape=(batch,)] integer class ids (instruments, or families)
     temperature : float > 0, of the cosine similarities
-    dims : the first ``dims`` latent dimensions carry the term (0: all), leaving the rest free for
-        what varies within an instrument (pitch, loudness)
 
     Returns
     -------
@@ -158,7 +157,7 @@ def instrument_contrast(mu: torch.Tensor, labels: torch.Tensor, *, temperature: 
         raise ParameterError(f"temperature must be > 0, got {temperature}")
     if labels.shape != mu.shape[:1]:
         raise ParameterError(f"labels {tuple(labels.shape)} must have one entry per row of mu {tuple(mu.shape)}")
-    z = torch.nn.functional.normalize(mu.float()[:, :dims] if dims else mu.float(), dim=1)
+    z = torch.nn.functional.normalize(mu.float(), dim=1)
     sim = z @ z.T / temperature  # (B, B)
     self_mask = torch.eye(len(z), dtype=torch.bool, device=z.device)
     sim = sim.masked_fill(self_mask, -torch.inf)
