@@ -90,7 +90,7 @@ class LogMelWorkspace:
 
     def __init__(self, max_batch: int, n_samples: int, cfg: FeatureConfig, device: torch.device | str = "cpu"):
         half = cfg.n_fft // 2
-        self.max_batch, self.n_samples = max_batch, n_samples
+        self.max_batch, self.n_samples, self.start = max_batch, n_samples, half
         # frames of a centred STFT (as torch.stft counts them, odd n_fft included), cropped to cfg.frames
         self.n_frames = min(cfg.frames, (n_samples + 2 * half - cfg.n_fft) // cfg.hop_length + 1)
         self.cfg_key = _workspace_key(cfg)
@@ -106,8 +106,7 @@ class LogMelWorkspace:
 
     def audio(self, batch: int) -> torch.Tensor:
         """[shape=(batch, n_samples)] view where a batch may be decoded in place (saves a copy)."""
-        half = (self.padded.shape[1] - self.n_samples) // 2
-        return self.padded[:batch, half:half + self.n_samples]
+        return self.padded[:batch, self.start:self.start + self.n_samples]
 
     def fits(self, audio: torch.Tensor, cfg: FeatureConfig) -> bool:
         return (audio.shape[0] <= self.max_batch and audio.shape[1] == self.n_samples
