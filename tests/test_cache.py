@@ -13,7 +13,15 @@ import torch
 from conftest import entry, sine
 
 import vaelib.cache as cache_mod
-from vaelib.cache import FEATURES_FILE, MANIFEST_FILE, build_feature_cache, cache_key, open_feature_cache
+from vaelib.cache import (
+    FEATURES_FILE,
+    MANIFEST_FILE,
+    NpyRowWriter,
+    build_feature_cache,
+    cache_key,
+    compute_features,
+    open_feature_cache,
+)
 from vaelib.config import DataConfig, FeatureConfig
 from vaelib.dataset import load_dataset, read_examples, read_wav
 from vaelib.features import log_mel
@@ -54,6 +62,9 @@ def test_cache_of_the_smoke_dataset(smoke_dataset, tmp_path):
     i = 37
     audio, _ = read_wav(df["path"][i])
     np.testing.assert_allclose(feats[i], log_mel(audio, cfg=cfg), atol=2e-3)
+    # every row in its place: the file equals the features computed in memory (168 = 21 batches of 8)
+    in_memory, _ = compute_features(list(df["path"]), cfg, show_progress=False)
+    np.testing.assert_array_equal(cache.features, in_memory)
     x_valid, m_valid = cache.split("valid")
     assert x_valid.shape == (int((df["split"] == "valid").sum()), 1, 80, 128)
     assert set(m_valid["split"]) == {"valid"} and set(m_valid["instrument_str"]).isdisjoint(
@@ -130,3 +141,24 @@ def test_interrupted_build_leaves_no_partial_cache(small, monkeypatch):
     assert done.features.shape == (10, 1, 40, 128)
     assert complete_caches(cfg) == sorted([earlier.path.name, done.path.name])
     assert open_feature_cache(done.path).manifest["key"] == done.path.name
+
+
+def test_row_writer_makes_the_npy_that_numpy_reads(tmp_path):
+    # blocks written out of order, as worker threads finish them, land in their rows; rows never
+    # written read as zeros; a block that does not fit its rows is refused, not written short
+    shape = (10, 1, 3, 4)
+    rows = np.random.default_rng(0).standard_normal(shape).astype(np.float16)
+    with NpyRowWriter(tmp_path / "f.npy", shape) as w:
+        for start in (6, 0, 3):
+            w[start:start + 3] = rows[start:start + 3]
+        w[9:10] = rows[9:10].astype(np.float32)  # converted to the file's dtype
+        with pytest.raises(ValueError, match="do not match"):
+            w[0:2] = rows[:3]
+    got = np.load(tmp_path / "f.npy")
+    assert got.dtype == np.float16 and got.shape == shape
+    np.testing.assert_array_equal(got, rows)
+    with NpyRowWriter(tmp_path / "g.npy", shape) as w:
+        w[2:4] = rows[2:4]
+    got = np.load(tmp_path / "g.npy")
+    np.testing.assert_array_equal(got[2:4], rows[2:4])
+    assert not got[:2].any() and not got[4:].any()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import struct
 import warnings
 
 import numpy as np
@@ -12,6 +13,7 @@ import pytest
 import soundfile as sf
 from conftest import entry, sine
 
+from vaelib import dataset as dataset_mod
 from vaelib.config import NSYNTH_FAMILIES, DataConfig
 from vaelib.dataset import (
     INT_FIELDS,
@@ -204,6 +206,70 @@ def test_read_wav_into_a_row_of_a_batch(tmp_path, subtype, channels, seconds, ra
     assert np.all(rows[[0, 2]] == 7.0), "neighbouring rows were written"
     with pytest.raises(ParameterError, match=r"out: expected shape \(64000,\)"):
         read_wav(path, out=rows[:, :100])
+
+
+def _riff(*chunks: tuple[bytes, bytes]) -> bytes:
+    body = b"".join(cid + struct.pack("<I", len(data)) + data + b"\0" * (len(data) % 2) for cid, data in chunks)
+    return b"RIFF" + struct.pack("<I", 4 + len(body)) + b"WAVE" + body
+
+
+def _fmt(tag=1, channels=1, rate=16000, bits=16) -> tuple[bytes, bytes]:
+    align = channels * bits // 8
+    return b"fmt ", struct.pack("<HHIIHH", tag, channels, rate, rate * align, align, bits)
+
+
+@pytest.mark.parametrize("n", [64000, 48000, 80000])
+def test_canonical_wav_read_without_libsndfile_equals_libsndfile(tmp_path, monkeypatch, n):
+    # NSynth's format is parsed directly (chunks before and after the data, an odd-length chunk's pad
+    # byte skipped); the numbers are libsndfile's, bit for bit, and so is the pad/cut count.
+    pcm = np.random.default_rng(3).integers(-32768, 32768, n).astype("<i2")
+    path = tmp_path / "x.wav"
+    path.write_bytes(_riff((b"LIST", b"odd"), _fmt(), (b"fact", b"\1\0\0\0"), (b"data", pcm.tobytes()),
+                           (b"LIST", b"INFOtail")))
+    ref = sf.read(path, dtype="float32")[0]
+    calls = []
+    monkeypatch.setattr(dataset_mod.sf, "SoundFile", lambda *a, **k: calls.append(a) or pytest.fail("libsndfile"))
+    out = np.full(64000, 7.0, np.float32)
+    audio, report = read_wav(path, out=out)
+    assert calls == [] and audio is out
+    m = min(n, 64000)
+    np.testing.assert_array_equal(audio[:m], ref[:m])
+    assert np.all(audio[m:] == 0.0)
+    assert (report.padded, report.cut) == (int(n < 64000), int(n > 64000))
+    assert report.files == ([] if n == 64000 else [str(path)])
+
+
+@pytest.mark.parametrize("case", ["stereo", "rate", "float", "extensible", "truncated", "no_fmt", "rifx"])
+def test_other_wavs_go_to_libsndfile(tmp_path, case):
+    # anything but complete 16-bit mono PCM at the asked rate is left to libsndfile, which reads it
+    # (or refuses it) as before: the direct parser never guesses
+    pcm = np.arange(-2000, 2000, dtype="<i2")
+    chunks = {"stereo": [_fmt(channels=2), (b"data", pcm.tobytes())],
+              "rate": [_fmt(rate=22050), (b"data", pcm.tobytes())],
+              "float": [_fmt(tag=3, bits=32), (b"data", (pcm / 32768.0).astype("<f4").tobytes())],
+              "extensible": None, "truncated": None, "no_fmt": [(b"data", pcm.tobytes()), _fmt()],
+              "rifx": None}[case]
+    path = tmp_path / "x.wav"
+    if case == "extensible":
+        sf.write(path, pcm / 32768.0, 16000, subtype="PCM_16", format="WAVEX")
+    elif case == "truncated":
+        path.write_bytes(_riff(_fmt(), (b"data", pcm.tobytes()))[:-1000])
+    elif case == "rifx":
+        path.write_bytes(b"RIFX" + _riff(_fmt(), (b"data", pcm.tobytes()))[4:])
+    else:
+        path.write_bytes(_riff(*chunks))
+    assert dataset_mod._read_canonical_wav(path, 16000, np.zeros(64000, np.float32)) is None
+    if case in ("no_fmt", "rifx"):  # libsndfile's verdict, worded with the file's name
+        with pytest.raises(DataError, match=rf"{path.name}: unreadable wav"):
+            read_wav(path)
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # stereo and the other rate warn; checked elsewhere
+        audio, report = read_wav(path)
+    assert report.padded == 1
+    if case in ("extensible", "truncated"):  # libsndfile reads what the file holds
+        n = 4000 if case == "extensible" else 3500
+        np.testing.assert_array_equal(audio[:n], pcm[:n] / np.float32(32768.0))
 
 
 def test_read_wav_truncated_pcm16(tmp_path):
