@@ -17,6 +17,7 @@ from vaelib.loss import (
     free_bits_kl,
     instrument_contrast,
     kl_per_dim,
+    lr_at,
     recon_loss,
     vae_loss,
 )
@@ -72,6 +73,23 @@ def test_beta_schedule_is_linear_then_flat():
     assert beta_at(0, cfg=TrainConfig(beta=0.5, warmup_steps=0)) == 0.5
     with pytest.raises(ParameterError):
         beta_at(-1, cfg=cfg)
+
+
+def test_lr_schedule_constant_or_half_a_cosine():
+    const = TrainConfig(lr=2e-3)
+    assert {lr_at(s, cfg=const, total_steps=100) for s in (0, 50, 99, 500)} == {2e-3}
+    cfg = TrainConfig(lr=2e-3, lr_schedule="cosine", lr_final=0.1)
+    lrs = np.array([lr_at(s, cfg=cfg, total_steps=101) for s in range(101)])
+    assert lrs[0] == pytest.approx(2e-3) and lrs[-1] == pytest.approx(2e-4)
+    assert lrs[50] == pytest.approx(1.1e-3)  # halfway: the mean of the two ends
+    assert np.all(np.diff(lrs) < 0)
+    np.testing.assert_allclose(lrs[:50] + lrs[100:50:-1], 2.2e-3)  # point-symmetric about the middle
+    assert lr_at(1000, cfg=cfg, total_steps=101) == pytest.approx(2e-4)  # flat past the end
+    assert lr_at(0, cfg=cfg, total_steps=1) == pytest.approx(2e-3)
+    with pytest.raises(ParameterError, match="step"):
+        lr_at(-1, cfg=cfg, total_steps=10)
+    with pytest.raises(ParameterError, match="total_steps"):
+        lr_at(0, cfg=cfg, total_steps=0)
 
 
 def test_vae_loss_parts_and_scale():

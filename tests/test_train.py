@@ -219,6 +219,26 @@ def test_auxiliary_terms_are_logged_and_resume_exactly(work, cache, monkeypatch,
     np.testing.assert_allclose(res.history[cols].to_numpy(float), h[cols].to_numpy(float), rtol=1e-6, atol=1e-6)
 
 
+def test_cosine_lr_follows_the_schedule_and_resumes_exactly(work, cache, monkeypatch, reference):
+    root, ds = work
+    extra = ("train.lr_schedule=cosine", "train.lr_final=0.1")
+    ref = train(_cfg(root, ds, ckpt="ckpt_cos_ref", extra=extra), cache, show_progress=False)
+    lr = ref.history["lr"].to_numpy()
+    # each epoch logs the rate of its last step: 4 epochs of 4 steps, steps 3, 7, 11, 15 of 16
+    np.testing.assert_allclose(lr, [1e-3 * (0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * s / 15))) for s in (3, 7, 11, 15)])
+    assert lr[-1] == pytest.approx(1e-4) and (reference[1].history["lr"] == 1e-3).all()
+    assert not np.allclose(ref.history["train_recon"][1:], reference[1].history["train_recon"][1:])
+    cfg = _cfg(root, ds, ckpt="ckpt_cos_resume", extra=extra)
+    _interrupt_at(monkeypatch, 6)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, cache, show_progress=False)
+    monkeypatch.undo()
+    res = train(cfg, cache, resume=True, show_progress=False)
+    cols = [c for c in HISTORY_COLUMNS if c != "seconds"]
+    np.testing.assert_allclose(res.history[cols].to_numpy(float), ref.history[cols].to_numpy(float),
+                               rtol=1e-6, atol=1e-6)
+
+
 def test_checkpoint_from_before_a_new_model_key_still_matches(reference, tmp_path):
     cfg, ref = reference
     ckpt = torch.load(ref.best_path, weights_only=True)

@@ -151,6 +151,9 @@ class TrainConfig:
     epochs: int = _f(12, "maximum epochs", lo=1, hi=10000)
     batch_size: int = _f(64, "notes per step", lo=1, hi=8192)
     lr: float = _f(1e-3, "Adam learning rate", lo=1e-7, hi=1.0)
+    lr_schedule: str = _f("constant", "'constant', or 'cosine': decay from lr to lr * lr_final over train.epochs "
+                                      "(Loshchilov & Hutter 2017, without restarts)", choices=("constant", "cosine"))
+    lr_final: float = _f(0.01, "last learning rate of the cosine schedule, as a share of lr", lo=0.0, hi=1.0)
     beta: float = _f(1.0, "final KL weight (beta-VAE)", lo=0.0, hi=1000.0)
     warmup_steps: int = _f(1000, "steps of linear beta warm-up from 0", lo=0)
     free_bits: float = _f(0.25, "nats per latent dimension below which KL is not penalised", lo=0.0, hi=10.0)

@@ -19,6 +19,7 @@ Everything is computed in float32 even when the model ran under bf16 autocast.
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
@@ -26,7 +27,7 @@ import torch
 from vaelib.config import TrainConfig
 from vaelib.exceptions import ParameterError
 
-__all__ = ["LossParts", "kl_per_dim", "free_bits_kl", "recon_loss", "vae_loss", "beta_at", "active_units",
+__all__ = ["LossParts", "kl_per_dim", "free_bits_kl", "recon_loss", "vae_loss", "beta_at", "lr_at", "active_units",
            "instrument_contrast", "attribute_order"]
 
 ACTIVE_UNIT_THRESHOLD = 0.01  # Burda et al. 2016 (IWAE), sec. 5.2: Var_x(E_q[z_d|x]) > 0.01
@@ -119,6 +120,22 @@ def beta_at(step: int, *, cfg: TrainConfig) -> float:
     if cfg.warmup_steps == 0:
         return float(cfg.beta)
     return float(cfg.beta) * min(1.0, step / cfg.warmup_steps)
+
+
+def lr_at(step: int, *, cfg: TrainConfig, total_steps: int) -> float:
+    """Learning rate at optimiser step ``step`` (0-based) of a run of ``total_steps`` steps.
+
+    ``constant``: ``cfg.lr`` throughout. ``cosine``: half a cosine from ``cfg.lr`` at step 0 to
+    ``cfg.lr * cfg.lr_final`` at the last step (Loshchilov & Hutter 2017, one cycle). A pure function
+    of the step, like ``beta_at``, so a resumed run continues the schedule exactly; an early stop
+    leaves it where it was.
+    """
+    if step < 0 or total_steps < 1:
+        raise ParameterError(f"step must be >= 0 and total_steps >= 1, got {step} and {total_steps}")
+    if cfg.lr_schedule == "constant":
+        return float(cfg.lr)
+    t = min(1.0, step / max(total_steps - 1, 1))
+    return float(cfg.lr) * (cfg.lr_final + (1.0 - cfg.lr_final) * 0.5 * (1.0 + math.cos(math.pi * t)))
 
 
 def active_units(mu: torch.Tensor, *, threshold: float = ACTIVE_UNIT_THRESHOLD) -> int:

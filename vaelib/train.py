@@ -9,7 +9,7 @@ Reproducibility: every random draw comes from a seeded generator (initialisation
 global RNG seeded by ``run.seed``; batch order: ``batch_gen``; reparameterization noise:
 ``noise_gen``; evaluation noise: a fresh generator per evaluation). All their states, the model,
 the optimiser, the early-stopping state and the history are in every checkpoint, and the beta
-schedule is a pure function of the step, so on CPU a resumed run ends with the same numbers as an
+and learning-rate schedules are pure functions of the step, so on CPU a resumed run ends with the same numbers as an
 uninterrupted one.
 
 Files of a run, in ``checkpoint_dir(cfg, cache_key)``:
@@ -49,7 +49,7 @@ from vaelib.config import Config, config_to_dict, save_config
 from vaelib.device import autocast_dtype, resolve_device, set_threads
 from vaelib.exceptions import TrainingError
 from vaelib.io import atomic_write_text
-from vaelib.loss import active_units, attribute_order, beta_at, instrument_contrast, vae_loss
+from vaelib.loss import active_units, attribute_order, beta_at, instrument_contrast, lr_at, vae_loss
 from vaelib.model import ConvVAE, count_parameters
 
 __all__ = [
@@ -349,6 +349,8 @@ def train(cfg: Config, cache: FeatureCache, *, resume: bool = False, show_progre
                         f"recon={parts.recon.item()}, kl_raw={parts.kl_raw.item()}, beta={beta}"
                         + "".join(f", {k}={v}" for k, v in aux_now.items()) + "; training stopped. "
                         f"Last good checkpoint: {kept}. Try a lower train.lr or a smaller model.logvar_bound.")
+                for group in optimizer.param_groups:
+                    group["lr"] = lr_at(step, cfg=tc, total_steps=tc.epochs * n_batches)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if tc.grad_clip > 0:
