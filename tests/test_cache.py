@@ -154,6 +154,11 @@ def test_row_writer_makes_the_npy_that_numpy_reads(tmp_path):
         w[9:10] = rows[9:10].astype(np.float32)  # converted to the file's dtype
         with pytest.raises(ValueError, match="do not match"):
             w[0:2] = rows[:3]
+        with pytest.raises(ValueError, match="do not match"):  # as many bytes, another layout
+            w[0:2] = rows[:2].reshape(2, 1, 4, 3)
+        w.sync()
+    with pytest.raises(ValueError, match="closed"):
+        w[0:1] = rows[:1]
     got = np.load(tmp_path / "f.npy")
     assert got.dtype == np.float16 and got.shape == shape
     np.testing.assert_array_equal(got, rows)

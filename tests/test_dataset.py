@@ -213,19 +213,20 @@ def _riff(*chunks: tuple[bytes, bytes]) -> bytes:
     return b"RIFF" + struct.pack("<I", 4 + len(body)) + b"WAVE" + body
 
 
-def _fmt(tag=1, channels=1, rate=16000, bits=16) -> tuple[bytes, bytes]:
+def _fmt(tag=1, channels=1, rate=16000, bits=16, extra=b"") -> tuple[bytes, bytes]:
     align = channels * bits // 8
-    return b"fmt ", struct.pack("<HHIIHH", tag, channels, rate, rate * align, align, bits)
+    return b"fmt ", struct.pack("<HHIIHH", tag, channels, rate, rate * align, align, bits) + extra
 
 
-@pytest.mark.parametrize("n", [64000, 48000, 80000])
-def test_canonical_wav_read_without_libsndfile_equals_libsndfile(tmp_path, monkeypatch, n):
+@pytest.mark.parametrize(("n", "fmt_extra"), [(64000, b""), (48000, b""), (80000, b""), (64000, b"\0\0")])
+def test_canonical_wav_read_without_libsndfile_equals_libsndfile(tmp_path, monkeypatch, n, fmt_extra):
     # NSynth's format is parsed directly (chunks before and after the data, an odd-length chunk's pad
-    # byte skipped); the numbers are libsndfile's, bit for bit, and so is the pad/cut count.
+    # byte skipped, an 18-byte fmt with cbSize); the numbers are libsndfile's, bit for bit, and so is
+    # the pad/cut count.
     pcm = np.random.default_rng(3).integers(-32768, 32768, n).astype("<i2")
     path = tmp_path / "x.wav"
-    path.write_bytes(_riff((b"LIST", b"odd"), _fmt(), (b"fact", b"\1\0\0\0"), (b"data", pcm.tobytes()),
-                           (b"LIST", b"INFOtail")))
+    path.write_bytes(_riff((b"LIST", b"odd"), _fmt(extra=fmt_extra), (b"fact", b"\1\0\0\0"),
+                           (b"data", pcm.tobytes()), (b"LIST", b"INFOtail")))
     ref = sf.read(path, dtype="float32")[0]
     calls = []
     monkeypatch.setattr(dataset_mod.sf, "SoundFile", lambda *a, **k: calls.append(a) or pytest.fail("libsndfile"))
@@ -239,17 +240,36 @@ def test_canonical_wav_read_without_libsndfile_equals_libsndfile(tmp_path, monke
     assert report.files == ([] if n == 64000 else [str(path)])
 
 
-@pytest.mark.parametrize("case", ["stereo", "rate", "float", "extensible", "truncated", "no_fmt", "rifx"])
+@pytest.mark.parametrize("case", ["stereo", "rate", "float", "extensible", "truncated", "no_fmt", "rifx",
+                                  "two_data", "garbage_chunk", "never_closed", "long"])
 def test_other_wavs_go_to_libsndfile(tmp_path, case):
-    # anything but complete 16-bit mono PCM at the asked rate is left to libsndfile, which reads it
-    # (or refuses it) as before: the direct parser never guesses
+    # anything but plainly complete 16-bit mono PCM at the asked rate is left to libsndfile, which
+    # reads it (or refuses it, or repairs it) as before: the direct parser never guesses
     pcm = np.arange(-2000, 2000, dtype="<i2")
     chunks = {"stereo": [_fmt(channels=2), (b"data", pcm.tobytes())],
               "rate": [_fmt(rate=22050), (b"data", pcm.tobytes())],
               "float": [_fmt(tag=3, bits=32), (b"data", (pcm / 32768.0).astype("<f4").tobytes())],
-              "extensible": None, "truncated": None, "no_fmt": [(b"data", pcm.tobytes()), _fmt()],
-              "rifx": None}[case]
+              "no_fmt": [(b"data", pcm.tobytes()), _fmt()],
+              "two_data": [_fmt(), (b"data", pcm.tobytes()), (b"data", pcm.tobytes())],
+              "garbage_chunk": [(b"\0\0\0\0", b""), _fmt(), (b"data", pcm.tobytes())]}.get(case)
     path = tmp_path / "x.wav"
+    if case == "never_closed":
+        # a writer killed before close() leaves RIFF size 8 and data size 0 with the samples after them:
+        # libsndfile takes the rest of the file as the data, and so must we (not silence)
+        path.write_bytes(_riff(_fmt(), (b"data", b""))[:4] + struct.pack("<I", 8)
+                         + _riff(_fmt(), (b"data", b""))[8:] + pcm.tobytes())
+        audio, report = read_wav(path)
+        assert dataset_mod._read_canonical_wav(path, 16000, np.zeros(64000, np.float32)) is None
+        np.testing.assert_array_equal(audio[:4000], pcm / np.float32(32768.0))
+        assert report.padded == 1
+        return
+    if case == "long":  # 10 s: well past what the direct reader reads; libsndfile reads 4 s of it
+        sf.write(path, np.tile(pcm, 40) / 32768.0, 16000, subtype="PCM_16")
+        assert dataset_mod._read_canonical_wav(path, 16000, np.zeros(64000, np.float32)) is None
+        audio, report = read_wav(path)
+        np.testing.assert_array_equal(audio, np.tile(pcm, 16) / np.float32(32768.0))
+        assert report.cut == 1
+        return
     if case == "extensible":
         sf.write(path, pcm / 32768.0, 16000, subtype="PCM_16", format="WAVEX")
     elif case == "truncated":
@@ -259,7 +279,7 @@ def test_other_wavs_go_to_libsndfile(tmp_path, case):
     else:
         path.write_bytes(_riff(*chunks))
     assert dataset_mod._read_canonical_wav(path, 16000, np.zeros(64000, np.float32)) is None
-    if case in ("no_fmt", "rifx"):  # libsndfile's verdict, worded with the file's name
+    if case in ("no_fmt", "rifx", "two_data", "garbage_chunk"):  # libsndfile's verdict, with the file's name
         with pytest.raises(DataError, match=rf"{path.name}: unreadable wav"):
             read_wav(path)
         return

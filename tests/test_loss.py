@@ -90,6 +90,8 @@ def test_lr_schedule_constant_or_half_a_cosine():
         lr_at(-1, cfg=cfg, total_steps=10)
     with pytest.raises(ParameterError, match="total_steps"):
         lr_at(0, cfg=cfg, total_steps=0)
+    with pytest.raises(ParameterError, match="train.lr_schedule"):  # a typo in code that bypassed the config check
+        lr_at(0, cfg=TrainConfig(lr_schedule="cosin"), total_steps=10)
 
 
 def test_vae_loss_parts_and_scale():

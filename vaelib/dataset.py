@@ -269,40 +269,47 @@ def _read_canonical_wav(path: Path, sample_rate: int, out: np.ndarray) -> WavRep
     NSynth's own format, and the embedded dataset's. libsndfile's Python wrapper costs ~0.06 ms a file
     in Python that holds the GIL, as much as the decode itself, and the feature threads queue on it:
     read here, the file is one ``read`` and one scaling pass, both outside the GIL, and the numbers are
-    libsndfile's (int16 / 32768). Everything else (other encodings, channels, rates, truncated or odd
-    files) goes to libsndfile, which also words the errors.
+    libsndfile's (int16 / 32768). Anything not plainly that format goes to libsndfile, which also
+    repairs what it can (a data size of 0 left by a writer that never closed the file) and words the
+    errors: other encodings, channels or rates, a truncated or odd-sized data chunk, a second ``fmt ``
+    or ``data``, a chunk id that is not printable (garbage, not a chunk), a file well over ``out``'s length.
     """
+    limit = 2 * len(out) + 65536  # the samples and generous headers: longer files are rare, and counted
     with open(path, "rb") as fh:
-        data = fh.read()
-    if len(data) < 12:
+        data = fh.read(limit + 1)
+    if len(data) < 12 or len(data) > limit:
         return None
     riff, _, wave = _RIFF_HEAD.unpack_from(data)
     if riff != b"RIFF" or wave != b"WAVE":
         return None
-    pos, fmt_ok = 12, False
+    pos, fmt_seen, found = 12, False, None
     while pos + 8 <= len(data):
         cid, size = _CHUNK_HEAD.unpack_from(data, pos)
+        if not all(0x20 <= c <= 0x7E for c in cid):
+            return None
         body = pos + 8
         if cid == b"fmt ":
-            if size < _FMT_PCM.size or body + _FMT_PCM.size > len(data):
+            if fmt_seen or found is not None or size < _FMT_PCM.size or body + _FMT_PCM.size > len(data):
                 return None
             tag, channels, rate, _, align, bits = _FMT_PCM.unpack_from(data, body)
-            fmt_ok = (tag, channels, rate, align, bits) == (1, 1, sample_rate, 2, 16)
-            if not fmt_ok:
+            if (tag, channels, rate, align, bits) != (1, 1, sample_rate, 2, 16):
                 return None
+            fmt_seen = True
         elif cid == b"data":
-            if not fmt_ok or size % 2 or body + size > len(data):  # no format yet, or a truncated file
+            if not fmt_seen or found is not None or size == 0 or size % 2 or body + size > len(data):
                 return None
-            n = size // 2
-            m = min(n, len(out))
-            np.multiply(np.frombuffer(data, "<i2", count=m, offset=body), np.float32(1.0 / 32768.0), out=out[:m])
-            out[m:] = 0.0
-            report = WavReport(padded=int(n < len(out)), cut=int(n > len(out)))
-            if n != len(out):
-                report.files.append(str(path))
-            return report
+            found = (body, size // 2)
         pos = body + size + (size & 1)  # chunks are padded to an even length
-    return None
+    if found is None:
+        return None
+    body, n = found
+    m = min(n, len(out))
+    np.multiply(np.frombuffer(data, "<i2", count=m, offset=body), np.float32(1.0 / 32768.0), out=out[:m])
+    out[m:] = 0.0
+    report = WavReport(padded=int(n < len(out)), cut=int(n > len(out)))
+    if n != len(out):
+        report.files.append(str(path))
+    return report
 
 
 def read_wav(path: str | Path, *, sample_rate: int = 16000, n_samples: int = 64000, resample: bool = True,

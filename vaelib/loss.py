@@ -134,6 +134,8 @@ def lr_at(step: int, *, cfg: TrainConfig, total_steps: int) -> float:
         raise ParameterError(f"step must be >= 0 and total_steps >= 1, got {step} and {total_steps}")
     if cfg.lr_schedule == "constant":
         return float(cfg.lr)
+    if cfg.lr_schedule != "cosine":
+        raise ParameterError(f"train.lr_schedule: expected 'constant' or 'cosine', got {cfg.lr_schedule!r}")
     t = min(1.0, step / max(total_steps - 1, 1))
     return float(cfg.lr) * (cfg.lr_final + (1.0 - cfg.lr_final) * 0.5 * (1.0 + math.cos(math.pi * t)))
 
