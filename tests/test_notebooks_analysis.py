@@ -53,6 +53,19 @@ def test_04_latent_map(execute, run):
         assert set(m["probes"][feats]) == set(PROBE_KEYS)
         assert all(0 <= v <= 1 for v in m["probes"][feats].values())
         assert all(0 <= v["mean"] <= 1 for v in m["probes_cv"][feats].values())
+    # the pitch probe's breakdown: by octave for both feature sets, by test instrument, and whose
+    # accuracies weighted by their notes give back the probe's own overall figure
+    test_meta = run["cache"].split("test")[1]
+    by_inst = m["pitch1_logreg_by_instrument"]
+    assert set(by_inst) == set(test_meta["instrument_str"])
+    counts = test_meta["instrument_str"].value_counts()
+    overall = sum(by_inst[k] * counts[k] for k in by_inst) / counts.sum()
+    assert overall == pytest.approx(m["probes"]["mu"]["pitch1_logreg"])
+    octaves = {f"C{o}-B{o}" for o in test_meta["pitch"] // 12 - 1}
+    for feats in ("mu", "pca"):
+        assert {k.split(" ")[0] for k in m["pitch1_logreg_by_octave"][feats]} == octaves
+        assert all(0 <= v <= 1 for v in m["pitch1_logreg_by_octave"][feats].values())
+    assert 0 <= m["pitch_unresolved_share"] <= 1 and 0 <= m["pitch_octave_error_share"] <= 1
     assert m["interp_n_paths"] == 2 * len(run["cfg"].analysis.interp_pairs)
     assert m["interp_step_ratio_median"] >= 1.0
     assert {"family_logreg_margin_vs_pca", "interp_step_ratio_median",

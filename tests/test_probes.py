@@ -6,8 +6,20 @@ import numpy as np
 import pytest
 from _fixtures_analysis import random_spectrograms, synthetic_meta
 
+from vaelib.config import FeatureConfig
 from vaelib.exceptions import ParameterError
-from vaelib.probes import PROBE_KEYS, accuracy, cv_probes, pca_features, probe_table, score_probes
+from vaelib.features import mel_spacing_hz
+from vaelib.probes import (
+    PROBE_KEYS,
+    accuracy,
+    cv_probes,
+    midi_hz,
+    octave_label,
+    pca_features,
+    pitch_errors,
+    probe_table,
+    score_probes,
+)
 
 
 def separable(meta, *, seed: int = 0, noise: float = 0.1) -> np.ndarray:
@@ -72,3 +84,33 @@ def test_pca_features_and_table():
     cv = {k: {"mean": 0.4, "std": 0.1, "folds": [0.3, 0.5]} for k in PROBE_KEYS}
     table = probe_table({"mu": res, "pca": res}, cv={"mu": cv})
     assert list(table.columns) == ["mu", "pca", "mu (grouped CV)"] and len(table) == len(PROBE_KEYS)
+
+
+def test_pitch_errors_show_where_the_probe_fails():
+    # pitch held plainly above MIDI 48 and not at all below it: the breakdown puts the failure in the
+    # low octaves, its overall score is score_probes' pitch1, and octave slips are flagged as such
+    meta = synthetic_meta(per_family=5, pitches=tuple(range(24, 72, 2)))
+    rng = np.random.default_rng(0)
+    pitch = meta["pitch"].to_numpy()
+    x = np.where(pitch[:, None] >= 48, pitch[:, None] / 4.0, rng.normal(size=(len(meta), 1)) * 3.0).astype(np.float32)
+    fit, ev = (meta["split"] == "train").to_numpy(), (meta["split"] == "test").to_numpy()
+    err = pitch_errors(x[fit], meta[fit], x[ev], meta[ev], kind="knn", knn_k=3)
+    assert len(err) == ev.sum() and list(err["instrument_str"]) == list(meta.loc[ev, "instrument_str"])
+    scores = score_probes(x[fit], meta[fit], x[ev], meta[ev], knn_k=3)
+    assert err["right"].mean() == pytest.approx(scores["pitch1_knn"])
+    by_octave = err.groupby("octave")["right"].mean()
+    assert list(by_octave.index) == [1, 2, 3, 4]  # MIDI 24-71: C1 to B4
+    assert by_octave[3] > 0.9 and by_octave[4] > 0.9 and by_octave[1] < 0.5 and by_octave[2] < 0.5
+    np.testing.assert_array_equal(err["error"], err["predicted"] - err["pitch"])
+    assert (err["octave_error"] == err["error"].abs().isin([11, 12, 13, 23, 24, 25])).all()
+    with pytest.raises(ParameterError, match="pitch_errors"):
+        pitch_errors(x[fit], meta[ev], x[ev], meta[ev])
+
+
+def test_octave_labels_and_mel_spacing():
+    assert octave_label(4) == "C4-B4 (262-494 Hz)" and octave_label(1) == "C1-B1 (33-62 Hz)"
+    assert midi_hz(69) == pytest.approx(440.0) and midi_hz(57) == pytest.approx(220.0)
+    # Slaney's mel is linear below 1 kHz: 80 bands over 30-8000 Hz are ~37 Hz apart there, wider above
+    spacing = mel_spacing_hz(FeatureConfig(), [65.0, 262.0, 4000.0])
+    assert spacing[0] == pytest.approx(spacing[1]) and 30 < spacing[0] < 45 and spacing[2] > 3 * spacing[0]
+    assert mel_spacing_hz(FeatureConfig(n_mels=160), 65.0) < 0.6 * spacing[0]

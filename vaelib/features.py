@@ -24,6 +24,7 @@ __all__ = [
     "log_mel",
     "normalized_to_db",
     "mel_frequencies",
+    "mel_spacing_hz",
     "inverse_log_mel",
     "feature_shape",
 ]
@@ -69,6 +70,13 @@ def mel_filterbank(cfg: FeatureConfig) -> np.ndarray:
 def mel_frequencies(cfg: FeatureConfig) -> np.ndarray:
     """Centre frequency in Hz of each mel band, [shape=(n_mels,)]."""
     return librosa.mel_frequencies(n_mels=cfg.n_mels + 2, fmin=cfg.fmin, fmax=cfg.fmax)[1:-1]
+
+
+def mel_spacing_hz(cfg: FeatureConfig, freq_hz: np.ndarray | float) -> np.ndarray:
+    """Distance in Hz between neighbouring mel band centres around ``freq_hz``: what the log-mel can
+    tell apart there (Slaney's mel is linear below 1 kHz, so the low bands are all equally wide)."""
+    centres = mel_frequencies(cfg)
+    return np.interp(freq_hz, 0.5 * (centres[1:] + centres[:-1]), np.diff(centres))
 
 
 def feature_shape(cfg: FeatureConfig) -> tuple[int, int, int]:

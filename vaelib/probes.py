@@ -29,6 +29,9 @@ __all__ = [
     "cv_probes",
     "pca_features",
     "probe_table",
+    "pitch_errors",
+    "octave_label",
+    "midi_hz",
 ]
 
 # target name -> metadata column it predicts
@@ -143,3 +146,42 @@ def probe_table(results: dict[str, dict], *, cv: dict[str, dict] | None = None) 
         for name, res in cv.items():
             table[f"{name} (grouped CV)"] = [f"{res[k]['mean']:.3f} ± {res[k]['std']:.3f}" for k in PROBE_KEYS]
     return table.rename_axis("probe")
+
+
+def midi_hz(pitch: np.ndarray | int) -> np.ndarray:
+    """Fundamental frequency in Hz of a MIDI pitch (A4 = 69 = 440 Hz)."""
+    return 440.0 * 2.0 ** ((np.asarray(pitch, dtype=np.float64) - 69.0) / 12.0)
+
+
+def octave_label(octave: int) -> str:
+    """'C2-B2 (65-123 Hz)': an octave by scientific pitch notation (C4 = MIDI 60) with its fundamentals."""
+    lo, hi = (octave + 1) * 12, (octave + 1) * 12 + 11
+    return f"C{octave}-B{octave} ({midi_hz(lo):.0f}-{midi_hz(hi):.0f} Hz)"
+
+
+def pitch_errors(x_fit: np.ndarray, meta_fit: pd.DataFrame, x_eval: np.ndarray, meta_eval: pd.DataFrame, *,
+                 kind: str = "logreg", knn_k: int = 5, seed: int = 0) -> pd.DataFrame:
+    """The pitch probe's prediction for every evaluated note, to see where (which octaves, which
+    instruments) the pitch probe of ``score_probes`` fails.
+
+    Returns
+    -------
+    One row per row of ``meta_eval``: ``pitch``, ``predicted``, ``error`` (semitones, predicted -
+    pitch), ``right`` (within one semitone, as ``pitch1``), ``octave`` (scientific: C4 = MIDI 60 is
+    octave 4), ``octave_error`` (off by 12 or 24 semitones, +-1: the harmonic ambiguity of pitch),
+    ``instrument_str``, ``instrument_family_str``.
+    """
+    if len(x_fit) != len(meta_fit) or len(x_eval) != len(meta_eval):
+        raise ParameterError(f"pitch_errors: {len(x_fit)}/{len(meta_fit)} fit and "
+                             f"{len(x_eval)}/{len(meta_eval)} eval features/rows")
+    column = PROBE_TARGETS["pitch"]
+    truth = meta_eval[column].to_numpy().astype(np.int64)
+    pred = _fit_predict(kind, x_fit, meta_fit[column].to_numpy(), x_eval, knn_k=knn_k, seed=seed).astype(np.int64)
+    error = pred - truth
+    off = np.abs(error)
+    return pd.DataFrame({
+        "pitch": truth, "predicted": pred, "error": error, "right": off <= 1, "octave": truth // 12 - 1,
+        "octave_error": (np.abs(off - 12) <= 1) | (np.abs(off - 24) <= 1),
+        "instrument_str": meta_eval["instrument_str"].to_numpy(),
+        "instrument_family_str": meta_eval["instrument_family_str"].to_numpy(),
+    })
