@@ -29,6 +29,24 @@ def test_defaults_and_params_files_load():
     assert smoke.run.name == "smoke"
 
 
+def test_every_params_file_loads_and_the_experiments_change_the_plain_model(monkeypatch):
+    # the experiments are measured against the plain beta-VAE (their README figures), not the default run
+    monkeypatch.setenv("NSYNTH_ROOT", "/data/nsynth")
+    plain = load_config(PROJECT_ROOT / "params" / "plain.yaml")
+    default = load_config(PROJECT_ROOT / "params" / "default.yaml")
+    assert plain.train.contrast == 0 and not plain.model.pitch_head and plain.model.channels == (16, 32, 64)
+    assert default.train.contrast_labels == "family" and default.model.pitch_head and default.model.depth == 4
+    assert load_config(PROJECT_ROOT / "params" / "nsynth.yaml").model == default.model
+    names = set()
+    for path in sorted((PROJECT_ROOT / "params" / "experiments").glob("*.yaml")):
+        cfg = load_config(path)
+        assert cfg.run.name == path.stem, path
+        assert cfg.data == plain.data and cfg.features == plain.features, path
+        names.add(cfg.run.name)
+    assert {"depth4", "family_contrast", "timbre_pitch_split"} <= names
+    assert load_config(PROJECT_ROOT / "params" / "experiments" / "depth4.yaml").train == plain.train
+
+
 def test_config_is_frozen():
     cfg = load_config()
     with pytest.raises(dataclasses.FrozenInstanceError):
