@@ -47,7 +47,8 @@ train: $(STAMP) ## train the model of $(PARAMS)
 
 benchmarks: $(STAMP) ## run benchmarks/*.py, writing benchmarks/results/*.json
 	$(PY) benchmarks/bench_preprocess.py
-	$(PY) benchmarks/bench_train.py
+	$(PY) benchmarks/bench_train.py --skip-channels
+	$(PY) benchmarks/bench_train.py --params params/plain.yaml --out benchmarks/results/train_plain.json
 
 sweep: $(STAMP) ## run the planned experiments of params/experiments/ and their comparison report
 	$(VENV)/bin/vaelib sweep params/experiments/*.yaml

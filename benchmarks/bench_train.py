@@ -10,7 +10,9 @@
 * **channels**: a few steps of each candidate channel list, extrapolated to an epoch, which is how
   the default ``model.channels`` was chosen.
 
-Writes ``benchmarks/results/train.json``. A benchmark, not a test: timings depend on the load.
+Writes ``benchmarks/results/train.json`` (``--out``); ``make benchmarks`` also times the plain beta-VAE
+(``--params params/plain.yaml``) into ``train_plain.json``, the model the 8 s target was set for.
+A benchmark, not a test: timings depend on the load.
 """
 
 from __future__ import annotations
