@@ -36,7 +36,8 @@ def test_every_params_file_loads_and_the_experiments_change_the_plain_model(monk
     default = load_config(PROJECT_ROOT / "params" / "default.yaml")
     assert plain.train.contrast == 0 and not plain.model.pitch_head and plain.model.channels == (16, 32, 64)
     assert default.train.contrast_labels == "family" and default.model.pitch_head and default.model.depth == 4
-    assert load_config(PROJECT_ROOT / "params" / "nsynth.yaml").model == default.model
+    nsynth = load_config(PROJECT_ROOT / "params" / "nsynth.yaml")
+    assert nsynth.model == default.model and nsynth.train == default.train
     names = set()
     for path in sorted((PROJECT_ROOT / "params" / "experiments").glob("*.yaml")):
         cfg = load_config(path)

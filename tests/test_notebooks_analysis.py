@@ -43,9 +43,16 @@ def test_03_diagnostics(execute, run):
     assert all(isinstance(t["pass"], bool) for t in m["targets"].values())
 
 
+def _strict_json(text: str):
+    """json.loads that refuses NaN and Infinity, which Python writes but JSON readers reject."""
+    def refuse(name):
+        raise ValueError(f"{name} in JSON")
+    return json.loads(text, parse_constant=refuse)
+
+
 def test_04_latent_map(execute, run):
     out = execute("04_latent_map")
-    m = json.loads((out / "latent_map.json").read_text())
+    m = _strict_json((out / "latent_map.json").read_text())
     n = len(run["cache"].meta)
     assert m["projection_shapes"] == {"PCA": [n, 2], "UMAP": [n, 2]}
     assert (out / "embeddings.parquet").is_file()
@@ -61,11 +68,17 @@ def test_04_latent_map(execute, run):
     counts = test_meta["instrument_str"].value_counts()
     overall = sum(by_inst[k] * counts[k] for k in by_inst) / counts.sum()
     assert overall == pytest.approx(m["probes"]["mu"]["pitch1_logreg"])
-    octaves = {f"C{o}-B{o}" for o in test_meta["pitch"] // 12 - 1}
+    octave_counts = (test_meta["pitch"] // 12 - 1).value_counts()
     for feats in ("mu", "pca"):
-        assert {k.split(" ")[0] for k in m["pitch1_logreg_by_octave"][feats]} == octaves
-        assert all(0 <= v <= 1 for v in m["pitch1_logreg_by_octave"][feats].values())
-    assert 0 <= m["pitch_unresolved_share"] <= 1 and 0 <= m["pitch_octave_error_share"] <= 1
+        by_octave = m["pitch1_logreg_by_octave"][feats]
+        assert {k.split(" ")[0] for k in by_octave} == {f"C{o}-B{o}" for o in octave_counts.index}
+        # weighted by each octave's notes, the octaves give back the probe's overall figure
+        weighted = sum(v * octave_counts[int(k.split("-")[0][1:])] for k, v in by_octave.items())
+        assert weighted / octave_counts.sum() == pytest.approx(m["probes"][feats]["pitch1_logreg"])
+    # the smoke set's pitches (48-72) all have resolved harmonics: the other group is empty (None, not NaN)
+    assert m["pitch_unresolved_share"] == 0.0 and m["pitch1_logreg_unresolved_harmonics"] == {"mu": None, "pca": None}
+    assert m["pitch1_logreg_resolved_harmonics"]["mu"] == pytest.approx(m["probes"]["mu"]["pitch1_logreg"])
+    assert 0 <= m["pitch_octave_error_share"] <= 1
     assert m["interp_n_paths"] == 2 * len(run["cfg"].analysis.interp_pairs)
     assert m["interp_step_ratio_median"] >= 1.0
     assert {"family_logreg_margin_vs_pca", "interp_step_ratio_median",
