@@ -1,14 +1,16 @@
 """Seconds per training epoch of 12,678 notes (NSynth-valid's size): cached features vs a naive loop.
 
-* **vaelib**: :func:`vaelib.train.train` itself, two epochs of the default model (the second
-  reported) on an in-memory feature cache of 12,678 notes (the default dataset's cache when it is
-  built, else the smoke set's features tiled to 12,678 notes; ``features_source`` says which). The time is the training
-  loop only (the history's ``seconds``), without the valid evaluation.
+* **vaelib**: :func:`vaelib.train.train` itself, two epochs of the ``--params`` model (default:
+  ``params/default.yaml``; the second reported) on an in-memory feature cache of 12,678 notes (the
+  default dataset's cache when it is built, else the smoke set's features tiled to 12,678 notes;
+  ``features_source`` says which). The time is the training loop only (the history's ``seconds``),
+  without the valid evaluation.
 * **baseline**: the naive loop: a ``Dataset`` that decodes the wav and computes the log-mel with
   librosa per item, the default ``DataLoader`` (batch 64, one process), the same model in fp32
-  eager mode without channels-last. Timed on ``--baseline-notes`` items and extrapolated.
+  eager mode without channels-last, on the VAE loss only (no contrastive or pitch term). Timed on
+  ``--baseline-notes`` items and extrapolated.
 * **channels**: a few steps of each candidate channel list, extrapolated to an epoch, which is how
-  the default ``model.channels`` was chosen.
+  the plain model's ``model.channels`` (16-32-64, ``params/plain.yaml``) was chosen.
 
 Writes ``benchmarks/results/train.json`` (``--out``); ``make benchmarks`` also times the plain beta-VAE
 (``--params params/plain.yaml``) into ``train_plain.json``, the model the 8 s target was set for.
