@@ -119,6 +119,20 @@ def test_mismatched_config_is_a_clear_error(reference, tmp_path):
         load_model(tmp_path / "missing.pt")
 
 
+def _interrupt_then_resume(cfg, cache, monkeypatch, at_step: int):
+    """Train ``cfg`` until Ctrl-C arrives at step ``at_step``, then resume it to the end."""
+    _interrupt_at(monkeypatch, at_step)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, cache, show_progress=False)
+    monkeypatch.undo()
+    return train(cfg, cache, resume=True, show_progress=False)
+
+
+def _assert_same_history(got: pd.DataFrame, expected: pd.DataFrame) -> None:
+    cols = [c for c in HISTORY_COLUMNS if c != "seconds"]
+    np.testing.assert_allclose(got[cols].to_numpy(float), expected[cols].to_numpy(float), rtol=1e-6, atol=1e-6)
+
+
 @pytest.mark.parametrize("at_step", [5, 7], ids=["mid-epoch", "epoch-end"])
 def test_resume_after_interrupt_matches_uninterrupted(reference, work, cache, monkeypatch, at_step):
     _, ref = reference
@@ -131,9 +145,7 @@ def test_resume_after_interrupt_matches_uninterrupted(reference, work, cache, mo
     assert saved["step"] == at_step + 1 and not saved["finished"]
     monkeypatch.undo()
     res = train(cfg, cache, resume=True, show_progress=False)
-    cols = [c for c in HISTORY_COLUMNS if c != "seconds"]
-    np.testing.assert_allclose(res.history[cols].to_numpy(float), ref.history[cols].to_numpy(float),
-                               rtol=1e-6, atol=1e-6)
+    _assert_same_history(res.history, ref.history)
     # a finished run resumed is returned as it is
     again = train(cfg, cache, resume=True, show_progress=False)
     assert len(again.history) == 4
@@ -209,14 +221,8 @@ def test_auxiliary_terms_are_logged_and_resume_exactly(work, cache, monkeypatch,
     init = ConvVAE(ref_cfg.model)
     assert not torch.allclose(model.pitch_logits.weight, init.pitch_logits.weight)  # the head is trained
     assert not np.allclose(h["train_recon"], reference[1].history["train_recon"][:2])  # the terms act on training
-    cfg = _cfg(root, ds, ckpt="ckpt_aux_resume", extra=AUX)
-    _interrupt_at(monkeypatch, 5)
-    with pytest.raises(KeyboardInterrupt):
-        train(cfg, cache, show_progress=False)
-    monkeypatch.undo()
-    res = train(cfg, cache, resume=True, show_progress=False)
-    cols = [c for c in HISTORY_COLUMNS if c != "seconds"]
-    np.testing.assert_allclose(res.history[cols].to_numpy(float), h[cols].to_numpy(float), rtol=1e-6, atol=1e-6)
+    res = _interrupt_then_resume(_cfg(root, ds, ckpt="ckpt_aux_resume", extra=AUX), cache, monkeypatch, 5)
+    _assert_same_history(res.history, h)
 
 
 def test_cosine_lr_follows_the_schedule_and_resumes_exactly(work, cache, monkeypatch, reference):
@@ -228,15 +234,8 @@ def test_cosine_lr_follows_the_schedule_and_resumes_exactly(work, cache, monkeyp
     np.testing.assert_allclose(lr, [1e-3 * (0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * s / 15))) for s in (3, 7, 11, 15)])
     assert lr[-1] == pytest.approx(1e-4) and (reference[1].history["lr"] == 1e-3).all()
     assert not np.allclose(ref.history["train_recon"][1:], reference[1].history["train_recon"][1:])
-    cfg = _cfg(root, ds, ckpt="ckpt_cos_resume", extra=extra)
-    _interrupt_at(monkeypatch, 6)
-    with pytest.raises(KeyboardInterrupt):
-        train(cfg, cache, show_progress=False)
-    monkeypatch.undo()
-    res = train(cfg, cache, resume=True, show_progress=False)
-    cols = [c for c in HISTORY_COLUMNS if c != "seconds"]
-    np.testing.assert_allclose(res.history[cols].to_numpy(float), ref.history[cols].to_numpy(float),
-                               rtol=1e-6, atol=1e-6)
+    res = _interrupt_then_resume(_cfg(root, ds, ckpt="ckpt_cos_resume", extra=extra), cache, monkeypatch, 6)
+    _assert_same_history(res.history, ref.history)
 
 
 def test_checkpoint_from_before_a_new_model_key_still_matches(reference, tmp_path):
