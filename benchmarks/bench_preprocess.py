@@ -61,7 +61,8 @@ def librosa_baseline(paths: list[str], cfg: FeatureConfig, out_dir: Path) -> flo
     for i, path in enumerate(paths):
         y, _ = librosa.load(path, sr=cfg.sample_rate, mono=True, duration=cfg.duration_s)
         mel = librosa.feature.melspectrogram(y=y, sr=cfg.sample_rate, n_fft=cfg.n_fft, hop_length=cfg.hop_length,
-                                             n_mels=cfg.n_mels, fmin=cfg.fmin, fmax=cfg.fmax, power=2.0)
+                                             n_mels=cfg.n_mels, fmin=cfg.fmin, fmax=cfg.fmax, power=2.0,
+                                             htk=cfg.mel_scale == "htk")
         db = librosa.power_to_db(mel, ref=np.max, top_db=cfg.top_db)
         x = (db / (cfg.top_db / 2) + 1.0)[:, : cfg.frames].astype(np.float16)
         np.save(out_dir / f"{i:06d}.npy", x)

@@ -112,7 +112,8 @@ class NaiveDataset(torch.utils.data.Dataset):
         y, _ = librosa.load(self.paths[i], sr=f.sample_rate, duration=f.duration_s)
         y = librosa.util.fix_length(y, size=int(f.sample_rate * f.duration_s))
         mel = librosa.feature.melspectrogram(y=y, sr=f.sample_rate, n_fft=f.n_fft, hop_length=f.hop_length,
-                                             n_mels=f.n_mels, fmin=f.fmin, fmax=f.fmax)
+                                             n_mels=f.n_mels, fmin=f.fmin, fmax=f.fmax,
+                                             htk=f.mel_scale == "htk")
         db = librosa.power_to_db(mel, ref=np.max, top_db=f.top_db)
         x = db[:, :f.frames] / (f.top_db / 2) + 1
         return torch.from_numpy(x.astype(np.float32))[None]
