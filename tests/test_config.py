@@ -36,8 +36,12 @@ def test_every_params_file_loads_and_the_experiments_change_the_plain_model(monk
     default = load_config(PROJECT_ROOT / "params" / "default.yaml")
     assert plain.train.contrast == 0 and not plain.model.pitch_head and plain.model.channels == (16, 32, 64)
     assert default.train.contrast_labels == "family" and default.model.pitch_head and default.model.depth == 4
+    # the default's log-mel: still the study's 80 bands and 128 frames, on HTK's scale from a 2048-point STFT
+    assert (default.features.mel_scale, default.features.n_fft) == ("htk", 2048)
+    assert (plain.features.mel_scale, plain.features.n_fft) == ("slaney", 1024)
+    assert (default.features.n_mels, default.features.frames) == (plain.features.n_mels, plain.features.frames)
     nsynth = load_config(PROJECT_ROOT / "params" / "nsynth.yaml")
-    assert nsynth.model == default.model and nsynth.train == default.train
+    assert nsynth.model == default.model and nsynth.train == default.train and nsynth.features == default.features
     names = set()
     for path in sorted((PROJECT_ROOT / "params" / "experiments").glob("*.yaml")):
         cfg = load_config(path)
