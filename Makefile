@@ -47,6 +47,7 @@ train: $(STAMP) ## train the model of $(PARAMS)
 
 benchmarks: $(STAMP) ## run benchmarks/*.py, writing benchmarks/results/*.json
 	$(PY) benchmarks/bench_preprocess.py
+	$(PY) benchmarks/bench_preprocess.py --params params/plain.yaml --out benchmarks/results/preprocess_plain.json
 	$(PY) benchmarks/bench_train.py --skip-channels
 	$(PY) benchmarks/bench_train.py --params params/plain.yaml --out benchmarks/results/train_plain.json
 

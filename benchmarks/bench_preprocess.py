@@ -10,9 +10,12 @@ Renders a GM dataset of about 2,200 notes into a temporary folder, then times, o
 
 The rounds alternate the two methods and the best round of each is reported.
 
+Both compute the log-mel of the ``features`` section of ``--params`` (default: the default run's,
+HTK scale from a 2048-point STFT; ``params/plain.yaml`` has the study's Slaney scale from 1024 points).
+
 Writes ``benchmarks/results/preprocess.json``. Target on 2 CPU cores: >= 1,500 notes/s and >= 5x the baseline.
 
-Usage: ``python benchmarks/bench_preprocess.py [--repeats 3] [--baseline-notes 300]``
+Usage: ``python benchmarks/bench_preprocess.py [--params params/default.yaml] [--repeats 3] [--baseline-notes 300]``
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ import numpy as np
 import torch
 
 from vaelib.cache import build_feature_cache
-from vaelib.config import DataConfig, FeatureConfig, RenderConfig
+from vaelib.config import PROJECT_ROOT, DataConfig, FeatureConfig, RenderConfig, load_config
 from vaelib.dataset import load_dataset
 from vaelib.render import GM_FAMILY_SOURCE, render_dataset
 
@@ -74,7 +77,10 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3, help="timed cache builds (best is reported)")
     ap.add_argument("--baseline-notes", type=int, default=300, help="notes timed in the librosa loop")
     ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--params", type=Path, default=PROJECT_ROOT / "params" / "default.yaml",
+                    help="params file whose features section is measured")
     args = ap.parse_args()
+    features = load_config(args.params).features
 
     work = Path(tempfile.mkdtemp(prefix="bench_preprocess_"))
     try:
@@ -89,7 +95,7 @@ def main() -> None:
         for p in paths:  # both methods read from the page cache
             Path(p).read_bytes()
 
-        feat_cfg = FeatureConfig(cache_dir=str(work / "cache_warmup"))
+        feat_cfg = dataclasses.replace(features, cache_dir=str(work / "cache_warmup"))
         build_feature_cache(df.iloc[:512], feat_cfg, show_progress=False)  # imports, filterbank, malloc arenas
         m = min(args.baseline_notes, n)
         sub = paths[:: max(1, n // m)][:m]  # spread over instruments and pitches
@@ -126,6 +132,7 @@ def main() -> None:
             "target": {"notes_per_s": TARGET_NOTES_PER_S, "speedup": TARGET_SPEEDUP},
             "meets_target": bool(notes_per_s >= TARGET_NOTES_PER_S
                                  and notes_per_s / baseline_notes_per_s >= TARGET_SPEEDUP),
+            "params": str(args.params),
             "features": {k: v for k, v in dataclasses.asdict(feat_cfg).items() if k != "cache_dir"},
             "dataset": {"programs": list(PROGRAMS), "instruments": summary["instruments"],
                         "dropped_silent": summary["dropped_silent"], "render_seconds": round(render_s, 2)},

@@ -94,10 +94,13 @@ def test_rebuilt_on_a_feature_param_change(small):
     a = build_feature_cache(df, cfg, show_progress=False)
     b = build_feature_cache(df, dataclasses.replace(cfg, n_mels=64), show_progress=False)
     c = build_feature_cache(df, dataclasses.replace(cfg, top_db=60.0), show_progress=False)
-    assert len({a.path, b.path, c.path}) == 3
+    d = build_feature_cache(df, dataclasses.replace(cfg, mel_scale="htk"), show_progress=False)
+    assert len({a.path, b.path, c.path, d.path}) == 4
     assert b.features.shape == (10, 1, 64, 128) and b.manifest["features"]["n_mels"] == 64
-    assert not np.array_equal(np.asarray(a.features), np.asarray(c.features))
-    assert complete_caches(cfg) == sorted([a.path.name, b.path.name, c.path.name])
+    assert d.manifest["features"]["mel_scale"] == "htk"
+    for other in (c, d):
+        assert not np.array_equal(np.asarray(a.features), np.asarray(other.features))
+    assert complete_caches(cfg) == sorted([a.path.name, b.path.name, c.path.name, d.path.name])
 
 
 def test_rebuilt_on_a_changed_input_file(small):
