@@ -114,7 +114,7 @@ class FeatureConfig:
     fmin: float = _f(30.0, "Hz; below the lowest fundamental of a 21-108 note (27.5 Hz) is noise", lo=0.0)
     fmax: float = _f(8000.0, "Hz; Nyquist at 16 kHz", lo=100.0)
     mel_scale: str = _f("slaney", "librosa's mel formula: 'slaney' (linear below 1 kHz: 80 bands from 30 Hz are 37 Hz "
-                        "apart there) or 'htk' (bands narrow towards 0 Hz: 22-30 Hz apart below 250 Hz)",
+                        "apart there) or 'htk' (bands narrow towards 0 Hz: 23-29 Hz apart from 30 to 250 Hz)",
                         choices=("slaney", "htk"))
     ref: str = _f("max", "dB reference: 'max' (each note's peak is 0 dB, as the study) or 'fixed'",
                   choices=("max", "fixed"))
