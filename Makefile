@@ -27,11 +27,11 @@ reports: $(STAMP) ## render the embedded dataset, train, and execute all reports
 	$(VENV)/bin/vaelib run --params $(PARAMS)
 
 test: $(STAMP) ## run ruff and the test suite
-	$(VENV)/bin/ruff check vaelib tests benchmarks notebooks
+	$(VENV)/bin/ruff check vaelib tests benchmarks scripts notebooks
 	$(VENV)/bin/python -m pytest -q
 
 lint: $(STAMP) ## ruff only
-	$(VENV)/bin/ruff check vaelib tests benchmarks notebooks
+	$(VENV)/bin/ruff check vaelib tests benchmarks scripts notebooks
 
 lab: $(STAMP) ## open JupyterLab on notebooks/
 	$(VENV)/bin/jupyter lab notebooks/

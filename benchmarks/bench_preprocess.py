@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from vaelib.cache import build_feature_cache
-from vaelib.config import PROJECT_ROOT, DataConfig, FeatureConfig, RenderConfig, load_config
+from vaelib.config import PROJECT_ROOT, DataConfig, FeatureConfig, RenderConfig, load_config, project_relative
 from vaelib.dataset import load_dataset
 from vaelib.render import GM_FAMILY_SOURCE, render_dataset
 
@@ -132,7 +132,7 @@ def main() -> None:
             "target": {"notes_per_s": TARGET_NOTES_PER_S, "speedup": TARGET_SPEEDUP},
             "meets_target": bool(notes_per_s >= TARGET_NOTES_PER_S
                                  and notes_per_s / baseline_notes_per_s >= TARGET_SPEEDUP),
-            "params": str(args.params),
+            "params": project_relative(args.params),
             "features": {k: v for k, v in dataclasses.asdict(feat_cfg).items() if k != "cache_dir"},
             "dataset": {"programs": list(PROGRAMS), "instruments": summary["instruments"],
                         "dropped_silent": summary["dropped_silent"], "render_seconds": round(render_s, 2)},

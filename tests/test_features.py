@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from vaelib.config import FeatureConfig
+from vaelib.exceptions import ParameterError
 from vaelib.features import (
     LogMelWorkspace,
     feature_shape,
@@ -99,14 +100,17 @@ def test_htk_scale_matches_librosa_and_blocked_product(f0):
 
 def test_htk_bands_are_narrower_than_slaney_at_low_frequencies():
     # why the scale is a parameter: Slaney's 80 bands from 30 Hz are 37 Hz apart up to 1 kHz, wider than
-    # a whole tone anywhere below 300 Hz; HTK's are 22-30 Hz apart below 250 Hz and wider above ~1 kHz
-    low = np.array([50.0, 100.0, 200.0])
+    # a whole tone anywhere below 300 Hz; HTK's are 23-29 Hz apart up to 250 Hz, 52 Hz at 1 kHz
+    low = np.array([60.0, 100.0, 200.0])
     slaney, htk = mel_spacing_hz(CFG, low), mel_spacing_hz(HTK, low)
     np.testing.assert_allclose(slaney, 37.0, atol=1.0)
-    assert np.all(htk < 0.85 * slaney) and np.all(np.diff(htk) > 0)
-    assert mel_spacing_hz(HTK, 4000.0) > mel_spacing_hz(CFG, 4000.0) * 0.9
+    assert np.all(htk < 0.8 * slaney) and np.all(np.diff(htk) > 0)
+    assert mel_spacing_hz(HTK, 1000.0) > 1.3 * mel_spacing_hz(CFG, 1000.0)  # the price, around 1-2 kHz
     centres = mel_frequencies(HTK)
-    assert centres.shape == (80,) and centres[0] > HTK.fmin and centres[-1] < HTK.fmax
+    assert centres.shape == (80,) and np.all(np.diff(centres) > 0)
+    assert centres[0] < mel_frequencies(CFG)[0]  # HTK's first band sits lower (53 against 67 Hz)
+    with pytest.raises(ParameterError, match="features.mel_scale.*'mel'"):
+        mel_filterbank(dataclasses.replace(HTK, mel_scale="mel"))
     # a 1 kHz sine still lands in the band nearest 1 kHz on this scale
     band = int(np.argmax(log_mel(np.sin(2 * np.pi * 1000.0 * T).astype(np.float32), cfg=HTK)[0].mean(axis=1)))
     assert band == int(np.argmin(np.abs(centres - 1000.0)))
@@ -146,7 +150,8 @@ def test_inverse_log_mel_round_trip(cfg):
     back = log_mel(audio, cfg=cfg)
     loud = x > 0.0  # cells above -40 dB
     assert np.abs(back - x)[loud].mean() < 0.1  # < 4 dB on the note itself
-    assert np.corrcoef(back.ravel(), x.ravel())[0, 1] > 0.7  # 0.82 at n_fft 1024, 0.71 at 2048 (quiet cells)
+    # 0.82 at n_fft 1024, 0.71 at 2048: the longer window's quiet cells come back less exactly
+    assert np.corrcoef(back.ravel(), x.ravel())[0, 1] > (0.75 if cfg.n_fft == 1024 else 0.65)
     # ... and far closer to its input than to another sound's log-mel
     other = log_mel(np.random.default_rng(0).standard_normal(4 * SR).astype(np.float32) * 0.1, cfg=cfg)
     assert np.abs(back - x).mean() < 0.3 * np.abs(other - x).mean()

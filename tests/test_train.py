@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 from collections import Counter
@@ -111,6 +112,13 @@ def test_mismatched_config_is_a_clear_error(reference, tmp_path):
     other = load_config(SMOKE, [f"data.root={cfg.data.root}", "model.latent_dim=4", "model.channels=[8,16,64]"])
     with pytest.raises(CheckpointError, match=r"model\.latent_dim.*model\.channels|model\.channels.*latent_dim"):
         load_model(res.best_path, cfg=other)
+    # same input shape, another log-mel: the model's input would mean something else
+    htk = dataclasses.replace(cfg, features=dataclasses.replace(cfg.features, mel_scale="htk", n_fft=2048))
+    with pytest.raises(CheckpointError, match=r"features\.n_fft \(checkpoint 1024, asked 2048\).*"
+                                              r"features\.mel_scale \(checkpoint 'slaney', asked 'htk'\)"):
+        load_model(res.best_path, cfg=htk)
+    # where the features are cached and how fast they are built is not part of the representation
+    load_model(res.best_path, cfg=dataclasses.replace(cfg, features=dataclasses.replace(cfg.features, batch_size=3)))
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="cannot read"):

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from vaelib.cache import FeatureCache
-from vaelib.config import Config, config_from_dict, config_to_dict, resolve_path, section_hash
+from vaelib.config import Config, FeatureConfig, config_from_dict, config_to_dict, resolve_path, section_hash
 from vaelib.exceptions import CheckpointError, ConfigError
 from vaelib.io import atomic_path
 from vaelib.model import ConvVAE
@@ -107,12 +107,26 @@ def _saved_model(ckpt: dict, path: Path) -> dict:
         return ckpt["config"]["model"]
 
 
+# What the model's input means: a checkpoint trained on one log-mel is wrong on another of the same shape
+# (a Slaney-scale model fed HTK bands, or inverted to audio on the wrong scale).
+REPRESENTATION_KEYS = ("sample_rate", "duration_s", "n_fft", "hop_length", "n_mels", "frames", "fmin", "fmax",
+                       "mel_scale", "ref", "ref_power", "top_db")
+
+
+def _saved_features(ckpt: dict, path: Path) -> dict:
+    """The checkpoint's feature config, a key added since it was written reading as its default."""
+    try:
+        return config_to_dict(config_from_dict(ckpt["config"], where=str(path)).features)
+    except ConfigError:
+        return {**config_to_dict(FeatureConfig()), **ckpt["config"]["features"]}
+
+
 def check_same_model(ckpt: dict, cfg: Config, path: Path) -> None:
-    saved = ckpt["config"]
     diffs = _config_diff(_saved_model(ckpt, path), config_to_dict(cfg.model), "model")
-    for k in ("n_mels", "frames"):
-        if saved["features"][k] != getattr(cfg.features, k):
-            diffs.append(f"features.{k} (checkpoint {saved['features'][k]!r}, asked {getattr(cfg.features, k)!r})")
+    saved = _saved_features(ckpt, path)
+    for k in REPRESENTATION_KEYS:
+        if saved[k] != getattr(cfg.features, k):
+            diffs.append(f"features.{k} (checkpoint {saved[k]!r}, asked {getattr(cfg.features, k)!r})")
     if diffs:
         raise CheckpointError(f"{path}: checkpoint does not match the model asked for: " + "; ".join(diffs))
 

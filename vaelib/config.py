@@ -120,7 +120,8 @@ class FeatureConfig:
                   choices=("max", "fixed"))
     ref_power: float = _f(1.0, "power taken as 0 dB when ref='fixed'", lo=1e-12)
     top_db: float = _f(80.0, "dB range kept below the reference; the study clips to [-80, 0]", lo=10, hi=160)
-    batch_size: int = _f(8, "notes per STFT batch: small batches stay in cache (4-16 measured fastest)",
+    batch_size: int = _f(8, "notes per STFT batch: small batches stay in cache (4-16 measured fastest at "
+                         "n_fft 1024, 4 at 2048)",
                          lo=1, hi=4096)
     workers: int = _f(2, "threads, each decoding and transforming whole batches (one per core measured fastest)",
                       lo=1, hi=64)
@@ -420,6 +421,12 @@ def section_hash(*sections: Any, extra: Any = None, length: int = 12) -> str:
     """Stable short hash of config sections (and any JSON-able extra), for cache and checkpoint keys."""
     payload = json.dumps([config_to_dict(s) for s in sections] + [extra], sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:length]
+
+
+def project_relative(path: str | os.PathLike) -> str:
+    """A path as written in committed files and reports: relative to the project root when inside it."""
+    path = Path(path).resolve()
+    return str(path.relative_to(PROJECT_ROOT)) if path.is_relative_to(PROJECT_ROOT) else str(path)
 
 
 def resolve_path(path: str) -> Path:

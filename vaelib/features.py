@@ -63,6 +63,9 @@ def _band_blocks(sr: int, n_fft: int, n_mels: int, fmin: float, fmax: float,
 
 
 def _htk(cfg: FeatureConfig) -> bool:
+    # load_config checks the choice; a FeatureConfig built in code is not, and would fall back silently
+    if cfg.mel_scale not in ("slaney", "htk"):
+        raise ParameterError(f"features.mel_scale: expected 'slaney' or 'htk', got {cfg.mel_scale!r}")
     return cfg.mel_scale == "htk"
 
 

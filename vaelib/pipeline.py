@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from vaelib.config import PROJECT_ROOT, REPORTS_DIR, Config, config_to_dict, load_config, save_config
+from vaelib.config import PROJECT_ROOT, REPORTS_DIR, Config, config_to_dict, load_config, project_relative, save_config
 from vaelib.exceptions import VaelibError
 from vaelib.io import UMASK, atomic_write_json, atomic_write_text
 from vaelib.report_html import notebook_to_html, run_index_html, runs_index_html
@@ -201,7 +201,7 @@ def run_pipeline(params_file: str | os.PathLike, overrides: list[str] | tuple[st
         raise
     metrics = collect_metrics(staging, cfg.report.notebooks)
     info = {
-        "run": cfg.run.name, "params_file": _display_path(params_file), "overrides": overrides,
+        "run": cfg.run.name, "params_file": project_relative(params_file), "overrides": overrides,
         "commit": git_commit(), "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "notebook_seconds": timings, "total_seconds": round(time.time() - started, 1),
     }
@@ -214,13 +214,6 @@ def run_pipeline(params_file: str | os.PathLike, overrides: list[str] | tuple[st
     refresh_reports_index(REPORTS_DIR if reports_root.is_relative_to(REPORTS_DIR) else reports_root)
     log.info("run %s written to %s in %.0f s", cfg.run.name, final, time.time() - started)
     return final
-
-
-def _display_path(path: Path) -> str:
-    try:
-        return str(path.relative_to(PROJECT_ROOT))
-    except ValueError:
-        return str(path)
 
 
 def refresh_reports_index(reports_root: Path) -> Path:
