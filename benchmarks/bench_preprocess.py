@@ -37,6 +37,7 @@ import torch
 from vaelib.cache import build_feature_cache
 from vaelib.config import PROJECT_ROOT, DataConfig, FeatureConfig, RenderConfig, load_config, project_relative
 from vaelib.dataset import load_dataset
+from vaelib.io import atomic_write_json
 from vaelib.render import GM_FAMILY_SOURCE, render_dataset
 
 RESULTS = Path(__file__).resolve().parent / "results" / "preprocess.json"
@@ -81,6 +82,9 @@ def main() -> None:
                     help="params file whose features section is measured")
     args = ap.parse_args()
     features = load_config(args.params).features
+    if features.ref != "max":  # the baseline below is librosa's power_to_db(ref=np.max)
+        raise SystemExit(f"{args.params}: features.ref is {features.ref!r}; this benchmark's librosa baseline "
+                         "measures ref 'max' only")
 
     work = Path(tempfile.mkdtemp(prefix="bench_preprocess_"))
     try:
@@ -142,8 +146,7 @@ def main() -> None:
         }
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    atomic_write_json(args.out, result)
     print(json.dumps({k: result[k] for k in ("notes_per_s", "baseline_notes_per_s", "speedup", "n_notes",
                                              "meets_target")}, indent=2))
 

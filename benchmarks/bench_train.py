@@ -33,7 +33,7 @@ import pandas as pd
 import torch
 
 from vaelib.cache import FeatureCache
-from vaelib.config import PROJECT_ROOT, load_config, resolve_path
+from vaelib.config import PROJECT_ROOT, load_config, project_relative, resolve_path
 from vaelib.dataset import load_dataset
 from vaelib.device import autocast_dtype, machine_info, resolve_device, set_threads
 from vaelib.io import atomic_write_json
@@ -67,7 +67,8 @@ def feature_source(default_cfg, smoke_cfg) -> tuple[FeatureCache, str]:
     """The default dataset's cache if already built, else the smoke set's (rendered if missing)."""
     if resolve_path(default_cfg.data.root).is_dir():
         cache = prepare_features(default_cfg, show_progress=False)
-        return cache, f"default dataset cache {cache.path} ({len(cache.meta)} notes), tiled/cut to {NOTES_PER_EPOCH}"
+        return cache, (f"default dataset cache {project_relative(cache.path)} ({len(cache.meta)} notes), "
+                       f"tiled/cut to {NOTES_PER_EPOCH}")
     cache = prepare_features(smoke_cfg, show_progress=False)
     return cache, (f"params/smoke.yaml features ({len(cache.meta)} notes of {cache.meta['instrument_str'].nunique()} "
                    f"instruments; data/gm_default not rendered) tiled to {NOTES_PER_EPOCH}")

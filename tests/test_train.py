@@ -103,8 +103,12 @@ def test_checkpoint_round_trip(reference, cache):
     # where and how fast a run goes is not part of its identity
     moved = load_config(SMOKE, [f"data.root={cfg.data.root}", f"features.cache_dir={cfg.features.cache_dir}",
                                 f"train.checkpoint_dir={cfg.train.checkpoint_dir}", *BASE,
-                                "train.num_threads=1", "train.device=cpu"])
+                                "train.num_threads=1", "train.device=cpu", "features.workers=1",
+                                "features.batch_size=3"])
     assert checkpoint_dir(moved, res_key(res)) == res.run_dir
+    htk = load_config(SMOKE, [f"data.root={cfg.data.root}", f"features.cache_dir={cfg.features.cache_dir}",
+                              f"train.checkpoint_dir={cfg.train.checkpoint_dir}", *BASE, "features.mel_scale=htk"])
+    assert checkpoint_dir(htk, res_key(res)) != res.run_dir
 
 
 def test_mismatched_config_is_a_clear_error(reference, tmp_path):
@@ -256,6 +260,12 @@ def test_checkpoint_from_before_a_new_model_key_still_matches(reference, tmp_pat
     assert model.pitch_logits is None
     with pytest.raises(CheckpointError, match="model.latent_dim"):
         load_model(old, cfg=load_config(SMOKE, [f"data.root={cfg.data.root}", "model.latent_dim=4"]))
+    # a config no longer valid here is compared as saved; without its features it names the gap
+    ckpt["config"]["model"]["depth"] = 99
+    del ckpt["config"]["features"]
+    torch.save(ckpt, old)
+    with pytest.raises(CheckpointError, match=r"old\.pt: the checkpoint's config has no 'features' section"):
+        load_model(old, cfg=cfg)
 
 
 def test_family_labels_change_what_the_contrast_term_groups(work, cache, monkeypatch):

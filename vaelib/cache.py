@@ -27,7 +27,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from vaelib.config import FeatureConfig, config_to_dict, resolve_path
+from vaelib.config import FeatureConfig, feature_representation, resolve_path
 from vaelib.dataset import WavReport, read_wav
 from vaelib.exceptions import DataError
 from vaelib.features import LogMelWorkspace, feature_shape, log_mel_batch
@@ -38,8 +38,6 @@ __all__ = ["FeatureCache", "cache_key", "build_feature_cache", "open_feature_cac
 log = logging.getLogger(__name__)
 
 CACHE_VERSION = 2  # 2: a digitally silent note is -1 (was +1 under ref=max)
-# Parameters that change how fast the cache is built, not what it holds.
-_NOT_IN_KEY = ("batch_size", "workers", "cache_dir")
 FEATURES_FILE = "features.npy"
 META_FILE = "meta.parquet"
 MANIFEST_FILE = "manifest.json"
@@ -61,14 +59,10 @@ class FeatureCache:
         return np.asarray(self.features[idx]), self.meta.iloc[idx].reset_index(drop=True)
 
 
-def _key_params(cfg: FeatureConfig) -> dict:
-    return {k: v for k, v in config_to_dict(cfg).items() if k not in _NOT_IN_KEY}
-
-
 def cache_key(df: pd.DataFrame, cfg: FeatureConfig) -> str:
     """Hash of the feature parameters and, per note, its name, split, wav size and mtime."""
     h = hashlib.sha256()
-    h.update(json.dumps({"version": CACHE_VERSION, "features": _key_params(cfg)}, sort_keys=True).encode())
+    h.update(json.dumps({"version": CACHE_VERSION, "features": feature_representation(cfg)}, sort_keys=True).encode())
     for note, split, path in zip(df["note_str"], df["split"], df["path"]):
         try:
             st = os.stat(path)
@@ -250,7 +244,7 @@ def build_feature_cache(df: pd.DataFrame, cfg: FeatureConfig, *, resample: bool 
                 log.warning("%d wav files were %s", count, name)
         manifest = {
             "key": key, "version": CACHE_VERSION, "n_notes": len(df), "shape": list(shape),
-            "features": _key_params(cfg), "fixes": {k: v for k, v in dataclasses.asdict(report).items()
+            "features": feature_representation(cfg), "fixes": {k: v for k, v in dataclasses.asdict(report).items()
                                                     if k != "files"},
             "fixed_files": report.files[:100],
         }

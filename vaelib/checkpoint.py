@@ -16,7 +16,14 @@ import numpy as np
 import torch
 
 from vaelib.cache import FeatureCache
-from vaelib.config import Config, FeatureConfig, config_from_dict, config_to_dict, resolve_path, section_hash
+from vaelib.config import (
+    Config,
+    config_from_dict,
+    config_to_dict,
+    feature_representation,
+    resolve_path,
+    section_hash,
+)
 from vaelib.exceptions import CheckpointError, ConfigError
 from vaelib.io import atomic_path
 from vaelib.model import ConvVAE
@@ -34,12 +41,13 @@ _RUNTIME_ONLY = {"device": "auto", "num_threads": 0, "checkpoint_dir": ""}
 def checkpoint_dir(cfg: Config, cache_key: str) -> Path:
     """Folder of the run defined by the model, training, feature and data config, seed and cache.
 
-    ``train.device``, ``train.num_threads`` and ``train.checkpoint_dir`` are left out of the hash:
-    they change where the run goes, not what it computes.
+    ``train.device``, ``train.num_threads``, ``train.checkpoint_dir`` and the feature cache's
+    ``batch_size``, ``workers`` and ``cache_dir`` are left out of the hash: they change where the run
+    goes or how fast, not what it computes.
     """
     train_cfg = dataclasses.replace(cfg.train, **_RUNTIME_ONLY)
-    key = section_hash(cfg.model, train_cfg, cfg.features, cfg.data,
-                       extra={"seed": cfg.run.seed, "cache": cache_key})
+    key = section_hash(cfg.model, train_cfg, cfg.data, extra={
+        "features": feature_representation(cfg.features), "seed": cfg.run.seed, "cache": cache_key})
     return resolve_path(cfg.train.checkpoint_dir) / key
 
 
@@ -98,35 +106,27 @@ def _config_diff(a: dict, b: dict, prefix: str) -> list[str]:
     return [f"{prefix}.{k} (checkpoint {a.get(k)!r}, asked {b.get(k)!r})" for k in keys if a.get(k) != b.get(k)]
 
 
-def _saved_model(ckpt: dict, path: Path) -> dict:
-    """The checkpoint's model config read through the dataclass, so a key added since it was written
-    reads as its default instead of as a difference."""
+def _saved_section(ckpt: dict, path: Path, name: str) -> dict:
+    """Section ``name`` of the checkpoint's config read through the dataclass, so a key added since it
+    was written reads as its default instead of as a difference."""
     try:
-        return config_to_dict(config_from_dict(ckpt["config"], where=str(path)).model)
-    except ConfigError:
-        return ckpt["config"]["model"]
-
-
-# What the model's input means: a checkpoint trained on one log-mel is wrong on another of the same shape
-# (a Slaney-scale model fed HTK bands, or inverted to audio on the wrong scale).
-REPRESENTATION_KEYS = ("sample_rate", "duration_s", "n_fft", "hop_length", "n_mels", "frames", "fmin", "fmax",
-                       "mel_scale", "ref", "ref_power", "top_db")
-
-
-def _saved_features(ckpt: dict, path: Path) -> dict:
-    """The checkpoint's feature config, a key added since it was written reading as its default."""
-    try:
-        return config_to_dict(config_from_dict(ckpt["config"], where=str(path)).features)
-    except ConfigError:
-        return {**config_to_dict(FeatureConfig()), **ckpt["config"]["features"]}
+        return config_to_dict(getattr(config_from_dict(ckpt["config"], where=str(path)), name))
+    except ConfigError:  # a value no longer valid here: compare what was saved, defaults filling the gaps
+        saved = ckpt["config"].get(name)
+        if not isinstance(saved, dict):
+            raise CheckpointError(f"{path}: the checkpoint's config has no {name!r} section") from None
+        return {**config_to_dict(getattr(Config(), name)), **saved}
 
 
 def check_same_model(ckpt: dict, cfg: Config, path: Path) -> None:
-    diffs = _config_diff(_saved_model(ckpt, path), config_to_dict(cfg.model), "model")
-    saved = _saved_features(ckpt, path)
-    for k in REPRESENTATION_KEYS:
-        if saved[k] != getattr(cfg.features, k):
-            diffs.append(f"features.{k} (checkpoint {saved[k]!r}, asked {getattr(cfg.features, k)!r})")
+    """Raise when ``cfg``'s model or log-mel differs from the checkpoint's: a model trained on one
+    log-mel is wrong on another of the same shape (a Slaney-scale model fed HTK bands, or inverted to
+    audio on the wrong scale)."""
+    diffs = _config_diff(_saved_section(ckpt, path, "model"), config_to_dict(cfg.model), "model")
+    saved = _saved_section(ckpt, path, "features")
+    for k, asked in feature_representation(cfg.features).items():
+        if saved.get(k) != asked:
+            diffs.append(f"features.{k} (checkpoint {saved.get(k)!r}, asked {asked!r})")
     if diffs:
         raise CheckpointError(f"{path}: checkpoint does not match the model asked for: " + "; ".join(diffs))
 
@@ -138,8 +138,8 @@ def load_model(path: str | Path, *, cfg: Config | None = None,
     Raises
     ------
     CheckpointError
-        When the file cannot be read, or ``cfg`` is given and its model (or n_mels / frames)
-        differs from the checkpoint's; the message names every differing key.
+        When the file cannot be read, or ``cfg`` is given and its model or log-mel parameters
+        (``feature_representation``) differ from the checkpoint's; the message names every differing key.
     """
     path = Path(path)
     ckpt = load_checkpoint(path, device=device)
@@ -166,6 +166,6 @@ def find_checkpoint(cfg: Config, cache: FeatureCache) -> Path | None:
     except CheckpointError as exc:
         log.warning("ignoring %s: %s", last, exc)
         return None
-    if not ckpt.get("finished") or _saved_model(ckpt, last) != config_to_dict(cfg.model):
+    if not ckpt.get("finished") or _saved_section(ckpt, last, "model") != config_to_dict(cfg.model):
         return None
     return best

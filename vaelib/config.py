@@ -39,6 +39,10 @@ __all__ = [
     "config_to_dict",
     "parse_override",
     "section_hash",
+    "MEL_SCALES",
+    "FEATURE_RUNTIME_ONLY",
+    "feature_representation",
+    "project_relative",
     "resolve_path",
     "save_config",
     "params_reference",
@@ -103,6 +107,9 @@ class RenderConfig:
     workers: int = _f(2, "worker processes", lo=1, hi=64)
 
 
+MEL_SCALES = ("slaney", "htk")  # librosa.filters.mel(htk=False | True)
+
+
 @dataclass(frozen=True)
 class FeatureConfig:
     sample_rate: int = _f(16000, "Hz; NSynth's rate", lo=8000, hi=48000)
@@ -115,7 +122,7 @@ class FeatureConfig:
     fmax: float = _f(8000.0, "Hz; Nyquist at 16 kHz", lo=100.0)
     mel_scale: str = _f("slaney", "librosa's mel formula: 'slaney' (linear below 1 kHz: 80 bands from 30 Hz are 37 Hz "
                         "apart there) or 'htk' (bands narrow towards 0 Hz: 23-29 Hz apart from 30 to 250 Hz)",
-                        choices=("slaney", "htk"))
+                        choices=MEL_SCALES)
     ref: str = _f("max", "dB reference: 'max' (each note's peak is 0 dB, as the study) or 'fixed'",
                   choices=("max", "fixed"))
     ref_power: float = _f(1.0, "power taken as 0 dB when ref='fixed'", lo=1e-12)
@@ -421,6 +428,16 @@ def section_hash(*sections: Any, extra: Any = None, length: int = 12) -> str:
     """Stable short hash of config sections (and any JSON-able extra), for cache and checkpoint keys."""
     payload = json.dumps([config_to_dict(s) for s in sections] + [extra], sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:length]
+
+
+# FeatureConfig fields that change where or how fast features are built, not what a log-mel holds.
+FEATURE_RUNTIME_ONLY = ("batch_size", "workers", "cache_dir")
+
+
+def feature_representation(cfg: FeatureConfig) -> dict:
+    """The feature parameters that define the log-mel (every field but ``FEATURE_RUNTIME_ONLY``): what
+    a feature cache is keyed by and what a checkpoint's input must match."""
+    return {k: v for k, v in config_to_dict(cfg).items() if k not in FEATURE_RUNTIME_ONLY}
 
 
 def project_relative(path: str | os.PathLike) -> str:

@@ -14,7 +14,7 @@ import librosa
 import numpy as np
 import torch
 
-from vaelib.config import FeatureConfig
+from vaelib.config import MEL_SCALES, FeatureConfig
 from vaelib.exceptions import ParameterError
 
 __all__ = [
@@ -64,8 +64,8 @@ def _band_blocks(sr: int, n_fft: int, n_mels: int, fmin: float, fmax: float,
 
 def _htk(cfg: FeatureConfig) -> bool:
     # load_config checks the choice; a FeatureConfig built in code is not, and would fall back silently
-    if cfg.mel_scale not in ("slaney", "htk"):
-        raise ParameterError(f"features.mel_scale: expected 'slaney' or 'htk', got {cfg.mel_scale!r}")
+    if cfg.mel_scale not in MEL_SCALES:
+        raise ParameterError(f"features.mel_scale: expected one of {MEL_SCALES}, got {cfg.mel_scale!r}")
     return cfg.mel_scale == "htk"
 
 
@@ -92,7 +92,8 @@ def feature_shape(cfg: FeatureConfig) -> tuple[int, int, int]:
 
 
 def _workspace_key(cfg: FeatureConfig) -> tuple:
-    return (cfg.n_fft, cfg.hop_length, cfg.n_mels, cfg.frames)
+    # the filterbank settings too: which mel rows no block writes (and so stay 0) depends on them
+    return (cfg.n_fft, cfg.hop_length, cfg.n_mels, cfg.frames, cfg.sample_rate, cfg.fmin, cfg.fmax, cfg.mel_scale)
 
 
 class LogMelWorkspace:
