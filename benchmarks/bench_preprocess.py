@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import datetime
 import json
 import os
 import platform
@@ -137,6 +138,7 @@ def main() -> None:
             "meets_target": bool(notes_per_s >= TARGET_NOTES_PER_S
                                  and notes_per_s / baseline_notes_per_s >= TARGET_SPEEDUP),
             "params": project_relative(args.params),
+            "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "features": {k: v for k, v in dataclasses.asdict(feat_cfg).items() if k != "cache_dir"},
             "dataset": {"programs": list(PROGRAMS), "instruments": summary["instruments"],
                         "dropped_silent": summary["dropped_silent"], "render_seconds": round(render_s, 2)},
