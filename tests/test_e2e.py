@@ -93,7 +93,8 @@ def test_sweep_of_two_tiny_experiments(smoke_run, tmp_path):
     files = []
     # 02_train only, one epoch each: the sweep's own work is running several params files on one dataset and
     # cache and comparing them; 03/04 run in the smoke run, and the page's figures from their metrics are
-    # tested in test_sweep.py. (Each notebook costs ~15 s of kernel start and imports on a 2-core CPU.)
+    # tested in test_sweep.py. (Each notebook costs ~15 s on a 2-core CPU, ~6 s of it importing torch,
+    # scikit-learn and matplotlib; 03 and 04 at another latent size are not rerun here.)
     common = {"base": str(SMOKE), "report": {"notebooks": ["02_train"]}}
     for name, extra in (("tiny_a", {"train": {"free_bits": 0.5, "epochs": 1}}),
                         ("tiny_b", {"model": {"latent_dim": 4}, "train": {"epochs": 1}})):

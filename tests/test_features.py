@@ -217,3 +217,18 @@ def test_reused_workspace_matches_a_fresh_computation():
 
 def librosa_batch(ys: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(np.stack([librosa_reference(y.numpy()) for y in ys])[:, None].astype(np.float32))
+
+
+@pytest.mark.filterwarnings("ignore:Empty filters detected")
+def test_workspace_is_not_reused_across_filterbanks():
+    # At n_fft 64 whole blocks of bands read no FFT bin and are never written: which ones depends on fmin
+    # and the scale, so a workspace filled under one filterbank must not serve another.
+    written = dataclasses.replace(CFG, n_fft=64, fmin=300.0)  # every band reads a bin
+    sparse = dataclasses.replace(written, fmin=100.0)  # bands 5-9 read none: they must stay at the floor
+    ys = torch.from_numpy(np.stack([harmonic(220.0 * (i + 1)) for i in range(2)]))
+    ws = LogMelWorkspace(2, ys.shape[1], written)
+    log_mel_batch(ys, cfg=written, workspace=ws)
+    assert not ws.fits(ys, sparse) and not ws.fits(ys, dataclasses.replace(written, mel_scale="htk"))
+    fresh = log_mel_batch(ys, cfg=sparse)
+    assert (fresh[:, 0, 5:10] == -1).all()
+    torch.testing.assert_close(log_mel_batch(ys, cfg=sparse, workspace=ws), fresh, atol=0, rtol=0)

@@ -34,7 +34,7 @@ def test_index_draws_each_figure_from_the_runs_that_have_its_figures(tmp_path, m
     _write(tmp_path, "b_trained_only", {"latent_dim": 8, "active_units": 5})
     _write(tmp_path, "c_full", {**full, "latent_dim": 64, "active_units": 64, "test_recon_mse": 0.014,
                                 "probes": {"mu": {"family_logreg": 0.42}, "pca": {"family_logreg": 0.38}}})
-    (tmp_path / ".c_full.staging-1-x").mkdir()  # a run in progress is not an experiment
+    _write(tmp_path, ".c_full.staging-1-x", full)  # a run in progress is not an experiment
     trade, active = _spy(monkeypatch, "tradeoff_figure"), _spy(monkeypatch, "active_units_figure")
     out = sweep.write_sweep_index(tmp_path)
     # the PCA point is the first usable run's (every experiment has its own PCA of its dimension)

@@ -260,8 +260,13 @@ def test_checkpoint_from_before_a_new_model_key_still_matches(reference, tmp_pat
     assert model.pitch_logits is None
     with pytest.raises(CheckpointError, match="model.latent_dim"):
         load_model(old, cfg=load_config(SMOKE, [f"data.root={cfg.data.root}", "model.latent_dim=4"]))
-    # a config no longer valid here is compared as saved; without its features it names the gap
+    # a config no longer valid here is compared as saved, defaults filling the keys it lacks
     ckpt["config"]["model"]["depth"] = 99
+    torch.save(ckpt, old)
+    with pytest.raises(CheckpointError, match=r"model\.depth \(checkpoint 99, asked 3\)") as err:
+        load_model(old, cfg=cfg)
+    assert "pitch_head" not in str(err.value) and "features." not in str(err.value)
+    # without its features it names the gap
     del ckpt["config"]["features"]
     torch.save(ckpt, old)
     with pytest.raises(CheckpointError, match=r"old\.pt: the checkpoint's config has no 'features' section"):

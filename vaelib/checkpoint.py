@@ -163,9 +163,8 @@ def find_checkpoint(cfg: Config, cache: FeatureCache) -> Path | None:
         return None
     try:
         ckpt = load_checkpoint(last)
+        same = _saved_section(ckpt, last, "model") == config_to_dict(cfg.model)
     except CheckpointError as exc:
         log.warning("ignoring %s: %s", last, exc)
         return None
-    if not ckpt.get("finished") or _saved_section(ckpt, last, "model") != config_to_dict(cfg.model):
-        return None
-    return best
+    return best if ckpt.get("finished") and same else None
