@@ -1,0 +1,55 @@
+"""Fill numba's on-disk caches of librosa, UMAP and pynndescent once, at install (``make venv``).
+
+Those libraries compile many numba kernels on first use and cache them beside their sources
+(``cache=True``). In a new environment the first process to use them pays the compilation (~75 s of the
+first test run on a 2-core CPU, and of the first report). Running each code path that vaelib uses
+once, on tiny inputs, writes the caches, so later processes only load them. UMAP's own layout kernels
+are not cached by umap-learn: every process still compiles those (~25 s, see ``analysis.umap``).
+
+Usage: ``python -m vaelib.jit_cache``
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["warm_numba_caches", "cached_kernels"]
+
+
+def warm_numba_caches() -> float:
+    """Run librosa's resampler and Griffin-Lim and a UMAP fit and transform (the paths vaelib takes) on
+    tiny inputs; return the seconds it took."""
+    t0 = time.perf_counter()
+    import librosa
+
+    from vaelib.latent import project_umap
+
+    rng = np.random.default_rng(0)
+    y = rng.normal(size=22050).astype(np.float32)
+    librosa.resample(y, orig_sr=22050, target_sr=16000)  # librosa.core.audio compiles its kernels on import
+    librosa.griffinlim(np.abs(librosa.stft(y[:4096], n_fft=256)), n_iter=2, n_fft=256)
+    x = rng.normal(size=(64, 8)).astype(np.float32)
+    projection = project_umap(x, n_neighbors=5, min_dist=0.1, seed=0)
+    projection.transform(x[:4])
+    return time.perf_counter() - t0
+
+
+def cached_kernels() -> dict[str, int]:
+    """Numba cache index files on disk per package (what a later process loads instead of compiling)."""
+    import librosa
+    import pynndescent
+
+    return {pkg.__name__: sum(1 for _ in Path(pkg.__file__).parent.rglob("__pycache__/*.nbi"))
+            for pkg in (librosa, pynndescent)}
+
+
+if __name__ == "__main__":
+    seconds = warm_numba_caches()
+    counts = cached_kernels()
+    if not all(counts.values()):
+        raise SystemExit(f"numba wrote no cache for {[k for k, n in counts.items() if not n]}: is site-packages "
+                         "writable (or NUMBA_CACHE_DIR set to a writable folder)?")
+    print(f"numba caches filled in {seconds:.1f} s: " + ", ".join(f"{k} {n} kernels" for k, n in counts.items()))
