@@ -18,7 +18,7 @@ $(STAMP): requirements.lock pyproject.toml
 	$(PY) -m pip install -q --no-deps -r requirements.lock
 	$(PY) -m pip install -q --no-deps -e .
 	# numba kernels of librosa and pynndescent compiled once into their caches (~95 s on 2 cores), not in the first test or report
-	$(PY) -m vaelib.jit_cache
+	$(PY) -m vaelib.cli.jit_cache
 	$(VENV)/bin/nbstripout --install --attributes .gitattributes 2>/dev/null || true
 	$(PY) -m ipykernel install --prefix $(VENV) --name python3 >/dev/null
 	@touch $(STAMP)
@@ -28,12 +28,14 @@ venv: $(STAMP) ## create .venv and install the lock (once)
 reports: $(STAMP) ## render the embedded dataset, train, and execute all reports into reports/default/
 	$(VENV)/bin/vaelib run --params $(PARAMS)
 
-test: $(STAMP) ## run ruff and the test suite
+test: $(STAMP) ## run ruff, the import contract (import-linter) and the test suite
 	$(VENV)/bin/ruff check vaelib tests benchmarks scripts notebooks
+	$(VENV)/bin/lint-imports --no-cache
 	$(VENV)/bin/python -m pytest -q
 
-lint: $(STAMP) ## ruff only
+lint: $(STAMP) ## ruff and the import contract only
 	$(VENV)/bin/ruff check vaelib tests benchmarks scripts notebooks
+	$(VENV)/bin/lint-imports --no-cache
 
 lab: $(STAMP) ## open JupyterLab on notebooks/
 	$(VENV)/bin/jupyter lab notebooks/

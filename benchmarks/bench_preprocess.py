@@ -2,7 +2,7 @@
 
 Renders a GM dataset of about 2,200 notes into a temporary folder, then times, on the same files:
 
-* ``vaelib.cache.build_feature_cache`` on a fresh cache folder (threads decode, batched torch STFT,
+* ``vaelib.data.cache.build_feature_cache`` on a fresh cache folder (threads decode, batched torch STFT,
   one float16 memory-mapped array + parquet table), best of ``--repeats`` runs;
 * the baseline: per note ``librosa.load`` + ``librosa.feature.melspectrogram`` + ``librosa.power_to_db``
   + ``np.save`` (one .npy per note), on ``--baseline-notes`` notes spread evenly over the dataset (it is
@@ -35,11 +35,11 @@ import librosa
 import numpy as np
 import torch
 
-from vaelib.cache import build_feature_cache
 from vaelib.config import PROJECT_ROOT, DataConfig, FeatureConfig, RenderConfig, load_config, project_relative
-from vaelib.dataset import load_dataset
+from vaelib.data.cache import build_feature_cache
+from vaelib.data.nsynth import load_dataset
+from vaelib.data.render import GM_FAMILY_SOURCE, render_dataset
 from vaelib.io import atomic_write_json
-from vaelib.render import GM_FAMILY_SOURCE, render_dataset
 
 RESULTS = Path(__file__).resolve().parent / "results" / "preprocess.json"
 # Three programs of each of the 11 families (first three in the GM table): 33 instruments.
@@ -131,7 +131,7 @@ def main() -> None:
             "baseline_seconds_all_repeats": [round(t, 3) for t in base_times],
             "baseline": "per note: librosa.load + librosa.feature.melspectrogram + power_to_db + np.save "
                         f"(timed on {len(sub)} of the {n} notes, evenly spaced)",
-            "measured": "vaelib.cache.build_feature_cache on a fresh cache_dir: wav decode + log-mel + "
+            "measured": "vaelib.data.cache.build_feature_cache on a fresh cache_dir: wav decode + log-mel + "
                         "float16 features.npy + meta.parquet + manifest; rounds alternate with the baseline, "
                         "best round of each reported",
             "target": {"notes_per_s": TARGET_NOTES_PER_S, "speedup": TARGET_SPEEDUP},

@@ -1,6 +1,6 @@
 """Seconds per training epoch of 12,678 notes (NSynth-valid's size): cached features vs a naive loop.
 
-* **vaelib**: :func:`vaelib.train.train` itself, two epochs of the ``--params`` model (default:
+* **vaelib**: :func:`vaelib.model.train.train` itself, two epochs of the ``--params`` model (default:
   ``params/default.yaml``; the second reported) on an in-memory feature cache of 12,678 notes (the
   default dataset's cache when it is built, else the smoke set's features tiled to 12,678 notes;
   ``features_source`` says which). The time is the training loop only (the history's ``seconds``),
@@ -32,15 +32,15 @@ import numpy as np
 import pandas as pd
 import torch
 
-from vaelib.cache import FeatureCache
 from vaelib.config import PROJECT_ROOT, load_config, project_relative, resolve_path
-from vaelib.dataset import load_dataset
-from vaelib.device import autocast_dtype, machine_info, resolve_device, set_threads
+from vaelib.data.cache import FeatureCache
+from vaelib.data.nsynth import load_dataset
+from vaelib.data.prepare import ensure_dataset, prepare_features
 from vaelib.io import atomic_write_json
-from vaelib.loss import vae_loss
-from vaelib.model import ConvVAE, count_parameters
-from vaelib.prepare import ensure_dataset, prepare_features
-from vaelib.train import train
+from vaelib.model.device import autocast_dtype, machine_info, resolve_device, set_threads
+from vaelib.model.loss import vae_loss
+from vaelib.model.train import train
+from vaelib.model.vae import ConvVAE, count_parameters
 
 NOTES_PER_EPOCH = 12_678  # NSynth valid
 CANDIDATES = ((8, 16, 32), (16, 32, 64), (32, 64, 128))
@@ -141,7 +141,7 @@ def time_baseline(cfg, paths: list[str], n_items: int) -> dict:
 
 
 def time_channels(cfg, x: torch.Tensor, steps: int) -> list[dict]:
-    """Extrapolated epoch seconds of each candidate channel list (the training step of vaelib.train)."""
+    """Extrapolated epoch seconds of each candidate channel list (the training step of vaelib.model.train)."""
     out = []
     device = resolve_device(cfg.train.device)
     dtype = autocast_dtype(device, enabled=cfg.train.bf16)
@@ -225,7 +225,7 @@ def main() -> None:
                   "norm": cfg.model.norm},
         "batch_size": cfg.train.batch_size,
         "features_source": source,
-        "vaelib_method": "vaelib.train.train, 2 epochs, the second reported, in-memory float32 channels-last "
+        "vaelib_method": "vaelib.model.train.train, 2 epochs, the second reported, in-memory float32 channels-last "
                          "tensor, seeded permutation batches, no DataLoader; time of the training loop (valid "
                          "evaluation excluded)",
         "baseline_method": (f"Dataset decoding the wav + librosa melspectrogram per item, default DataLoader "

@@ -26,11 +26,11 @@ from sklearn.model_selection import GroupKFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from vaelib.cache import build_feature_cache
 from vaelib.config import PROJECT_ROOT, load_config, project_relative
-from vaelib.dataset import load_dataset
+from vaelib.data.cache import build_feature_cache
+from vaelib.data.nsynth import load_dataset
+from vaelib.data.prepare import ensure_dataset
 from vaelib.io import atomic_write_text
-from vaelib.prepare import ensure_dataset
 
 RESULTS = Path(__file__).resolve().parent / "results" / "pitch_proxy.json"
 HELD_FRAMES = slice(4, 40)  # past the onset, before the release at 3 s

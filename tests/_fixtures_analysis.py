@@ -15,7 +15,7 @@ _TRAINED: dict = {}
 
 
 class TinyVAE(nn.Module):
-    """The encode/decode API of ``vaelib.model.ConvVAE`` in a few linear maps over the mel profile."""
+    """The encode/decode API of ``vaelib.model.vae.ConvVAE`` in a few linear maps over the mel profile."""
 
     def __init__(self, latent_dim: int = 4, *, pitch_conditioning: bool = False, seed: int = 0) -> None:
         super().__init__()
@@ -64,10 +64,10 @@ def smoke_overrides(dataset: Path, work: Path) -> list[str]:
 def trained_smoke(dataset: Path, work: Path) -> dict:
     """params/smoke.yaml trained once per session (the real model and trainer): cfg, cache, checkpoint."""
     if "run" not in _TRAINED:
-        from vaelib.checkpoint import find_checkpoint
         from vaelib.config import PROJECT_ROOT, load_config
-        from vaelib.prepare import prepare_features
-        from vaelib.train import train
+        from vaelib.data.prepare import prepare_features
+        from vaelib.model.checkpoint import find_checkpoint
+        from vaelib.model.train import train
 
         params = PROJECT_ROOT / "params" / "smoke.yaml"
         overrides = smoke_overrides(dataset, work)

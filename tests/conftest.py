@@ -10,7 +10,7 @@ import pytest
 import soundfile as sf
 
 from vaelib.config import NSYNTH_FAMILIES, NSYNTH_SOURCES, PROJECT_ROOT, load_config
-from vaelib.dataset import QUALITIES
+from vaelib.data.nsynth import QUALITIES
 
 SHARED_FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "nsynth"
 SMOKE_PARAMS = PROJECT_ROOT / "params" / "smoke.yaml"
@@ -33,7 +33,7 @@ def smoke_config():
 @pytest.fixture(scope="session")
 def smoke_dataset(tmp_path_factory, smoke_config) -> Path:
     """params/smoke.yaml rendered once per session: 12 GM programs, 168 notes, in NSynth layout."""
-    from vaelib.render import render_dataset
+    from vaelib.data.render import render_dataset
 
     root = tmp_path_factory.mktemp("smoke") / "ds"
     render_dataset(smoke_config.render, root, show_progress=False)
@@ -85,7 +85,7 @@ def make_split(tmp_path):
 def smoke_run(tmp_path_factory, smoke_dataset) -> dict:
     """The whole pipeline (`vaelib run`) on params/smoke.yaml, once per session: the five notebooks
     executed by papermill into ``<tmp>/reports/smoke/``. Every notebook test reads this one run."""
-    from vaelib.pipeline import run_pipeline
+    from vaelib.report.pipeline import run_pipeline
 
     tmp = tmp_path_factory.mktemp("run")
     overrides = [f"data.root={smoke_dataset}", f"features.cache_dir={tmp}/cache",

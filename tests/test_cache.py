@@ -1,4 +1,4 @@
-"""vaelib.cache: one array + metadata table, keyed by feature params and input files, built atomically."""
+"""vaelib.data.cache: one array + metadata table, keyed by feature params and input files, built atomically."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ import soundfile as sf
 import torch
 from conftest import entry, sine
 
-import vaelib.cache as cache_mod
-from vaelib.cache import (
+import vaelib.data.cache as cache_mod
+from vaelib.config import DataConfig, FeatureConfig
+from vaelib.data.cache import (
     FEATURES_FILE,
     MANIFEST_FILE,
     NpyRowWriter,
@@ -22,9 +23,8 @@ from vaelib.cache import (
     compute_features,
     open_feature_cache,
 )
-from vaelib.config import DataConfig, FeatureConfig
-from vaelib.dataset import load_dataset, read_examples, read_wav
-from vaelib.features import log_mel
+from vaelib.data.features import log_mel
+from vaelib.data.nsynth import load_dataset, read_examples, read_wav
 
 KEYS = [f"{fam}_acoustic_000-0{p}-075" for fam in ("brass", "string") for p in (48, 55, 60, 67, 72)]
 

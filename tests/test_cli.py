@@ -10,7 +10,7 @@ import numpy as np
 
 from vaelib.cli import main
 from vaelib.config import PROJECT_ROOT
-from vaelib.dataset import read_examples
+from vaelib.data.nsynth import read_examples
 
 SMOKE = str(PROJECT_ROOT / "params" / "smoke.yaml")
 

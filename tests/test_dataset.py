@@ -1,4 +1,4 @@
-"""vaelib.dataset: the real NSynth schema, filters, splits and wav decoding."""
+"""vaelib.data.nsynth: the real NSynth schema, filters, splits and wav decoding."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ import pytest
 import soundfile as sf
 from conftest import entry, sine
 
-from vaelib import dataset as dataset_mod
 from vaelib.config import NSYNTH_FAMILIES, DataConfig
-from vaelib.dataset import (
+from vaelib.data import nsynth as dataset_mod
+from vaelib.data.nsynth import (
     INT_FIELDS,
     SCHEMA_FIELDS,
     filter_examples,
@@ -74,7 +74,7 @@ def test_read_real_test_subset(fixtures_dir, tmp_path):
 
 def test_pitch_range_drops_are_counted_and_logged(real_valid, caplog):
     df = read_examples(real_valid)
-    with caplog.at_level(logging.WARNING, logger="vaelib.dataset"):
+    with caplog.at_level(logging.WARNING, logger="vaelib.data.nsynth"):
         kept, dropped = filter_examples(df)
     assert dropped == {"pitch_range": 22}
     assert len(kept) == 5124 - 22 and kept["pitch"].between(21, 108).all()

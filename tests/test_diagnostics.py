@@ -1,4 +1,4 @@
-"""vaelib.diagnostics on synthetic latents and spectrograms."""
+"""vaelib.analysis.diagnostics on synthetic latents and spectrograms."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from _fixtures_analysis import random_spectrograms
 
-from vaelib.diagnostics import (
+from vaelib.analysis.diagnostics import (
     active_units,
     check_target,
     collapse_verdict,
@@ -21,7 +21,7 @@ from vaelib.exceptions import ParameterError
 
 @pytest.fixture
 def loss():
-    return pytest.importorskip("vaelib.loss")
+    return pytest.importorskip("vaelib.model.loss")
 
 
 def test_active_units_counts_varying_dimensions():
@@ -32,7 +32,7 @@ def test_active_units_counts_varying_dimensions():
 
 
 def test_latent_stats_and_collapse_verdicts(loss):
-    from vaelib.diagnostics import kl_matrix, latent_stats
+    from vaelib.analysis.diagnostics import kl_matrix, latent_stats
 
     rng = np.random.default_rng(0)
     mu = rng.normal(size=(100, 4)).astype(np.float32)

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from vaelib.pipeline import run_pipeline
-from vaelib.report_check import check_reports, find_chromium
-from vaelib.sweep import run_sweep
+from vaelib.report.browser_check import check_reports, find_chromium
+from vaelib.report.pipeline import run_pipeline
+from vaelib.report.sweep import run_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "params" / "smoke.yaml"

@@ -12,12 +12,12 @@ import soundfile as sf
 import torch
 from conftest import entry, sine
 
-from vaelib.cache import build_feature_cache, compute_features, open_feature_cache
 from vaelib.config import DataConfig, FeatureConfig, RenderConfig
-from vaelib.dataset import filter_examples, load_dataset, read_examples, read_wav
+from vaelib.data.cache import build_feature_cache, compute_features, open_feature_cache
+from vaelib.data.features import inverse_log_mel, log_mel_batch
+from vaelib.data.nsynth import filter_examples, load_dataset, read_examples, read_wav
+from vaelib.data.render import render_dataset
 from vaelib.exceptions import DataError, ParameterError, VaelibError
-from vaelib.features import inverse_log_mel, log_mel_batch
-from vaelib.render import render_dataset
 
 KEY = "brass_acoustic_000-060-075"
 

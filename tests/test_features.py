@@ -1,4 +1,4 @@
-"""vaelib.features: normalised log-mel (shape, range, band placement, librosa agreement) and its inverse."""
+"""vaelib.data.features: normalised log-mel (shape, range, band placement, librosa agreement) and its inverse."""
 
 from __future__ import annotations
 
@@ -10,8 +10,7 @@ import pytest
 import torch
 
 from vaelib.config import FeatureConfig
-from vaelib.exceptions import ParameterError
-from vaelib.features import (
+from vaelib.data.features import (
     LogMelWorkspace,
     feature_shape,
     inverse_log_mel,
@@ -22,6 +21,7 @@ from vaelib.features import (
     mel_spacing_hz,
     normalized_to_db,
 )
+from vaelib.exceptions import ParameterError
 
 SR = 16000
 CFG = FeatureConfig()

@@ -1,4 +1,4 @@
-"""vaelib.interpolate: paths, pair choice, continuity measures, decoded walks."""
+"""vaelib.analysis.interpolate: paths, pair choice, continuity measures, decoded walks."""
 
 from __future__ import annotations
 
@@ -7,9 +7,7 @@ import pandas as pd
 import pytest
 from _fixtures_analysis import TinyVAE, random_spectrograms, synthetic_meta
 
-from vaelib.config import FeatureConfig
-from vaelib.exceptions import ParameterError
-from vaelib.interpolate import (
+from vaelib.analysis.interpolate import (
     choose_pairs,
     interpolate_pairs,
     latent_path,
@@ -19,7 +17,9 @@ from vaelib.interpolate import (
     step_ratio,
     summarize_paths,
 )
-from vaelib.latent import decode_latents, encode_features
+from vaelib.analysis.latent import decode_latents, encode_features
+from vaelib.config import FeatureConfig
+from vaelib.exceptions import ParameterError
 
 CFG = FeatureConfig()
 

@@ -1,4 +1,4 @@
-"""vaelib.latent: encoding, decoding, the embedding table, embed (function and CLI), 2-D projections."""
+"""vaelib.analysis.latent: encoding, decoding, the embedding table, embed (function and CLI), 2-D projections."""
 
 from __future__ import annotations
 
@@ -7,8 +7,7 @@ import pandas as pd
 import pytest
 from _fixtures_analysis import TinyVAE, random_spectrograms, synthetic_meta, trained_smoke
 
-from vaelib.exceptions import ParameterError
-from vaelib.latent import (
+from vaelib.analysis.latent import (
     decode_latents,
     embedding_table,
     encode_features,
@@ -16,6 +15,7 @@ from vaelib.latent import (
     project_pca,
     reconstruct,
 )
+from vaelib.exceptions import ParameterError
 
 
 def test_encode_shapes_and_batch_independence():
@@ -76,9 +76,9 @@ def test_pca_projection_shapes_and_transform():
 
 
 def test_embed_on_a_tiny_checkpoint(smoke_dataset, tmp_path_factory):
-    pytest.importorskip("vaelib.train")
+    pytest.importorskip("vaelib.model.train")
+    from vaelib.analysis.latent import embed
     from vaelib.cli import main
-    from vaelib.latent import embed
 
     run = trained_smoke(smoke_dataset, tmp_path_factory.getbasetemp() / "analysis")
     out = tmp_path_factory.mktemp("embed") / "emb.parquet"
@@ -101,8 +101,8 @@ def test_embed_on_a_tiny_checkpoint(smoke_dataset, tmp_path_factory):
 def test_maps_of_mu_leaves_umap_out_when_asked():
     import dataclasses
 
+    from vaelib.analysis.latent import maps_of_mu
     from vaelib.config import AnalysisConfig
-    from vaelib.latent import maps_of_mu
 
     mu = np.random.default_rng(0).standard_normal((40, 6)).astype(np.float32)
     is_train = np.arange(40) < 30
@@ -111,7 +111,7 @@ def test_maps_of_mu_leaves_umap_out_when_asked():
 
 
 def test_transform_each_matches_one_transform_per_set():
-    from vaelib.latent import project_pca
+    from vaelib.analysis.latent import project_pca
 
     rng = np.random.default_rng(1)
     proj = project_pca(rng.standard_normal((30, 5)).astype(np.float32))

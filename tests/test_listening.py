@@ -1,4 +1,4 @@
-"""vaelib.listening: Griffin-Lim rendering, the log-mel round trip check, wav writing, note choice."""
+"""vaelib.analysis.listening: Griffin-Lim rendering, the log-mel round trip check, wav writing, note choice."""
 
 from __future__ import annotations
 
@@ -7,10 +7,16 @@ import pytest
 import soundfile as sf
 from _fixtures_analysis import synthetic_meta
 
+from vaelib.analysis.listening import (
+    choose_listening_notes,
+    invert_and_check,
+    invert_to_audio,
+    roundtrip_mae_db,
+    write_wav,
+)
 from vaelib.config import FeatureConfig
+from vaelib.data.features import log_mel
 from vaelib.exceptions import ParameterError
-from vaelib.features import log_mel
-from vaelib.listening import choose_listening_notes, render_and_check, render_audio, roundtrip_mae_db, write_wav
 
 CFG = FeatureConfig()
 
@@ -23,18 +29,18 @@ def harmonic_note(f0: float = 220.0) -> np.ndarray:
 
 def test_griffin_lim_output_length_and_finiteness():
     x = log_mel(harmonic_note(), cfg=CFG)[None]
-    audio = render_audio(x, cfg=CFG, n_iter=4)
+    audio = invert_to_audio(x, cfg=CFG, n_iter=4)
     assert audio.shape == (1, CFG.frames * CFG.hop_length)
     assert audio.dtype == np.float32 and np.all(np.isfinite(audio))
     assert np.abs(audio).max() == pytest.approx(0.9, rel=1e-5)
-    np.testing.assert_array_equal(audio, render_audio(x, cfg=CFG, n_iter=4))  # seeded
+    np.testing.assert_array_equal(audio, invert_to_audio(x, cfg=CFG, n_iter=4))  # seeded
     with pytest.raises(ParameterError):
-        render_audio(x, cfg=CFG, n_iter=0)
+        invert_to_audio(x, cfg=CFG, n_iter=0)
 
 
 def test_round_trip_error_is_small_for_own_audio_and_large_for_other_audio():
     x = np.stack([log_mel(harmonic_note(220.0), cfg=CFG), log_mel(harmonic_note(1760.0), cfg=CFG)])
-    audio, mae = render_and_check(x, cfg=CFG, n_iter=16)
+    audio, mae = invert_and_check(x, cfg=CFG, n_iter=16)
     assert mae.shape == (2,) and np.all(mae < 16.0), mae
     swapped = roundtrip_mae_db(x, audio[::-1], cfg=CFG)
     assert np.all(swapped > mae + 5.0), (mae, swapped)
@@ -45,7 +51,7 @@ def test_round_trip_error_is_small_for_own_audio_and_large_for_other_audio():
 def test_round_trip_ignores_the_level_of_the_source_under_ref_max():
     x = np.maximum(log_mel(harmonic_note(), cfg=CFG)[None], -0.5)  # floor at -40 dB, so nothing clips below
     quieter = x - 0.25  # 10 dB lower everywhere: the same sound under ref='max'
-    audio = render_audio(x, cfg=CFG, n_iter=8)
+    audio = invert_to_audio(x, cfg=CFG, n_iter=8)
     np.testing.assert_allclose(roundtrip_mae_db(quieter, audio, cfg=CFG), roundtrip_mae_db(x, audio, cfg=CFG),
                                atol=1e-4)
 

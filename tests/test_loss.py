@@ -10,7 +10,7 @@ import torch
 
 from vaelib.config import ModelConfig, TrainConfig
 from vaelib.exceptions import ParameterError
-from vaelib.loss import (
+from vaelib.model.loss import (
     active_units,
     attribute_order,
     beta_at,
@@ -21,7 +21,7 @@ from vaelib.loss import (
     recon_loss,
     vae_loss,
 )
-from vaelib.model import ConvVAE, VAEOutput
+from vaelib.model.vae import ConvVAE, VAEOutput
 
 
 def _numerical_kl(mu: float, logvar: float) -> float:

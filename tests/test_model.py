@@ -7,7 +7,7 @@ import torch
 
 from vaelib.config import ModelConfig
 from vaelib.exceptions import ParameterError
-from vaelib.model import ConvVAE, VAEOutput, conv_sizes
+from vaelib.model.vae import ConvVAE, VAEOutput, conv_sizes
 
 
 def _cfg(**kw) -> ModelConfig:

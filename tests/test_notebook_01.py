@@ -1,4 +1,4 @@
-"""01_preprocess: its statistics (vaelib.summary) and a papermill run on the smoke params."""
+"""01_preprocess: its statistics (vaelib.data.summary) and a papermill run on the smoke params."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from vaelib.cache import FeatureCache
 from vaelib.config import PROJECT_ROOT
-from vaelib.summary import count_table, dataset_summary, example_per_family, feature_stats
+from vaelib.data.cache import FeatureCache
+from vaelib.data.summary import count_table, dataset_summary, example_per_family, feature_stats
 
 matplotlib.use("Agg")
 NOTEBOOK = PROJECT_ROOT / "notebooks" / "01_preprocess.ipynb"

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
+from vaelib.analysis.probes import PROBE_KEYS
 from vaelib.config import PROJECT_ROOT
-from vaelib.probes import PROBE_KEYS
 
 pytestmark = pytest.mark.slow
 NOTEBOOKS = PROJECT_ROOT / "notebooks"
@@ -15,7 +15,7 @@ NOTEBOOKS = PROJECT_ROOT / "notebooks"
 
 @pytest.fixture(scope="module")
 def run(smoke_run):
-    from vaelib.prepare import prepare_features
+    from vaelib.data.prepare import prepare_features
 
     return {**smoke_run, "cache": prepare_features(smoke_run["cfg"], show_progress=False)}
 

@@ -9,11 +9,11 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from vaelib import pipeline
 from vaelib.exceptions import ConfigError
-from vaelib.pipeline import PipelineError, collect_metrics, run_pipeline
-from vaelib.report_check import check_reports
-from vaelib.report_html import notebook_to_html
+from vaelib.report import pipeline
+from vaelib.report.browser_check import check_reports
+from vaelib.report.html import notebook_to_html
+from vaelib.report.pipeline import PipelineError, collect_metrics, run_pipeline
 
 SMOKE = Path(__file__).resolve().parents[1] / "params" / "smoke.yaml"
 

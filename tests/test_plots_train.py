@@ -6,8 +6,8 @@ import matplotlib
 import numpy as np
 import pandas as pd
 
-from vaelib.plots_train import AUX_LABELS, loss_curves
-from vaelib.train import HISTORY_COLUMNS
+from vaelib.model.train import HISTORY_COLUMNS
+from vaelib.report.plots.training import AUX_LABELS, loss_curves
 
 matplotlib.use("Agg")
 

@@ -1,4 +1,4 @@
-"""vaelib.probes: high accuracy on separable synthetic data, chance on shuffled labels, grouped CV."""
+"""vaelib.analysis.probes: high accuracy on separable synthetic data, chance on shuffled labels, grouped CV."""
 
 from __future__ import annotations
 
@@ -6,10 +6,7 @@ import numpy as np
 import pytest
 from _fixtures_analysis import random_spectrograms, synthetic_meta
 
-from vaelib.config import FeatureConfig
-from vaelib.exceptions import ParameterError
-from vaelib.features import mel_spacing_hz
-from vaelib.probes import (
+from vaelib.analysis.probes import (
     PROBE_KEYS,
     accuracy,
     cv_probes,
@@ -20,6 +17,9 @@ from vaelib.probes import (
     probe_table,
     score_probes,
 )
+from vaelib.config import FeatureConfig
+from vaelib.data.features import mel_spacing_hz
+from vaelib.exceptions import ParameterError
 
 
 def separable(meta, *, seed: int = 0, noise: float = 0.1) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""vaelib.render: GM programs rendered note by note into NSynth layout, pitched, non-silent, deterministic."""
+"""vaelib.data.render: GM programs rendered note by note into NSynth layout, pitched, non-silent, deterministic."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 import soundfile as sf
 
 from vaelib.config import NSYNTH_FAMILIES, RenderConfig
-from vaelib.dataset import SCHEMA_FIELDS, read_examples
-from vaelib.render import GM_FAMILY_SOURCE, default_soundfont, note_qualities, render_dataset
+from vaelib.data.nsynth import SCHEMA_FIELDS, read_examples
+from vaelib.data.render import GM_FAMILY_SOURCE, default_soundfont, note_qualities, render_dataset
 
 SR = 16000
 PITCHED = RenderConfig(programs=(0, 73), pitch_min=48, pitch_max=84, pitch_step=12, velocities=(100,), workers=2)

@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt
 import nbformat
 import pytest
 
-from vaelib.report_check import check_reports, find_chromium
+from vaelib.report.browser_check import check_reports, find_chromium
 
 CHROMIUM = find_chromium()
 needs_chromium = pytest.mark.skipif(

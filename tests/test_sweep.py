@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from vaelib import sweep
 from vaelib.exceptions import ConfigError
+from vaelib.report import sweep
 
 
 def _write(root, name, metrics):

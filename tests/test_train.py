@@ -13,14 +13,14 @@ import pandas as pd
 import pytest
 import torch
 
-import vaelib.train as vtrain
-from vaelib.cache import FeatureCache
-from vaelib.checkpoint import checkpoint_dir, find_checkpoint, load_model
+import vaelib.model.train as vtrain
 from vaelib.config import PROJECT_ROOT, load_config
+from vaelib.data.cache import FeatureCache
+from vaelib.data.prepare import prepare_features
 from vaelib.exceptions import CheckpointError, TrainingError
-from vaelib.model import ConvVAE
-from vaelib.prepare import prepare_features
-from vaelib.train import HISTORY_COLUMNS, train
+from vaelib.model.checkpoint import checkpoint_dir, find_checkpoint, load_model
+from vaelib.model.train import HISTORY_COLUMNS, train
+from vaelib.model.vae import ConvVAE
 
 SMOKE = PROJECT_ROOT / "params" / "smoke.yaml"
 # 56 train notes in batches of 16: 4 steps an epoch (the last one of 8 notes).

@@ -13,14 +13,14 @@ __all__ = ["register", "cmd_embed"]
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
-    from vaelib.latent import embed
+    from vaelib.analysis.latent import embed
 
     cfg = load_config(args.params, args.overrides)
     if args.checkpoint:
         checkpoint = resolve_path(args.checkpoint)
     else:
-        from vaelib.checkpoint import find_checkpoint
-        from vaelib.prepare import prepare_features
+        from vaelib.data.prepare import prepare_features
+        from vaelib.model.checkpoint import find_checkpoint
 
         checkpoint = find_checkpoint(cfg, prepare_features(cfg, show_progress=not args.quiet))
         if checkpoint is None:

@@ -11,9 +11,9 @@ import matplotlib.pyplot as plt
 from vaelib.config import REPORTS_DIR, load_config
 from vaelib.exceptions import ConfigError
 from vaelib.io import atomic_write_text
-from vaelib.pipeline import refresh_reports_index, run_pipeline
-from vaelib.plots_sweep import active_units_figure, tradeoff_figure
-from vaelib.report_html import flatten_metrics, png_data_uri, sweep_index_html
+from vaelib.report.html import flatten_metrics, png_data_uri, sweep_index_html
+from vaelib.report.pipeline import refresh_reports_index, run_pipeline
+from vaelib.report.plots.sweep import active_units_figure, tradeoff_figure
 
 __all__ = ["run_sweep", "write_sweep_index"]
 

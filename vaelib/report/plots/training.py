@@ -16,7 +16,7 @@ def loss_curves(history: pd.DataFrame, *, title: str = "Training curves") -> Fig
     """Reconstruction (left) and raw / free-bits KL with beta on a second axis (middle), train and valid;
     when the run used any optional term (instrument contrast, pitch head, pitch order), those per epoch (right).
 
-    ``history`` has the columns of :data:`vaelib.train.HISTORY_COLUMNS`, one row per epoch.
+    ``history`` has the columns of :data:`vaelib.model.train.HISTORY_COLUMNS`, one row per epoch.
     """
     aux = [c for c in AUX_LABELS if c in history and history[c].abs().sum() > 0]
     fig, axes = plt.subplots(1, 3 if aux else 2, figsize=(17 if aux else 12, 3.8), constrained_layout=True)

@@ -1,7 +1,7 @@
 """Reading NSynth `jsonwav` splits: metadata table, filters, instrument-disjoint splits, wav decoding.
 
 A split folder holds ``examples.json`` (``{note_str: {...}}``) and ``audio/<note_str>.wav``
-(16 kHz mono 16-bit, 4 s). See ``shared/guides/NSYNTH.md`` for the schema.
+(16 kHz mono 16-bit, 4 s). The schema is in ``docs/data.md``.
 """
 
 from __future__ import annotations

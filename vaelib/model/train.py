@@ -3,7 +3,7 @@
 Speed on a small CPU comes from doing nothing per step but the model: the whole split is one
 float32 tensor in memory (no DataLoader, no audio decoding), batches are rows picked by a
 ``torch.Generator``-seeded permutation, weights and activations are channels-last for oneDNN,
-and bf16 autocast is used only where the hardware has native bf16 (see :mod:`vaelib.device`).
+and bf16 autocast is used only where the hardware has native bf16 (see :mod:`vaelib.model.device`).
 
 Reproducibility: every random draw comes from a seeded generator (initialisation: the torch
 global RNG seeded by ``run.seed``; batch order: ``batch_gen``; reparameterization noise:
@@ -34,8 +34,11 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from vaelib.cache import FeatureCache
-from vaelib.checkpoint import (
+from vaelib.config import Config, config_to_dict, save_config
+from vaelib.data.cache import FeatureCache
+from vaelib.exceptions import TrainingError
+from vaelib.io import atomic_write_text
+from vaelib.model.checkpoint import (
     CHECKPOINT_FORMAT,
     check_same_model,
     checkpoint_dir,
@@ -45,12 +48,9 @@ from vaelib.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from vaelib.config import Config, config_to_dict, save_config
-from vaelib.device import autocast_dtype, resolve_device, set_threads
-from vaelib.exceptions import TrainingError
-from vaelib.io import atomic_write_text
-from vaelib.loss import active_units, attribute_order, beta_at, instrument_contrast, lr_at, vae_loss
-from vaelib.model import ConvVAE, count_parameters
+from vaelib.model.device import autocast_dtype, resolve_device, set_threads
+from vaelib.model.loss import active_units, attribute_order, beta_at, instrument_contrast, lr_at, vae_loss
+from vaelib.model.vae import ConvVAE, count_parameters
 
 __all__ = [
     "TrainResult",
@@ -221,7 +221,7 @@ def train(cfg: Config, cache: FeatureCache, *, resume: bool = False, show_progre
     cfg : Config
         ``model``, ``train`` and ``run.seed`` define the run; its folder is :func:`checkpoint_dir`.
     cache : FeatureCache
-        Features with ``train`` and ``valid`` splits (from :func:`vaelib.prepare.prepare_features`).
+        Features with ``train`` and ``valid`` splits (from :func:`vaelib.data.prepare.prepare_features`).
     resume : bool
         Continue from ``last.pt`` of this config's folder when there is one (a finished run is
         returned as it is); otherwise start from scratch, replacing any earlier run of this config.

@@ -1,4 +1,4 @@
-"""Check rendered reports as a reader would see them: every page loaded in headless Chromium.
+"""Check the HTML reports as a reader would see them: every page loaded in headless Chromium.
 
 A page fails on an image the browser could not decode, a relative link or media source that points
 at no file, or an executed notebook holding an error output.
@@ -107,7 +107,7 @@ def _browser_problems(page: Path, chromium: str, timeout: float) -> tuple[list[s
     if not match:
         return [f"{page}: Chromium did not finish loading the page (exit {proc.returncode})"], {}
     found = json.loads(match.group(1).replace("&quot;", '"').replace("&amp;", "&"))
-    return [f"{page}: image not rendered ({src})" for src in found["broken"]], found
+    return [f"{page}: image not displayed ({src})" for src in found["broken"]], found
 
 
 def page_problems(page: Path, *, chromium: str | None, timeout: float = 60.0) -> tuple[list[str], dict]:

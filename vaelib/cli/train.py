@@ -11,9 +11,9 @@ __all__ = ["register", "cmd_train"]
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from vaelib.device import resolve_device
-    from vaelib.prepare import prepare_features
-    from vaelib.train import train
+    from vaelib.data.prepare import prepare_features
+    from vaelib.model.device import resolve_device
+    from vaelib.model.train import train
 
     cfg = load_config(args.params, args.overrides)
     resolve_device(cfg.train.device)  # a missing device is an error before any work

@@ -9,7 +9,7 @@ __all__ = ["register"]
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from vaelib.pipeline import run_pipeline
+    from vaelib.report.pipeline import run_pipeline
 
     out = run_pipeline(args.params, args.overrides, keep_code=args.keep_code or None)
     print(f"reports written to {out}/index.html")
@@ -17,7 +17,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from vaelib.sweep import run_sweep
+    from vaelib.report.sweep import run_sweep
 
     out = run_sweep(args.params_files, args.overrides, keep_code=args.keep_code or None)
     print(f"experiments compared in {out}")
@@ -27,7 +27,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def cmd_check(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from vaelib.report_check import check_reports, find_chromium
+    from vaelib.report.browser_check import check_reports, find_chromium
 
     if find_chromium() is None:
         print("vaelib check: Chromium not found (apt-get install -y chromium); checking links and "

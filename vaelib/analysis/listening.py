@@ -1,7 +1,7 @@
 """Spectrograms back to sound, and an objective check of that path.
 
-Audio comes from ``vaelib.features.inverse_log_mel`` (NNLS mel inversion, then Griffin-Lim). The
-check renders a log-mel, computes the log-mel of the result again and reports the mean absolute
+Audio comes from ``vaelib.data.features.inverse_log_mel`` (NNLS mel inversion, then Griffin-Lim). The
+check inverts a log-mel to audio, computes the log-mel of the result again and reports the mean absolute
 difference in dB: what the listener hears is only as faithful as this number.
 """
 
@@ -14,14 +14,14 @@ import pandas as pd
 import soundfile as sf
 
 from vaelib.config import FeatureConfig
+from vaelib.data.features import inverse_log_mel, log_mel, normalized_to_db
 from vaelib.exceptions import ParameterError
-from vaelib.features import inverse_log_mel, log_mel, normalized_to_db
 from vaelib.io import atomic_path
 
-__all__ = ["render_audio", "roundtrip_mae_db", "render_and_check", "choose_listening_notes", "write_wav"]
+__all__ = ["invert_to_audio", "roundtrip_mae_db", "invert_and_check", "choose_listening_notes", "write_wav"]
 
 
-def render_audio(x: np.ndarray, *, cfg: FeatureConfig, n_iter: int, seed: int = 0) -> np.ndarray:
+def invert_to_audio(x: np.ndarray, *, cfg: FeatureConfig, n_iter: int, seed: int = 0) -> np.ndarray:
     """Audio of normalised log-mels [shape=(notes, 1, n_mels, frames)] by Griffin-Lim.
 
     Returns
@@ -38,12 +38,12 @@ def render_audio(x: np.ndarray, *, cfg: FeatureConfig, n_iter: int, seed: int = 
 
 def roundtrip_mae_db(x: np.ndarray, audio: np.ndarray, *, cfg: FeatureConfig,
                      above_db: float | None = None) -> np.ndarray:
-    """Mean absolute difference in dB between the log-mel of rendered audio and the log-mel it came from.
+    """Mean absolute difference in dB between the log-mel of inverted audio and the log-mel it came from.
 
     Parameters
     ----------
-    x : [shape=(notes, 1, n_mels, frames)] normalised log-mel the audio was rendered from.
-    audio : [shape=(notes, samples)] rendered waveforms.
+    x : [shape=(notes, 1, n_mels, frames)] normalised log-mel the audio was inverted from.
+    audio : [shape=(notes, samples)] waveforms inverted from ``x``.
     above_db : average only over the cells where the source is at least this loud (e.g. -40: the
         note itself, not the floor, where Griffin-Lim's phase noise dominates); None: every cell.
         A note with no such cell gets NaN.
@@ -74,10 +74,10 @@ def roundtrip_mae_db(x: np.ndarray, audio: np.ndarray, *, cfg: FeatureConfig,
     return out
 
 
-def render_and_check(x: np.ndarray, *, cfg: FeatureConfig, n_iter: int, seed: int = 0
+def invert_and_check(x: np.ndarray, *, cfg: FeatureConfig, n_iter: int, seed: int = 0
                      ) -> tuple[np.ndarray, np.ndarray]:
-    """``render_audio`` then ``roundtrip_mae_db``: waveforms [shape=(notes, samples)] and dB per note."""
-    audio = render_audio(x, cfg=cfg, n_iter=n_iter, seed=seed)
+    """``invert_to_audio`` then ``roundtrip_mae_db``: waveforms [shape=(notes, samples)] and dB per note."""
+    audio = invert_to_audio(x, cfg=cfg, n_iter=n_iter, seed=seed)
     return audio, roundtrip_mae_db(x, audio, cfg=cfg)
 
 

@@ -11,7 +11,9 @@ import json
 import logging
 import sys
 
-from vaelib import cli_analysis, cli_pipeline, cli_train
+from vaelib.cli import analysis as cli_analysis
+from vaelib.cli import report as cli_report
+from vaelib.cli import train as cli_train
 from vaelib.config import PARAMS_DIR, Config, load_config, resolve_path
 from vaelib.exceptions import VaelibError
 
@@ -32,7 +34,7 @@ def _config(args: argparse.Namespace) -> Config:
 
 
 def cmd_render(args: argparse.Namespace) -> int:
-    from vaelib.render import render_dataset
+    from vaelib.data.render import render_dataset
 
     cfg = _config(args)
     out = resolve_path(args.out) if args.out else resolve_path(cfg.data.root)
@@ -42,7 +44,7 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 
 def cmd_preprocess(args: argparse.Namespace) -> int:
-    from vaelib.prepare import prepare_features
+    from vaelib.data.prepare import prepare_features
 
     cfg = _config(args)
     cache = prepare_features(cfg, show_progress=not args.quiet)
@@ -85,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_params)
 
     # Each stage's module adds its own subcommands (train; embed; run, sweep, check).
-    for module in (cli_train, cli_analysis, cli_pipeline):
+    for module in (cli_train, cli_analysis, cli_report):
         module.register(sub, _add_config_args)
     return parser
 

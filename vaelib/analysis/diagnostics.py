@@ -1,6 +1,6 @@
 """Diagnostics of a trained VAE: latent statistics, KL, active units, collapse, reconstruction vs PCA.
 
-Everything here is a pure function of arrays; the models are run by ``vaelib.latent``.
+Everything here is a pure function of arrays; the models are run by ``vaelib.analysis.latent``.
 """
 
 from __future__ import annotations
@@ -47,10 +47,10 @@ def _check_latents(mu: np.ndarray, logvar: np.ndarray | None = None) -> None:
 def kl_matrix(mu: np.ndarray, logvar: np.ndarray) -> np.ndarray:
     """Raw KL(q(z|x) || N(0, I)) per note and dimension, before free bits, [shape=(notes, latent_dim)] nats.
 
-    Uses ``vaelib.loss.kl_per_dim`` (Kingma & Welling 2014, appendix B), so the diagnostics and the
+    Uses ``vaelib.model.loss.kl_per_dim`` (Kingma & Welling 2014, appendix B), so the diagnostics and the
     training loss measure the same quantity.
     """
-    from vaelib.loss import kl_per_dim
+    from vaelib.model.loss import kl_per_dim
 
     _check_latents(mu, logvar)
     with torch.no_grad():

@@ -16,10 +16,10 @@ import pandas as pd
 import torch
 from scipy.stats import spearmanr
 
+from vaelib.analysis.latent import decode_latents
 from vaelib.config import FeatureConfig
+from vaelib.data.features import mel_frequencies, normalized_to_db
 from vaelib.exceptions import ParameterError
-from vaelib.features import mel_frequencies, normalized_to_db
-from vaelib.latent import decode_latents
 
 __all__ = [
     "PATH_METHODS",

@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from vaelib.cache import FeatureCache
+from vaelib.data.cache import FeatureCache
 from vaelib.config import NSYNTH_FAMILIES, NSYNTH_SOURCES, Config, resolve_path
-from vaelib.dataset import SPLITS
+from vaelib.data.nsynth import SPLITS
 
 __all__ = [
     "dataset_summary",

@@ -1,6 +1,6 @@
 """Figures of the 01_preprocess notebook: dataset counts, pitch/velocity histograms, one spectrogram per family.
 
-Every function draws what it is given (tables from ``vaelib.summary``, the cache's metadata and
+Every function draws what it is given (tables from ``vaelib.data.summary``, the cache's metadata and
 features) and computes no statistic; each sets a title, axis labels with units, and a legend or
 colour bar.
 """
@@ -16,8 +16,8 @@ import seaborn as sns
 from matplotlib.figure import Figure
 
 from vaelib.config import FeatureConfig
-from vaelib.dataset import SPLITS
-from vaelib.features import mel_frequencies, normalized_to_db
+from vaelib.data.features import mel_frequencies, normalized_to_db
+from vaelib.data.nsynth import SPLITS
 
 __all__ = ["counts_figure", "pitch_velocity_figure", "family_spectrograms"]
 
@@ -43,7 +43,7 @@ def counts_figure(family_counts: pd.DataFrame, source_counts: pd.DataFrame,
     Parameters
     ----------
     family_counts, source_counts : notes, rows = family / source, columns = split
-        (``vaelib.summary.count_table``).
+        (``vaelib.data.summary.count_table``).
     instruments : split -> number of instruments.
     """
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2), gridspec_kw={"width_ratios": [3, 1.2, 1.2]},

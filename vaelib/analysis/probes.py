@@ -16,7 +16,7 @@ from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from vaelib.diagnostics import fit_spectrogram_pca, pca_transform
+from vaelib.analysis.diagnostics import fit_spectrogram_pca, pca_transform
 from vaelib.exceptions import ParameterError
 
 __all__ = [

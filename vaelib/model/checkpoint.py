@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vaelib.cache import FeatureCache
 from vaelib.config import (
     Config,
     config_from_dict,
@@ -24,9 +23,10 @@ from vaelib.config import (
     resolve_path,
     section_hash,
 )
+from vaelib.data.cache import FeatureCache
 from vaelib.exceptions import CheckpointError, ConfigError
 from vaelib.io import atomic_path
-from vaelib.model import ConvVAE
+from vaelib.model.vae import ConvVAE
 
 __all__ = ["CHECKPOINT_FORMAT", "checkpoint_dir", "load_checkpoint", "load_model", "find_checkpoint",
            "check_same_model", "save_checkpoint", "rng_state", "set_rng_state"]

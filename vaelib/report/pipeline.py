@@ -21,7 +21,7 @@ from pathlib import Path
 from vaelib.config import PROJECT_ROOT, REPORTS_DIR, Config, config_to_dict, load_config, project_relative, save_config
 from vaelib.exceptions import VaelibError
 from vaelib.io import UMASK, atomic_write_json, atomic_write_text
-from vaelib.report_html import notebook_to_html, run_index_html, runs_index_html
+from vaelib.report.html import notebook_to_html, run_index_html, runs_index_html
 
 __all__ = ["PipelineError", "NOTEBOOKS_DIR", "METRIC_FILES", "run_pipeline", "collect_metrics",
            "refresh_reports_index", "git_commit"]

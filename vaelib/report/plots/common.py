@@ -15,7 +15,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from vaelib.config import FeatureConfig
-from vaelib.features import mel_frequencies, normalized_to_db
+from vaelib.data.features import mel_frequencies, normalized_to_db
 
 __all__ = [
     "histograms",

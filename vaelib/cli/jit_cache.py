@@ -6,7 +6,7 @@ first test run on a 2-core CPU, and of the first report). Running each code path
 once, on tiny inputs, writes the caches, so later processes only load them. UMAP's own layout kernels
 are not cached by umap-learn: every process still compiles those (~25 s, see ``analysis.umap``).
 
-Usage: ``python -m vaelib.jit_cache``
+Usage: ``python -m vaelib.cli.jit_cache``
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ def warm_numba_caches() -> float:
     t0 = time.perf_counter()
     import librosa
 
-    from vaelib.latent import project_umap
+    from vaelib.analysis.latent import project_umap
 
     rng = np.random.default_rng(0)
     y = rng.normal(size=22050).astype(np.float32)

@@ -1,7 +1,7 @@
 """Render the embedded default dataset: General MIDI programs played note by note into NSynth layout.
 
 Each GM program of a SoundFont is one instrument; its family and source follow the table in
-``shared/guides/NSYNTH.md``. Every note is 4 s at 16 kHz: the key held for 3 s, then released.
+``docs/data.md``. Every note is 4 s at 16 kHz: the key held for 3 s, then released.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import soundfile as sf
 from tqdm import tqdm
 
 from vaelib.config import NSYNTH_FAMILIES, NSYNTH_SOURCES, RenderConfig, resolve_path
-from vaelib.dataset import QUALITIES
+from vaelib.data.nsynth import QUALITIES
 from vaelib.exceptions import DataError, ParameterError
 from vaelib.io import atomic_write_json
 

@@ -160,7 +160,7 @@ def embed(checkpoint: str | Path, dataset_root: str | Path | None, *, cfg: Confi
 
     Parameters
     ----------
-    checkpoint : a ``.pt`` written by ``vaelib.train``.
+    checkpoint : a ``.pt`` written by ``vaelib.model.train``.
     dataset_root : NSynth-layout folder (None: ``cfg.data.root``).
     out : Parquet file, written atomically.
 
@@ -168,10 +168,10 @@ def embed(checkpoint: str | Path, dataset_root: str | Path | None, *, cfg: Confi
     -------
     The table written (see ``embedding_table``).
     """
-    from vaelib.cache import build_feature_cache
-    from vaelib.checkpoint import load_model
-    from vaelib.dataset import load_dataset
+    from vaelib.data.cache import build_feature_cache
+    from vaelib.data.nsynth import load_dataset
     from vaelib.io import atomic_path
+    from vaelib.model.checkpoint import load_model
 
     model, ckpt = load_model(Path(checkpoint), device=device)
     trained = checkpoint_config(ckpt)

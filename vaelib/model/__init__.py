@@ -1,0 +1,8 @@
+"""Model stage: the convolutional beta-VAE, its objective and its training.
+
+- ``vae``: the encoder, reparameterization and decoder (``ConvVAE``) and their optional heads.
+- ``loss``: the beta-VAE objective with free bits, the auxiliary terms, and the beta and lr schedules.
+- ``train``: the resumable training loop with early stopping.
+- ``checkpoint``: where a run's checkpoints live, how they are written, read and matched to a config.
+- ``device``: where training runs (CUDA, MPS, CPU) and in which precision.
+"""

@@ -1,0 +1,8 @@
+"""Report stage: notebooks executed headlessly into HTML reports, compared and checked.
+
+- ``pipeline``: ``vaelib run``: the numbered notebooks executed by papermill into ``reports/<run>/``.
+- ``sweep``: ``vaelib sweep``: several params files run and compared on one page.
+- ``html``: executed notebooks exported to HTML, and the index pages of a run and of all runs.
+- ``browser_check``: ``vaelib check``: every report page loaded in headless Chromium.
+- ``plots``: the figures of the notebooks and pages; they draw what they are given.
+"""

@@ -1,0 +1,11 @@
+"""Figures of the notebooks and report pages. Every function draws what it is given and computes no statistic.
+
+- ``common``: histograms, bars per dimension, grouped bars, spectrogram grids, latent maps and paths;
+  re-exported here, so ``from vaelib.report import plots`` gives them.
+- ``dataset``: 01_preprocess: dataset counts, pitch and velocity histograms, one spectrogram per family.
+- ``training``: 02_train: loss curves and latent statistics per epoch.
+- ``sweep``: the experiment comparison page: the reconstruction-structure trade-off, active units.
+"""
+
+from vaelib.report.plots.common import *  # noqa: F403
+from vaelib.report.plots.common import __all__  # noqa: F401
