@@ -12,17 +12,19 @@ import soundfile as sf
 from vaelib.config import NSYNTH_FAMILIES, NSYNTH_SOURCES, PROJECT_ROOT, load_config
 from vaelib.data.nsynth import QUALITIES
 
-SHARED_FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "nsynth"
+NSYNTH_FIXTURES = Path(__file__).resolve().parent / "fixtures" / "nsynth"
 SMOKE_PARAMS = PROJECT_ROOT / "params" / "smoke.yaml"
 
 
 @pytest.fixture(scope="session")
 def fixtures_dir() -> Path:
-    """``<repo>/../shared/fixtures/nsynth``: real NSynth examples.json subsets (no audio)."""
-    if not (SHARED_FIXTURES / "valid-acoustic-subset.examples.json").is_file():
-        pytest.skip(f"real NSynth metadata fixtures not found at {SHARED_FIXTURES} "
-                    "(the shared/ folder must sit beside the repository)")
-    return SHARED_FIXTURES
+    """``tests/fixtures/nsynth``: real NSynth examples.json subsets (no audio; provenance in its README.md).
+
+    They are part of the repository, so a missing file is an error, not a skip."""
+    for name in ("valid-acoustic-subset.examples.json", "test-acoustic-subset.examples.json"):
+        if not (NSYNTH_FIXTURES / name).is_file():
+            raise FileNotFoundError(f"{NSYNTH_FIXTURES / name}: the vendored NSynth metadata fixture is missing")
+    return NSYNTH_FIXTURES
 
 
 @pytest.fixture(scope="session")
