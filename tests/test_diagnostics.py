@@ -9,13 +9,13 @@ from _fixtures_analysis import random_spectrograms
 
 from vaelib.analysis.diagnostics import (
     active_units,
-    check_target,
     collapse_verdict,
     distance_within_across,
     mse_by_group,
     pca_recon_mse,
     recon_mse,
 )
+from vaelib.analysis.targets import check_target
 from vaelib.exceptions import ParameterError
 
 

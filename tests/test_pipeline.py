@@ -20,7 +20,7 @@ SMOKE = Path(__file__).resolve().parents[1] / "params" / "smoke.yaml"
 
 def _notebook(path: Path, body: str) -> None:
     nb = nbformat.v4.new_notebook()
-    params = nbformat.v4.new_code_cell('params_file = ""\noverrides = []\nout_dir = "."')
+    params = nbformat.v4.new_code_cell('params_file = ""\noverrides = []\nrun_dir = "."')
     params.metadata["tags"] = ["parameters"]
     nb.cells = [nbformat.v4.new_markdown_cell("# stand-in"), params, nbformat.v4.new_code_cell(body)]
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
@@ -28,11 +28,11 @@ def _notebook(path: Path, body: str) -> None:
 
 
 WRITES_STATS = """import json, pathlib
-pathlib.Path(out_dir, 'preprocess_stats.json').write_text(json.dumps(
+pathlib.Path(run_dir, 'preprocess_stats.json').write_text(json.dumps(
     {'n_notes': {'train': 10}, 'targets': {'a': {'value': 1, 'threshold': 0, 'pass': True}}}))
 print('ok')"""
 WRITES_TRAIN = """import json, pathlib
-pathlib.Path(out_dir, 'train_metrics.json').write_text(json.dumps(
+pathlib.Path(run_dir, 'train_metrics.json').write_text(json.dumps(
     {'latent_dim': 8, 'n_notes': {'train': 99}, 'targets': {'b': {'value': 2, 'threshold': 3, 'pass': False}}}))"""
 
 

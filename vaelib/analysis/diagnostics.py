@@ -27,7 +27,6 @@ __all__ = [
     "pca_transform",
     "pca_recon_mse",
     "mse_by_group",
-    "check_target",
 ]
 
 # Burda, Grosse & Salakhutdinov (2015), "Importance Weighted Autoencoders", sec. 5.2: a unit u is
@@ -202,15 +201,3 @@ def mse_by_group(values: dict[str, np.ndarray], groups: np.ndarray) -> pd.DataFr
     out = frame.groupby("group", sort=True).mean()
     out["n_notes"] = frame.groupby("group", sort=True).size()
     return out
-
-
-def check_target(value: float | None, threshold: float, *, op: str, text: str) -> dict:
-    """One target of the issue: the value, the threshold and whether it is met (``op``: '>=' or '<=').
-
-    A value of None (not measurable) or NaN fails.
-    """
-    if op not in (">=", "<="):
-        raise ParameterError(f"op: expected '>=' or '<=', got {op!r}")
-    ok = value is not None and np.isfinite(value) and (value >= threshold if op == ">=" else value <= threshold)
-    return {"value": None if value is None or not np.isfinite(value) else float(value),
-            "threshold": float(threshold), "op": op, "pass": bool(ok), "target": text}

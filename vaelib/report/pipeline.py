@@ -12,6 +12,7 @@ import glob
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -23,13 +24,14 @@ from vaelib.exceptions import VaelibError
 from vaelib.io import UMASK, atomic_write_json, atomic_write_text
 from vaelib.report.html import notebook_to_html, run_index_html, runs_index_html
 
-__all__ = ["PipelineError", "NOTEBOOKS_DIR", "METRIC_FILES", "run_pipeline", "collect_metrics",
-           "refresh_reports_index", "git_commit"]
+__all__ = ["PipelineError", "NOTEBOOKS_DIR", "START_NOTEBOOK", "METRIC_FILES", "run_pipeline", "collect_metrics",
+           "notebook_parameters", "notebook_warnings", "refresh_reports_index", "git_commit"]
 
 log = logging.getLogger(__name__)
 
 NOTEBOOKS_DIR = PROJECT_ROOT / "notebooks"
 # The JSON each notebook writes into its run folder; metrics.json merges them in this order.
+START_NOTEBOOK = "01_preprocess"  # resolves the params of a run; every other notebook reads them
 METRIC_FILES = {
     "01_preprocess": "preprocess_stats.json",
     "02_train": "train_metrics.json",
@@ -55,17 +57,25 @@ def git_commit() -> str:
     return sha + ("-dirty" if dirty else "")
 
 
-def _execute(name: str, out_dir: Path, params_file: Path, overrides: list[str], *, kernel: str) -> None:
+def notebook_parameters(name: str, run_dir: Path, params_file: Path, overrides: list[str]) -> dict:
+    """What papermill injects: the run folder for every notebook, and the params for the one that starts
+    the run (``START_NOTEBOOK``); the others read the params it resolved (``params.yaml``)."""
+    parameters: dict = {"run_dir": str(run_dir)}
+    if name == START_NOTEBOOK:
+        parameters.update(params_file=str(params_file), overrides=list(overrides))
+    return parameters
+
+
+def _execute(name: str, out_dir: Path, parameters: dict, *, kernel: str) -> None:
     import papermill as pm
 
     source = NOTEBOOKS_DIR / f"{name}.ipynb"
     target = out_dir / f"{name}.ipynb"
     try:
-        pm.execute_notebook(
-            str(source), str(target),
-            parameters={"params_file": str(params_file), "overrides": list(overrides), "out_dir": str(out_dir)},
-            kernel_name=kernel, cwd=str(NOTEBOOKS_DIR), log_output=True, progress_bar=False,
-        )
+        # log_output=False: papermill would log every stderr write (each tick of a progress bar) as a
+        # warning; the warnings that matter are read back from the executed notebook instead.
+        pm.execute_notebook(str(source), str(target), parameters=parameters, kernel_name=kernel,
+                            cwd=str(NOTEBOOKS_DIR), log_output=False, progress_bar=False)
     except pm.PapermillExecutionError as exc:
         # Papermill inserts its injected-parameters cell; count cells as in the source notebook.
         injected = _injected_cell_index(target)
@@ -74,6 +84,32 @@ def _execute(name: str, out_dir: Path, params_file: Path, overrides: list[str], 
         raise PipelineError(
             f"notebook {name} failed in cell {cell} ({first_line[0] if first_line else 'empty'!r}): "
             f"{exc.ename}: {exc.evalue}") from exc
+    for line in notebook_warnings(target):
+        log.warning("%s: %s", name, line)
+
+
+# A progress bar's frame: "desc:  42%|####      | 5/12 [00:01<00:02, 3.1batch/s]", or its bare counter form.
+_PROGRESS = re.compile(r"\d+%\||\|\s*\d+/\d+\s*\[|\d+(\.\d+)?\s*[a-zA-Z]+/s\]|^\s*$")
+
+
+def notebook_warnings(executed: Path) -> list[str]:
+    """The stderr lines of an executed notebook that are not progress-bar frames, each once, in order:
+    Python warnings, library log lines, anything a notebook reports on stderr."""
+    import nbformat
+
+    try:
+        nb = nbformat.read(executed, as_version=4)
+    except (OSError, ValueError):
+        return []
+    seen: dict[str, None] = {}
+    for cell in nb.cells:
+        for output in cell.get("outputs", []):
+            if output.get("output_type") != "stream" or output.get("name") != "stderr":
+                continue
+            for line in re.split(r"[\r\n]+", output.get("text", "")):
+                if not _PROGRESS.search(line):
+                    seen.setdefault(line.strip(), None)
+    return list(seen)
 
 
 def _injected_cell_index(executed: Path) -> int | None:
@@ -187,7 +223,7 @@ def run_pipeline(params_file: str | os.PathLike, overrides: list[str] | tuple[st
         for i, name in enumerate(cfg.report.notebooks, 1):
             log.info("[%d/%d] %s: executing", i, len(cfg.report.notebooks), name)
             t0 = time.time()
-            _execute(name, staging, params_file, overrides, kernel=kernel)
+            _execute(name, staging, notebook_parameters(name, staging, params_file, overrides), kernel=kernel)
             notebook_to_html(staging / f"{name}.ipynb", staging / f"{name}.html", keep_code=keep_code)
             timings[name] = round(time.time() - t0, 1)
             log.info("[%d/%d] %s: done in %.1f s", i, len(cfg.report.notebooks), name, timings[name])

@@ -1,0 +1,148 @@
+"""One run, named once: its folder, its resolved params, and its trained model, as the notebooks load them.
+
+``01_preprocess`` starts a run: it resolves the params file and overrides once and writes them to
+``<run folder>/params.yaml`` (``vaelib run`` writes the same file before the first notebook). Every
+later notebook reads that file instead of taking params of its own, so the notebooks of one run
+cannot silently analyse different models; the run folder is ``reports/<run.name>/`` unless a
+notebook is handed another (``vaelib run`` hands each its staging folder).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from vaelib.config import REPORTS_DIR, Config, config_to_dict, load_config, save_config
+from vaelib.data.cache import FeatureCache
+from vaelib.data.prepare import prepare_features
+from vaelib.exceptions import CheckpointError, ConfigError
+from vaelib.model.checkpoint import find_checkpoint, load_model
+
+__all__ = ["RUN_PARAMS", "TrainedRun", "run_folder", "start_run", "read_run_config", "load_trained_run"]
+
+log = logging.getLogger(__name__)
+
+RUN_PARAMS = "params.yaml"  # the resolved params of a run, in its folder
+TRAIN_RECORD = "train_metrics.json"  # written by 02_train; names the checkpoint the run's analysis must use
+
+
+@dataclass
+class TrainedRun:
+    """What the analysis notebooks of a run work on: its params, features and finished model."""
+
+    cfg: Config
+    run_dir: Path
+    cache: FeatureCache
+    checkpoint: Path
+    model: torch.nn.Module
+    ckpt: dict
+
+
+def run_folder(run: str, run_dir: str | os.PathLike = "") -> Path:
+    """The folder of run ``run``: ``run_dir`` when given, else ``reports/<run>/``."""
+    if run_dir:
+        return Path(run_dir)
+    if not run or Path(run).name != run:
+        raise ConfigError(f"run: expected a run name (a folder under {REPORTS_DIR}), got {run!r}")
+    return REPORTS_DIR / run
+
+
+def start_run(params_file: str | os.PathLike, overrides: list[str] | tuple[str, ...] = (), *,
+              run_dir: str | os.PathLike = "") -> tuple[Config, Path]:
+    """Resolve the params of a run once and write them to its folder.
+
+    Parameters
+    ----------
+    params_file : a params YAML
+    overrides : ``section.key=value`` strings, as for ``vaelib --set``
+    run_dir : the run folder; '' for ``reports/<run.name>/``
+
+    Returns
+    -------
+    The validated config and the run folder (created).
+
+    Raises
+    ------
+    ConfigError
+        When the params are invalid (before anything is written).
+    """
+    cfg = load_config(params_file, list(overrides))
+    folder = run_folder(cfg.run.name, run_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / RUN_PARAMS
+    if target.is_file():
+        try:
+            earlier = config_to_dict(load_config(target))
+        except ConfigError:
+            earlier = None
+        if earlier is not None and earlier != config_to_dict(cfg):
+            log.warning("%s: replacing the params of an earlier run in this folder; rerun every later notebook "
+                        "(02_train first), or they will refuse the run's older outputs", target)
+    save_config(cfg, target)
+    return cfg, folder
+
+
+def read_run_config(run_dir: str | os.PathLike) -> Config:
+    """The resolved params of the run in ``run_dir`` (written by ``start_run``).
+
+    Raises
+    ------
+    ConfigError
+        When the folder has no ``params.yaml`` (01_preprocess has not run there) or it is invalid.
+    """
+    path = Path(run_dir) / RUN_PARAMS
+    if not path.is_file():
+        raise ConfigError(f"{path}: no params for this run; execute 01_preprocess for it first (it writes the "
+                          "run's resolved params), or pass the run folder of an existing run")
+    return load_config(path)
+
+
+def _recorded_checkpoint(run_dir: Path) -> str | None:
+    import json
+
+    path = run_dir / TRAIN_RECORD
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text()).get("checkpoint")
+    except (json.JSONDecodeError, AttributeError):
+        return None
+
+
+def load_trained_run(run: str = "default", run_dir: str | os.PathLike = "", *,
+                     device: str | torch.device = "cpu") -> TrainedRun:
+    """Params, feature cache and finished checkpoint of a run, in one call.
+
+    Parameters
+    ----------
+    run : run name (``reports/<run>/``)
+    run_dir : the run folder instead of the name's
+    device : where the model is loaded
+
+    Raises
+    ------
+    ConfigError
+        When the run folder has no params (01_preprocess has not run).
+    CheckpointError
+        When no finished training matches the run's params (02_train has not run), or when the run's
+        ``train_metrics.json`` names another checkpoint than the one its params now match (the params
+        were changed after training): the message names both.
+    """
+    folder = run_folder(run, run_dir)
+    cfg = read_run_config(folder)
+    cache = prepare_features(cfg, show_progress=False)
+    checkpoint = find_checkpoint(cfg, cache)
+    if checkpoint is None:
+        raise CheckpointError(f"{folder / RUN_PARAMS}: no finished training matches this run's params; "
+                              "execute 02_train for it first")
+    recorded = _recorded_checkpoint(folder)
+    if recorded is not None and Path(recorded).resolve() != checkpoint.resolve():
+        raise CheckpointError(f"{folder / TRAIN_RECORD} was written for checkpoint {recorded}, but the run's "
+                              f"params now match {checkpoint}: the params changed after 02_train; execute "
+                              "02_train again for this run")
+    model, ckpt = load_model(checkpoint, cfg=cfg, device=device)
+    return TrainedRun(cfg=cfg, run_dir=folder, cache=cache, checkpoint=checkpoint, model=model, ckpt=ckpt)
