@@ -68,3 +68,39 @@ def test_checker_catches_outputs_and_missing_tag():
     untagged = json.loads(json.dumps(clean))
     untagged["cells"][1]["metadata"] = {}
     assert problems(untagged) == ["the first code cell is not tagged 'parameters'"]
+
+
+def logic_in_notebook(nb: dict) -> list[str]:
+    """Statements that belong in vaelib, not a notebook: def, class, lambda, loops and if-blocks; and a
+    parameters cell that holds anything but literal assignments (papermill does not recompute derived values)."""
+    import ast
+
+    found = []
+    code = [c for c in nb["cells"] if c["cell_type"] == "code"]
+    for i, cell in enumerate(code):
+        tree = ast.parse("".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"])
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda, ast.For,
+                                 ast.While, ast.If)):
+                found.append(f"code cell {i}: {type(node).__name__} at line {node.lineno}")
+        if i == 0:
+            for node in tree.body:
+                value = getattr(node, "value", None)
+                try:
+                    ast.literal_eval(value)
+                except (ValueError, TypeError, SyntaxError):
+                    found.append(f"parameters cell: line {node.lineno} is not a literal assignment")
+    return found
+
+
+@pytest.mark.parametrize("name", committed_notebooks())
+def test_notebook_orchestrates_only(name):
+    found = logic_in_notebook(json.loads((PROJECT_ROOT / name).read_text()))
+    assert not found, f"{name}: {'; '.join(found)}: move it into vaelib"
+
+
+def test_logic_checker_catches_def_loops_and_derived_parameters():
+    nb = {"cells": [{"cell_type": "code", "source": "a: int = 1\nb = a + 1", "metadata": {}},
+                    {"cell_type": "code", "source": "def f():\n    pass\nfor i in range(3):\n    f()", "metadata": {}}]}
+    assert logic_in_notebook(nb) == ["parameters cell: line 2 is not a literal assignment",
+                                     "code cell 1: FunctionDef at line 1", "code cell 1: For at line 3"]

@@ -86,18 +86,28 @@ def _page(title: str, body: str) -> str:
             f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>{body}</body></html>\n")
 
 
-def _targets_table(targets: dict) -> str:
-    if not targets:
-        return "<p>No targets were measured in this run.</p>"
+def _targets_table(targets: dict, notebooks: list[str] | None = None) -> str:
+    """Measured targets with their verdict, then the targets of the study's table whose notebook this
+    run did not execute (so a reader sees what was not checked, not only what passed)."""
+    from vaelib.analysis.targets import TARGETS
+
     rows = []
     for name, t in targets.items():
         ok = t.get("pass") if isinstance(t, dict) else None
         cls, word = ("pass", "met") if ok else ("fail", "missed") if ok is not None else ("", "–")
         value = t.get("value") if isinstance(t, dict) else t
         threshold = t.get("threshold") if isinstance(t, dict) else None
-        rows.append(f"<tr><td>{html.escape(name)}</td><td>{_fmt(value)}</td><td>{_fmt(threshold)}</td>"
-                    f"<td class='{cls}'>{word}</td></tr>")
-    return ("<table><tr><th>target</th><th>measured</th><th>threshold</th><th>verdict</th></tr>"
+        text = t.get("target", "") if isinstance(t, dict) else ""
+        rows.append(f"<tr><td>{html.escape(name)}</td><td>{html.escape(str(text))}</td><td>{_fmt(value)}</td>"
+                    f"<td>{_fmt(threshold)}</td><td class='{cls}'>{word}</td></tr>")
+    if notebooks is not None:
+        for t in TARGETS:
+            if t.key not in targets and t.notebook not in notebooks:
+                rows.append(f"<tr><td>{html.escape(t.key)}</td><td>{html.escape(t.text)}</td><td>–</td>"
+                            f"<td>{_fmt(t.threshold)}</td><td>not run ({html.escape(t.notebook)})</td></tr>")
+    if not rows:
+        return "<p>No targets were measured in this run.</p>"
+    return ("<table><tr><th>target</th><th>what</th><th>measured</th><th>threshold</th><th>verdict</th></tr>"
             + "".join(rows) + "</table>")
 
 
@@ -123,7 +133,7 @@ def run_index_html(metrics: dict, config: dict, notebooks: list[str], info: dict
         f"<h2>Reports</h2><ul>{links}</ul>"
         f"<h2>Key metrics</h2><table><tr><th>metric</th><th>value</th></tr>{key_rows}</table>"
         f"<p>Every figure: <a href='metrics.json'>metrics.json</a>.</p>"
-        f"<h2>Targets</h2>{_targets_table(metrics.get('targets', {}))}"
+        f"<h2>Targets</h2>{_targets_table(metrics.get('targets', {}), notebooks)}"
         f"<h2>Resolved params</h2><pre>{html.escape(yaml.safe_dump(config, sort_keys=False))}</pre>"
     )
     return _page(f"Run {info.get('run', '')}", body)
