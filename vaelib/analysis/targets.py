@@ -2,7 +2,7 @@
 
 The analysis notebooks, the run's index page and ``docs/results.md`` all read :data:`TARGETS`, so a
 threshold lives in one place. A target's ``threshold`` is a number or the name of another metric
-(the PCA baseline measured in the same run); a target with ``needs`` applies only to runs whose
+(the PCA baseline measured in the same run); a target with ``unless`` applies only to runs whose
 config has that boolean set to false (a decoder given the pitch makes the pitch probe meaningless).
 """
 

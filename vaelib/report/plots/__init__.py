@@ -4,6 +4,9 @@
   re-exported here, so ``from vaelib.report import plots`` gives them.
 - ``dataset``: 01_preprocess: dataset counts, pitch and velocity histograms, one spectrogram per family.
 - ``training``: 02_train: loss curves and latent statistics per epoch.
+- ``diagnostics``: 03_diagnostics: posterior per dimension, KL, active units, distances, reconstruction vs PCA.
+- ``latent_map``: 04_latent_map: maps of mu, the pitch probe's breakdown, interpolation strips and paths.
+- ``listening``: 05_listening: the spectrograms behind the audio, the round-trip error, embedded players.
 - ``sweep``: the experiment comparison page: the reconstruction-structure trade-off, active units.
 """
 
