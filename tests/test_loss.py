@@ -1,4 +1,5 @@
-"""Loss: KL against numerical integration, free bits per dimension, beta schedule, scales."""
+"""Loss: KL against numerical integration, free bits per dimension, beta schedule, scales, and the
+training objective as the VAE loss plus each weighted auxiliary term."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import torch
 from vaelib.config import ModelConfig, TrainConfig
 from vaelib.exceptions import ParameterError
 from vaelib.model.loss import (
+    AUX_TERMS,
+    VAE_TERMS,
     active_units,
     attribute_order,
     beta_at,
@@ -19,6 +22,7 @@ from vaelib.model.loss import (
     kl_per_dim,
     lr_at,
     recon_loss,
+    training_objective,
     vae_loss,
 )
 from vaelib.model.vae import ConvVAE, VAEOutput
@@ -187,3 +191,72 @@ def test_attribute_order_rejects_bad_arguments():
         attribute_order(torch.zeros(4, 2), torch.zeros(3), dim=0)
     with pytest.raises(ParameterError, match="dim 2"):
         attribute_order(torch.zeros(4, 2), torch.zeros(4), dim=2)
+
+
+def _batch(*, pitch_head: bool = False, contrast_head: int = 0):
+    """A tiny model, a batch of 8 notes of 16 x 16 pixels, its forward pass, pitches and classes."""
+    torch.manual_seed(0)
+    model = ConvVAE(ModelConfig(channels=(4, 8), depth=2, latent_dim=6, pitch_head=pitch_head,
+                                contrast_head=contrast_head), n_mels=16, frames=16)
+    gen = torch.Generator().manual_seed(1)
+    x = torch.rand(8, 1, 16, 16, generator=gen) * 2 - 1
+    out = model(x, generator=gen)
+    pitch = torch.tensor([40, 52, 64, 76, 41, 53, 65, 77])
+    classes = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+    return model, x, out, pitch, classes
+
+
+def test_training_objective_with_every_term_off_is_the_vae_loss():
+    model, x, out, pitch, classes = _batch()
+    cfg = TrainConfig(free_bits=0.1)  # contrast 0, pitch_order 0, and the model has no pitch head
+    loss, parts = training_objective(x, out, model, pitch=pitch, classes=None, beta=0.7, cfg=cfg)
+    vae = vae_loss(x, out, beta=0.7, free_bits=0.1)
+    assert torch.equal(loss, vae.total)
+    assert parts == {k: getattr(vae, k).item() for k in VAE_TERMS}
+    # a pitch head weighted 0 is still computed and logged, and adds nothing
+    model, x, out, pitch, classes = _batch(pitch_head=True)
+    loss, parts = training_objective(x, out, model, pitch=pitch, classes=classes, beta=0.7,
+                                     cfg=TrainConfig(free_bits=0.1, pitch_weight=0.0))
+    assert torch.equal(loss, vae_loss(x, out, beta=0.7, free_bits=0.1).total)
+    assert set(parts) == {*VAE_TERMS, "pitch_ce"} and parts["pitch_ce"] > 0
+
+
+@pytest.mark.parametrize("term", AUX_TERMS)
+def test_training_objective_adds_each_term_times_its_weight(term):
+    model, x, out, pitch, classes = _batch(pitch_head=term == "pitch_ce")
+    weights = {"contrast": {"contrast": 3.0, "contrast_dims": 4, "contrast_temperature": 0.5},
+               "pitch_ce": {"pitch_weight": 2.5}, "pitch_order": {"pitch_order": 4.0}}[term]
+    cfg = TrainConfig(free_bits=0.1, **weights)
+    loss, parts = training_objective(x, out, model, pitch=pitch, classes=classes, beta=0.7, cfg=cfg)
+    vae = vae_loss(x, out, beta=0.7, free_bits=0.1)
+    if term == "contrast":  # the leading contrast_dims of mu, no projection head
+        value, weight = instrument_contrast(out.mu[:, :4], classes, temperature=0.5), 3.0
+    elif term == "pitch_ce":
+        value, weight = torch.nn.functional.cross_entropy(model.pitch_scores(out.mu), pitch), 2.5
+    else:
+        value, weight = attribute_order(out.mu, pitch, dim=-1), 4.0
+    assert torch.equal(loss, vae.total + weight * value)
+    assert set(parts) == {*VAE_TERMS, term}  # only the term that is on
+    assert parts[term] == value.item() and parts["total"] == vae.total.item()  # unweighted, VAE total alone
+
+
+def test_training_objective_sums_all_terms_and_its_gradient_reaches_every_head():
+    model, x, out, pitch, classes = _batch(pitch_head=True, contrast_head=5)
+    cfg = TrainConfig(free_bits=0.1, contrast=3.0, contrast_temperature=0.5, pitch_weight=2.5, pitch_order=4.0)
+    loss, parts = training_objective(x, out, model, pitch=pitch, classes=classes, beta=0.7, cfg=cfg)
+    assert set(parts) == {*VAE_TERMS, *AUX_TERMS} and all(math.isfinite(v) for v in parts.values())
+    expected = (parts["total"] + 3.0 * parts["contrast"] + 2.5 * parts["pitch_ce"] + 4.0 * parts["pitch_order"])
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+    assert loss.requires_grad and loss.dtype == torch.float32
+    loss.backward()
+    for name, module in (("encoder", model.encoder), ("decoder", model.decoder),
+                         ("contrast head", model.contrast_proj), ("pitch head", model.pitch_logits)):
+        grads = [p.grad for p in module.parameters()]
+        assert all(g is not None and torch.isfinite(g).all() for g in grads), name
+        assert any(g.abs().sum() > 0 for g in grads), name
+
+
+def test_training_objective_needs_classes_when_the_contrast_term_is_on():
+    model, x, out, pitch, _ = _batch()
+    with pytest.raises(ParameterError, match=r"classes: the contrastive term is on \(train.contrast=1.0\)"):
+        training_objective(x, out, model, pitch=pitch, classes=None, beta=0.5, cfg=TrainConfig(contrast=1.0))

@@ -1,4 +1,5 @@
-"""Training: loss goes down, checkpoints round-trip, resume is exact, NaN guard, config mismatches, CLI."""
+"""Training: loss goes down, checkpoints round-trip, resume is exact, NaN guard, config mismatches, CLI;
+the run-state objects of vaelib.model.progress save and restore themselves."""
 
 from __future__ import annotations
 
@@ -13,12 +14,14 @@ import pandas as pd
 import pytest
 import torch
 
+import vaelib.model.loss as vloss
 import vaelib.model.train as vtrain
 from vaelib.config import PROJECT_ROOT, load_config
 from vaelib.data.cache import FeatureCache
 from vaelib.data.prepare import prepare_features
-from vaelib.exceptions import CheckpointError, TrainingError
+from vaelib.exceptions import CheckpointError, ParameterError, TrainingError
 from vaelib.model.checkpoint import checkpoint_dir, find_checkpoint, load_model
+from vaelib.model.progress import EarlyStopping, EpochProgress, RandomStreams
 from vaelib.model.train import HISTORY_COLUMNS, train
 from vaelib.model.vae import ConvVAE
 
@@ -155,6 +158,12 @@ def test_resume_after_interrupt_matches_uninterrupted(reference, work, cache, mo
         train(cfg, cache, show_progress=False)
     saved = torch.load(checkpoint_dir(cfg, cache.manifest["key"]) / "last.pt", weights_only=True)
     assert saved["step"] == at_step + 1 and not saved["finished"]
+    assert set(saved["best"]) == {"valid_recon", "epoch", "bad_epochs"}
+    if at_step == 5:  # stopped inside epoch 2, before its batch 3
+        assert set(saved["partial"]) == {"batch", "epoch_gen_state", "sums", "seen", "seconds", "rng_after"}
+        assert saved["partial"]["batch"] == 2 and saved["partial"]["seen"] == 32
+    else:
+        assert saved["partial"] is None
     monkeypatch.undo()
     res = train(cfg, cache, resume=True, show_progress=False)
     _assert_same_history(res.history, ref.history)
@@ -166,7 +175,7 @@ def test_resume_after_interrupt_matches_uninterrupted(reference, work, cache, mo
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(work, cache, monkeypatch):
     root, ds = work
     cfg = _cfg(root, ds, ckpt="ckpt_nan")
-    real = vtrain.vae_loss
+    real = vloss.vae_loss
     calls = {"train": 0}
 
     def poisoned(x, out, *, beta, free_bits):
@@ -177,7 +186,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(work, cache, monke
                 return parts._replace(total=parts.total * float("nan"))
         return parts
 
-    monkeypatch.setattr(vtrain, "vae_loss", poisoned)
+    monkeypatch.setattr(vloss, "vae_loss", poisoned)  # as training_objective calls it
     with pytest.raises(TrainingError, match=r"non-finite loss at step 5 \(epoch 2") as err:
         train(cfg, cache, show_progress=False)
     assert "last.pt (epoch 1)" in str(err.value)
@@ -280,13 +289,13 @@ def test_family_labels_change_what_the_contrast_term_groups(work, cache, monkeyp
         np.testing.assert_array_equal(classes.numpy(), meta[column].to_numpy())  # row by row
     root, ds = work
     seen = []
-    real = vtrain.instrument_contrast
+    real = vloss.instrument_contrast
 
     def spy(feats, labels, **kw):
         seen.append(labels.cpu())
         return real(feats, labels, **kw)
 
-    monkeypatch.setattr(vtrain, "instrument_contrast", spy)
+    monkeypatch.setattr(vloss, "instrument_contrast", spy)
     cfg = _cfg(root, ds, ckpt="ckpt_labels_family",
                extra=("train.contrast=5", "train.epochs=1", "train.contrast_labels=family"))
     res = train(cfg, cache, show_progress=False)
@@ -294,3 +303,79 @@ def test_family_labels_change_what_the_contrast_term_groups(work, cache, monkeyp
     labels = torch.cat(seen).tolist()  # each train note once, under its family id
     expected = meta["instrument_family"].tolist()
     assert len(labels) >= len(expected) - 1 and not Counter(labels) - Counter(expected)
+
+
+def test_early_stopping_counts_bad_epochs_and_resumes_from_its_state():
+    early = EarlyStopping(2)
+    assert early.state_dict() == {"valid_recon": float("inf"), "epoch": 0, "bad_epochs": 0}
+    flags = [early.update(v, epoch=e) for e, v in enumerate([5.0, 4.0, 4.0, float("nan")], start=1)]
+    assert flags == [True, True, False, False]  # equal is not better, NaN never is
+    assert early.should_stop and (early.best_epoch, early.best_value, early.bad_epochs) == (2, 4.0, 2)
+    # the layout of a checkpoint's "best", restored into a fresh object, continues the same count
+    again = EarlyStopping(3)
+    again.load_state_dict({"valid_recon": 4.0, "epoch": 2, "bad_epochs": 1})
+    assert not again.should_stop and again.update(3.5, epoch=4) and again.state_dict() == {
+        "valid_recon": 3.5, "epoch": 4, "bad_epochs": 0}
+    with pytest.raises(ParameterError, match="patience must be >= 1, got 0"):
+        EarlyStopping(0)
+
+
+def test_random_streams_round_trip_their_state():
+    streams = RandomStreams(3, torch.device("cpu"))
+    state = streams.state_dict()
+    first = (torch.rand(3), np.random.rand(), torch.rand(2, generator=streams.batch),
+             torch.randn(2, generator=streams.noise))
+    other = RandomStreams(99, torch.device("cpu"))
+    other.load_state_dict(state)
+    again = (torch.rand(3), np.random.rand(), torch.rand(2, generator=other.batch),
+             torch.randn(2, generator=other.noise))
+    assert torch.equal(first[0], again[0]) and first[1] == again[1]
+    assert torch.equal(first[2], again[2]) and torch.equal(first[3], again[3])
+    assert not torch.equal(first[2], first[3])  # the batch and noise streams are distinct
+
+
+def _epoch(progress, streams, epoch=0, *, stop_before=None):
+    """Run one epoch of fake batches (parts depend on the order and the noise stream); stop before a batch."""
+    order = progress.start(epoch, streams, draw=lambda gen: torch.randperm(10, generator=gen))
+    for b in progress:
+        if b == stop_before:
+            progress.pause(b, streams)
+            return None
+        noise = float(torch.rand(1, generator=streams.noise))
+        progress.add({"recon": float(order[b]) + noise, "kl_raw": 1.0}, notes=b + 1, batch=b, beta=0.5)
+    return order, progress.finish()
+
+
+def test_epoch_progress_continues_an_interrupted_epoch_exactly():
+    terms = ("recon", "kl_raw", "kl_fb", "contrast")
+
+    def make():
+        return EpochProgress(5, epochs=2, terms=terms, show=False)
+
+    ref_streams = RandomStreams(0, torch.device("cpu"))
+    ref_order, ref = _epoch(make(), ref_streams)
+    assert ref["train_kl_raw"] == 1.0 and ref["train_kl_fb"] == 0.0 == ref["train_contrast"]  # never added: 0
+    assert set(ref) == {"seconds", *(f"train_{k}" for k in terms)}
+
+    streams, progress = RandomStreams(0, torch.device("cpu")), make()
+    assert progress.state_dict() is None  # at an epoch boundary
+    assert _epoch(progress, streams, stop_before=3) is None
+    saved = progress.state_dict()
+    assert set(saved) == {"batch", "epoch_gen_state", "sums", "seen", "seconds", "rng_after"}
+    assert saved["batch"] == 3 and saved["seen"] == 1 + 2 + 3
+    # what a resumed run does: fresh objects, the checkpoint's streams, then the partial epoch
+    streams2, progress2 = RandomStreams(0, torch.device("cpu")), make()
+    streams2.load_state_dict(streams.state_dict())
+    progress2.load_state_dict(saved)
+    order, got = _epoch(progress2, streams2)
+    assert torch.equal(order, ref_order)
+    assert {k: v for k, v in got.items() if k != "seconds"} == {k: v for k, v in ref.items() if k != "seconds"}
+    assert torch.equal(streams2.batch.get_state(), ref_streams.batch.get_state())
+    assert torch.equal(streams2.noise.get_state(), ref_streams.noise.get_state())
+    assert progress2.state_dict() is None and got["seconds"] >= saved["seconds"]
+    # a partial epoch saved before a term existed reads that term's sum as 0
+    progress3 = make()
+    progress3.load_state_dict({**saved, "sums": {k: saved["sums"][k] for k in ("recon", "kl_raw", "kl_fb")}})
+    streams3 = RandomStreams(0, torch.device("cpu"))
+    streams3.load_state_dict(streams.state_dict())
+    assert _epoch(progress3, streams3)[1]["train_contrast"] == 0.0

@@ -14,23 +14,33 @@ Scale of every term (all per note, averaged over the batch):
   Inference with Inverse Autoregressive Flow", eq. 15, with one group per dimension).
 * ``total = recon + beta * kl_fb`` (Higgins et al. 2017, beta-VAE, eq. 4).
 
+What training minimises, :func:`training_objective`, adds to ``total`` the auxiliary terms that are
+on, each with its weight from ``TrainConfig``: the supervised-contrastive term
+(:func:`instrument_contrast`), the pitch head's cross-entropy, and the AR-VAE pitch-order term
+(:func:`attribute_order`).
+
 Everything is computed in float32 even when the model ran under bf16 autocast.
 """
 
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 
 from vaelib.config import TrainConfig
 from vaelib.exceptions import ParameterError
 
+if TYPE_CHECKING:
+    from vaelib.model.vae import ConvVAE, VAEOutput
+
 __all__ = ["LossParts", "kl_per_dim", "free_bits_kl", "recon_loss", "vae_loss", "beta_at", "lr_at", "active_units",
-           "instrument_contrast", "attribute_order"]
+           "instrument_contrast", "attribute_order", "training_objective", "VAE_TERMS", "AUX_TERMS"]
 
 ACTIVE_UNIT_THRESHOLD = 0.01  # Burda et al. 2016 (IWAE), sec. 5.2: Var_x(E_q[z_d|x]) > 0.01
+VAE_TERMS = ("recon", "kl_raw", "kl_fb", "total")  # the parts of LossParts that are logged
+AUX_TERMS = ("contrast", "pitch_ce", "pitch_order")  # the optional terms of training_objective
 
 
 class LossParts(NamedTuple):
@@ -216,3 +226,65 @@ def attribute_order(mu: torch.Tensor, attribute: torch.Tensor, *, dim: int, delt
     z = mu.float()[:, dim]
     a = attribute.float()
     return (torch.tanh(delta * (z[:, None] - z[None, :])) - torch.sign(a[:, None] - a[None, :])).abs().mean()
+
+
+def training_objective(x: torch.Tensor, out: VAEOutput, model: ConvVAE, *, pitch: torch.Tensor,
+                       classes: torch.Tensor | None, beta: float,
+                       cfg: TrainConfig) -> tuple[torch.Tensor, dict[str, float]]:
+    """The loss training minimises on one batch: the beta-VAE objective plus the auxiliary terms that are on.
+
+    ``loss = total + contrast * L_con + pitch_weight * L_ce + pitch_order * L_ord``, where
+
+    * ``total = recon + beta * kl_fb`` (:func:`vae_loss`, with ``cfg.free_bits``);
+    * ``L_con`` is the supervised contrastive loss (Khosla et al. 2020, eq. 2) of
+      ``model.contrast_features(mu, cfg.contrast_dims)`` with ``classes`` as classes, at
+      ``cfg.contrast_temperature`` (:func:`instrument_contrast`); on when ``cfg.contrast > 0``;
+    * ``L_ce`` is the cross-entropy of the pitch head's logits against ``pitch`` (Luo et al. 2019,
+      supervised pitch on the latent); on when the model has a pitch head (``model.pitch_head``),
+      whatever ``cfg.pitch_weight``;
+    * ``L_ord`` orders the last latent dimension by ``pitch`` (Pati & Lerch 2020, AR-VAE, eq. 3;
+      :func:`attribute_order`); on when ``cfg.pitch_order > 0``.
+
+    Parameters
+    ----------
+    x : [shape=(batch, 1, n_mels, frames)] target in [-1, 1]
+    out : VAEOutput of ``model`` on ``x`` (``x_hat``, ``mu``, ``logvar``; mu [shape=(batch, latent_dim)])
+    model : ConvVAE
+        Gives ``contrast_features`` and, when it has one, the pitch head.
+    pitch : [shape=(batch,)] int64 MIDI pitch of each note, 0..127
+    classes : [shape=(batch,)] int64 class id of each note for the contrastive term, or None when it is off
+    beta : float, >= 0, KL weight at this step (see :func:`beta_at`)
+    cfg : TrainConfig
+        ``free_bits``, ``contrast``, ``contrast_dims``, ``contrast_temperature``, ``pitch_weight``,
+        ``pitch_order``.
+
+    Returns
+    -------
+    loss : scalar float32 tensor, differentiable with respect to the model's parameters
+    parts : dict of floats, per note: ``recon``, ``kl_raw``, ``kl_fb`` and ``total`` (the VAE objective
+        alone, as in :class:`LossParts`), and ``contrast``, ``pitch_ce``, ``pitch_order`` (unweighted)
+        for exactly the terms that are on
+
+    Raises
+    ------
+    ParameterError
+        When ``cfg.contrast > 0`` and ``classes`` is None, or on the arguments the terms reject.
+    """
+    if cfg.contrast > 0 and classes is None:
+        raise ParameterError(f"classes: the contrastive term is on (train.contrast={cfg.contrast}) but got None")
+    vae = vae_loss(x, out, beta=beta, free_bits=cfg.free_bits)
+    loss, aux = vae.total, {}
+    if cfg.contrast > 0:
+        contrast = instrument_contrast(model.contrast_features(out.mu.float(), cfg.contrast_dims), classes,
+                                       temperature=cfg.contrast_temperature)
+        loss = loss + cfg.contrast * contrast
+        aux["contrast"] = contrast.detach().item()
+    if model.pitch_logits is not None:
+        pitch_ce = torch.nn.functional.cross_entropy(model.pitch_scores(out.mu.float()), pitch)
+        loss = loss + cfg.pitch_weight * pitch_ce
+        aux["pitch_ce"] = pitch_ce.detach().item()
+    if cfg.pitch_order > 0:
+        order = attribute_order(out.mu, pitch, dim=-1)
+        loss = loss + cfg.pitch_order * order
+        aux["pitch_order"] = order.detach().item()
+    return loss, {**{k: getattr(vae, k).detach().item() for k in VAE_TERMS}, **aux}

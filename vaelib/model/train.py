@@ -1,16 +1,19 @@
 """Training stage: the VAE on the cached features, resumable, with early stopping and a NaN guard.
 
+:func:`train` reads as its phases: set up the data, the model, optimiser and random streams,
+restore them when resuming, then per epoch order the batches, step through them (schedules,
+forward, objective, backward, step, log), evaluate, decide whether to stop, and checkpoint.
+
 Speed on a small CPU comes from doing nothing per step but the model: the whole split is one
 float32 tensor in memory (no DataLoader, no audio decoding), batches are rows picked by a
 ``torch.Generator``-seeded permutation, weights and activations are channels-last for oneDNN,
 and bf16 autocast is used only where the hardware has native bf16 (see :mod:`vaelib.model.device`).
 
-Reproducibility: every random draw comes from a seeded generator (initialisation: the torch
-global RNG seeded by ``run.seed``; batch order: ``batch_gen``; reparameterization noise:
-``noise_gen``; evaluation noise: a fresh generator per evaluation). All their states, the model,
-the optimiser, the early-stopping state and the history are in every checkpoint, and the beta
-and learning-rate schedules are pure functions of the step, so on CPU a resumed run ends with the same numbers as an
-uninterrupted one.
+Reproducibility: every random draw comes from a seeded stream (:class:`RandomStreams`;
+evaluation noise: a fresh generator per evaluation). The streams, the model, the optimiser, the
+early stopping, the place in an interrupted epoch and the history are in every checkpoint, and the
+beta and learning-rate schedules are pure functions of the step, so on CPU a resumed run ends with
+the same numbers as an uninterrupted one.
 
 Files of a run, in ``checkpoint_dir(cfg, cache_key)``:
 ``last.pt`` (written at every epoch end, and at the batch boundary where Ctrl-C / SIGTERM
@@ -24,17 +27,15 @@ import logging
 import math
 import signal
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
 import torch
-from tqdm import tqdm
 
-from vaelib.config import Config, config_to_dict, save_config
+from vaelib.config import Config, TrainConfig, config_to_dict, save_config
 from vaelib.data.cache import FeatureCache
 from vaelib.exceptions import TrainingError
 from vaelib.io import atomic_write_text
@@ -44,12 +45,11 @@ from vaelib.model.checkpoint import (
     checkpoint_dir,
     find_checkpoint,
     load_checkpoint,
-    rng_state,
     save_checkpoint,
-    set_rng_state,
 )
 from vaelib.model.device import autocast_dtype, resolve_device, set_threads
-from vaelib.model.loss import active_units, attribute_order, beta_at, instrument_contrast, lr_at, vae_loss
+from vaelib.model.loss import AUX_TERMS, VAE_TERMS, active_units, beta_at, lr_at, training_objective, vae_loss
+from vaelib.model.progress import EarlyStopping, EpochProgress, RandomStreams
 from vaelib.model.vae import ConvVAE, count_parameters
 
 __all__ = [
@@ -59,6 +59,8 @@ __all__ = [
     "result_from_dir",
     "train_or_reuse",
     "train_metrics",
+    "contrast_classes",
+    "instrument_grouped_order",
 ]
 
 log = logging.getLogger(__name__)
@@ -71,8 +73,6 @@ HISTORY_COLUMNS = (
     "valid_recon", "valid_kl_raw", "valid_kl_fb", "valid_total", "valid_mse",
     "mu_mean", "mu_std", "logvar_mean", "logvar_std", "active_units",
 )
-_SUM_KEYS = ("recon", "kl_raw", "kl_fb", "total")
-_AUX_KEYS = ("contrast", "pitch_ce", "pitch_order")  # optional terms beside the VAE objective, logged when on
 
 
 @dataclass
@@ -93,6 +93,19 @@ class TrainResult:
 
 # ----------------------------------------------------------------------------- data
 
+class _Data(NamedTuple):
+    """The splits as tensors on the training device, and how the train split is cut into batches."""
+
+    x: torch.Tensor  # [shape=(train notes, 1, n_mels, frames)], channels-last on the CPU
+    pitch: torch.Tensor  # [shape=(train notes,)] int64 MIDI pitch
+    instrument: torch.Tensor  # [shape=(train notes,)] int64, on the CPU, where the epoch order is drawn
+    classes: torch.Tensor  # [shape=(train notes,)] int64 class ids of the contrastive term
+    x_valid: torch.Tensor  # [shape=(valid notes, 1, n_mels, frames)]
+    pitch_valid: torch.Tensor  # [shape=(valid notes,)]
+    batch_size: int
+    n_batches: int
+
+
 def _to_tensor(features: np.ndarray, device: torch.device) -> torch.Tensor:
     x = torch.from_numpy(np.ascontiguousarray(features)).to(device=device, dtype=torch.float32)
     if device.type == "cpu":
@@ -109,6 +122,17 @@ def _split_tensors(cache: FeatureCache, name: str,
     pitch = torch.tensor(meta["pitch"].to_numpy(dtype=np.int64), device=device)
     instrument = torch.tensor(meta["instrument"].to_numpy(dtype=np.int64), device=device)
     return _to_tensor(feats, device), pitch, instrument
+
+
+def _load_data(cache: FeatureCache, tc: TrainConfig, device: torch.device) -> _Data:
+    x, pitch, instrument = _split_tensors(cache, "train", device)
+    x_valid, pitch_valid, _ = _split_tensors(cache, "valid", device)
+    n = x.shape[0]
+    bs = min(tc.batch_size, n)
+    # Drop a last batch of one note: BatchNorm cannot normalise a single sample.
+    n_batches = n // bs + (1 if n % bs > 1 else 0)
+    return _Data(x, pitch, instrument.cpu(), contrast_classes(cache, tc.contrast_labels, device),
+                 x_valid, pitch_valid, bs, n_batches)
 
 
 def contrast_classes(cache: FeatureCache, kind: str, device: torch.device) -> torch.Tensor:
@@ -164,14 +188,14 @@ def _evaluate(model: ConvVAE, x: torch.Tensor, pitch: torch.Tensor, *, beta: flo
     device = x.device
     gen = torch.Generator(device=device).manual_seed(seed)
     n = x.shape[0]
-    sums = dict.fromkeys(_SUM_KEYS, 0.0)
+    sums = dict.fromkeys(VAE_TERMS, 0.0)
     mus, logvars = [], []
     for i in range(0, n, EVAL_BATCH):
         xb = x[i:i + EVAL_BATCH]
         with _autocast(device, dtype):
             out = model(xb, pitch[i:i + EVAL_BATCH] if pitched else None, generator=gen)
         parts = vae_loss(xb, out, beta=beta, free_bits=free_bits)
-        for k in _SUM_KEYS:
+        for k in VAE_TERMS:
             sums[k] += float(getattr(parts, k)) * xb.shape[0]
         mus.append(out.mu.float())
         logvars.append(out.logvar.float())
@@ -180,9 +204,9 @@ def _evaluate(model: ConvVAE, x: torch.Tensor, pitch: torch.Tensor, *, beta: flo
     pixels = x[0].numel()
     res = {f"valid_{k}": v / n for k, v in sums.items()}
     res["valid_mse"] = res["valid_recon"] / pixels
+    # Free bits acts per dimension, so also report how many dimensions sit at the prior.
     res.update(mu_mean=float(mu.mean()), mu_std=float(mu.std()), logvar_mean=float(logvar.mean()),
                logvar_std=float(logvar.std()), active_units=active_units(mu) if n > 1 else 0)
-    # Free bits was tuned per dimension; also report how many dimensions sit at the prior.
     return res
 
 
@@ -242,153 +266,73 @@ def train(cfg: Config, cache: FeatureCache, *, resume: bool = False, show_progre
         When resuming from a checkpoint whose config differs from ``cfg``.
     """
     tc = cfg.train
-    device = resolve_device(tc.device)
-    if device.type == "cpu":
-        set_threads(tc.num_threads)
-    dtype = autocast_dtype(device, enabled=tc.bf16)
-    run_dir = checkpoint_dir(cfg, cache.manifest["key"])
-    run_dir.mkdir(parents=True, exist_ok=True)
+    device, dtype = _device(tc)
+    run_dir = _run_dir(cfg, cache)
     last_path, best_path = run_dir / "last.pt", run_dir / "best.pt"
-    save_config(cfg, run_dir / "config.yaml")
 
-    x_train, p_train, i_train = _split_tensors(cache, "train", device)
-    c_train = contrast_classes(cache, tc.contrast_labels, device)
-    x_valid, p_valid, _ = _split_tensors(cache, "valid", device)
-    i_train_cpu = i_train.cpu()  # the epoch order is drawn on the CPU generator
-    n_train = x_train.shape[0]
-    bs = min(tc.batch_size, n_train)
-    # Drop a last batch of one note: BatchNorm cannot normalise a single sample.
-    n_batches = n_train // bs + (1 if n_train % bs > 1 else 0)
+    # data
+    data = _load_data(cache, tc, device)
     pitched = cfg.model.pitch_conditioning
 
-    torch.manual_seed(cfg.run.seed)
-    np.random.seed(cfg.run.seed)
-    model = ConvVAE(cfg.model, n_mels=cfg.features.n_mels, frames=cfg.features.frames).to(device)
-    if device.type == "cpu":
-        model = model.to(memory_format=torch.channels_last)
+    # model, optimiser, random streams and the state that must survive a resume
+    streams = RandomStreams(cfg.run.seed, device)  # seeds the initialisation, so before the model
+    model = _build_model(cfg, device)
     optimizer = torch.optim.Adam(model.parameters(), lr=tc.lr)
-    batch_gen = torch.Generator().manual_seed(cfg.run.seed)
-    noise_gen = torch.Generator(device=device).manual_seed(cfg.run.seed + 1)
+    early = EarlyStopping(tc.patience)
+    progress = EpochProgress(data.n_batches, epochs=tc.epochs, terms=(*VAE_TERMS, *AUX_TERMS), show=show_progress)
+    stateful = {"model": model, "optimizer": optimizer, "rng": streams, "best": early, "partial": progress}
 
-    history: list[dict] = []
-    epoch, step = 0, 0
-    best = {"valid_recon": math.inf, "epoch": 0, "bad_epochs": 0}
-    partial: dict | None = None
-    finished = False
-    if resume and last_path.is_file():
-        ckpt = load_checkpoint(last_path, device=device)
-        check_same_model(ckpt, cfg, last_path)  # the folder's hash covers the rest of the config
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        set_rng_state(ckpt["rng"], batch_gen, noise_gen)
-        epoch, step = ckpt["epoch"], ckpt["step"]
-        history = pd.DataFrame(ckpt["history"]).to_dict("records")
-        best, partial, finished = dict(ckpt["best"]), ckpt.get("partial"), bool(ckpt.get("finished"))
-        log.info("resuming %s at epoch %d, step %d%s", run_dir, epoch, step,
-                 f" (batch {partial['batch']} of epoch {epoch + 1})" if partial else "")
-    elif resume:
-        log.info("no checkpoint in %s: starting from scratch", run_dir)
+    # restore the state when resuming
+    epoch, step, finished, history = _restore(last_path, cfg, device, stateful) if resume else (0, 0, False, [])
+    meta = _meta(cfg, cache, model, device, dtype)
 
-    params_count = count_parameters(model)
-    meta = {"format": CHECKPOINT_FORMAT, "config": config_to_dict(cfg), "cache_key": cache.manifest["key"],
-            "n_mels": cfg.features.n_mels, "frames": cfg.features.frames, "params_count": params_count,
-            "device": str(device), "dtype": str(dtype).replace("torch.", "")}
+    def state() -> dict:
+        return {**meta, **{key: obj.state_dict() for key, obj in stateful.items()},
+                "epoch": epoch, "step": step, "finished": finished,
+                "history": pd.DataFrame(history, columns=list(HISTORY_COLUMNS)).to_dict("list")}
 
-    def state(*, part: dict | None = None) -> dict:
-        return {**meta, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "rng": rng_state(batch_gen, noise_gen), "epoch": epoch, "step": step,
-                "history": pd.DataFrame(history, columns=list(HISTORY_COLUMNS)).to_dict("list"),
-                "best": dict(best), "finished": finished, "partial": part}
-
-    log.info("training %s on %s (%s): %d train / %d valid notes, %d parameters, %d steps an epoch",
-             run_dir.name, device, meta["dtype"], n_train, x_valid.shape[0], params_count, n_batches)
+    log.info("training %s on %s (%s): %d train / %d valid notes, %d parameters, %d steps an epoch", run_dir.name,
+             device, meta["dtype"], data.x.shape[0], data.x_valid.shape[0], meta["params_count"], data.n_batches)
     model.train()
     with _StopFlag() as stop:
         while not finished and epoch < tc.epochs:
-            if partial is not None:
-                batch_gen.set_state(partial["epoch_gen_state"])
-            epoch_gen_state = batch_gen.get_state()
-            perm = (instrument_grouped_order(i_train_cpu, tc.notes_per_instrument, batch_gen)
-                    if tc.notes_per_instrument else torch.randperm(n_train, generator=batch_gen))
-            if partial is not None:
-                first, sums = partial["batch"], {**dict.fromkeys(_AUX_KEYS, 0.0), **partial["sums"]}
-                seen, elapsed = partial["seen"], partial["seconds"]
-                set_rng_state(partial["rng_after"], batch_gen, noise_gen)
-                partial = None
-            else:
-                first, sums, seen, elapsed = 0, dict.fromkeys((*_SUM_KEYS, *_AUX_KEYS), 0.0), 0, 0.0
-            t0 = time.perf_counter()
-            bar = tqdm(range(first, n_batches), total=n_batches, initial=first, desc=f"epoch {epoch + 1}/{tc.epochs}",
-                       unit="batch", disable=not show_progress, leave=False)
-            for b in bar:
-                idx = perm[b * bs:(b + 1) * bs].to(device)
-                xb = x_train[idx]
+            # order the batches (an interrupted epoch is redrawn as it was)
+            perm = progress.start(epoch, streams, draw=lambda gen: _epoch_order(data, tc, gen))
+            for b in progress:
+                idx = perm[b * data.batch_size:(b + 1) * data.batch_size].to(device)
+                xb, pb = data.x[idx], data.pitch[idx]
+                # schedules: pure functions of the step, so a resumed run continues them
                 beta = beta_at(step, cfg=tc)
+                lr = lr_at(step, cfg=tc, total_steps=tc.epochs * data.n_batches)
+                # forward and objective
                 with _autocast(device, dtype):
-                    out = model(xb, p_train[idx] if pitched else None, generator=noise_gen)
-                parts = vae_loss(xb, out, beta=beta, free_bits=tc.free_bits)
-                loss, aux_now = parts.total, {}
-                if tc.contrast > 0:
-                    contrast = instrument_contrast(model.contrast_features(out.mu.float(), tc.contrast_dims),
-                                                   c_train[idx], temperature=tc.contrast_temperature)
-                    loss = loss + tc.contrast * contrast
-                    aux_now["contrast"] = contrast.detach().item()
-                if model.pitch_logits is not None:
-                    pitch_ce = torch.nn.functional.cross_entropy(model.pitch_scores(out.mu.float()), p_train[idx])
-                    loss = loss + tc.pitch_weight * pitch_ce
-                    aux_now["pitch_ce"] = pitch_ce.detach().item()
-                if tc.pitch_order > 0:
-                    order = attribute_order(out.mu, p_train[idx], dim=-1)
-                    loss = loss + tc.pitch_order * order
-                    aux_now["pitch_order"] = order.detach().item()
-                total = loss.detach().item()
-                if not math.isfinite(total):
-                    kept = f"{last_path} (epoch {epoch})" if last_path.is_file() else "none (no epoch had finished)"
-                    raise TrainingError(
-                        f"non-finite loss at step {step} (epoch {epoch + 1}, batch {b + 1}/{n_batches}): "
-                        f"recon={parts.recon.item()}, kl_raw={parts.kl_raw.item()}, beta={beta}"
-                        + "".join(f", {k}={v}" for k, v in aux_now.items()) + "; training stopped. "
-                        f"Last good checkpoint: {kept}. Try a lower train.lr or a smaller model.logvar_bound.")
-                for group in optimizer.param_groups:
-                    group["lr"] = lr_at(step, cfg=tc, total_steps=tc.epochs * n_batches)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if tc.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-                optimizer.step()
+                    out = model(xb, pb if pitched else None, generator=streams.noise)
+                loss, parts = training_objective(xb, out, model, pitch=pb, classes=data.classes[idx], beta=beta,
+                                                 cfg=tc)
+                _check_finite(loss, parts, beta=beta, step=step, epoch=epoch, batch=b, n_batches=data.n_batches,
+                              last_path=last_path)
+                # backward and step
+                _optimizer_step(optimizer, model, loss, lr=lr, grad_clip=tc.grad_clip)
                 step += 1
-                for k in _SUM_KEYS:
-                    sums[k] += getattr(parts, k).detach().item() * xb.shape[0]
-                for k, v in aux_now.items():
-                    sums[k] += v * xb.shape[0]
-                seen += xb.shape[0]
-                if show_progress and (b % 10 == 0 or b == n_batches - 1):
-                    bar.set_postfix(recon=f"{sums['recon'] / seen:.1f}", kl=f"{sums['kl_raw'] / seen:.2f}",
-                                    kl_fb=f"{sums['kl_fb'] / seen:.2f}", beta=f"{beta:.3f}")
-                if stop.signum is not None and b < n_batches - 1:
-                    part = {"batch": b + 1, "epoch_gen_state": epoch_gen_state, "sums": sums, "seen": seen,
-                            "seconds": elapsed + time.perf_counter() - t0,
-                            "rng_after": rng_state(batch_gen, noise_gen)}
-                    save_checkpoint(state(part=part), last_path)
-                    bar.close()
+                # log
+                progress.add(parts, notes=xb.shape[0], batch=b, beta=beta)
+                # Ctrl-C / SIGTERM: save this batch boundary and stop
+                if stop.signum is not None and b < data.n_batches - 1:
+                    progress.pause(b + 1, streams)
+                    save_checkpoint(state(), last_path)
                     log.warning("interrupted at step %d: state saved to %s; continue with --resume", step, last_path)
                     raise KeyboardInterrupt
-            bar.close()
-            seconds = elapsed + time.perf_counter() - t0
+            # evaluate
             epoch += 1
             row = {"epoch": epoch, "step": step, "beta": beta_at(max(step - 1, 0), cfg=tc),
-                   "lr": optimizer.param_groups[0]["lr"], "seconds": seconds,
-                   **{f"train_{k}": v / seen for k, v in sums.items()}}
-            ev = _evaluate(model, x_valid, p_valid, beta=row["beta"], free_bits=tc.free_bits,
-                           seed=cfg.run.seed + 2, dtype=dtype, pitched=pitched)
-            row.update(ev)
+                   "lr": optimizer.param_groups[0]["lr"], **progress.finish()}
+            row.update(_evaluate(model, data.x_valid, data.pitch_valid, beta=row["beta"], free_bits=tc.free_bits,
+                                 seed=cfg.run.seed + 2, dtype=dtype, pitched=pitched))
             history.append({c: row[c] for c in HISTORY_COLUMNS})
-            improved = row["valid_recon"] < best["valid_recon"]
-            if improved:
-                best = {"valid_recon": row["valid_recon"], "epoch": epoch, "bad_epochs": 0}
-            else:
-                best["bad_epochs"] += 1
-            finished = epoch >= tc.epochs or best["bad_epochs"] >= tc.patience
+            # decide to stop
+            improved = early.update(row["valid_recon"], epoch=epoch)
+            finished = epoch >= tc.epochs or early.should_stop
+            # checkpoint
             ckpt = state()
             if improved:
                 save_checkpoint(ckpt, best_path)
@@ -396,16 +340,109 @@ def train(cfg: Config, cache: FeatureCache, *, resume: bool = False, show_progre
             atomic_write_text(run_dir / "history.csv", pd.DataFrame(history).to_csv(index=False))
             log.info("epoch %d: train recon %.2f, valid recon %.2f, kl %.2f, beta %.3f, AU %d, %.1f s%s",
                      epoch, row["train_recon"], row["valid_recon"], row["valid_kl_raw"], row["beta"],
-                     row["active_units"], seconds, " (best)" if improved else "")
+                     row["active_units"], row["seconds"], " (best)" if improved else "")
             if stop.signum is not None:
                 log.warning("interrupted after epoch %d: continue with --resume", epoch)
                 raise KeyboardInterrupt
 
     hist = pd.DataFrame(history, columns=list(HISTORY_COLUMNS))
     return TrainResult(run_dir=run_dir, best_path=best_path, last_path=last_path, history=hist,
-                       best_epoch=int(best["epoch"]), best_valid_recon=float(best["valid_recon"]),
-                       stopped_early=bool(len(hist) < tc.epochs), device=str(device),
-                       dtype=meta["dtype"], params_count=params_count)
+                       best_epoch=early.best_epoch, best_valid_recon=float(early.best_value),
+                       stopped_early=bool(len(hist) < tc.epochs), device=meta["device"], dtype=meta["dtype"],
+                       params_count=meta["params_count"])
+
+
+# ----------------------------------------------------------------------------- the phases
+
+def _device(tc: TrainConfig) -> tuple[torch.device, torch.dtype]:
+    """Where training runs and its autocast dtype (float32: none)."""
+    device = resolve_device(tc.device)
+    if device.type == "cpu":
+        set_threads(tc.num_threads)
+    return device, autocast_dtype(device, enabled=tc.bf16)
+
+
+def _run_dir(cfg: Config, cache: FeatureCache) -> Path:
+    """The run's folder, created, with the config it trains saved in it."""
+    run_dir = checkpoint_dir(cfg, cache.manifest["key"])
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run_dir / "config.yaml")
+    return run_dir
+
+
+def _build_model(cfg: Config, device: torch.device) -> ConvVAE:
+    model = ConvVAE(cfg.model, n_mels=cfg.features.n_mels, frames=cfg.features.frames).to(device)
+    if device.type == "cpu":
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def _meta(cfg: Config, cache: FeatureCache, model: ConvVAE, device: torch.device, dtype: torch.dtype) -> dict:
+    """What every checkpoint of the run holds besides its state: format, config, sizes, where it ran."""
+    return {"format": CHECKPOINT_FORMAT, "config": config_to_dict(cfg), "cache_key": cache.manifest["key"],
+            "n_mels": cfg.features.n_mels, "frames": cfg.features.frames, "params_count": count_parameters(model),
+            "device": str(device), "dtype": str(dtype).replace("torch.", "")}
+
+
+def _restore(path: Path, cfg: Config, device: torch.device,
+             stateful: dict[str, Any]) -> tuple[int, int, bool, list[dict]]:
+    """Load checkpoint ``path`` into each object of ``stateful`` (keyed as in the checkpoint).
+
+    Returns the epochs finished, the step, whether the run had finished and the history rows; a
+    fresh start (0, 0, False, []) when there is no checkpoint.
+
+    Raises
+    ------
+    CheckpointError
+        When the checkpoint is unreadable or its model or log-mel differ from ``cfg``'s.
+    """
+    if not path.is_file():
+        log.info("no checkpoint in %s: starting from scratch", path.parent)
+        return 0, 0, False, []
+    ckpt = load_checkpoint(path, device=device)
+    check_same_model(ckpt, cfg, path)  # the folder's hash covers the rest of the config
+    for key, obj in stateful.items():
+        obj.load_state_dict(ckpt[key])
+    epoch, step, partial = ckpt["epoch"], ckpt["step"], ckpt["partial"]
+    log.info("resuming %s at epoch %d, step %d%s", path.parent, epoch, step,
+             f" (batch {partial['batch']} of epoch {epoch + 1})" if partial else "")
+    return epoch, step, bool(ckpt.get("finished")), pd.DataFrame(ckpt["history"]).to_dict("records")
+
+
+def _epoch_order(data: _Data, tc: TrainConfig, gen: torch.Generator) -> torch.Tensor:
+    """The epoch's order of the train notes: grouped by instrument when ``train.notes_per_instrument``."""
+    if tc.notes_per_instrument:
+        return instrument_grouped_order(data.instrument, tc.notes_per_instrument, gen)
+    return torch.randperm(data.x.shape[0], generator=gen)
+
+
+def _check_finite(loss: torch.Tensor, parts: dict[str, float], *, beta: float, step: int, epoch: int, batch: int,
+                  n_batches: int, last_path: Path) -> None:
+    """Raise :class:`TrainingError` naming the step and the terms when ``loss`` is not finite.
+
+    ``epoch`` counts the epochs finished (so ``last.pt``, when there is one, holds epoch ``epoch``)
+    and ``batch`` is 0-based.
+    """
+    if math.isfinite(loss.detach().item()):
+        return
+    kept = f"{last_path} (epoch {epoch})" if last_path.is_file() else "none (no epoch had finished)"
+    raise TrainingError(
+        f"non-finite loss at step {step} (epoch {epoch + 1}, batch {batch + 1}/{n_batches}): "
+        f"recon={parts['recon']}, kl_raw={parts['kl_raw']}, beta={beta}"
+        + "".join(f", {k}={parts[k]}" for k in AUX_TERMS if k in parts) + "; training stopped. "
+        f"Last good checkpoint: {kept}. Try a lower train.lr or a smaller model.logvar_bound.")
+
+
+def _optimizer_step(optimizer: torch.optim.Optimizer, model: ConvVAE, loss: torch.Tensor, *, lr: float,
+                    grad_clip: float) -> None:
+    """One Adam step on ``loss`` at learning rate ``lr``, the gradient norm clipped to ``grad_clip`` (0: off)."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
 
 
 # ----------------------------------------------------------------------------- reporting
