@@ -9,8 +9,8 @@
   librosa per item, the default ``DataLoader`` (batch 64, one process), the same model in fp32
   eager mode without channels-last, on the VAE loss only (no contrastive or pitch term). Timed on
   ``--baseline-notes`` items and extrapolated.
-* **channels**: a few steps of each candidate channel list, extrapolated to an epoch, which is how
-  the plain model's ``model.channels`` (16-32-64, ``params/plain.yaml``) was chosen.
+* **channels**: a few steps of each candidate channel list, extrapolated to an epoch: the measurement
+  behind the plain model's ``model.channels`` (16-32-64, ``params/plain.yaml``).
 
 Writes ``benchmarks/results/train.json`` (``--out``); ``make benchmarks`` also times the plain beta-VAE
 (``--params params/plain.yaml``) into ``train_plain.json``, the model the 8 s target was set for.
@@ -54,8 +54,8 @@ def _load() -> list[float]:
 def wait_for_quiet(*, below: float = 1.0, max_wait_s: float = 180.0) -> float:
     """Wait (at most ``max_wait_s``) for the 1-minute load average to drop below ``below``; return it.
 
-    The machine is shared: other processes on the 2 cores inflate wall-clock times, so each timed part
-    starts when the machine is as quiet as it gets, and CPU times are recorded next to wall times.
+    On a shared machine other processes inflate wall-clock times, so each timed part starts when the
+    machine is as quiet as it gets, and CPU times are recorded next to wall times.
     """
     t0 = time.time()
     while os.getloadavg()[0] >= below and time.time() - t0 < max_wait_s:

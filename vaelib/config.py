@@ -127,19 +127,19 @@ class FeatureConfig:
                   choices=("max", "fixed"))
     ref_power: float = _f(1.0, "power taken as 0 dB when ref='fixed'", lo=1e-12)
     top_db: float = _f(80.0, "dB range kept below the reference; the study clips to [-80, 0]", lo=10, hi=160)
-    batch_size: int = _f(16, "notes per batch of the cache build (the FFT runs note by note inside it): 16-32 "
-                         "measured fastest at n_fft 1024 and 2048", lo=1, hi=4096)
-    workers: int = _f(2, "threads, each decoding and transforming whole batches (one per core measured fastest)",
-                      lo=1, hi=64)
+    batch_size: int = _f(16, "notes per batch of the cache build (the FFT runs note by note inside it); 16-32 "
+                         "is the fastest range at n_fft 1024 and 2048, see docs/benchmarks.md", lo=1, hi=4096)
+    workers: int = _f(2, "threads, each decoding and transforming whole batches (one per core is fastest, see "
+                         "docs/benchmarks.md)", lo=1, hi=64)
     cache_dir: str = _f("data/cache", "feature cache folder")
 
 
 @dataclass(frozen=True)
 class ModelConfig:
     depth: int = _f(3, "stride-2 conv levels in the encoder (and decoder)", lo=3, hi=4)
-    # 16-32-64 by measurement (benchmarks/bench_train.py, 2-core AMD EPYC, AVX2 only so fp32, batch 64, on a
-    # quiet machine): 12,678-note epoch ~22 s, against ~12 s for 8-16-32 and ~86 s for the study's 32-64-128
-    # (which the planned experiments still use). 8-16-32 halves the time but leaves 8 first-level filters.
+    # 16-32-64: the middle of the candidates benchmarks/bench_train.py times (figures in docs/benchmarks.md):
+    # 8-16-32 trains faster but leaves 8 first-level filters; the study's 32-64-128, which the planned
+    # experiments use, trains several times slower.
     channels: tuple[int, ...] = _f((16, 32, 64), "channels per level; its length must equal depth",
                                    items=(1, 1024))
     latent_dim: int = _f(32, "latent dimensions", lo=2, hi=512)
@@ -189,7 +189,8 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class AnalysisConfig:
-    umap: bool = _f(True, "draw the UMAP map in 04 beside PCA (its numba compile costs ~20 s per kernel)")
+    umap: bool = _f(True, "draw the UMAP map in 04 beside PCA (off skips its numba compilation, which umap-learn "
+                          "does not cache)")
     umap_neighbors: int = _f(15, "UMAP n_neighbors", lo=2, hi=500)
     umap_min_dist: float = _f(0.1, "UMAP min_dist", lo=0.0, hi=1.0)
     knn_k: int = _f(5, "neighbours of the kNN probes", lo=1, hi=200)

@@ -1,10 +1,10 @@
 """Fill numba's on-disk caches of librosa, UMAP and pynndescent once, at install (``make venv``).
 
 Those libraries compile many numba kernels on first use and cache them beside their sources
-(``cache=True``). In a new environment the first process to use them pays the compilation (~75 s of the
-first test run on a 2-core CPU, and of the first report). Running each code path that vaelib uses
-once, on tiny inputs, writes the caches, so later processes only load them. UMAP's own layout kernels
-are not cached by umap-learn: every process still compiles those (~25 s, see ``analysis.umap``).
+(``cache=True``). In a new environment the first process to use them pays the compilation (the first
+test run, or the first report, would). Running each code path that vaelib uses once, on tiny inputs,
+writes the caches, so later processes only load them. UMAP's own layout kernels are not cached by
+umap-learn: every process compiles those (see ``analysis.umap``; timings in docs/benchmarks.md).
 
 Usage: ``python -m vaelib.cli.jit_cache``
 """

@@ -37,7 +37,7 @@ __all__ = ["FeatureCache", "cache_key", "build_feature_cache", "open_feature_cac
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 2  # 2: a digitally silent note is -1 (was +1 under ref=max)
+CACHE_VERSION = 2  # in the cache key: raised when what a cache holds changes (2: a digitally silent note is -1)
 FEATURES_FILE = "features.npy"
 META_FILE = "meta.parquet"
 MANIFEST_FILE = "manifest.json"
@@ -76,8 +76,8 @@ class NpyRowWriter:
     """A new ``.npy`` file whose rows are written with ``os.pwrite`` (``writer[i:j] = rows``).
 
     Worker threads store their batches this way instead of through a memory map: the kernel copies
-    into the page cache without a page fault per 4 KiB, and ``pwrite`` releases the GIL (2,500 notes
-    from one thread: 15 ms against the memory map's 26; ``sync`` costs what ``msync`` did, 20-30 ms).
+    into the page cache without a page fault per 4 KiB, and ``pwrite`` releases the GIL; ``sync`` costs
+    what ``msync`` would (figures in docs/benchmarks.md).
     Thread safe. ``close`` does not wait, but the descriptor is closed only when the last write in
     flight ends (a second Ctrl-C can unwind the build while a worker still writes), and a write after
     ``close`` raises: no late write lands in another file that reused the descriptor number.

@@ -48,8 +48,8 @@ def _band_blocks(sr: int, n_fft: int, n_mels: int, fmin: float, fmax: float,
     """The filterbank as blocks ``(band0, bin0, bin1, weights)`` of ``BAND_GROUP`` adjacent bands.
 
     Each FFT bin feeds at most two bands, so the dense (n_mels x bins) product is ~97% zeros; a block
-    of adjacent bands reads only the bins its triangles span. With 80 bands and n_fft 1024 the
-    blocks read 600 bin columns instead of 80 x 510, and the product measured ~2.5x faster.
+    of adjacent bands reads only the bins its triangles span: with 80 bands and n_fft 1024 the
+    blocks read 600 bin columns instead of 80 x 510 (timings in docs/benchmarks.md).
     """
     fb = _filterbank_cached(sr, n_fft, n_mels, fmin, fmax, htk)
     blocks = []
@@ -100,9 +100,8 @@ class LogMelWorkspace:
     """Buffers for ``log_mel_batch``, reused from call to call by one thread.
 
     The frames and spectrum of a note and the power of a batch are megabytes. Allocated afresh on every call,
-    malloc hands them back to the kernel and takes them again, and the page faults measured as much
-    time as the FFT itself (0.67 against 0.35 ms per note, 8 notes per batch, one thread). Not thread
-    safe: give each thread its own.
+    malloc hands them back to the kernel and takes them again, and the page faults cost as much as the
+    FFT itself (figures in docs/benchmarks.md). Not thread safe: give each thread its own.
     """
 
     def __init__(self, max_batch: int, n_samples: int, cfg: FeatureConfig, device: torch.device | str = "cpu"):
@@ -159,11 +158,11 @@ def log_mel_batch(audio: torch.Tensor, *, cfg: FeatureConfig,
         dst.copy_(audio)
     framed = ws.padded[:b].unfold(-1, cfg.n_fft, cfg.hop_length)[:, : ws.n_frames]  # a view, no copy
     # Note by note through one note-sized frames/spectrum buffer, which stays in cache from pass to pass and
-    # note to note; a whole batch's spilled it (the cache build measured ~1.6x faster at 2,048 points).
+    # note to note; a whole batch's would spill out of it (see docs/benchmarks.md).
     for i in range(b):
         spec = torch.fft.rfft(torch.mul(framed[i], ws.window, out=ws.frames), out=ws.spec)  # (T, bins)
         re_im = torch.view_as_real(spec).square_()  # in place: the spectrum is not needed again
-        torch.add(re_im[..., 0], re_im[..., 1], out=ws.power[i])  # 2.5x faster than mul + addcmul
+        torch.add(re_im[..., 0], re_im[..., 1], out=ws.power[i])  # re^2 + im^2: one pass, not mul + addcmul
     power = ws.power[:b].transpose(1, 2)  # (B, bins, T) view
     mel = ws.mel[:b]
     for b0, c0, c1, w in _band_blocks(cfg.sample_rate, cfg.n_fft, cfg.n_mels, cfg.fmin, cfg.fmax, _htk(cfg)):

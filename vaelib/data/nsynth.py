@@ -266,13 +266,14 @@ _FMT_PCM = struct.Struct("<HHIIHH")  # format tag, channels, rate, byte rate, bl
 def _read_canonical_wav(path: Path, sample_rate: int, out: np.ndarray) -> WavReport | None:
     """Decode a complete 16-bit PCM mono RIFF wav at ``sample_rate`` into ``out``; None for any other file.
 
-    NSynth's own format, and the embedded dataset's. libsndfile's Python wrapper costs ~0.06 ms a file
-    in Python that holds the GIL, as much as the decode itself, and the feature threads queue on it:
-    read here, the file is one ``read`` and one scaling pass, both outside the GIL, and the numbers are
-    libsndfile's (int16 / 32768). Anything not plainly that format goes to libsndfile, which also
-    repairs what it can (a data size of 0 left by a writer that never closed the file) and words the
-    errors: other encodings, channels or rates, a truncated or odd-sized data chunk, a second ``fmt ``
-    or ``data``, a chunk id that is not printable (garbage, not a chunk), a file well over ``out``'s length.
+    NSynth's own format, and the embedded dataset's. libsndfile's Python wrapper spends as long in
+    Python that holds the GIL as the decode itself, and the feature threads queue on it (figures in
+    docs/benchmarks.md): read here, the file is one ``read`` and one scaling pass, both outside the
+    GIL, and the numbers are libsndfile's (int16 / 32768). Anything not plainly that format goes to
+    libsndfile, which also repairs what it can (a data size of 0 left by a writer that never closed the
+    file) and words the errors: other encodings, channels or rates, a truncated or odd-sized data
+    chunk, a second ``fmt `` or ``data``, a chunk id that is not printable (garbage, not a chunk), a file
+    well over ``out``'s length.
     """
     limit = 2 * len(out) + 65536  # the samples and generous headers: longer files are rare, and counted
     with open(path, "rb") as fh:
@@ -342,7 +343,7 @@ def read_wav(path: str | Path, *, sample_rate: int = 16000, n_samples: int = 640
             return out, report
         with sf.SoundFile(path) as fh:
             sr = fh.samplerate
-            # NSynth's 16-bit PCM read as int16 and scaled in one pass: ~1.5x faster than libsndfile's
+            # NSynth's 16-bit PCM read as int16 and scaled in one pass, which is faster than libsndfile's
             # float path, and the read stops at n_samples when the rate needs no resampling.
             frames = n_samples if sr == sample_rate else -1
             too_long = fh.frames > n_samples and sr == sample_rate
@@ -356,7 +357,7 @@ def read_wav(path: str | Path, *, sample_rate: int = 16000, n_samples: int = 640
             else:
                 audio = fh.read(frames, dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, TypeError, OSError) as exc:
-        if not path.is_file():  # checked only on failure: a stat per note costs ~5% of preprocessing
+        if not path.is_file():  # checked only on failure: a stat per note would slow every build
             raise DataError(f"{path}: wav file not found") from exc
         raise DataError(f"{path}: unreadable wav ({exc})") from exc
     report = WavReport()

@@ -14,7 +14,7 @@ from vaelib.exceptions import ConfigError
 __all__ = ["resolve_device", "bf16_is_fast", "autocast_dtype", "cpu_flags", "machine_info", "set_threads"]
 
 # CPU flags with native bf16 dot products; without them oneDNN emulates bf16 and it runs slower than
-# fp32 (measured on this project's 2-core AMD EPYC, AVX2 only: 16-32-64 model, 1.15 s vs 0.21 s a step).
+# fp32 (figures in docs/benchmarks.md).
 BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
 
 

@@ -187,8 +187,8 @@ class ConvVAE(nn.Module):
             raise ParameterError(f"x: expected shape (batch, 1, {self.n_mels}, {self.frames}), got {tuple(x.shape)}")
         h = self.encoder(x).flatten(1)  # (B, c_last * h_last * w_last)
         mu = self.to_mu(h)
-        # A smooth bound: with a summed reconstruction and beta ~ 0 early in warm-up, an unbounded
-        # logvar ran to +125 in 50 steps and exp(logvar / 2) overflowed to inf / NaN.
+        # A smooth bound: with a summed reconstruction and beta ~ 0 early in warm-up, nothing holds an
+        # unbounded logvar back, and exp(logvar / 2) can overflow to inf / NaN.
         b = self.cfg.logvar_bound
         logvar = b * torch.tanh(self.to_logvar(h) / b)
         return mu, logvar
