@@ -28,9 +28,9 @@ import torch
 from tqdm import tqdm
 
 from vaelib.config import FeatureConfig, feature_representation, resolve_path
+from vaelib.data.features import LogMelWorkspace, feature_shape, log_mel_batch
 from vaelib.data.nsynth import WavReport, read_wav
 from vaelib.exceptions import DataError
-from vaelib.data.features import LogMelWorkspace, feature_shape, log_mel_batch
 
 __all__ = ["FeatureCache", "cache_key", "build_feature_cache", "open_feature_cache", "compute_features",
            "NpyRowWriter"]

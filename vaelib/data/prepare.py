@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import logging
 
-from vaelib.data.cache import FeatureCache, build_feature_cache
 from vaelib.config import Config, resolve_path
+from vaelib.data.cache import FeatureCache, build_feature_cache
 from vaelib.data.nsynth import load_dataset
-from vaelib.exceptions import DataError
 from vaelib.data.render import render_dataset
+from vaelib.exceptions import DataError
 
 __all__ = ["ensure_dataset", "prepare_features"]
 

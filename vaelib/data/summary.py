@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from vaelib.data.cache import FeatureCache
 from vaelib.config import NSYNTH_FAMILIES, NSYNTH_SOURCES, Config, resolve_path
+from vaelib.data.cache import FeatureCache
 from vaelib.data.nsynth import SPLITS
 
 __all__ = [

@@ -1,0 +1,9 @@
+"""Data stage: NSynth-format notes in, normalised log-mel features out.
+
+- ``nsynth``: reading NSynth ``jsonwav`` folders: metadata table, filters, instrument-disjoint splits, wav decoding.
+- ``render``: GM synthesis of the embedded default dataset into NSynth layout (the only meaning of "render").
+- ``features``: the log-mel representation (batched torch STFT, librosa filterbank, dB) and its inverse.
+- ``cache``: the on-disk feature cache, keyed by the feature parameters and the input files.
+- ``prepare``: the stage as one call: dataset (rendered if missing) -> splits -> cached features.
+- ``summary``: tables of what a dataset and its features hold (counts, statistics, examples).
+"""
