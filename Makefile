@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 PARAMS ?= params/default.yaml
 
 .DEFAULT_GOAL := help
-.PHONY: help venv reports test lint lab render preprocess train benchmarks sweep check-reports lock clean-reports
+.PHONY: help venv reports test lint lab render preprocess train benchmarks sweep check-reports docs-figures lock clean-reports
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-14s %s\n", $$1, $$2}'
@@ -60,6 +60,9 @@ sweep: $(STAMP) ## run the planned experiments of params/experiments/ and their 
 
 check-reports: $(STAMP) ## load every page under reports/ in headless Chromium and fail on broken ones
 	$(VENV)/bin/vaelib check --root reports
+
+docs-figures: $(STAMP) ## copy the docs figures from reports/default/ (after make reports) into docs/figures/
+	$(PY) scripts/docs_figures.py --run reports/default --out docs/figures
 
 lock: $(STAMP) ## rewrite requirements.lock from the venv (after a deliberate upgrade)
 	$(PY) -m pip freeze --exclude-editable | sed 's/^torch==\(.*\)+cpu/torch==\1/' > requirements.lock.new
