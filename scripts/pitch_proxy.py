@@ -4,7 +4,7 @@ For each candidate feature setting (mel scale, FFT size, fmin) this builds the f
 ``--params`` dataset, takes each note's mean spectrum over its held part (frames 4-39, ~0.1-1.2 s:
 80 numbers), and scores a logistic pitch probe under 5-fold cross-validation grouped by instrument over
 the **train and valid** instruments only. It is the cheap proxy the default run's features were chosen
-on (README, "The representation"); a training per candidate would cost minutes each.
+on (docs/results.md, "The representation"); a training per candidate would cost minutes each.
 
 Writes ``scripts/results/pitch_proxy.json`` with the figures and the machine.
 
