@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import re
+import typing
 
 import pytest
 
@@ -177,3 +179,22 @@ def test_exponent_without_a_dot_is_a_number(tmp_path):
     assert load_config(path).train.lr == 5e-4
     with pytest.raises(ConfigError, match="train.lr: expected a number, got 'fast'"):
         load_config(overrides=["train.lr=fast"])
+
+
+def _float_keys() -> list[str]:
+    hints = typing.get_type_hints(Config)
+    return [f"{section.name}.{f.name}" for section in dataclasses.fields(Config)
+            for f in dataclasses.fields(hints[section.name])
+            if typing.get_type_hints(hints[section.name])[f.name] is float]
+
+
+@pytest.mark.parametrize("value", [".nan", ".inf", "-.inf", "nan", "inf", "1e400"])
+def test_every_float_refuses_nan_and_infinity_naming_the_key(value):
+    # NaN passes a range check (every comparison with it is false), so it is refused on its own
+    keys = _float_keys()
+    assert {"train.lr", "train.beta", "features.fmin", "model.logvar_bound"} <= set(keys)
+    for key in keys:
+        with pytest.raises(ConfigError, match=rf"{re.escape(key)}: expected a finite number, got"):
+            load_config(None, [f"{key}={value}"])
+    with pytest.raises(ConfigError, match=r"train\.epochs: expected an integer"):
+        load_config(None, [f"train.epochs={value}"])

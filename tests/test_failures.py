@@ -199,3 +199,28 @@ def test_examples_json_written_by_render_is_reread(tmp_path):
     df = load_dataset(DataConfig(root=str(tmp_path / "ds"), valid_fraction=0.0, test_fraction=0.0))
     with pytest.raises(DataError, match=f"{key}.wav: wav file not found"):
         build_feature_cache(df, FeatureConfig(cache_dir=str(tmp_path / "cache")), show_progress=False)
+
+
+def test_output_folder_that_cannot_be_created_names_the_file_in_the_way(tmp_path):
+    from vaelib.io import writable_folder
+
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    for target in (blocker, blocker / "sub" / "deeper"):
+        with pytest.raises(NotADirectoryError, match="a file stands where a folder is needed") as err:
+            writable_folder(target)
+        assert err.value.filename == str(blocker)
+    assert writable_folder(tmp_path / "new" / "folder").is_dir()
+    assert list((tmp_path / "new" / "folder").iterdir()) == []  # the write check leaves nothing
+
+
+def test_embed_checks_its_output_before_any_work(tmp_path):
+    from vaelib.analysis.latent import embed
+    from vaelib.config import Config
+
+    # the checkpoint does not exist: a refusal of ``out`` shows that ``out`` was checked first
+    with pytest.raises(ParameterError, match=re.escape(f"out: {tmp_path} is a folder")):
+        embed(tmp_path / "missing.pt", None, cfg=Config(), out=tmp_path)
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(NotADirectoryError):
+        embed(tmp_path / "missing.pt", None, cfg=Config(), out=tmp_path / "a_file" / "emb.parquet")

@@ -4,6 +4,7 @@ the run-state objects of vaelib.model.progress save and restore themselves."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import signal
 from collections import Counter
@@ -20,7 +21,7 @@ from vaelib.config import PROJECT_ROOT, load_config
 from vaelib.data.cache import FeatureCache
 from vaelib.data.prepare import prepare_features
 from vaelib.exceptions import CheckpointError, ParameterError, TrainingError
-from vaelib.model.checkpoint import checkpoint_dir, find_checkpoint, load_model
+from vaelib.model.checkpoint import checkpoint_dir, find_checkpoint, load_checkpoint, load_model
 from vaelib.model.progress import EarlyStopping, EpochProgress, RandomStreams
 from vaelib.model.train import HISTORY_COLUMNS, train
 from vaelib.model.vae import ConvVAE
@@ -379,3 +380,131 @@ def test_epoch_progress_continues_an_interrupted_epoch_exactly():
     streams3 = RandomStreams(0, torch.device("cpu"))
     streams3.load_state_dict(streams.state_dict())
     assert _epoch(progress3, streams3)[1]["train_contrast"] == 0.0
+
+
+# ----------------------------------------------------------------------------- non-finite inputs and figures
+
+def _poisoned_cache(cache: FeatureCache, split: str) -> tuple[FeatureCache, str]:
+    """``cache`` with NaN written into the features of the first note of ``split`` (in memory: the files on
+    disk are shared, and opening a damaged file is the cache's own check); that note's name."""
+    row = int(np.flatnonzero(cache.meta["split"].to_numpy() == split)[0])
+    feats = np.array(cache.features)
+    feats[row, 0, 3, 5] = np.nan
+    return dataclasses.replace(cache, features=feats), cache.meta["note_str"].iloc[row]
+
+
+@pytest.mark.parametrize("split", ["valid", "train"])
+def test_non_finite_features_are_refused_naming_the_notes(work, cache, split):
+    root, ds = work
+    poisoned, note = _poisoned_cache(cache, split)
+    cfg = _cfg(root, ds, ckpt=f"ckpt_nan_{split}")
+    with pytest.raises(TrainingError, match=rf"the '{split}' split's features hold non-finite values \(NaN or "
+                                            rf"infinity\) in 1 of \d+ notes \({note}\)") as err:
+        train(cfg, poisoned, show_progress=False)
+    assert str(poisoned.path) in str(err.value) and "train.lr" not in str(err.value)
+    run_dir = checkpoint_dir(cfg, poisoned.manifest["key"])
+    assert not (run_dir / "best.pt").exists() and not (run_dir / "last.pt").exists()
+
+
+def test_non_finite_inputs_in_a_batch_are_not_blamed_on_the_learning_rate(work, cache, monkeypatch):
+    root, ds = work
+    poisoned, _ = _poisoned_cache(cache, "train")
+    monkeypatch.setattr(vtrain, "_check_finite_features", lambda *a, **k: None)  # as if loaded from elsewhere
+    with pytest.raises(TrainingError, match=r"non-finite loss at step \d+ \(epoch 1.*1 of the batch's 16 input "
+                                            r"notes hold non-finite features") as err:
+        train(_cfg(root, ds, ckpt="ckpt_nan_batch"), poisoned, show_progress=False)
+    assert "train.lr" not in str(err.value)
+
+
+def test_non_finite_validation_figure_stops_training_naming_the_epoch(work, cache, monkeypatch):
+    root, ds = work
+    cfg = _cfg(root, ds, ckpt="ckpt_nan_valid")
+    real = vtrain.vae_loss  # what _evaluate calls
+    evaluations = []
+
+    def nan_on_second_evaluation(x, out, *, beta, free_bits):
+        parts = real(x, out, beta=beta, free_bits=free_bits)
+        if x.shape[0] == cache.split("valid")[0].shape[0] and not torch.is_grad_enabled():
+            evaluations.append(1)
+            if len(evaluations) == 2:
+                return parts._replace(recon=parts.recon * float("nan"), total=parts.total * float("nan"))
+        return parts
+
+    monkeypatch.setattr(vtrain, "vae_loss", nan_on_second_evaluation)
+    with pytest.raises(TrainingError, match=r"non-finite validation figures after epoch 2: valid_recon=nan.*the "
+                                            r"valid notes are finite, so the model gives non-finite outputs") as err:
+        train(cfg, cache, show_progress=False)
+    assert "last.pt (epoch 1)" in str(err.value)
+    run_dir = checkpoint_dir(cfg, cache.manifest["key"])
+    best, last = load_checkpoint(run_dir / "best.pt"), load_checkpoint(run_dir / "last.pt")
+    assert best["epoch"] == last["epoch"] == 1 and np.isfinite(best["best"]["valid_recon"])
+
+
+# ----------------------------------------------------------------------------- existing runs
+
+def test_retrain_replaces_a_finished_run_only_once_finished(work, cache, monkeypatch, caplog):
+    from vaelib.model.train import train_or_reuse
+
+    root, ds = work
+    cfg = _cfg(root, ds, ckpt="ckpt_retrain_api", extra=("train.epochs=2",))
+    res, trained = train_or_reuse(cfg, cache, show_progress=False)  # as 02_train calls it
+    assert trained and find_checkpoint(cfg, cache) == res.best_path
+    before = res.best_path.read_bytes()
+    assert train(cfg, cache, show_progress=False).best_epoch == res.best_epoch  # kept as it is
+    assert res.best_path.read_bytes() == before
+    # a retrain (02_train's retrain=True) interrupted after one epoch leaves the finished run
+    _interrupt_at(monkeypatch, 5)
+    with pytest.raises(KeyboardInterrupt):
+        train_or_reuse(cfg, cache, retrain=True, show_progress=False)
+    monkeypatch.undo()
+    assert res.best_path.read_bytes() == before and find_checkpoint(cfg, cache) == res.best_path
+    assert train_or_reuse(cfg, cache, show_progress=False)[1] is False  # still reused
+    # a replacement killed between its two renames is completed by the next call, with a warning
+    run_dir, staging = res.run_dir, res.run_dir.with_name(res.run_dir.name + ".retrain")
+    import shutil
+
+    shutil.rmtree(staging)
+    shutil.copytree(run_dir, staging)  # a finished retrain
+    run_dir.rename(run_dir.with_name(run_dir.name + ".replaced"))
+    caplog.set_level(logging.INFO, logger="vaelib")
+    again = train(cfg, cache, show_progress=False)
+    assert "interrupted replacement by its retrain is completed" in caplog.text
+    assert again.run_dir == run_dir and (run_dir / "best.pt").read_bytes() == before
+    assert not staging.exists() and not run_dir.with_name(run_dir.name + ".replaced").exists()
+    # the retrain run to its end replaces the run, with the same numbers
+    new, trained = train_or_reuse(cfg, cache, retrain=True, show_progress=False)
+    assert trained and new.run_dir == run_dir and new.best_path == run_dir / "best.pt"
+    _assert_same_history(new.history, res.history)
+    assert not staging.exists() and find_checkpoint(cfg, cache) == new.best_path
+    # a finished run without its best.pt is not returned as if it had one
+    new.best_path.unlink()
+    with pytest.raises(CheckpointError, match=r"the run has finished but its best\.pt is missing.*retrain"):
+        train(cfg, cache, show_progress=False)
+
+
+def test_unreadable_last_pt_is_a_checkpoint_error_saying_how_to_start_over(work, cache, monkeypatch):
+    root, ds = work
+    cfg = _cfg(root, ds, ckpt="ckpt_truncated_api")
+    _interrupt_at(monkeypatch, 5)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, cache, show_progress=False)
+    monkeypatch.undo()
+    with pytest.raises(TrainingError, match=r"holds an unfinished training \(1 of 4 epochs.*resume=True"):
+        train(cfg, cache, show_progress=False)
+    last = checkpoint_dir(cfg, cache.manifest["key"]) / "last.pt"
+    last.write_bytes(last.read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match=r"last\.pt: cannot read checkpoint.*nothing to resume|"
+                                              r"last\.pt: cannot read checkpoint.*neither reused nor resumed.*retrain"):
+        train(cfg, cache, resume=True, show_progress=False)
+
+
+def test_a_run_locked_by_another_trainer_is_refused(work, cache):
+    from vaelib.model.checkpoint import RunLock
+
+    root, ds = work
+    cfg = _cfg(root, ds, ckpt="ckpt_locked")
+    run_dir = checkpoint_dir(cfg, cache.manifest["key"])
+    with RunLock(run_dir):  # a separate lock object excludes like another process
+        with pytest.raises(TrainingError, match=rf"run {run_dir.name} is being trained by process {os.getpid()}"):
+            train(cfg, cache, show_progress=False)
+    assert not run_dir.exists()

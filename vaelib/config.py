@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import typing
 from dataclasses import dataclass, field
@@ -271,12 +272,17 @@ def _check_scalar(where: str, value: Any, kind: Any) -> Any:
         if isinstance(value, str):
             # YAML 1.1 reads 3e-4 (no dot) as a string; a number written so is still a number.
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 raise ConfigError(f"{where}: expected a number, got {value!r}") from None
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        elif isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
-        return float(value)
+        else:
+            number = float(value)
+        # NaN passes every range check (each comparison is false) and an infinity is no setting either.
+        if not math.isfinite(number):
+            raise ConfigError(f"{where}: expected a finite number, got {value!r}")
+        return number
     if kind is str:
         if not isinstance(value, str):
             raise ConfigError(f"{where}: expected a string, got {value!r}")

@@ -1,12 +1,18 @@
 """Atomic file writes: a temp file in the target's folder, fsynced, then renamed over the target.
 
 A reader therefore sees either the old file or the complete new one, never a partial write.
+Also the tools of work that several processes may share: an exclusive lock file (``FileLock``) and
+the owner of a folder left behind (``OWNER_TAG``, ``owner_gone``).
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import os
+import re
+import socket
 import tempfile
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -18,7 +24,8 @@ import numpy as np
 UMASK = os.umask(0)
 os.umask(UMASK)
 
-__all__ = ["UMASK", "atomic_path", "atomic_write_text", "atomic_write_json"]
+__all__ = ["UMASK", "atomic_path", "atomic_write_text", "atomic_write_json", "FileLock", "HOST", "OWNER_TAG",
+           "pid_alive", "owner_gone", "writable_folder", "os_error_text"]
 
 
 @contextmanager
@@ -65,3 +72,146 @@ def _json_default(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     raise TypeError(f"not JSON-serialisable: {type(obj).__name__}")
+
+
+# --- Work shared between processes: a lock file, and who owns a folder left behind -------------------
+
+HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:63] or "host"  # safe inside a file name
+OWNER_TAG = f"{HOST}.{os.getpid()}"  # "<host>.<pid>": put in the name of a folder this process may leave behind
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process of this id runs on this machine (signal 0 checks without sending anything)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def owner_gone(host: str, pid: int) -> bool:
+    """Whether the process named by an ``OWNER_TAG`` has ended for sure: only a process of this host can
+    be checked; one of another host (a shared disk) counts as alive."""
+    return host == HOST and not pid_alive(pid)
+
+
+class FileLock:
+    """An exclusive ``fcntl.flock`` on ``path``, which is created on acquire and removed on release.
+
+    The kernel drops the lock of a process that dies, so a killed holder never blocks the others.
+    Removing the file on release would let a waiter hold the lock on a file no longer in the folder
+    while a newcomer locks a new one; ``acquire`` therefore checks, once it holds the lock, that its
+    file is still the one at ``path`` and starts over otherwise. The file holds ``OWNER_TAG`` of the
+    holder, for messages (when the holder may write it: a lock file of another user is locked read-only).
+    Not reentrant; separate ``FileLock`` objects exclude each other even in one process.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self._fd: int | None = None
+
+    def holder(self) -> str:
+        """``OWNER_TAG`` of the process that holds the lock, as far as it could be read ("" if unknown)."""
+        try:
+            return self.path.read_text().strip()
+        except (OSError, UnicodeDecodeError):
+            return ""
+
+    def acquire(self, *, blocking: bool = True, on_wait: Callable[[FileLock], None] | None = None) -> bool:
+        """Take the lock; ``on_wait(self)`` is called once if another process holds it and we wait.
+
+        Returns False only when ``blocking`` is false and the lock is held elsewhere. Raises OSError
+        when the file cannot be created (a read-only or missing folder).
+        """
+        if self._fd is not None:
+            raise RuntimeError(f"{self.path}: lock already held by this FileLock")
+        waited = False
+        while True:
+            try:
+                fd, writable = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666), True
+            except PermissionError:
+                fd, writable = os.open(self.path, os.O_RDONLY), False  # flock needs no write access
+            try:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    if not blocking:
+                        os.close(fd)
+                        return False
+                    if not waited and on_wait is not None:
+                        on_wait(self)
+                    waited = True
+                    fcntl.flock(fd, fcntl.LOCK_EX)
+                try:
+                    mine, there = os.fstat(fd), os.stat(self.path)
+                    same = (mine.st_dev, mine.st_ino) == (there.st_dev, there.st_ino)
+                except FileNotFoundError:
+                    same = False
+                if same:
+                    if writable:
+                        os.ftruncate(fd, 0)
+                        os.pwrite(fd, f"{OWNER_TAG}\n".encode(), 0)
+                    self._fd = fd
+                    return True
+            except BaseException:
+                os.close(fd)
+                raise
+            os.close(fd)  # the holder before us removed this file: lock the one at path now
+
+    def release(self) -> None:
+        """Remove the file and drop the lock (in that order: no one can lock a file that is gone)."""
+        if self._fd is None:
+            return
+        try:
+            self.path.unlink(missing_ok=True)
+        except OSError:
+            pass  # a file left in place is harmless: the next holder locks that same file
+        finally:
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> FileLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+# --- Output folders checked before the work that fills them ------------------------------------------
+
+def writable_folder(path: str | os.PathLike) -> Path:
+    """Create folder ``path`` (and its parents) if missing, and check that a file can be created in it.
+
+    Called before long work whose result goes there, so that a bad output location fails first.
+
+    Raises
+    ------
+    OSError
+        With ``filename`` the path at fault: ``NotADirectoryError`` naming the file that stands where a
+        folder is needed (``path`` or a parent), else the error of creating the folder or a file in it
+        (``PermissionError`` for a read-only folder).
+    """
+    path = Path(path)
+    for folder in (path, *path.parents):
+        if folder.exists() or folder.is_symlink():
+            if not folder.is_dir():
+                raise NotADirectoryError(errno.ENOTDIR, "a file stands where a folder is needed", str(folder))
+            break
+    path.mkdir(parents=True, exist_ok=True)
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".write-check.", dir=path)
+    except OSError as exc:
+        raise type(exc)(exc.errno, exc.strerror, str(path)) from exc
+    os.close(fd)
+    os.unlink(probe)
+    return path
+
+
+def os_error_text(exc: OSError) -> str:
+    """``"<path>: <reason>"`` of an OSError (``"<path> -> <path2>: ..."`` for a rename), for one-line messages."""
+    where = " -> ".join(str(f) for f in (exc.filename, exc.filename2) if f is not None)
+    what = exc.strerror or str(exc)
+    return f"{where}: {what}" if where else what

@@ -155,29 +155,46 @@ def embed(checkpoint: str | Path, dataset_root: str | Path | None, *, cfg: Confi
           show_progress: bool = True, device: str = "cpu") -> pd.DataFrame:
     """mu and logvar of every note of an NSynth-layout folder, written as Parquet with the metadata.
 
-    The features are computed with the checkpoint's own feature parameters (the model only reads
-    those), cached in ``cfg.features.cache_dir``; the notes are filtered and split by ``cfg.data``.
+    The model is built from the checkpoint's own config and the features are computed with its own
+    feature parameters (the model only reads those), cached in ``cfg.features.cache_dir``; the notes
+    are filtered and split by ``cfg.data``. A checkpoint whose model or log-mel differ from ``cfg``'s
+    is still used, with a warning naming every differing key: the table is then that model's.
 
     Parameters
     ----------
     checkpoint : a ``.pt`` written by ``vaelib.model.train``.
     dataset_root : NSynth-layout folder (None: ``cfg.data.root``).
-    out : Parquet file, written atomically.
+    out : Parquet file, written atomically; its folder is checked (created if missing) before any work.
 
     Returns
     -------
     The table written (see ``embedding_table``).
+
+    Raises
+    ------
+    ParameterError
+        When ``out`` is a folder.
+    OSError
+        When ``out``'s folder cannot be created or written (naming it), before any work.
+    CheckpointError
+        When the checkpoint cannot be read.
     """
     from vaelib.data.cache import build_feature_cache
     from vaelib.data.nsynth import load_dataset
-    from vaelib.io import atomic_path
-    from vaelib.model.checkpoint import load_model
+    from vaelib.io import atomic_path, writable_folder
+    from vaelib.model.checkpoint import load_model, model_differences
 
+    out = Path(out)
+    if out.is_dir():
+        raise ParameterError(f"out: {out} is a folder; expected the path of a Parquet file")
+    writable_folder(out.parent)
     model, ckpt = load_model(Path(checkpoint), device=device)
     trained = checkpoint_config(ckpt)
+    differences = model_differences(ckpt, cfg, Path(checkpoint))
+    if differences:
+        warnings.warn(f"{checkpoint}: embedding with the checkpoint's own model and log-mel, which differ from the "
+                      "params': " + "; ".join(differences), stacklevel=2)
     features_cfg = dataclasses.replace(trained.features, cache_dir=cfg.features.cache_dir)
-    if features_cfg != cfg.features:
-        log.warning("embedding with the checkpoint's feature parameters, which differ from the params'")
     df = load_dataset(cfg.data, seed=cfg.run.seed, root=dataset_root)
     cache = build_feature_cache(df, features_cfg, resample=cfg.data.resample, show_progress=show_progress)
     mu, logvar = encode_features(model, cache.features, device=device)

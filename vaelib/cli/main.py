@@ -1,7 +1,8 @@
 """The `vaelib` command line: one entry point, one subcommand per stage.
 
 Every subcommand takes ``--params`` and ``--set section.key=value`` and validates the config before
-doing anything.
+doing anything. A refused input ends as ``vaelib <command>: error: <message>`` with exit status 2,
+and so does what the OS refuses (``<path>: <reason>``); output folders are checked before the work.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from vaelib.cli import report as cli_report
 from vaelib.cli import train as cli_train
 from vaelib.config import PARAMS_DIR, Config, load_config, resolve_path
 from vaelib.exceptions import VaelibError
+from vaelib.io import os_error_text, writable_folder
 
 __all__ = ["main"]
 
@@ -38,6 +40,7 @@ def cmd_render(args: argparse.Namespace) -> int:
 
     cfg = _config(args)
     out = resolve_path(args.out) if args.out else resolve_path(cfg.data.root)
+    writable_folder(out.parent)  # before rendering anything
     summary = render_dataset(cfg.render, out, show_progress=not args.quiet)
     print(json.dumps({k: v for k, v in summary.items() if k not in ("pitches",)}, indent=2))
     return 0
@@ -101,6 +104,12 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except VaelibError as exc:
         print(f"vaelib {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        # What the OS refuses (a file where a folder is needed, a read-only folder, a full disk) is a
+        # problem of the input or the environment: its path and reason, not a traceback (-v logs it).
+        log.debug("%s failed", args.command, exc_info=True)
+        print(f"vaelib {args.command}: error: {os_error_text(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"vaelib {args.command}: interrupted", file=sys.stderr)

@@ -5,9 +5,31 @@ from __future__ import annotations
 import argparse
 import json
 
-from vaelib.config import load_config
+from vaelib.config import load_config, resolve_path
+from vaelib.exceptions import ConfigError
+from vaelib.io import os_error_text, writable_folder
 
 __all__ = ["register", "cmd_train"]
+
+EPILOG = """\
+A run is named by a hash of the params that change what training computes; its folder in
+train.checkpoint_dir holds last.pt, best.pt, history.csv and config.yaml.
+
+  no run yet          it is trained from scratch.
+  a finished run      it is kept and printed as it is: nothing is trained or written.
+                      --retrain trains it again in <run>.retrain/ beside it, which replaces the
+                      run only once that training has finished: an interrupted or failed retrain
+                      leaves the finished run (and what `vaelib embed` finds) as it was.
+  an unfinished run   (Ctrl-C, SIGTERM, a kill, an error) --resume continues it from last.pt with
+                      the numbers an uninterrupted run would give; without --resume or --retrain
+                      it is refused (exit 2), not started over.
+  unreadable last.pt  (truncated, damaged) it cannot be resumed: --retrain trains the run again,
+                      keeping the old files until the new training finishes.
+
+--retrain --resume continues an interrupted retrain. One process trains a run at a time: a second
+one is refused, naming the process that holds <run>.lock. A non-finite loss, validation figure or
+feature stops training with an error saying which, and last.pt keeps the last good epoch.
+"""
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -17,8 +39,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.params, args.overrides)
     resolve_device(cfg.train.device)  # a missing device is an error before any work
+    try:
+        writable_folder(resolve_path(cfg.train.checkpoint_dir))  # so is a checkpoint folder that cannot be written
+    except OSError as exc:
+        raise ConfigError(f"train.checkpoint_dir: {os_error_text(exc)}") from exc
     cache = prepare_features(cfg, show_progress=not args.quiet)
-    res = train(cfg, cache, resume=args.resume, show_progress=not args.quiet)
+    res = train(cfg, cache, resume=args.resume, retrain=args.retrain, show_progress=not args.quiet)
     last = res.history.iloc[-1] if len(res.history) else {}
     summary = {
         "checkpoint_dir": str(res.run_dir),
@@ -41,9 +67,15 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def register(sub, add_config_args) -> None:
     """Add the ``train`` subparser to ``sub`` (called by :func:`vaelib.cli.build_parser`)."""
-    p = sub.add_parser("train", help="train the VAE on the cached features (resumable)")
+    p = sub.add_parser("train", help="train the VAE on the cached features (resumable; a finished run is kept)",
+                       description="Train the VAE of the params on their cached features (built if missing).",
+                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_args(p)
     p.add_argument("--resume", action="store_true",
-                   help="continue from last.pt of this config's checkpoint folder (after Ctrl-C or a kill)")
+                   help="continue the unfinished run of these params from its last.pt (after Ctrl-C, SIGTERM or a "
+                        "kill); with --retrain, continue an interrupted retrain")
+    p.add_argument("--retrain", action="store_true",
+                   help="train the run again from scratch even if it has finished, beside it; the new training "
+                        "replaces the run only once it finishes")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_train)

@@ -4,12 +4,19 @@ A run's folder is named by a hash of everything that changes what training compu
 training, feature and data config, seed, feature cache). Files are written atomically; they are
 read with ``torch.load(..., weights_only=True)``, so a checkpoint holds only tensors and plain types
 (the numpy RNG state included).
+
+Beside a run's folder ``<hash>`` in ``train.checkpoint_dir`` live ``<hash>.lock`` (while one
+process trains the run, :class:`RunLock`) and, while the run is trained again,
+``<hash>.retrain`` (the new training, which replaces the run's folder only once it has finished:
+:func:`replace_run`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -24,12 +31,13 @@ from vaelib.config import (
     section_hash,
 )
 from vaelib.data.cache import FeatureCache
-from vaelib.exceptions import CheckpointError, ConfigError
-from vaelib.io import atomic_path
+from vaelib.exceptions import CheckpointError, ConfigError, TrainingError
+from vaelib.io import FileLock, atomic_path
 from vaelib.model.vae import ConvVAE
 
 __all__ = ["CHECKPOINT_FORMAT", "checkpoint_dir", "load_checkpoint", "load_model", "find_checkpoint",
-           "check_same_model", "save_checkpoint", "rng_state", "set_rng_state"]
+           "check_same_model", "model_differences", "save_checkpoint", "rng_state", "set_rng_state", "RunLock",
+           "staging_dir", "replace_run", "recover_replaced_run"]
 
 log = logging.getLogger(__name__)
 
@@ -118,15 +126,23 @@ def _saved_section(ckpt: dict, path: Path, name: str) -> dict:
         return {**config_to_dict(getattr(Config(), name)), **saved}
 
 
-def check_same_model(ckpt: dict, cfg: Config, path: Path) -> None:
-    """Raise when ``cfg``'s model or log-mel differs from the checkpoint's: a model trained on one
-    log-mel is wrong on another of the same shape (a Slaney-scale model fed HTK bands, or inverted to
-    audio on the wrong scale)."""
+def model_differences(ckpt: dict, cfg: Config, path: Path) -> list[str]:
+    """Every model and log-mel key (``feature_representation``) whose value in checkpoint ``ckpt`` (read
+    from ``path``) differs from ``cfg``'s, each as ``"model.latent_dim (checkpoint 8, asked 4)"``; empty
+    when they match. Keys added since the checkpoint was written read as their defaults."""
     diffs = _config_diff(_saved_section(ckpt, path, "model"), config_to_dict(cfg.model), "model")
     saved = _saved_section(ckpt, path, "features")
     for k, asked in feature_representation(cfg.features).items():
         if saved.get(k) != asked:
             diffs.append(f"features.{k} (checkpoint {saved.get(k)!r}, asked {asked!r})")
+    return diffs
+
+
+def check_same_model(ckpt: dict, cfg: Config, path: Path) -> None:
+    """Raise when ``cfg``'s model or log-mel differs from the checkpoint's: a model trained on one
+    log-mel is wrong on another of the same shape (a Slaney-scale model fed HTK bands, or inverted to
+    audio on the wrong scale)."""
+    diffs = model_differences(ckpt, cfg, path)
     if diffs:
         raise CheckpointError(f"{path}: checkpoint does not match the model asked for: " + "; ".join(diffs))
 
@@ -168,3 +184,91 @@ def find_checkpoint(cfg: Config, cache: FeatureCache) -> Path | None:
         log.warning("ignoring %s: %s", last, exc)
         return None
     return best if ckpt.get("finished") and same else None
+
+
+# ----------------------------------------------------------------------------- one trainer per run
+
+class RunLock:
+    """Exclusive right to train the run in ``run_dir``: a :class:`vaelib.io.FileLock` on
+    ``<run_dir>.lock`` beside it.
+
+    The lock is not waited for: a second process that asks for it while the first trains gets a
+    :class:`TrainingError` naming that process, instead of two trainers writing the same checkpoints.
+    The kernel drops the lock of a killed trainer, so none is left stale. It lies beside the folder,
+    not inside it, because a finished retrain replaces the folder.
+
+    Parameters
+    ----------
+    run_dir : Path, a run's folder (:func:`checkpoint_dir`); its parent is created if missing.
+    """
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = Path(run_dir)
+        self.lock = FileLock(self.run_dir.with_name(self.run_dir.name + ".lock"))
+
+    def __enter__(self) -> RunLock:
+        self.run_dir.parent.mkdir(parents=True, exist_ok=True)
+        if not self.lock.acquire(blocking=False):
+            host, _, pid = self.lock.holder().rpartition(".")
+            who = f"process {pid} on {host}" if pid else "another process"
+            raise TrainingError(f"run {self.run_dir.name} is being trained by {who} (lock {self.lock.path}); "
+                                "wait for it to finish or stop it, then try again")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.lock.release()
+
+
+def staging_dir(run_dir: Path) -> Path:
+    """``<run_dir>.retrain``: where a new training of the run goes until it replaces ``run_dir``."""
+    return run_dir.with_name(run_dir.name + ".retrain")
+
+
+def _replaced_dir(run_dir: Path) -> Path:
+    return run_dir.with_name(run_dir.name + ".replaced")
+
+
+def _finished(folder: Path) -> bool:
+    try:
+        return bool(load_checkpoint(folder / "last.pt").get("finished"))
+    except CheckpointError:
+        return False
+
+
+def replace_run(staging: Path, run_dir: Path) -> None:
+    """Put the finished training in ``staging`` in the place of ``run_dir`` (which may be missing).
+
+    Two renames: ``run_dir`` to ``<run_dir>.replaced``, ``staging`` to ``run_dir``; then the old
+    folder is removed. A process killed between the renames leaves both folders, which
+    :func:`recover_replaced_run` puts right. Call it holding :class:`RunLock`.
+    """
+    old = _replaced_dir(run_dir)
+    if old.exists():
+        shutil.rmtree(old)
+    if run_dir.exists():
+        os.rename(run_dir, old)
+    os.rename(staging, run_dir)
+    shutil.rmtree(old, ignore_errors=True)
+    log.info("%s replaced by the training finished in %s", run_dir, staging.name)
+
+
+def recover_replaced_run(run_dir: Path) -> None:
+    """Finish or undo a :func:`replace_run` that was killed between its renames (logged); else nothing.
+
+    With no ``run_dir``, the finished training in the staging folder takes its place, or, when there
+    is none, the replaced run is put back. A leftover ``<run_dir>.replaced`` beside a ``run_dir`` is
+    removed. Call it holding :class:`RunLock`.
+    """
+    old = _replaced_dir(run_dir)
+    if not old.exists():
+        return
+    if not run_dir.exists():
+        staging = staging_dir(run_dir)
+        if staging.is_dir() and _finished(staging):
+            os.rename(staging, run_dir)
+            log.warning("repaired %s: an interrupted replacement by its retrain is completed", run_dir)
+        else:
+            os.rename(old, run_dir)
+            log.warning("repaired %s: an interrupted replacement is undone, the run is back", run_dir)
+            return
+    shutil.rmtree(old, ignore_errors=True)

@@ -1,8 +1,11 @@
 """Training stage: the VAE on the cached features, resumable, with early stopping and a NaN guard.
 
-:func:`train` reads as its phases: set up the data, the model, optimiser and random streams,
-restore them when resuming, then per epoch order the batches, step through them (schedules,
-forward, objective, backward, step, log), evaluate, decide whether to stop, and checkpoint.
+:func:`train` decides what to do with the run's folder (keep a finished run, continue an
+unfinished one when asked, or train again beside it and replace it once finished), holding the
+run's lock; ``_fit`` reads as the phases of training: set up the data, the model, optimiser and
+random streams, restore them when resuming, then per epoch order the batches, step through them
+(schedules, forward, objective, backward, step, log), evaluate, decide whether to stop, and checkpoint.
+Non-finite features, losses and validation figures stop training with an error that says which.
 
 Speed on a small CPU comes from doing nothing per step but the model: the whole split is one
 float32 tensor in memory (no DataLoader, no audio decoding), batches are rows picked by a
@@ -17,14 +20,17 @@ the same numbers as an uninterrupted one.
 
 Files of a run, in ``checkpoint_dir(cfg, cache_key)``:
 ``last.pt`` (written at every epoch end, and at the batch boundary where Ctrl-C / SIGTERM
-arrived), ``best.pt`` (best valid reconstruction so far), ``history.csv``, ``config.yaml``.
+arrived), ``best.pt`` (best valid reconstruction so far), ``history.csv``, ``config.yaml``;
+beside it ``<run>.lock`` and, during a retrain, ``<run>.retrain/`` with the same files.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
+import shutil
 import signal
 import threading
 from dataclasses import dataclass
@@ -37,15 +43,19 @@ import torch
 
 from vaelib.config import Config, TrainConfig, config_to_dict, save_config
 from vaelib.data.cache import FeatureCache
-from vaelib.exceptions import TrainingError
+from vaelib.exceptions import CheckpointError, TrainingError
 from vaelib.io import atomic_write_text
 from vaelib.model.checkpoint import (
     CHECKPOINT_FORMAT,
+    RunLock,
     check_same_model,
     checkpoint_dir,
     find_checkpoint,
     load_checkpoint,
+    recover_replaced_run,
+    replace_run,
     save_checkpoint,
+    staging_dir,
 )
 from vaelib.model.device import autocast_dtype, resolve_device, set_threads
 from vaelib.model.loss import AUX_TERMS, VAE_TERMS, active_units, beta_at, lr_at, training_objective, vae_loss
@@ -66,6 +76,14 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 EVAL_BATCH = 256  # notes per forward pass when evaluating (no gradients, so larger is fine)
+CHECK_ROWS = 1024  # notes checked for non-finite features at a time (bounds the temporary mask)
+VALID_FIGURES = ("valid_", "mu_", "logvar_")  # the columns _evaluate fills (active_units is a count)
+# How to continue an interrupted run, and how to start one over, for a run (False) or a retrain (True).
+RESUME_HINT = {False: "`vaelib train --resume` (resume=True)",
+               True: "`vaelib train --retrain --resume` (retrain=True, resume=True)"}
+RESTART_HINT = {False: "`vaelib train --retrain` (retrain=True) trains it again from scratch beside it and "
+                       "replaces it only once that training finishes",
+                True: "`vaelib train --retrain` without --resume (retrain=True, resume=False) starts the retrain over"}
 HISTORY_COLUMNS = (
     "epoch", "step", "beta", "lr", "seconds",
     "train_recon", "train_kl_raw", "train_kl_fb", "train_total",
@@ -119,9 +137,31 @@ def _split_tensors(cache: FeatureCache, name: str,
     if len(meta) < 2:
         raise TrainingError(f"{cache.path}: the {name!r} split has {len(meta)} note(s), at least 2 are needed; "
                             "check data.valid_fraction / data.test_fraction / the filters")
+    _check_finite_features(feats, meta, split=name, where=cache.path)
     pitch = torch.tensor(meta["pitch"].to_numpy(dtype=np.int64), device=device)
     instrument = torch.tensor(meta["instrument"].to_numpy(dtype=np.int64), device=device)
     return _to_tensor(feats, device), pitch, instrument
+
+
+def _check_finite_features(feats: np.ndarray, meta: pd.DataFrame, *, split: str, where: Path) -> None:
+    """Raise :class:`TrainingError` naming the notes of ``split`` whose features hold a NaN or an infinity,
+    before any step is taken on them.
+
+    Parameters
+    ----------
+    feats : [shape=(notes, 1, n_mels, frames)] the split's features; meta : its rows, same order.
+    """
+    bad: list[int] = []
+    for start in range(0, len(feats), CHECK_ROWS):
+        rows = feats[start:start + CHECK_ROWS]
+        bad.extend(start + np.flatnonzero(~np.isfinite(rows.reshape(len(rows), -1)).all(axis=1)))
+    if bad:
+        names = meta["note_str"].iloc[bad[:5]].tolist() if "note_str" in meta else bad[:5]
+        raise TrainingError(
+            f"{where}: the {split!r} split's features hold non-finite values (NaN or infinity) in {len(bad)} of "
+            f"{len(meta)} notes ({', '.join(map(str, names))}{', ...' if len(bad) > 5 else ''}); the cache is "
+            "damaged: delete that folder to rebuild it (if the rebuilt one has them too, those notes' wavs hold "
+            "non-finite samples)")
 
 
 def _load_data(cache: FeatureCache, tc: TrainConfig, device: torch.device) -> _Data:
@@ -237,8 +277,21 @@ class _StopFlag:
 
 # ----------------------------------------------------------------------------- training
 
-def train(cfg: Config, cache: FeatureCache, *, resume: bool = False, show_progress: bool = True) -> TrainResult:
+def train(cfg: Config, cache: FeatureCache, *, resume: bool = False, retrain: bool = False,
+          show_progress: bool = True) -> TrainResult:
     """Train the VAE of ``cfg`` on the train split of ``cache``, early-stopping on the valid split.
+
+    What happens depends on what the run's folder (:func:`checkpoint_dir`) holds:
+
+    - no run (no ``last.pt``): the run is trained from scratch in it;
+    - a finished run: it is returned as it is (nothing is trained or written), unless ``retrain``;
+    - an unfinished run (interrupted, killed, stopped by an error): ``resume`` continues it from
+      ``last.pt``; otherwise it is left alone and a :class:`TrainingError` says so.
+
+    ``retrain`` trains from scratch in the staging folder ``<run>.retrain`` beside it (continuing an
+    interrupted retrain there when ``resume`` too), which takes the run folder's place only once
+    that training has finished: a retrain that is interrupted or fails leaves the run as it was.
+    One process trains a run at a time (:class:`vaelib.model.checkpoint.RunLock`).
 
     Parameters
     ----------
@@ -247,8 +300,9 @@ def train(cfg: Config, cache: FeatureCache, *, resume: bool = False, show_progre
     cache : FeatureCache
         Features with ``train`` and ``valid`` splits (from :func:`vaelib.data.prepare.prepare_features`).
     resume : bool
-        Continue from ``last.pt`` of this config's folder when there is one (a finished run is
-        returned as it is); otherwise start from scratch, replacing any earlier run of this config.
+        Continue the unfinished run (with ``retrain``: the unfinished retrain) from its ``last.pt``.
+    retrain : bool
+        Train the run again even when it has finished, replacing it only once the new training finishes.
     show_progress : bool
         tqdm bar per epoch with the running loss parts.
 
@@ -259,15 +313,39 @@ def train(cfg: Config, cache: FeatureCache, *, resume: bool = False, show_progre
     Raises
     ------
     TrainingError
-        On a non-finite loss (naming the step; ``last.pt`` keeps the last good epoch) or an empty split.
+        On a non-finite loss or validation figure (naming the step or epoch, and whether the inputs
+        or the training are at fault; ``last.pt`` keeps the last good epoch), on non-finite features
+        (naming the notes), on an empty split, on an unfinished run asked for without ``resume`` or
+        ``retrain``, and when another process is training the run.
     KeyboardInterrupt
         After Ctrl-C or SIGTERM, once ``last.pt`` holds the state at that batch boundary.
     CheckpointError
-        When resuming from a checkpoint whose config differs from ``cfg``.
+        When the ``last.pt`` to resume or reuse cannot be read (the message says how to start over),
+        or its config differs from ``cfg``.
     """
+    run_dir = checkpoint_dir(cfg, cache.manifest["key"])
+    with RunLock(run_dir):
+        recover_replaced_run(run_dir)
+        if retrain:
+            # a new training beside the run, which replaces the run once it has finished
+            staging = _staging_dir(run_dir, resume=resume)
+            res = _fit(cfg, cache, staging, resume=resume, retrain=True, show_progress=show_progress)
+            replace_run(staging, run_dir)
+            return dataclasses.replace(res, run_dir=run_dir, best_path=run_dir / "best.pt",
+                                       last_path=run_dir / "last.pt")
+        # a finished run is kept; an unfinished one is continued only when asked to
+        kept = _kept_run(run_dir, cfg, resume=resume)
+        if kept is not None:
+            return kept
+        return _fit(cfg, cache, run_dir, resume=resume, retrain=False, show_progress=show_progress)
+
+
+def _fit(cfg: Config, cache: FeatureCache, run_dir: Path, *, resume: bool, retrain: bool,
+         show_progress: bool) -> TrainResult:
+    """Train in ``run_dir`` (from its ``last.pt`` when ``resume``); ``retrain`` only words the hints."""
     tc = cfg.train
     device, dtype = _device(tc)
-    run_dir = _run_dir(cfg, cache)
+    _open_run_dir(cfg, run_dir)
     last_path, best_path = run_dir / "last.pt", run_dir / "best.pt"
 
     # data
@@ -283,7 +361,8 @@ def train(cfg: Config, cache: FeatureCache, *, resume: bool = False, show_progre
     stateful = {"model": model, "optimizer": optimizer, "rng": streams, "best": early, "partial": progress}
 
     # restore the state when resuming
-    epoch, step, finished, history = _restore(last_path, cfg, device, stateful) if resume else (0, 0, False, [])
+    epoch, step, finished, history = (_restore(last_path, cfg, device, stateful, restart=RESTART_HINT[retrain])
+                                      if resume else (0, 0, False, []))
     meta = _meta(cfg, cache, model, device, dtype)
 
     def state() -> dict:
@@ -309,7 +388,7 @@ def train(cfg: Config, cache: FeatureCache, *, resume: bool = False, show_progre
                     out = model(xb, pb if pitched else None, generator=streams.noise)
                 loss, parts = training_objective(xb, out, model, pitch=pb, classes=data.classes[idx], beta=beta,
                                                  cfg=tc)
-                _check_finite(loss, parts, beta=beta, step=step, epoch=epoch, batch=b, n_batches=data.n_batches,
+                _check_finite(loss, parts, xb, beta=beta, step=step, epoch=epoch, batch=b, n_batches=data.n_batches,
                               last_path=last_path)
                 # backward and step
                 _optimizer_step(optimizer, model, loss, lr=lr, grad_clip=tc.grad_clip)
@@ -320,7 +399,8 @@ def train(cfg: Config, cache: FeatureCache, *, resume: bool = False, show_progre
                 if stop.signum is not None and b < data.n_batches - 1:
                     progress.pause(b + 1, streams)
                     save_checkpoint(state(), last_path)
-                    log.warning("interrupted at step %d: state saved to %s; continue with --resume", step, last_path)
+                    log.warning("interrupted at step %d: state saved to %s; continue with %s", step, last_path,
+                                RESUME_HINT[retrain])
                     raise KeyboardInterrupt
             # evaluate
             epoch += 1
@@ -328,6 +408,7 @@ def train(cfg: Config, cache: FeatureCache, *, resume: bool = False, show_progre
                    "lr": optimizer.param_groups[0]["lr"], **progress.finish()}
             row.update(_evaluate(model, data.x_valid, data.pitch_valid, beta=row["beta"], free_bits=tc.free_bits,
                                  seed=cfg.run.seed + 2, dtype=dtype, pitched=pitched))
+            _check_valid_finite(row, data.x_valid, epoch=epoch, last_path=last_path)
             history.append({c: row[c] for c in HISTORY_COLUMNS})
             # decide to stop
             improved = early.update(row["valid_recon"], epoch=epoch)
@@ -342,7 +423,7 @@ def train(cfg: Config, cache: FeatureCache, *, resume: bool = False, show_progre
                      epoch, row["train_recon"], row["valid_recon"], row["valid_kl_raw"], row["beta"],
                      row["active_units"], row["seconds"], " (best)" if improved else "")
             if stop.signum is not None:
-                log.warning("interrupted after epoch %d: continue with --resume", epoch)
+                log.warning("interrupted after epoch %d: continue with %s", epoch, RESUME_HINT[retrain])
                 raise KeyboardInterrupt
 
     hist = pd.DataFrame(history, columns=list(HISTORY_COLUMNS))
@@ -362,12 +443,51 @@ def _device(tc: TrainConfig) -> tuple[torch.device, torch.dtype]:
     return device, autocast_dtype(device, enabled=tc.bf16)
 
 
-def _run_dir(cfg: Config, cache: FeatureCache) -> Path:
-    """The run's folder, created, with the config it trains saved in it."""
-    run_dir = checkpoint_dir(cfg, cache.manifest["key"])
+def _kept_run(run_dir: Path, cfg: Config, *, resume: bool) -> TrainResult | None:
+    """The run in ``run_dir`` when it has finished; None when there is none, or it is to be resumed.
+
+    Raises
+    ------
+    TrainingError
+        When the run is unfinished and ``resume`` is false: it is neither continued nor replaced unasked.
+    CheckpointError
+        When its ``last.pt`` cannot be read (saying how to train it again) or does not match ``cfg``.
+    """
+    last_path = run_dir / "last.pt"
+    if not last_path.is_file():
+        return None
+    try:
+        last = load_checkpoint(last_path)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{exc}; the run can be neither reused nor resumed: {RESTART_HINT[False]}") from exc
+    check_same_model(last, cfg, last_path)
+    if last.get("finished"):
+        if not (run_dir / "best.pt").is_file():
+            raise CheckpointError(f"{run_dir}: the run has finished but its best.pt is missing; {RESTART_HINT[False]}")
+        log.info("%s is a finished run: returned as it is, nothing trained (retrain=True, `vaelib train --retrain`, "
+                 "trains it again)", run_dir)
+        return _result(run_dir, last)
+    if not resume:
+        raise TrainingError(
+            f"{run_dir} holds an unfinished training ({last['epoch']} of {last['config']['train']['epochs']} "
+            f"epochs, in {last_path.name}): {RESUME_HINT[False]} continues it; {RESTART_HINT[False]}")
+    return None
+
+
+def _staging_dir(run_dir: Path, *, resume: bool) -> Path:
+    """The retrain's folder beside ``run_dir``; an earlier unfinished retrain there is discarded unless
+    ``resume``."""
+    staging = staging_dir(run_dir)
+    if staging.exists() and not resume:
+        log.info("discarding the unfinished retrain in %s: retraining from scratch", staging)
+        shutil.rmtree(staging)
+    return staging
+
+
+def _open_run_dir(cfg: Config, run_dir: Path) -> None:
+    """Create the folder the run trains in and save the config it trains in it."""
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.yaml")
-    return run_dir
 
 
 def _build_model(cfg: Config, device: torch.device) -> ConvVAE:
@@ -384,8 +504,8 @@ def _meta(cfg: Config, cache: FeatureCache, model: ConvVAE, device: torch.device
             "device": str(device), "dtype": str(dtype).replace("torch.", "")}
 
 
-def _restore(path: Path, cfg: Config, device: torch.device,
-             stateful: dict[str, Any]) -> tuple[int, int, bool, list[dict]]:
+def _restore(path: Path, cfg: Config, device: torch.device, stateful: dict[str, Any], *,
+             restart: str) -> tuple[int, int, bool, list[dict]]:
     """Load checkpoint ``path`` into each object of ``stateful`` (keyed as in the checkpoint).
 
     Returns the epochs finished, the step, whether the run had finished and the history rows; a
@@ -394,12 +514,16 @@ def _restore(path: Path, cfg: Config, device: torch.device,
     Raises
     ------
     CheckpointError
-        When the checkpoint is unreadable or its model or log-mel differ from ``cfg``'s.
+        When the checkpoint is unreadable (the message ends with ``restart``, how to start over) or
+        its model or log-mel differ from ``cfg``'s.
     """
     if not path.is_file():
         log.info("no checkpoint in %s: starting from scratch", path.parent)
         return 0, 0, False, []
-    ckpt = load_checkpoint(path, device=device)
+    try:
+        ckpt = load_checkpoint(path, device=device)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{exc}; there is nothing to resume from: {restart}") from exc
     check_same_model(ckpt, cfg, path)  # the folder's hash covers the rest of the config
     for key, obj in stateful.items():
         obj.load_state_dict(ckpt[key])
@@ -416,9 +540,10 @@ def _epoch_order(data: _Data, tc: TrainConfig, gen: torch.Generator) -> torch.Te
     return torch.randperm(data.x.shape[0], generator=gen)
 
 
-def _check_finite(loss: torch.Tensor, parts: dict[str, float], *, beta: float, step: int, epoch: int, batch: int,
-                  n_batches: int, last_path: Path) -> None:
-    """Raise :class:`TrainingError` naming the step and the terms when ``loss`` is not finite.
+def _check_finite(loss: torch.Tensor, parts: dict[str, float], x: torch.Tensor, *, beta: float, step: int,
+                  epoch: int, batch: int, n_batches: int, last_path: Path) -> None:
+    """Raise :class:`TrainingError` naming the step and the terms when ``loss`` is not finite, and
+    whether the batch's inputs ``x`` are non-finite (damaged features) or the training diverged.
 
     ``epoch`` counts the epochs finished (so ``last.pt``, when there is one, holds epoch ``epoch``)
     and ``batch`` is 0-based.
@@ -426,11 +551,34 @@ def _check_finite(loss: torch.Tensor, parts: dict[str, float], *, beta: float, s
     if math.isfinite(loss.detach().item()):
         return
     kept = f"{last_path} (epoch {epoch})" if last_path.is_file() else "none (no epoch had finished)"
+    bad_notes = int((~torch.isfinite(x.flatten(1))).any(dim=1).sum())
+    if bad_notes:
+        cause = (f"{bad_notes} of the batch's {x.shape[0]} input notes hold non-finite features, so the features "
+                 "are damaged, not the training: rebuild the feature cache (delete its folder)")
+    else:
+        cause = "the inputs are finite, so the training diverged: try a lower train.lr or a smaller model.logvar_bound"
     raise TrainingError(
         f"non-finite loss at step {step} (epoch {epoch + 1}, batch {batch + 1}/{n_batches}): "
         f"recon={parts['recon']}, kl_raw={parts['kl_raw']}, beta={beta}"
-        + "".join(f", {k}={parts[k]}" for k in AUX_TERMS if k in parts) + "; training stopped. "
-        f"Last good checkpoint: {kept}. Try a lower train.lr or a smaller model.logvar_bound.")
+        + "".join(f", {k}={parts[k]}" for k in AUX_TERMS if k in parts) + f"; {cause}. Training stopped; "
+        f"last good checkpoint: {kept}.")
+
+
+def _check_valid_finite(row: dict[str, float], x_valid: torch.Tensor, *, epoch: int, last_path: Path) -> None:
+    """Raise :class:`TrainingError` when a validation figure of epoch ``epoch`` (1-based) is not finite:
+    early stopping and ``best.pt`` would otherwise rest on it."""
+    bad = {k: v for k, v in row.items() if k.startswith(VALID_FIGURES) and not math.isfinite(v)}
+    if not bad:
+        return
+    kept = f"{last_path} (epoch {epoch - 1})" if last_path.is_file() else "none (no epoch had finished)"
+    if bool(torch.isfinite(x_valid).all()):
+        cause = ("the valid notes are finite, so the model gives non-finite outputs on them: try a lower train.lr "
+                 "or a smaller model.logvar_bound")
+    else:
+        cause = "the valid split's features hold non-finite values: rebuild the feature cache (delete its folder)"
+    raise TrainingError(f"non-finite validation figures after epoch {epoch}: "
+                        + ", ".join(f"{k}={v}" for k, v in bad.items())
+                        + f"; {cause}. Training stopped; last good checkpoint: {kept}.")
 
 
 def _optimizer_step(optimizer: torch.optim.Optimizer, model: ConvVAE, loss: torch.Tensor, *, lr: float,
@@ -449,7 +597,11 @@ def _optimizer_step(optimizer: torch.optim.Optimizer, model: ConvVAE, loss: torc
 
 def result_from_dir(run_dir: Path) -> TrainResult:
     """The :class:`TrainResult` of a finished run, read back from its folder."""
-    last = load_checkpoint(run_dir / "last.pt")
+    return _result(run_dir, load_checkpoint(run_dir / "last.pt"))
+
+
+def _result(run_dir: Path, last: dict) -> TrainResult:
+    """The :class:`TrainResult` of the run in ``run_dir`` whose ``last.pt`` holds ``last``."""
     hist = pd.DataFrame(last["history"], columns=list(HISTORY_COLUMNS))
     cfg_epochs = last["config"]["train"]["epochs"]
     return TrainResult(run_dir=run_dir, best_path=run_dir / "best.pt", last_path=run_dir / "last.pt",
@@ -462,13 +614,16 @@ def train_or_reuse(cfg: Config, cache: FeatureCache, *, retrain: bool = False,
                    show_progress: bool = True) -> tuple[TrainResult, bool]:
     """Reuse the finished run of this config (unless ``retrain``), else train (resuming a partial run).
 
+    With ``retrain`` the run is trained again from scratch beside the old one, which it replaces only
+    once finished (see :func:`train`).
+
     Returns the result and whether training ran.
     """
     found = None if retrain else find_checkpoint(cfg, cache)
     if found is not None:
         log.info("reusing %s", found)
         return result_from_dir(found.parent), False
-    return train(cfg, cache, resume=not retrain, show_progress=show_progress), True
+    return train(cfg, cache, resume=not retrain, retrain=retrain, show_progress=show_progress), True
 
 
 def train_metrics(res: TrainResult, cfg: Config, *, trained: bool) -> dict:
