@@ -90,8 +90,30 @@ def smoke_run(tmp_path_factory, smoke_dataset) -> dict:
     from vaelib.report.pipeline import run_pipeline
 
     tmp = tmp_path_factory.mktemp("run")
-    overrides = [f"data.root={smoke_dataset}", f"features.cache_dir={tmp}/cache",
+    dataset = hostile_copy(smoke_dataset, tmp / "ds")
+    overrides = [f"data.root={dataset}", f"features.cache_dir={tmp}/cache",
                  f"train.checkpoint_dir={tmp}/ckpt"]
     run_dir = run_pipeline(SMOKE_PARAMS, overrides, reports_root=tmp / "reports")
-    return {"tmp": tmp, "dataset": smoke_dataset, "overrides": overrides, "run_dir": run_dir,
+    return {"tmp": tmp, "dataset": dataset, "overrides": overrides, "run_dir": run_dir,
             "cfg": load_config(SMOKE_PARAMS, overrides)}
+
+
+# Metadata a stranger may have written: markup that would run in a report page if it were not escaped,
+# and an unbalanced '$' that would break matplotlib's mathtext in a figure title.
+HOSTILE_PREFIX = "<img src=x onerror=alert(1)>$"
+
+
+def hostile_copy(root: Path, out: Path) -> Path:
+    """A copy of an NSynth-layout folder whose every instrument_str (and so note_str and wav name) starts
+    with ``HOSTILE_PREFIX``."""
+    import shutil
+
+    (out / "audio").mkdir(parents=True)
+    examples = json.loads((root / "examples.json").read_text())
+    renamed = {}
+    for note_str, e in examples.items():
+        new = HOSTILE_PREFIX + note_str
+        renamed[new] = {**e, "note_str": new, "instrument_str": HOSTILE_PREFIX + e["instrument_str"]}
+        shutil.copy2(root / "audio" / f"{note_str}.wav", out / "audio" / f"{new}.wav")
+    (out / "examples.json").write_text(json.dumps(renamed))
+    return out

@@ -116,3 +116,27 @@ def test_sweep_of_two_tiny_experiments(smoke_run, tmp_path):
     assert len(list((smoke_run["tmp"] / "cache").iterdir())) == 1
     listing = (reports / "index.html").read_text()
     assert "experiments/tiny_a/index.html" in listing and "smoke/index.html" in listing
+
+
+def test_metadata_markup_is_escaped_on_every_page(smoke_run):
+    """Every instrument of the smoke run is named with markup (conftest.HOSTILE_PREFIX): each page shows the
+    name as text, and none holds it as an element."""
+    from html.parser import HTMLParser
+
+    class Elements(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.hostile = 0
+
+        def handle_starttag(self, tag, attrs):
+            self.hostile += tag == "img" and ("onerror", "alert(1)") in attrs
+
+    pages = sorted(smoke_run["run_dir"].glob("*.html"))
+    shown = 0
+    for page in pages:
+        text = page.read_text()
+        parser = Elements()
+        parser.feed(text)
+        assert parser.hostile == 0, f"{page.name}: metadata markup became an element"
+        shown += "&lt;img src=x onerror=alert(1)&gt;" in text
+    assert shown >= 3, f"the escaped instrument names appear on only {shown} of {len(pages)} pages"

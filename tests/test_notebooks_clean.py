@@ -104,3 +104,18 @@ def test_logic_checker_catches_def_loops_and_derived_parameters():
                     {"cell_type": "code", "source": "def f():\n    pass\nfor i in range(3):\n    f()", "metadata": {}}]}
     assert logic_in_notebook(nb) == ["parameters cell: line 2 is not a literal assignment",
                                      "code cell 1: FunctionDef at line 1", "code cell 1: For at line 3"]
+
+
+@pytest.mark.parametrize("name", committed_notebooks())
+def test_papermill_reads_every_parameter(name):
+    """papermill parses `name: type = default  # help` lines; one it cannot parse is injected without its help,
+    with a warning at every run (a quote in the comment is enough)."""
+    import nbformat
+    from papermill.translators import PythonTranslator
+
+    cell = nbformat.read(PROJECT_ROOT / name, as_version=4).cells[1]
+    assert "parameters" in cell.metadata.get("tags", [])
+    lines = [line for line in cell.source.splitlines() if line.strip()]
+    parsed = PythonTranslator.inspect(cell)
+    assert [p.name for p in parsed] == [line.split(":")[0].strip() for line in lines]
+    assert all(p.help for p in parsed), f"{name}: a parameter without help"

@@ -3,6 +3,7 @@ fails, and interpolations between instruments, with the metrics they give."""
 
 from __future__ import annotations
 
+import html
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,7 +69,8 @@ class PitchBreakdown:
 
     @property
     def text(self) -> str:
-        """The breakdown in two sentences, for the report."""
+        """The breakdown in two sentences, for the report (markdown; instrument names HTML-escaped, since
+        they come from metadata anyone may have written)."""
         fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
         weakest = self.by_instrument.head(3)
         return (f"On mu, {self.unresolved_share:.0%} of the test notes have harmonics closer than two mel bands; "
@@ -76,7 +78,8 @@ class PitchBreakdown:
                 f"**{fmt(self.accuracy_resolved['mu'])}** for the others (PCA: {fmt(self.accuracy_unresolved['pca'])}"
                 f" / {fmt(self.accuracy_resolved['pca'])}). {self.octave_error_share:.0%} of the wrong predictions "
                 "on mu are octave errors. Weakest test instruments: "
-                + "; ".join(f"{name} ({r.family}) {r.accuracy:.2f}, {r.octave_errors:.0%} octave errors"
+                + "; ".join(f"{html.escape(name)} ({html.escape(r.family)}) {r.accuracy:.2f}, "
+                            f"{r.octave_errors:.0%} octave errors"
                             for name, r in weakest.iterrows()) + ".")
 
 

@@ -7,6 +7,8 @@ difference in dB: what the listener hears is only as faithful as this number.
 
 from __future__ import annotations
 
+import html
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +22,7 @@ from vaelib.exceptions import ParameterError
 from vaelib.io import atomic_path
 
 __all__ = ["invert_to_audio", "roundtrip_mae_db", "invert_and_check", "choose_listening_notes", "write_wav", "Clip",
-           "Listening", "listen", "listening_metrics"]
+           "Listening", "listen", "listening_metrics", "file_stem"]
 
 
 def invert_to_audio(x: np.ndarray, *, cfg: FeatureConfig, n_iter: int, seed: int = 0) -> np.ndarray:
@@ -138,7 +140,7 @@ class Listening:
     clips: list[Clip]  # originals and reconstructions in note order, then the interpolation steps
     sequence: Clip  # the interpolation's steps back to back
     pair_label: str
-    pair_text: str
+    pair_text: str  # markdown, names HTML-escaped (they come from metadata)
     sample_rate: int
     n_iter: int
 
@@ -152,6 +154,12 @@ class Listening:
 
 
 SEQUENCE_GAP_S = 0.25  # silence between the steps of an interpolation played back to back
+_UNSAFE = re.compile(r"[^A-Za-z0-9._+-]+")
+
+
+def file_stem(name: str) -> str:
+    """``name`` as a file name: metadata may hold '/', markup or spaces, which must not reach a path."""
+    return _UNSAFE.sub("_", name).strip("._") or "note"
 
 
 def listen(run, *, out_dir: Path) -> Listening:
@@ -181,7 +189,7 @@ def listen(run, *, out_dir: Path) -> Listening:
         audio, mae = invert_and_check(x, cfg=cfg.features, n_iter=a.griffin_lim_iters, seed=seed)
         for name, au, m in zip(names, audio, mae):
             clips.append(Clip(name, kind, au, float(m),
-                              write_wav(audio_dir / f"{name}_{kind}.wav", au, sample_rate=sr)))
+                              write_wav(audio_dir / f"{file_stem(name)}_{kind}.wav", au, sample_rate=sr)))
     # originals and reconstructions of one note side by side
     n = len(names)
     clips = [c for pair in zip(clips[:n], clips[n:]) for c in pair]
@@ -195,7 +203,7 @@ def listen(run, *, out_dir: Path) -> Listening:
     walk = decode_latents(model, z, pitch=np.full(a.interp_steps, pair.pitch) if cfg.model.pitch_conditioning
                           else None)
     audio_walk, mae_walk = invert_and_check(walk, cfg=cfg.features, n_iter=a.griffin_lim_iters, seed=seed)
-    label = f"{pair.instrument_a}_to_{pair.instrument_b}_p{pair.pitch}"
+    label = file_stem(f"{pair.instrument_a}_to_{pair.instrument_b}_p{pair.pitch}")
     gap = np.zeros(int(SEQUENCE_GAP_S * sr), np.float32)
     joined = np.concatenate([np.concatenate([au, gap]) for au in audio_walk])
     sequence = Clip(f"{pair.instrument_a} → {pair.instrument_b}, all steps", "sequence", joined,
@@ -206,8 +214,8 @@ def listen(run, *, out_dir: Path) -> Listening:
                           write_wav(audio_dir / f"{label}_step{i:02d}.wav", au, sample_rate=sr)))
     return Listening(notes=chosen, names=names, originals=originals, reconstructions=recons, clips=clips,
                      sequence=sequence, pair_label=label,
-                     pair_text=(f"{pair.instrument_a} → {pair.instrument_b}, pitch {pair.pitch}, "
-                                f"velocity {pair.velocity}"),
+                     pair_text=(f"{html.escape(pair.instrument_a)} → {html.escape(pair.instrument_b)}, "
+                                f"pitch {pair.pitch}, velocity {pair.velocity}"),
                      sample_rate=sr, n_iter=a.griffin_lim_iters)
 
 

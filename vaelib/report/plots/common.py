@@ -17,6 +17,10 @@ from matplotlib.figure import Figure
 from vaelib.config import FeatureConfig
 from vaelib.data.features import mel_frequencies, normalized_to_db
 
+# Titles carry instrument and note names from metadata; a '$' in one must print, not start mathtext
+# (which fails on an unbalanced one).
+plt.rcParams["text.parse_math"] = False
+
 __all__ = [
     "histograms",
     "bars_per_dim",
