@@ -52,7 +52,8 @@ def test_cache_of_the_smoke_dataset(smoke_dataset, tmp_path):
     assert sorted(p.name for p in cache.path.iterdir()) == [FEATURES_FILE, MANIFEST_FILE, "meta.parquet"]
     assert cache.features.shape == (168, 1, 80, 128) and cache.features.dtype == np.float16
     assert cache.manifest["n_notes"] == 168 and cache.manifest["fixes"] == dict.fromkeys(
-        ("resampled", "downmixed", "padded", "cut"), 0)
+        ("resampled", "downmixed", "padded", "truncated", "cut", "clipped"), 0)
+    assert cache.manifest["integrity"][FEATURES_FILE]["bytes"] == (cache.path / FEATURES_FILE).stat().st_size
     assert cache.meta["note_str"].tolist() == df["note_str"].tolist()
     assert cache.meta["split"].tolist() == df["split"].tolist() and "path" not in cache.meta
     assert cache.meta["pitch"].dtype == np.int64

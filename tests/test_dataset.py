@@ -284,9 +284,10 @@ def test_other_wavs_go_to_libsndfile(tmp_path, case):
             read_wav(path)
         return
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # stereo and the other rate warn; checked elsewhere
+        warnings.simplefilter("ignore")  # stereo, the other rate and the truncated file warn; checked elsewhere
         audio, report = read_wav(path)
-    assert report.padded == 1
+    # a file cut short is counted apart from a complete short one
+    assert (report.padded, report.truncated) == ((0, 1) if case == "truncated" else (1, 0))
     if case in ("extensible", "truncated"):  # libsndfile reads what the file holds
         n = 4000 if case == "extensible" else 3500
         np.testing.assert_array_equal(audio[:n], pcm[:n] / np.float32(32768.0))
@@ -296,8 +297,45 @@ def test_read_wav_truncated_pcm16(tmp_path):
     path = tmp_path / "cut.wav"
     sf.write(path, sine(440.0), 16000, subtype="PCM_16")
     path.write_bytes(path.read_bytes()[:60000])  # header claims 128,000 data bytes
-    audio, report = read_wav(path)  # libsndfile reads what is there; it is padded and counted
-    assert audio.shape == (64000,) and report.padded == 1
+    with pytest.warns(UserWarning, match=r"cut\.wav: truncated"):
+        audio, report = read_wav(path)  # libsndfile reads what is there; the rest is zeros, counted as truncated
+    assert audio.shape == (64000,) and (report.truncated, report.padded) == (1, 0)
+    assert report.truncated_files == report.files == [str(path)]
+    assert np.all(audio[29978:] == 0.0) and np.abs(audio[:29978]).max() > 0.4
+
+
+@pytest.mark.parametrize(("run", "subtype", "channels", "clipped"), [
+    (3, "PCM_16", 1, True), (2, "PCM_16", 1, False), (3, "FLOAT", 1, True), (3, "PCM_16", 2, True),
+    (0, "FLOAT", 1, True)])
+def test_read_wav_counts_clipping(tmp_path, run, subtype, channels, clipped):
+    # CLIP_RUN consecutive samples at full scale (either sign, one channel enough) mark a file clipped;
+    # fewer are a peak. Float samples beyond full scale (run 0: a stretch at 1.5) are clipped too.
+    x = sine(440.0, amp=0.5)
+    if run:
+        x[1000:1000 + run] = 1.0
+        x[5000:5000 + run - 1] = -1.0
+    else:
+        x[2000:2100] = 1.5
+    data = np.stack([x, sine(440.0, amp=0.5)], axis=1) if channels == 2 else x
+    path = tmp_path / "x.wav"
+    sf.write(path, data, 16000, subtype=subtype)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the stereo file warns; checked elsewhere
+        audio, report = read_wav(path)
+    assert report.clipped == int(clipped) and report.clipped_files == ([str(path)] if clipped else [])
+    assert report.files == ([str(path)] if channels == 2 else [])  # downmixed; clipping is counted, not fixed
+    if subtype == "PCM_16" and channels == 1:
+        assert dataset_mod._read_canonical_wav(path, 16000, np.zeros(64000, np.float32)).clipped == int(clipped)
+
+
+def test_read_wav_refuses_non_finite_samples(tmp_path):
+    x = sine(440.0)
+    x[[10, 20, 30]] = [np.nan, np.inf, -np.inf]
+    path = tmp_path / "nan.wav"
+    sf.write(path, x, 16000, subtype="FLOAT")
+    with pytest.raises(dataset_mod.NonFiniteAudioError, match=r"nan\.wav: 3 of 64000 samples are NaN or infinite"):
+        read_wav(path)
+    assert issubclass(dataset_mod.NonFiniteAudioError, DataError)
 
 
 def test_read_wav_missing_or_unreadable_named(tmp_path):

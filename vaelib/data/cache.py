@@ -1,22 +1,31 @@
 """On-disk cache of a dataset's log-mel features: one array file plus a metadata table.
 
-The cache folder is named by a hash of the feature parameters and of the input files (name, size,
-modification time), so a change of either builds a new cache and a rerun reuses the old one. It is
-built in a temporary folder and renamed into place when complete: an interrupted build leaves
-nothing that a later run would read.
+The cache folder is named by a hash of the feature parameters, of the metadata table (labels and
+split of every note) and of the input files (name, size, modification time), so a change of any of
+them builds a new cache and a rerun reuses the old one; the labels a cache serves are always those of
+the current ``examples.json``.
+
+Built in a partial folder ``.<key>.build.<host>.<pid>.<random>`` and renamed into place when
+complete, so an interrupted build leaves nothing that a later run would read. One process builds a
+given key at a time (a lock file ``.<key>.lock``); another that wants the same cache waits for it and
+then reads it. A build first removes the partial folders left by builds that were killed (see
+``remove_stale_partials``). The manifest records each file's size, the metadata file's sha256 and the
+sha256 of a sample of feature rows; a cache that fails these checks is rebuilt with a warning.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import errno
 import hashlib
 import itertools
 import json
 import logging
 import os
+import re
+import secrets
 import shutil
-import tempfile
 import threading
+import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -29,18 +38,28 @@ from tqdm import tqdm
 
 from vaelib.config import FeatureConfig, feature_representation, resolve_path
 from vaelib.data.features import LogMelWorkspace, feature_shape, log_mel_batch
-from vaelib.data.nsynth import WavReport, read_wav
+from vaelib.data.nsynth import NonFiniteAudioError, WavReport, read_wav
 from vaelib.exceptions import DataError
+from vaelib.io import HOST, OWNER_TAG, FileLock, atomic_write_json, os_error_text, owner_gone, writable_folder
 
 __all__ = ["FeatureCache", "cache_key", "build_feature_cache", "open_feature_cache", "compute_features",
-           "NpyRowWriter"]
+           "NpyRowWriter", "remove_stale_partials"]
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 2  # in the cache key: raised when what a cache holds changes (2: a digitally silent note is -1)
+# In the cache key: raised when what a cache holds changes (2: a digitally silent note is -1;
+# 3: the key covers the metadata table, the manifest records sizes and checksums).
+CACHE_VERSION = 3
 FEATURES_FILE = "features.npy"
 META_FILE = "meta.parquet"
 MANIFEST_FILE = "manifest.json"
+SAMPLE_ROWS = 257  # feature rows hashed on every open: a few MB read, not the whole file (220 MB by default)
+NAMED = 10  # files named in a message; the count says how many more
+IDLE_STALE_S = 3600.0  # a partial folder of unknown or remote owner is stale once unwritten this long
+_PARTIAL = re.compile(r"^\.(?P<key>[0-9a-f]{16})\.(?P<kind>build|damaged)\.(?P<host>[A-Za-z0-9-]+)\."
+                      r"(?P<pid>\d+)\.[0-9a-f]+$")
+_LEGACY_PARTIAL = re.compile(r"^\.(?P<key>[0-9a-f]{16})\.[A-Za-z0-9_]{8}$")  # tempfile.mkdtemp's, no owner
+_LOCK = re.compile(r"^\.(?P<key>[0-9a-f]{16})\.lock$")
 
 
 @dataclass
@@ -59,17 +78,40 @@ class FeatureCache:
         return np.asarray(self.features[idx]), self.meta.iloc[idx].reset_index(drop=True)
 
 
+def _meta_table(df: pd.DataFrame) -> pd.DataFrame:
+    """The table a cache stores: every column of ``df`` but the wav path."""
+    return df.drop(columns=["path"]).reset_index(drop=True)
+
+
 def cache_key(df: pd.DataFrame, cfg: FeatureConfig) -> str:
-    """Hash of the feature parameters and, per note, its name, split, wav size and mtime."""
+    """Hash of the feature parameters, of the metadata table and, per note, of its name, split, wav size
+    and mtime.
+
+    The metadata table is every column but ``path``: pitch, family, qualities and the rest are what
+    the probes and the checkpoint's name rest on, so an edit of ``examples.json`` alone makes a new
+    cache (and a new checkpoint folder), never old labels served from an old one.
+    """
     h = hashlib.sha256()
     h.update(json.dumps({"version": CACHE_VERSION, "features": feature_representation(cfg)}, sort_keys=True).encode())
+    meta = _meta_table(df)
+    h.update(json.dumps([[str(c), str(t)] for c, t in meta.dtypes.items()]).encode())
+    # the column names and dtypes are hashed above; "values" is the fastest orient (C, lists included)
+    h.update(meta.to_json(orient="values", double_precision=15, default_handler=str).encode())
     for note, split, path in zip(df["note_str"], df["split"], df["path"]):
         try:
             st = os.stat(path)
         except FileNotFoundError as exc:
             raise DataError(f"{path}: wav file not found (note {note})") from exc
+        except OSError as exc:
+            raise DataError(f"{os_error_text(exc)} (the wav of note {note})") from exc
         h.update(f"{note}\t{split}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
     return h.hexdigest()[:16]
+
+
+def _named(paths: list[str]) -> str:
+    """Up to ``NAMED`` paths, and how many more."""
+    more = f" and {len(paths) - NAMED} more" if len(paths) > NAMED else ""
+    return ", ".join(paths[:NAMED]) + more
 
 
 class NpyRowWriter:
@@ -148,32 +190,57 @@ def compute_features(paths: list[str], cfg: FeatureConfig, *, resample: bool = T
     numpy and torch release the GIL. At most ``2 * workers`` batches are in flight, so memory stays
     bounded on a dataset of any size.
 
+    No non-finite value is ever stored: a wav with NaN or infinite samples, and a note whose log-mel is
+    not finite (samples far beyond full scale), are collected over the whole pass (their rows hold
+    -1) and refused together at its end, so one run names them all.
+
     Returns
     -------
     features : [shape=(len(paths), 1, n_mels, frames)] float16 (``out`` if given: an array or a
         ``NpyRowWriter``)
-    report : counts of resampled, downmixed, padded and cut files
+    report : counts of resampled, downmixed, padded, truncated, cut and clipped files
+
+    Raises
+    ------
+    DataError
+        A wav is missing or unreadable (the first one met), or some hold non-finite samples or give
+        non-finite features (all of them, up to ``NAMED`` named, with their count).
     """
     n_samples = int(round(cfg.duration_s * cfg.sample_rate))
     if out is None:
         out = np.empty((len(paths), *feature_shape(cfg)), dtype=np.float16)
     report = WavReport()
+    bad_audio: list[str] = []
+    bad_features: list[str] = []
     bs = cfg.batch_size
 
     local = threading.local()
 
-    def work(start: int) -> tuple[int, list[WavReport]]:
+    def work(start: int) -> tuple[int, list[WavReport], list[str], list[str]]:
         if not hasattr(local, "ws"):
             local.ws = LogMelWorkspace(bs, n_samples, cfg)
         batch = paths[start:start + bs]
         audio = local.ws.audio(len(batch))
         rows = audio.numpy()
-        reports = [read_wav(p, sample_rate=cfg.sample_rate, n_samples=n_samples, resample=resample, out=row)[1]
-                   for p, row in zip(batch, rows)]
+        reports, nonfinite = [], []
+        for p, row in zip(batch, rows):
+            try:
+                reports.append(read_wav(p, sample_rate=cfg.sample_rate, n_samples=n_samples, resample=resample,
+                                        out=row)[1])
+            except NonFiniteAudioError:
+                row[:] = 0.0  # refused at the end; silence keeps the rest of the batch's numbers finite
+                nonfinite.append(str(p))
         with torch.no_grad():
             x = log_mel_batch(audio, cfg=cfg, workspace=local.ws)
-        out[start:start + len(batch)] = x.half().numpy()
-        return len(batch), reports
+        # A row's sum is finite iff the row is: past the clamp to [-1, 1] only NaN can remain, and it
+        # propagates. One reduction pass: an elementwise isfinite over the batch is many times slower.
+        finite = torch.isfinite(x.flatten(1).sum(dim=1))
+        bad = []
+        if not bool(finite.all()):
+            bad = [str(batch[i]) for i in torch.nonzero(~finite).flatten().tolist()]
+            x[~finite] = -1.0  # never written: the build is refused, but no partial file holds NaN either
+        out[start:start + len(batch)] = x.half().numpy()  # values in [-1, 1] stay finite in float16
+        return len(batch), reports, nonfinite, bad
 
     starts = iter(range(0, len(paths), bs))
     threads = torch.get_num_threads()
@@ -184,9 +251,11 @@ def compute_features(paths: list[str], cfg: FeatureConfig, *, resample: bool = T
             pending = deque(pool.submit(work, s) for s in itertools.islice(starts, 2 * cfg.workers))
             try:
                 while pending:
-                    n, reports = pending.popleft().result()
+                    n, reports, nonfinite, bad = pending.popleft().result()
                     for r in reports:
                         report.add(r)
+                    bad_audio += nonfinite
+                    bad_features += bad
                     bar.update(n)
                     nxt = next(starts, None)
                     if nxt is not None:
@@ -197,68 +266,322 @@ def compute_features(paths: list[str], cfg: FeatureConfig, *, resample: bool = T
                 raise
     finally:
         torch.set_num_threads(threads)
+    problems = []
+    if bad_audio:
+        problems.append(f"{len(bad_audio)} wav file(s) hold NaN or infinite samples: {_named(bad_audio)}")
+    if bad_features:
+        problems.append(f"{len(bad_features)} note(s) give non-finite log-mel values (samples far beyond full "
+                        f"scale?): {_named(bad_features)}")
+    if problems:
+        raise DataError("; ".join(problems) + "; re-export these files or remove their notes from examples.json")
     return out, report
 
 
+# --- Integrity: what the manifest records, and the checks of every open ----------------------------------
+
+def _sha256_file(path: Path) -> str:
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+def _sample_sha256(path: Path, features: np.ndarray) -> str:
+    """sha256 of the .npy header and of ``SAMPLE_ROWS`` rows spread evenly, the last one included."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        h.update(fh.read(features.offset))
+    n = features.shape[0]
+    if n:
+        idx = np.unique(np.linspace(0, n - 1, min(n, SAMPLE_ROWS)).round().astype(np.int64))
+        h.update(np.ascontiguousarray(features[idx]).tobytes())
+    return h.hexdigest()
+
+
+def _integrity(path: Path) -> dict:
+    """The sizes and checksums of a written cache folder, as the manifest records them."""
+    features = np.load(path / FEATURES_FILE, mmap_mode="r")
+    return {
+        FEATURES_FILE: {"bytes": (path / FEATURES_FILE).stat().st_size},
+        META_FILE: {"bytes": (path / META_FILE).stat().st_size, "sha256": _sha256_file(path / META_FILE)},
+        "features_sample": {"rows": min(features.shape[0], SAMPLE_ROWS),
+                            "sha256": _sample_sha256(path / FEATURES_FILE, features)},
+    }
+
+
 def open_feature_cache(path: str | Path) -> FeatureCache:
-    """Open a complete cache folder (one whose manifest was written)."""
+    """Open a complete cache folder (one whose manifest was written), checking it against its manifest.
+
+    The checks: the manifest's version and key, the size of both files, the sha256 of the metadata
+    file and of a sample of feature rows (``SAMPLE_ROWS``: a few MB read, so a hit stays cheap on a
+    dataset of any size; the whole features file is not hashed), the shape and the row count.
+
+    Raises
+    ------
+    DataError
+        Not a complete cache, or a damaged one: names the file and what differs.
+    """
     path = Path(path)
     manifest_path = path / MANIFEST_FILE
     if not manifest_path.is_file():
         raise DataError(f"{path}: not a complete feature cache (no {MANIFEST_FILE})")
-    manifest = json.loads(manifest_path.read_text())
-    features = np.load(path / FEATURES_FILE, mmap_mode="r")
-    meta = pd.read_parquet(path / META_FILE)
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        if manifest.get("version") != CACHE_VERSION:
+            raise DataError(f"{manifest_path}: cache version {manifest.get('version')!r}, this vaelib reads "
+                            f"{CACHE_VERSION}")
+        if manifest.get("key") != path.name:
+            raise DataError(f"{manifest_path}: key {manifest.get('key')!r} differs from the folder's name")
+        recorded = manifest["integrity"]
+        for name in (FEATURES_FILE, META_FILE):
+            size = (path / name).stat().st_size
+            if size != recorded[name]["bytes"]:
+                raise DataError(f"{path / name}: {size} bytes, the manifest records {recorded[name]['bytes']} "
+                                "(truncated or overwritten)")
+        if _sha256_file(path / META_FILE) != recorded[META_FILE]["sha256"]:
+            raise DataError(f"{path / META_FILE}: its sha256 differs from the manifest's (the file was changed)")
+        features = np.load(path / FEATURES_FILE, mmap_mode="r")
+        if list(features.shape) != manifest["shape"] or features.dtype != np.float16:
+            raise DataError(f"{path / FEATURES_FILE}: {features.dtype} {list(features.shape)}, the manifest "
+                            f"records float16 {manifest['shape']}")
+        if _sample_sha256(path / FEATURES_FILE, features) != recorded["features_sample"]["sha256"]:
+            raise DataError(f"{path / FEATURES_FILE}: the sha256 of its sampled rows differs from the manifest's "
+                            "(the file was changed)")
+        meta = pd.read_parquet(path / META_FILE)
+    except DataError:
+        raise
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        # json, the npy header, parquet (pyarrow's ArrowInvalid is a ValueError), a field missing or mistyped
+        raise DataError(f"{path}: damaged feature cache ({type(exc).__name__}: {exc})") from exc
     if len(meta) != features.shape[0]:
         raise DataError(f"{path}: {len(meta)} metadata rows for {features.shape[0]} feature rows")
     return FeatureCache(path=path, features=features, meta=meta, manifest=manifest)
 
 
+# --- Partial folders of killed builds ------------------------------------------------------------------
+
+def _newest_write(folder: Path) -> float:
+    """The latest mtime of ``folder`` and of the files in it (a live build writes its rows continuously)."""
+    newest = folder.stat().st_mtime
+    for entry in os.scandir(folder):
+        try:
+            newest = max(newest, entry.stat(follow_symlinks=False).st_mtime)
+        except FileNotFoundError:
+            pass
+    return newest
+
+
+def _lock_is_free(root: Path, key: str, held: str | None) -> bool:
+    """Whether nobody builds ``key`` now; a lock file that cannot be opened counts as held."""
+    if key == held:
+        return True
+    lock = FileLock(root / f".{key}.lock")
+    try:
+        if not lock.acquire(blocking=False):
+            return False
+    except OSError:
+        return False
+    lock.release()
+    return True
+
+
+def remove_stale_partials(root: str | Path, *, held: str | None = None) -> list[Path]:
+    """Remove the partial folders in cache folder ``root`` whose build is over, and return them.
+
+    A partial folder is named ``.<key>.<build|damaged>.<host>.<pid>.<random>``. It is removed when
+    nobody holds the lock of its key (``held``: the key whose lock the caller holds) and
+    - its owner ran on this host and that process is gone, or is this very process (pids are reused,
+      by containers especially), or
+    - its owner ran on another host, whose processes cannot be checked, and nothing in it was written
+      for ``IDLE_STALE_S`` (a live build writes its rows continuously); the same for the partial
+      folders of older versions, whose names record no owner.
+    A build of a live process of this host is never removed. Lock files nobody holds are removed too.
+    A folder that cannot be removed (another user's) is logged and left: it never stops a build.
+    """
+    root = Path(root)
+    removed = []
+    try:
+        entries = sorted(e.name for e in os.scandir(root))
+    except FileNotFoundError:
+        return removed
+    for name in entries:
+        folder = root / name
+        m = _PARTIAL.match(name) or _LEGACY_PARTIAL.match(name)
+        if m is None:
+            lock = _LOCK.match(name)
+            if lock and lock["key"] != held:
+                _lock_is_free(root, lock["key"], held)  # acquiring and releasing removes the file
+            continue
+        try:
+            if not folder.is_dir():
+                continue
+            if "pid" in m.groupdict():
+                pid = int(m["pid"])
+                if m["host"] == HOST:
+                    stale = owner_gone(m["host"], pid) or pid == os.getpid()
+                else:
+                    stale = time.time() - _newest_write(folder) > IDLE_STALE_S
+            else:
+                stale = time.time() - _newest_write(folder) > IDLE_STALE_S
+            if stale and _lock_is_free(root, m["key"], held):
+                shutil.rmtree(folder)
+                removed.append(folder)
+        except FileNotFoundError:  # another process removed it first
+            continue
+        except OSError as exc:
+            log.warning("could not remove %s, a partial feature cache build: %s", folder, os_error_text(exc))
+    return removed
+
+
+# --- Building ----------------------------------------------------------------------------------------------
+
+def _write_error(exc: OSError, root: Path) -> DataError:
+    """A one-line DataError for an OSError met while writing in cache folder ``root``: where, why, what to do."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        advice = "free space on that disk or set features.cache_dir to a folder on another one"
+    elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        advice = "make it writable or set features.cache_dir to a folder you can write"
+    elif exc.errno in (errno.ENOTDIR, errno.EEXIST):
+        advice = "remove that file or set features.cache_dir to another folder"
+    else:
+        advice = "set features.cache_dir to another folder"
+    return DataError(f"cannot write the feature cache in {root}: {os_error_text(exc)}; {advice} "
+                     "(no partial cache was kept)")
+
+
+def _check_space(root: Path, n_bytes: int) -> None:
+    free = shutil.disk_usage(root).free
+    if free < n_bytes:
+        raise DataError(f"{root}: {free / 1e6:.0f} MB free, the feature cache needs about {n_bytes / 1e6:.0f} MB; "
+                        "free space on that disk or set features.cache_dir to a folder on another one")
+
+
+def _discard(folder: Path, key: str) -> None:
+    """Remove a damaged cache folder: renamed aside first, so that no reader takes a half-removed one for
+    a cache, and a removal cut short is swept later like a partial build."""
+    aside = folder.with_name(f".{key}.damaged.{OWNER_TAG}.{secrets.token_hex(4)}")
+    os.replace(folder, aside)
+    shutil.rmtree(aside)
+
+
+def _write_cache(tmp: Path, df: pd.DataFrame, cfg: FeatureConfig, key: str, *, resample: bool,
+                 show_progress: bool) -> None:
+    """Compute and write the features, the metadata and, last, the manifest into ``tmp``."""
+    shape = (len(df), *feature_shape(cfg))
+    with NpyRowWriter(tmp / FEATURES_FILE, shape) as out:
+        _, report = compute_features(list(df["path"]), cfg, resample=resample, show_progress=show_progress,
+                                     out=out)
+        out.sync()
+    _meta_table(df).to_parquet(tmp / META_FILE, index=False)
+    with open(tmp / META_FILE, "rb") as fh:
+        os.fsync(fh.fileno())
+    counts = report.counts()
+    for name, count in counts.items():
+        if name not in ("truncated", "clipped") and count:
+            log.warning("%d wav files were %s", count, name)
+    if report.truncated:
+        log.warning("%d wav files were truncated (their data ends before the size in their header; the missing "
+                    "samples are zeros): %s", report.truncated, _named(report.truncated_files))
+    if report.clipped:
+        log.warning("%d wav files are clipped (%s), used as they are: %s", report.clipped,
+                    "runs of samples at full scale", _named(report.clipped_files))
+    manifest = {
+        "key": key, "version": CACHE_VERSION, "n_notes": len(df), "shape": list(shape),
+        "features": feature_representation(cfg), "fixes": counts,
+        "fixed_files": report.files[:100], "truncated_files": report.truncated_files[:100],
+        "clipped_files": report.clipped_files[:100], "integrity": _integrity(tmp),
+    }
+    atomic_write_json(tmp / MANIFEST_FILE, manifest)
+
+
+def _lock(root: Path, key: str, final: Path) -> FileLock | None:
+    """The lock of ``key``, held; None (with a warning) on a file system that has no locks."""
+    lock = FileLock(root / f".{key}.lock")
+    try:
+        lock.acquire(on_wait=lambda lk: log.info("waiting for %s: another process (%s) is building it",
+                                                 final, lk.holder() or "unknown"))
+    except OSError as exc:
+        if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+            raise
+        # Building unlocked is what vaelib did before locks: two builds at once waste time but stay
+        # correct, each in its own partial folder, renamed into place whole.
+        log.warning("%s: the file system has no locks (%s); building without one", root, os_error_text(exc))
+        lock.path.unlink(missing_ok=True)
+        return None
+    return lock
+
+
 def build_feature_cache(df: pd.DataFrame, cfg: FeatureConfig, *, resample: bool = True,
                         show_progress: bool = True) -> FeatureCache:
-    """Return the cache for ``df`` (with its ``split`` column), building it if it is missing.
+    """Return the cache for ``df`` (with its ``split`` column), building it if it is missing or damaged.
 
-    A hit costs one ``stat`` per wav. A build writes into ``<cache_dir>/.<key>.*`` and renames it to
-    ``<cache_dir>/<key>`` only once the features, the metadata and the manifest are all written.
+    A hit costs one ``stat`` per wav and the checks of ``open_feature_cache``. A build takes the lock
+    ``<cache_dir>/.<key>.lock`` (waiting, with a message, while another process builds the same
+    cache, and then reading what it built), removes stale partial folders, writes into
+    ``<cache_dir>/.<key>.build.<host>.<pid>.<random>`` and renames it to ``<cache_dir>/<key>`` only once
+    the features, the metadata and the manifest are all written.
+
+    Raises
+    ------
+    DataError
+        A bad input (see ``compute_features``), or the cache folder cannot be written: a file where a
+        folder should be, read-only, or a full disk (before the build when too little space is free);
+        the message names the path and what to do. Nothing partial is left.
     """
     if "split" not in df.columns:
         raise DataError("build_feature_cache: the table needs a 'split' column (see load_dataset)")
     root = resolve_path(cfg.cache_dir)
     key = cache_key(df, cfg)
     final = root / key
+    seen = None
     if (final / MANIFEST_FILE).is_file():
-        log.info("feature cache hit: %s", final)
-        return open_feature_cache(final)
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=root))
-    try:
-        shape = (len(df), *feature_shape(cfg))
-        with NpyRowWriter(tmp / FEATURES_FILE, shape) as out:
-            _, report = compute_features(list(df["path"]), cfg, resample=resample, show_progress=show_progress,
-                                         out=out)
-            out.sync()
-        meta = df.drop(columns=["path"]).reset_index(drop=True)
-        meta.to_parquet(tmp / META_FILE, index=False)
-        for name, count in dataclasses.asdict(report).items():
-            if name != "files" and count:
-                log.warning("%d wav files were %s", count, name)
-        manifest = {
-            "key": key, "version": CACHE_VERSION, "n_notes": len(df), "shape": list(shape),
-            "features": feature_representation(cfg), "fixes": {k: v for k, v in dataclasses.asdict(report).items()
-                                                    if k != "files"},
-            "fixed_files": report.files[:100],
-        }
-        (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
-        if final.exists() and not (final / MANIFEST_FILE).is_file():
-            shutil.rmtree(final)  # a folder of this key without a manifest is never read: replace it
         try:
-            os.replace(tmp, final)
-        except OSError:
-            # Another process finished the same cache first; its copy is as good as ours.
-            if not (final / MANIFEST_FILE).is_file():
-                raise
+            cache = open_feature_cache(final)
+            log.info("feature cache hit: %s", final)
+            return cache
+        except DataError as exc:
+            seen = exc  # damaged, or being replaced by another process: settled under the lock
+    try:
+        writable_folder(root)
+        lock = _lock(root, key, final)
+    except OSError as exc:
+        error = _write_error(exc, root)
+        if seen is not None:  # a damaged cache in a folder that cannot be written: say both
+            error = DataError(f"feature cache {final} is damaged ({seen}) and cannot be rebuilt: {error}")
+        raise error from exc
+    try:
+        damage = None
+        if (final / MANIFEST_FILE).is_file():
+            try:
+                cache = open_feature_cache(final)
+                log.info("feature cache hit: %s (built by another process meanwhile)", final)
+                return cache
+            except DataError as exc:
+                damage = exc
+        tmp = None
+        try:
+            for folder in remove_stale_partials(root, held=key):
+                log.warning("removed %s, left by a feature cache build that was killed", folder)
+            if final.exists():
+                if damage is not None:
+                    log.warning("feature cache %s is damaged (%s): rebuilding it", final, damage)
+                _discard(final, key)  # damaged, or a folder of this key without a manifest: never read
+            shape = (len(df), *feature_shape(cfg))
+            _check_space(root, int(np.prod(shape, dtype=np.int64)) * 2 + (1 << 20))
+            tmp = root / f".{key}.build.{OWNER_TAG}.{secrets.token_hex(4)}"
+            tmp.mkdir()
+            _write_cache(tmp, df, cfg, key, resample=resample, show_progress=show_progress)
+            try:
+                os.replace(tmp, final)
+            except OSError:
+                # A process that took no lock (an older vaelib) finished the same cache first: as good as ours.
+                if not (final / MANIFEST_FILE).is_file():
+                    raise
+        except OSError as exc:
+            raise _write_error(exc, root) from exc
+        finally:
+            if tmp is not None and tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
     finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
+        if lock is not None:
+            lock.release()
     log.info("feature cache built: %s (%d notes)", final, len(df))
     return open_feature_cache(final)

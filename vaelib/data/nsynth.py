@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import struct
 import warnings
 from dataclasses import dataclass, field
@@ -31,6 +32,9 @@ __all__ = [
     "load_dataset",
     "read_wav",
     "WavReport",
+    "NonFiniteAudioError",
+    "FULL_SCALE",
+    "CLIP_RUN",
 ]
 
 log = logging.getLogger(__name__)
@@ -43,6 +47,12 @@ QUALITIES = (
 INT_FIELDS = ("note", "instrument", "instrument_family", "instrument_source", "pitch", "velocity", "sample_rate")
 STR_FIELDS = ("note_str", "instrument_str", "instrument_family_str", "instrument_source_str")
 SCHEMA_FIELDS = INT_FIELDS + STR_FIELDS + ("qualities", "qualities_str")
+FULL_SCALE = 32767 / 32768  # the largest positive 16-bit sample: a sample this loud or louder is at the rail
+CLIP_RUN = 3  # consecutive samples at the rail that mark a file clipped (one peak at 0 dBFS is not clipping)
+
+
+class NonFiniteAudioError(DataError):
+    """A wav holds NaN or infinite samples: no feature of it means anything."""
 
 
 def _as_int(value: object, where: str) -> int:
@@ -213,6 +223,8 @@ def load_dataset(cfg: DataConfig, *, seed: int = 0, root: str | Path | None = No
     DataFrame of the kept notes with a ``split`` column (train/valid/test).
     """
     root = Path(root) if root is not None else resolve_path(cfg.root)
+    if root.exists() and not root.is_dir():
+        raise DataError(f"{root}: is a file, expected a dataset folder (data.root={cfg.root!r})")
     if not root.is_dir():
         raise DataError(f"{root}: dataset folder not found (data.root={cfg.root!r})")
     filters = dict(families=cfg.families, sources=cfg.sources, pitch_min=cfg.pitch_min,
@@ -242,20 +254,74 @@ def load_dataset(cfg: DataConfig, *, seed: int = 0, root: str | Path | None = No
 
 @dataclass
 class WavReport:
-    """What ``read_wav`` had to fix, counted over a batch of files."""
+    """What ``read_wav`` had to fix or found suspicious, counted over a batch of files.
+
+    ``padded`` counts complete files shorter than the note, ``truncated`` files whose data chunk ends
+    before the size their header gives (a copy cut short; its missing samples read as zeros), ``cut``
+    longer files. ``clipped`` counts files with ``CLIP_RUN`` consecutive samples at or beyond full
+    scale: they are used as they are. ``files`` lists the fixed files (not the merely clipped ones);
+    ``truncated_files`` and ``clipped_files`` name those two kinds.
+    """
 
     resampled: int = 0
     downmixed: int = 0
     padded: int = 0
+    truncated: int = 0
     cut: int = 0
+    clipped: int = 0
     files: list[str] = field(default_factory=list)
+    truncated_files: list[str] = field(default_factory=list)
+    clipped_files: list[str] = field(default_factory=list)
+
+    COUNTS = ("resampled", "downmixed", "padded", "truncated", "cut", "clipped")
 
     def add(self, other: WavReport) -> None:
-        self.resampled += other.resampled
-        self.downmixed += other.downmixed
-        self.padded += other.padded
-        self.cut += other.cut
+        for name in self.COUNTS:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
         self.files += other.files
+        self.truncated_files += other.truncated_files
+        self.clipped_files += other.clipped_files
+
+    def counts(self) -> dict[str, int]:
+        """The counts by kind, every kind present (0 when none)."""
+        return {name: getattr(self, name) for name in self.COUNTS}
+
+
+def _at_rail(x: np.ndarray, rail: float) -> bool:
+    """Whether ``x`` [shape=(samples,) or (samples, channels)] holds ``CLIP_RUN`` consecutive samples of
+    one channel at or beyond ``rail``. The peak is checked first: most files are nowhere near it."""
+    if x.size == 0 or (x.max() < rail and x.min() > -rail):
+        return False
+    at = np.abs(x.astype(np.float32)) >= rail
+    if at.ndim == 1:
+        at = at[:, None]
+    run = at[: len(at) - CLIP_RUN + 1].copy()
+    for k in range(1, CLIP_RUN):
+        run &= at[k: len(at) - CLIP_RUN + 1 + k]
+    return bool(run.any())
+
+
+def _truncated(path: Path) -> bool:
+    """Whether a RIFF wav's data chunk claims more bytes than the file holds (a copy or download cut short).
+
+    A size of 0 or 0xFFFFFFFF is a writer that never closed the file (or a stream): libsndfile takes
+    the rest of the file as the data, and nothing is known to be missing.
+    """
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(65536)
+            size = os.fstat(fh.fileno()).st_size
+    except OSError:
+        return False
+    if len(head) < 12 or _RIFF_HEAD.unpack_from(head)[::2] != (b"RIFF", b"WAVE"):
+        return False
+    pos = 12
+    while pos + 8 <= len(head):
+        cid, n = _CHUNK_HEAD.unpack_from(head, pos)
+        if cid == b"data":
+            return n not in (0, 0xFFFFFFFF) and pos + 8 + n > size
+        pos += 8 + n + (n & 1)
+    return False
 
 
 _RIFF_HEAD = struct.Struct("<4sI4s")
@@ -305,11 +371,15 @@ def _read_canonical_wav(path: Path, sample_rate: int, out: np.ndarray) -> WavRep
         return None
     body, n = found
     m = min(n, len(out))
-    np.multiply(np.frombuffer(data, "<i2", count=m, offset=body), np.float32(1.0 / 32768.0), out=out[:m])
+    pcm = np.frombuffer(data, "<i2", count=m, offset=body)
+    np.multiply(pcm, np.float32(1.0 / 32768.0), out=out[:m])
     out[m:] = 0.0
     report = WavReport(padded=int(n < len(out)), cut=int(n > len(out)))
     if n != len(out):
         report.files.append(str(path))
+    if _at_rail(pcm, 32767):
+        report.clipped = 1
+        report.clipped_files.append(str(path))
     return report
 
 
@@ -324,10 +394,13 @@ def read_wav(path: str | Path, *, sample_rate: int = 16000, n_samples: int = 640
     Returns
     -------
     audio : [shape=(n_samples,)] float32 in [-1, 1] (``out`` if given)
-    report : which fixes were applied (stereo downmix, resampling, pad/cut)
+    report : which fixes were applied (stereo downmix, resampling, pad, cut, a truncated file's missing
+        samples read as zeros, with a warning) and whether the file is clipped (counted, used as it is)
 
     Raises
     ------
+    NonFiniteAudioError
+        (a ``DataError``) The file holds NaN or infinite samples (only float wavs can).
     DataError
         Missing or unreadable file, or another rate with ``resample=False``.
     """
@@ -361,6 +434,13 @@ def read_wav(path: str | Path, *, sample_rate: int = 16000, n_samples: int = 640
             raise DataError(f"{path}: wav file not found") from exc
         raise DataError(f"{path}: unreadable wav ({exc})") from exc
     report = WavReport()
+    if not in_place and not np.isfinite(audio).all():  # PCM decoded in place is finite by construction
+        bad = int(audio.size - np.count_nonzero(np.isfinite(audio)))
+        raise NonFiniteAudioError(f"{path}: {bad} of {audio.size} samples are NaN or infinite; "
+                                  "re-export the file or remove its note from examples.json")
+    if _at_rail(audio, FULL_SCALE):
+        report.clipped = 1
+        report.clipped_files.append(str(path))
     if audio.shape[1] > 1:
         warnings.warn(f"{path}: {audio.shape[1]} channels, downmixed to mono", stacklevel=2)
         report.downmixed = 1
@@ -374,11 +454,17 @@ def read_wav(path: str | Path, *, sample_rate: int = 16000, n_samples: int = 640
         warnings.warn(f"{path}: sample rate {sr} Hz resampled to {sample_rate} Hz", stacklevel=2)
         audio = librosa.resample(audio, orig_sr=sr, target_sr=sample_rate).astype(np.float32)
         report.resampled = 1
-    if len(audio) < n_samples:
+    if _truncated(path):
+        # cut short in a copy: counted apart from a complete short file, which is legitimate
+        warnings.warn(f"{path}: truncated (its data chunk ends before the size its header gives); "
+                      "the missing samples are zeros", stacklevel=2)
+        report.truncated = 1
+        report.truncated_files.append(str(path))
+    if len(audio) < n_samples and not report.truncated:
         report.padded = 1
     elif len(audio) > n_samples or too_long:
         report.cut = 1
-    if report.resampled or report.downmixed or report.padded or report.cut:
+    if report.resampled or report.downmixed or report.padded or report.truncated or report.cut:
         report.files.append(str(path))
     m = min(len(audio), n_samples)
     if not in_place:
