@@ -143,7 +143,8 @@ def test_fixes_counted_in_cache_manifest(make_split, tmp_path):
     df = read_examples(folder).assign(split="train")
     with pytest.warns(UserWarning, match="downmixed"):
         cache = build_feature_cache(df, FeatureConfig(cache_dir=str(tmp_path / "cache")), show_progress=False)
-    assert cache.manifest["fixes"] == {"resampled": 0, "downmixed": 1, "padded": 1, "cut": 1}
+    assert cache.manifest["fixes"] == {"resampled": 0, "downmixed": 1, "padded": 1, "cut": 1, "truncated": 0,
+                                       "clipped": 0}
     assert len(cache.manifest["fixed_files"]) == 3
 
 
