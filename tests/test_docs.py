@@ -236,3 +236,26 @@ def test_docs_figures_needs_the_runs_metrics(tmp_path):
     (run / "metrics.json").write_text(json.dumps({"run_info": {"run": "default"}}))
     with pytest.raises(docs_figures.MissingRunFile, match="commit, date"):
         docs_figures.copy_figures(run, tmp_path / "figures")
+
+
+def test_every_test_named_in_the_reliability_table_exists():
+    """docs/reliability.md names the test that proves each behaviour: each must exist."""
+    import ast
+
+    text = (PROJECT_ROOT / "docs" / "reliability.md").read_text()
+    named = re.findall(r"`(tests/[\w/]+\.py)((?:::\w+)?)`", text)
+    # a bare `::name` continues the file named before it in the same cell
+    for cell in text.split("|"):
+        current = None
+        for path, name in re.findall(r"`(?:(tests/[\w/]+\.py))?(?:::(\w+))?`", cell):
+            current = path or current
+            if name and current:
+                named.append((current, "::" + name))
+    assert named
+    for path, name in named:
+        file = PROJECT_ROOT / path
+        assert file.is_file(), path
+        if name:
+            tree = ast.parse(file.read_text())
+            defined = {n.name for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)}
+            assert name[2:] in defined, f"{path}{name} does not exist"
