@@ -75,7 +75,8 @@ def copy_figures(run: str | Path, out: str | Path) -> dict:
             shutil.copyfile(run / src, tmp)
     source = {
         "run": info.get("run", run.name),
-        "run_folder": project_relative(run),
+        # the params and commit regenerate the run; a folder outside the project would mean nothing to a reader
+        "params_file": info.get("params_file"),
         "commit": info["commit"],
         "date": info["date"],
         "files": [{"file": dst, "from": src} for src, dst in FIGURES.items()],
