@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,21 @@ def fixtures_dir() -> Path:
         if not (NSYNTH_FIXTURES / name).is_file():
             raise FileNotFoundError(f"{NSYNTH_FIXTURES / name}: the vendored NSynth metadata fixture is missing")
     return NSYNTH_FIXTURES
+
+
+@pytest.fixture
+def read_only_dir(tmp_path):
+    """An empty folder of mode 0o555; the test is skipped where that does not block writes (as root)."""
+    folder = tmp_path / "read_only"
+    folder.mkdir()
+    folder.chmod(0o555)
+    try:
+        if os.access(folder, os.W_OK):
+            pytest.skip("this user (root?) may write into a folder of mode 0o555, so it cannot be made read-only; "
+                        "the simulated write failure covers the path")
+        yield folder
+    finally:
+        folder.chmod(0o755)
 
 
 @pytest.fixture(scope="session")

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from _training import interrupt_at
 
-import vaelib.model.train as vtrain
 from vaelib.cli import main
 from vaelib.config import PROJECT_ROOT, load_config
 from vaelib.data.prepare import prepare_features
@@ -56,20 +56,6 @@ def _run_files(sets: list[str]) -> tuple[object, object, Path]:
     cfg = load_config(SMOKE, sets)
     cache = prepare_features(cfg, show_progress=False)
     return cfg, cache, checkpoint_dir(cfg, cache.manifest["key"])
-
-
-def _interrupt_at(monkeypatch, at_step: int) -> None:
-    """Send ourselves SIGINT when the schedule is asked for step ``at_step`` (as Ctrl-C would)."""
-    real = vtrain.beta_at
-    sent = []
-
-    def beta_then_signal(step, *, cfg):
-        if step == at_step and not sent:
-            sent.append(step)
-            os.kill(os.getpid(), signal.SIGINT)
-        return real(step, cfg=cfg)
-
-    monkeypatch.setattr(vtrain, "beta_at", beta_then_signal)
 
 
 def _history(run_dir: Path) -> pd.DataFrame:
@@ -114,7 +100,7 @@ def test_finished_run_is_kept_and_an_interrupted_retrain_leaves_it(work, capsys,
     assert {name: (run_dir / name).read_bytes() for name in finished} == finished
 
     # a retrain interrupted in its second epoch leaves the finished run whole
-    _interrupt_at(monkeypatch, 5)
+    interrupt_at(monkeypatch, 5)
     assert main([*argv, "--retrain"]) == 130
     monkeypatch.undo()
     assert {name: (run_dir / name).read_bytes() for name in finished} == finished
@@ -136,7 +122,7 @@ def test_finished_run_is_kept_and_an_interrupted_retrain_leaves_it(work, capsys,
 def test_unfinished_run_needs_resume_and_an_unreadable_last_pt_says_how_to_go_on(work, capsys, monkeypatch):
     sets = _sets(work, "ckpt_truncated")
     argv = _argv("train", sets)
-    _interrupt_at(monkeypatch, 5)
+    interrupt_at(monkeypatch, 5)
     assert main(argv) == 130
     monkeypatch.undo()
     cfg, cache, run_dir = _run_files(sets)
@@ -272,24 +258,17 @@ def test_render_out_under_a_file_is_refused(tmp_path, capsys):
     assert f"{blocker}: a file stands where a folder is needed" in err
 
 
-def test_read_only_output_folders_are_refused(work, tmp_path, capsys):
-    ro = tmp_path / "read_only"
-    ro.mkdir()
-    ro.chmod(0o555)
-    try:
-        if os.access(ro, os.W_OK):
-            pytest.skip("this user (root?) may write into a folder of mode 0o555, so it cannot be made read-only")
-        cases = [("train", _argv("train", [*work["sets"], f"train.checkpoint_dir={ro}", *TINY])),
-                 ("embed", _argv("embed", _sets(work, "ckpt_unused"), "--out", str(ro / "emb.parquet"))),
-                 ("render", ["render", "--params", SMOKE, "--quiet", "--out", str(ro / "ds")])]
-        for command, argv in cases:
-            assert main(argv) == 2, command
-            err = capsys.readouterr().err
-            _clean_error(err, command)
-            assert f"{ro}: Permission denied" in err, err
-        assert list(ro.iterdir()) == []
-    finally:
-        ro.chmod(0o755)
+def test_read_only_output_folders_are_refused(work, read_only_dir, capsys):
+    ro = read_only_dir
+    cases = [("train", _argv("train", [*work["sets"], f"train.checkpoint_dir={ro}", *TINY])),
+             ("embed", _argv("embed", _sets(work, "ckpt_unused"), "--out", str(ro / "emb.parquet"))),
+             ("render", ["render", "--params", SMOKE, "--quiet", "--out", str(ro / "ds")])]
+    for command, argv in cases:
+        assert main(argv) == 2, command
+        err = capsys.readouterr().err
+        _clean_error(err, command)
+        assert f"{ro}: Permission denied" in err, err
+    assert list(ro.iterdir()) == []
 
 
 def test_an_os_error_reaching_main_is_one_line_with_its_path(work, tmp_path, capsys, monkeypatch):

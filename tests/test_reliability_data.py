@@ -384,19 +384,12 @@ def test_data_root_under_a_file_is_refused(tmp_path):
         load_dataset(DataConfig(root=str(tmp_path / "afile")))
 
 
-def test_read_only_cache_dir_is_refused(split, tmp_path):
+def test_read_only_cache_dir_is_refused(split, read_only_dir):
     _, df, _ = split
-    root = tmp_path / "ro"
-    root.mkdir()
-    root.chmod(0o555)
-    try:
-        if os.access(root, os.W_OK):
-            pytest.skip("chmod 0o555 does not block writes here (running as root); the simulated case runs below")
-        with pytest.raises(DataError, match=rf"{root}.*make it writable or set features\.cache_dir"):
-            build_feature_cache(df, FeatureConfig(cache_dir=str(root)), show_progress=False)
-        assert listing(root) == []
-    finally:
-        root.chmod(0o755)
+    root = read_only_dir
+    with pytest.raises(DataError, match=rf"{root}.*make it writable or set features\.cache_dir"):
+        build_feature_cache(df, FeatureConfig(cache_dir=str(root)), show_progress=False)
+    assert listing(root) == []
 
 
 def test_unwritable_cache_dir_is_refused_simulated(split, monkeypatch):

@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import signal
 from collections import Counter
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from _training import interrupt_at
 
 import vaelib.model.loss as vloss
 import vaelib.model.train as vtrain
@@ -53,20 +53,6 @@ def reference(work, cache):
     root, ds = work
     cfg = _cfg(root, ds)
     return cfg, train(cfg, cache, show_progress=False)
-
-
-def _interrupt_at(monkeypatch, at_step: int) -> None:
-    """Send ourselves SIGINT when the schedule is asked for step ``at_step`` (as Ctrl-C would)."""
-    real = vtrain.beta_at
-    sent = []
-
-    def beta_then_signal(step, *, cfg):
-        if step == at_step and not sent:
-            sent.append(step)
-            os.kill(os.getpid(), signal.SIGINT)
-        return real(step, cfg=cfg)
-
-    monkeypatch.setattr(vtrain, "beta_at", beta_then_signal)
 
 
 def test_training_lowers_the_loss_and_logs_every_epoch(reference):
@@ -137,7 +123,7 @@ def test_mismatched_config_is_a_clear_error(reference, tmp_path):
 
 def _interrupt_then_resume(cfg, cache, monkeypatch, at_step: int):
     """Train ``cfg`` until Ctrl-C arrives at step ``at_step``, then resume it to the end."""
-    _interrupt_at(monkeypatch, at_step)
+    interrupt_at(monkeypatch, at_step)
     with pytest.raises(KeyboardInterrupt):
         train(cfg, cache, show_progress=False)
     monkeypatch.undo()
@@ -154,7 +140,7 @@ def test_resume_after_interrupt_matches_uninterrupted(reference, work, cache, mo
     _, ref = reference
     root, ds = work
     cfg = _cfg(root, ds, ckpt=f"ckpt_resume_{at_step}")
-    _interrupt_at(monkeypatch, at_step)
+    interrupt_at(monkeypatch, at_step)
     with pytest.raises(KeyboardInterrupt):
         train(cfg, cache, show_progress=False)
     saved = torch.load(checkpoint_dir(cfg, cache.manifest["key"]) / "last.pt", weights_only=True)
@@ -453,7 +439,7 @@ def test_retrain_replaces_a_finished_run_only_once_finished(work, cache, monkeyp
     assert train(cfg, cache, show_progress=False).best_epoch == res.best_epoch  # kept as it is
     assert res.best_path.read_bytes() == before
     # a retrain (02_train's retrain=True) interrupted after one epoch leaves the finished run
-    _interrupt_at(monkeypatch, 5)
+    interrupt_at(monkeypatch, 5)
     with pytest.raises(KeyboardInterrupt):
         train_or_reuse(cfg, cache, retrain=True, show_progress=False)
     monkeypatch.undo()
@@ -485,7 +471,7 @@ def test_retrain_replaces_a_finished_run_only_once_finished(work, cache, monkeyp
 def test_unreadable_last_pt_is_a_checkpoint_error_saying_how_to_start_over(work, cache, monkeypatch):
     root, ds = work
     cfg = _cfg(root, ds, ckpt="ckpt_truncated_api")
-    _interrupt_at(monkeypatch, 5)
+    interrupt_at(monkeypatch, 5)
     with pytest.raises(KeyboardInterrupt):
         train(cfg, cache, show_progress=False)
     monkeypatch.undo()

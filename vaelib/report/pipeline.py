@@ -21,7 +21,7 @@ from pathlib import Path
 
 from vaelib.config import PROJECT_ROOT, REPORTS_DIR, Config, config_to_dict, load_config, project_relative, save_config
 from vaelib.exceptions import VaelibError
-from vaelib.io import UMASK, atomic_write_json, atomic_write_text
+from vaelib.io import UMASK, atomic_write_json, atomic_write_text, pid_alive
 from vaelib.report.html import notebook_to_html, run_index_html, runs_index_html
 
 __all__ = ["PipelineError", "NOTEBOOKS_DIR", "START_NOTEBOOK", "METRIC_FILES", "run_pipeline", "collect_metrics",
@@ -149,16 +149,6 @@ def collect_metrics(run_dir: Path, notebooks: tuple[str, ...]) -> dict:
     return metrics
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, another user's
-        return True
-    return True
-
-
 def remove_abandoned(final: Path) -> list[Path]:
     """Remove the staging and swap folders of ``final`` left by runs whose process is gone (killed, or
     the machine lost): their names carry the pid of the run that made them. Called before this run makes
@@ -168,7 +158,7 @@ def remove_abandoned(final: Path) -> list[Path]:
     for kind in ("staging", "old"):
         for folder in final.parent.glob(f".{glob.escape(final.name)}.{kind}-*"):
             pid = folder.name[len(f".{final.name}.{kind}-"):].split("-", 1)[0]
-            if pid.isdigit() and (int(pid) == os.getpid() or not _pid_alive(int(pid))):
+            if pid.isdigit() and (int(pid) == os.getpid() or not pid_alive(int(pid))):
                 shutil.rmtree(folder, ignore_errors=True)
                 removed.append(folder)
     return removed
