@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import nbformat
@@ -122,19 +123,28 @@ def test_folders_of_a_killed_run_are_removed_by_the_next(standins, tmp_path):
     live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])  # a run still going
     try:
         # this process's own pid is a leftover too: the run has not made its folders yet (pids are reused)
-        left = [root / f".standin.staging-{dead}-abc", root / f".standin.old-{dead}",
-                root / f".standin.old-{os.getpid()}"]
-        alive = root / f".standin.staging-{live.pid}-xyz"
-        others = [root / f".otherrun.staging-{dead}-abc", root / f".standin2.staging-{dead}-abc"]
-        for folder in (*left, alive, *others):
+        from vaelib.io import HOST
+
+        left = [root / f".standin.staging.{HOST}.{dead}.abc", root / f".standin.old.{HOST}.{dead}.",
+                root / f".standin.old.{HOST}.{os.getpid()}."]
+        left = [p.with_name(p.name.rstrip(".")) for p in left]
+        alive = root / f".standin.staging.{HOST}.{live.pid}.xyz"
+        # another host's folder is judged by age only: a fresh one stays, one idle for over a day goes
+        remote = root / f".standin.staging.otherhost.{dead}.abc"
+        remote_old = root / f".standin.staging.otherhost.{dead}.old"
+        others = [root / f".otherrun.staging.{HOST}.{dead}.abc", root / f".standin2.staging.{HOST}.{dead}.abc", remote]
+        for folder in (*left, alive, *others, remote_old):
             folder.mkdir()
             (folder / "01_preprocess.ipynb").write_text("{}")
+        day_ago = time.time() - pipeline.OTHER_HOST_IDLE_S - 60
+        for path in (remote_old / "01_preprocess.ipynb", remote_old):
+            os.utime(path, (day_ago, day_ago))
         run_dir = run_pipeline(SMOKE, OVR, reports_root=root)
-        assert run_dir.is_dir() and not any(f.exists() for f in left)
+        assert run_dir.is_dir() and not any(f.exists() for f in left) and not remote_old.exists()
         assert alive.is_dir() and all(f.is_dir() for f in others)
-        assert sorted(p.name for p in root.glob(".standin.*")) == [alive.name]
+        assert sorted(p.name for p in root.glob(".standin.*")) == sorted([alive.name, remote.name])
         run_pipeline(SMOKE, OVR, reports_root=root)  # the swap of a second run leaves no .old folder
-        assert sorted(p.name for p in root.glob(".standin.*")) == [alive.name]
+        assert sorted(p.name for p in root.glob(".standin.*")) == sorted([alive.name, remote.name])
     finally:
         live.kill()
         live.wait()

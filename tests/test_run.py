@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import nbformat
 import pytest
@@ -80,6 +81,14 @@ def test_analysis_refuses_a_run_whose_params_changed_after_training(smoke_run, t
     (copy / "train_metrics.json").write_text(json.dumps({**record, "checkpoint": str(tmp_path / "other" / "best.pt")}))
     with pytest.raises(CheckpointError, match=r"train_metrics\.json was written for checkpoint .*other.*02_train"):
         load_trained_run(run_dir=copy)
+    # the same run folder, but another training of it (a retrain that ended at another epoch)
+    (copy / "train_metrics.json").write_text(json.dumps({**record, "best_epoch": record["best_epoch"] + 1}))
+    with pytest.raises(CheckpointError, match="best epoch"):
+        load_trained_run(run_dir=copy)
+    # the checkout moved: the recorded path differs but names the same run folder and training
+    moved = str(tmp_path / "elsewhere" / "ckpt" / Path(record["checkpoint"]).parent.name / "best.pt")
+    (copy / "train_metrics.json").write_text(json.dumps({**record, "checkpoint": moved}))
+    assert load_trained_run(run_dir=copy).checkpoint == run.checkpoint
     # the params changed after training (as when 01 is rerun with new overrides): no finished training matches
     cfg = load_config(copy / RUN_PARAMS, ["train.epochs=3"])
     start_run(copy / RUN_PARAMS, ["train.epochs=3"], run_dir=copy)

@@ -9,7 +9,8 @@ Subpackages by stage; each imports only from those above it in this list and fro
 - ``report``: notebooks executed into HTML reports, sweeps, browser checks, figures.
 - ``cli``: the ``vaelib`` command.
 
-Shared by all: ``config`` (the validated params), ``exceptions``, ``io`` (atomic writes).
+Shared by all: ``config`` (the validated params), ``exceptions``, ``io`` (atomic writes, file locks,
+output folder checks).
 """
 
 __version__ = "0.1.0"

@@ -98,7 +98,8 @@ class Interpolations:
         s = self.summary
         return (f"Median largest-to-mean step ratio: **{s['interp_step_ratio_median']}** over {s['interp_n_paths']} "
                 f"paths; median |Spearman| of the centroid: **{s['interp_centroid_spearman_median']}** over the "
-                f"{s['interp_n_centroid_eligible']} paths whose end centroids differ by more than 20%.")
+                f"{s['interp_n_centroid_eligible']} paths whose end centroids differ by more than "
+                f"{s['interp_centroid_min_rel_diff']:.0%}.")
 
 
 def embed_run(run: TrainedRun, *, out: Path, show_progress: bool = True) -> LatentSpace:
@@ -183,8 +184,9 @@ def interpolate_run(space: LatentSpace, run: TrainedRun) -> Interpolations:
 
 
 def latent_map_metrics(space: LatentSpace, probes: dict, probes_cv: dict, n_folds: int, pitch: PitchBreakdown,
-                       interp: Interpolations, *, run: TrainedRun) -> dict:
-    """What 04_latent_map writes to ``latent_map.json``, its targets included."""
+                       interp: Interpolations, *, run: TrainedRun, descriptors: dict | None = None) -> dict:
+    """What 04_latent_map writes to ``latent_map.json``, its targets included; ``descriptors`` (the
+    ``metrics`` of ``vaelib.analysis.descriptors.describe_run``) goes under the key of that name."""
     n_notes, n_instruments = space.counts()
     metrics = {
         "latent_dim": run.cfg.model.latent_dim,
@@ -207,5 +209,7 @@ def latent_map_metrics(space: LatentSpace, probes: dict, probes_cv: dict, n_fold
         "interp_skipped": interp.skipped,
         "projection_shapes": {name: list(p.coords.shape) for name, p in space.projections.items()},
     }
+    if descriptors is not None:
+        metrics["descriptors"] = descriptors
     metrics["targets"] = evaluate_targets(metrics, notebook="04_latent_map", cfg=run.cfg)
     return metrics

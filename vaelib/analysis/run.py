@@ -9,6 +9,7 @@ notebook is handed another (``vaelib run`` hands each its staging folder).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from vaelib.data.prepare import prepare_features
 from vaelib.exceptions import CheckpointError, ConfigError
 from vaelib.model.checkpoint import find_checkpoint, load_model
 
-__all__ = ["RUN_PARAMS", "TrainedRun", "run_folder", "start_run", "read_run_config", "load_trained_run"]
+__all__ = ["RUN_PARAMS", "TRAIN_RECORD", "TrainedRun", "run_folder", "start_run", "read_run_config", "load_trained_run"]
 
 log = logging.getLogger(__name__)
 
@@ -101,16 +102,25 @@ def read_run_config(run_dir: str | os.PathLike) -> Config:
     return load_config(path)
 
 
-def _recorded_checkpoint(run_dir: Path) -> str | None:
-    import json
-
+def _training_record(run_dir: Path) -> dict | None:
     path = run_dir / TRAIN_RECORD
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text()).get("checkpoint")
-    except (json.JSONDecodeError, AttributeError):
+        record = json.loads(path.read_text())
+    except json.JSONDecodeError:
         return None
+    return record if isinstance(record, dict) and record.get("checkpoint") else None
+
+
+def _same_training(record: dict, checkpoint: Path, ckpt: dict) -> bool:
+    """Whether the training 02 recorded is the one ``checkpoint`` holds: the same run folder (named by the
+    config's hash; compared by name, so a moved checkout still matches) and the same best epoch and valid
+    figure (a retrain of the same config that ended elsewhere is another model)."""
+    best = ckpt.get("best") or {}
+    return (Path(record["checkpoint"]).parent.name == checkpoint.parent.name
+            and record.get("best_epoch") == best.get("epoch")
+            and record.get("best_valid_recon") == best.get("valid_recon"))
 
 
 def load_trained_run(run: str = "default", run_dir: str | os.PathLike = "", *,
@@ -139,10 +149,11 @@ def load_trained_run(run: str = "default", run_dir: str | os.PathLike = "", *,
     if checkpoint is None:
         raise CheckpointError(f"{folder / RUN_PARAMS}: no finished training matches this run's params; "
                               "execute 02_train for it first")
-    recorded = _recorded_checkpoint(folder)
-    if recorded is not None and Path(recorded).resolve() != checkpoint.resolve():
-        raise CheckpointError(f"{folder / TRAIN_RECORD} was written for checkpoint {recorded}, but the run's "
-                              f"params now match {checkpoint}: the params changed after 02_train; execute "
-                              "02_train again for this run")
     model, ckpt = load_model(checkpoint, cfg=cfg, device=device)
+    record = _training_record(folder)
+    if record is not None and not _same_training(record, checkpoint, ckpt):
+        raise CheckpointError(f"{folder / TRAIN_RECORD} was written for checkpoint {record['checkpoint']} (best "
+                              f"epoch {record.get('best_epoch')}), but the run's params now match {checkpoint} "
+                              f"(best epoch {(ckpt.get('best') or {}).get('epoch')}): the params or the training "
+                              "changed after 02_train; execute 02_train again for this run")
     return TrainedRun(cfg=cfg, run_dir=folder, cache=cache, checkpoint=checkpoint, model=model, ckpt=ckpt)

@@ -14,6 +14,7 @@ from typing import Any
 
 import pandas as pd
 
+from vaelib.analysis.interpolate import CENTROID_MIN_REL_DIFF
 from vaelib.config import Config
 from vaelib.exceptions import ParameterError
 
@@ -45,7 +46,8 @@ TARGETS: tuple[Target, ...] = (
     Target("interp_step_ratio_median", "04_latent_map", "interp_step_ratio_median", "<=", 2.5,
            "median largest-to-mean step ratio at most 2.5"),
     Target("interp_centroid_spearman_median", "04_latent_map", "interp_centroid_spearman_median", ">=", 0.9,
-           "median |Spearman| of the centroid at least 0.9 (pairs whose end centroids differ > 20%)"),
+           f"median |Spearman| of the centroid at least 0.9 (pairs whose end centroids differ > "
+           f"{CENTROID_MIN_REL_DIFF:.0%})"),
     Target("pitch1_logreg", "04_latent_map", "probes.mu.pitch1_logreg", ">=", 0.85,
            "pitch within one semitone (logistic probe on mu) at least 0.85", unless="model.pitch_conditioning"),
 )

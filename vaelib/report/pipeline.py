@@ -19,9 +19,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from vaelib.analysis.run import RUN_PARAMS, TRAIN_RECORD
 from vaelib.config import PROJECT_ROOT, REPORTS_DIR, Config, config_to_dict, load_config, project_relative, save_config
 from vaelib.exceptions import VaelibError
-from vaelib.io import UMASK, atomic_write_json, atomic_write_text, pid_alive
+from vaelib.io import HOST, OWNER_TAG, UMASK, atomic_write_json, atomic_write_text, owner_gone
 from vaelib.report.html import notebook_to_html, run_index_html, runs_index_html
 
 __all__ = ["PipelineError", "NOTEBOOKS_DIR", "START_NOTEBOOK", "METRIC_FILES", "run_pipeline", "collect_metrics",
@@ -34,7 +35,7 @@ NOTEBOOKS_DIR = PROJECT_ROOT / "notebooks"
 START_NOTEBOOK = "01_preprocess"  # resolves the params of a run; every other notebook reads them
 METRIC_FILES = {
     "01_preprocess": "preprocess_stats.json",
-    "02_train": "train_metrics.json",
+    "02_train": TRAIN_RECORD,
     "03_diagnostics": "diagnostics.json",
     "04_latent_map": "latent_map.json",
     "05_listening": "listening.json",
@@ -77,6 +78,8 @@ def _execute(name: str, out_dir: Path, parameters: dict, *, kernel: str) -> None
         pm.execute_notebook(str(source), str(target), parameters=parameters, kernel_name=kernel,
                             cwd=str(NOTEBOOKS_DIR), log_output=False, progress_bar=False)
     except pm.PapermillExecutionError as exc:
+        for line in notebook_warnings(target):  # what the notebook said before it failed explains the failure
+            log.warning("%s: %s", name, line)
         # Papermill inserts its injected-parameters cell; count cells as in the source notebook.
         injected = _injected_cell_index(target)
         cell = exc.cell_index - 1 if injected is not None and exc.cell_index > injected else exc.cell_index
@@ -149,25 +152,47 @@ def collect_metrics(run_dir: Path, notebooks: tuple[str, ...]) -> dict:
     return metrics
 
 
+# A staging or swap folder of another host's run can only be judged by age: a reports folder on a shared disk.
+OTHER_HOST_IDLE_S = 24 * 3600
+
+
+def _work_folder(final: Path, kind: str) -> str:
+    """Name prefix of a run's ``kind`` ('staging' or 'old') folder: hidden, with the owner's host and pid."""
+    return f".{final.name}.{kind}.{OWNER_TAG}."
+
+
+def _idle_seconds(folder: Path) -> float:
+    newest = max((p.stat().st_mtime for p in folder.rglob("*")), default=folder.stat().st_mtime)
+    return time.time() - newest
+
+
 def remove_abandoned(final: Path) -> list[Path]:
-    """Remove the staging and swap folders of ``final`` left by runs whose process is gone (killed, or
-    the machine lost): their names carry the pid of the run that made them. Called before this run makes
-    its own, so a folder with this process's pid is a leftover too (pids are reused). Returns what was
+    """Remove the staging and swap folders of ``final`` left by runs whose process is gone (killed, or the
+    machine lost): their names carry the host and pid of the run that made them. A folder of this host whose
+    process has ended goes, and one with this process's pid too (this run has not made its own yet, and pids
+    are reused); one of another host only after ``OTHER_HOST_IDLE_S`` without a write. Returns what was
     removed."""
+    pattern = re.compile(rf"^\.{re.escape(final.name)}\.(staging|old)\.([A-Za-z0-9-]+)\.(\d+)\.")
     removed = []
-    for kind in ("staging", "old"):
-        for folder in final.parent.glob(f".{glob.escape(final.name)}.{kind}-*"):
-            pid = folder.name[len(f".{final.name}.{kind}-"):].split("-", 1)[0]
-            if pid.isdigit() and (int(pid) == os.getpid() or not pid_alive(int(pid))):
-                shutil.rmtree(folder, ignore_errors=True)
-                removed.append(folder)
+    for folder in final.parent.glob(f".{glob.escape(final.name)}.*"):
+        match = pattern.match(folder.name + ".")
+        if not match or not folder.is_dir():
+            continue
+        host, pid = match.group(2), int(match.group(3))
+        if host == HOST:
+            abandoned = pid == os.getpid() or owner_gone(host, pid)
+        else:
+            abandoned = _idle_seconds(folder) > OTHER_HOST_IDLE_S
+        if abandoned:
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
     return removed
 
 
 def _swap_into_place(staging: Path, final: Path) -> None:
     old = None
     if final.exists():
-        old = final.with_name(f".{final.name}.old-{os.getpid()}")
+        old = final.with_name(_work_folder(final, "old").rstrip("."))
         shutil.rmtree(old, ignore_errors=True)
         os.replace(final, old)
     os.replace(staging, final)
@@ -204,10 +229,10 @@ def run_pipeline(params_file: str | os.PathLike, overrides: list[str] | tuple[st
     final.parent.mkdir(parents=True, exist_ok=True)
     for folder in remove_abandoned(final):
         log.warning("removed %s, left by a run that was killed", folder)
-    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.staging-{os.getpid()}-", dir=final.parent))
+    staging = Path(tempfile.mkdtemp(prefix=_work_folder(final, "staging"), dir=final.parent))
     staging.chmod(0o777 & ~UMASK)  # mkdtemp makes it private; the run folder it becomes should not be
     started = time.time()
-    save_config(cfg, staging / "params.yaml")
+    save_config(cfg, staging / RUN_PARAMS)
     timings: dict[str, float] = {}
     try:
         for i, name in enumerate(cfg.report.notebooks, 1):

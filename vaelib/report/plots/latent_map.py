@@ -7,6 +7,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from vaelib.analysis.latent_map import Interpolations, LatentSpace, PitchBreakdown
+from vaelib.analysis.targets import TARGETS
 from vaelib.config import FeatureConfig
 from vaelib.report.plots.common import descriptor_curves, draw_path, grouped_bars, scatter_map, spectrogram_rows
 
@@ -15,7 +16,7 @@ __all__ = ["maps_figure", "pitch_breakdown_figure", "interpolation_strips_figure
 
 COLOURINGS = (("instrument_family_str", "family", False), ("pitch", "MIDI pitch", True),
               ("instrument_source_str", "source", False))
-PITCH_TARGET = 0.85  # drawn as a line; the target itself lives in vaelib.analysis.targets
+PITCH_TARGET = next(t.threshold for t in TARGETS if t.key == "pitch1_logreg")  # drawn as a line
 
 
 def _axis_label(name: str, p, i: int) -> str:
