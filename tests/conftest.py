@@ -132,4 +132,6 @@ def hostile_copy(root: Path, out: Path) -> Path:
         renamed[new] = {**e, "note_str": new, "instrument_str": HOSTILE_PREFIX + e["instrument_str"]}
         shutil.copy2(root / "audio" / f"{note_str}.wav", out / "audio" / f"{new}.wav")
     (out / "examples.json").write_text(json.dumps(renamed))
+    if (root / "render_summary.json").is_file():  # what rendered the notes, which the renaming leaves true
+        shutil.copy2(root / "render_summary.json", out / "render_summary.json")
     return out

@@ -56,7 +56,7 @@ def test_browser_finds_undecodable_image(tmp_path):
     _site(tmp_path, broken=True)
     problems, seen = check_reports(tmp_path)
     assert seen["run/index.html"]["images"] == 2
-    assert any("image not rendered" in p and "run/index.html" in p for p in problems)
+    assert any("image not displayed" in p and "run/index.html" in p for p in problems)
 
 
 @needs_chromium
