@@ -3,9 +3,10 @@ a clear error naming the key, file or path and what was expected, exit status 2 
 half, or a logged repair; never a traceback for a problem of the input or the environment.
 
 Covered: non-finite params; `vaelib train` over a finished run (kept; --retrain replaces it only once
-finished, so an interrupted retrain leaves it); an unfinished run without --resume; two processes
-training one run; an unreadable last.pt; `vaelib embed --checkpoint` of another model; output paths
-that cannot be written (a file where a folder is needed, a read-only folder); the help texts.
+finished, so an interrupted retrain leaves it, and one stopped in its last epoch replaces it); an
+unfinished run without --resume; two processes training one run; an unreadable last.pt; `vaelib embed
+--checkpoint` of another model; output paths that cannot be written (a file where a folder is needed,
+a read-only folder; the feature cache folder before a render); the help texts.
 """
 
 from __future__ import annotations
@@ -119,6 +120,26 @@ def test_finished_run_is_kept_and_an_interrupted_retrain_leaves_it(work, capsys,
     pd.testing.assert_frame_equal(_history(run_dir), first)
 
 
+def test_a_retrain_stopped_in_its_last_epoch_replaces_the_run(work, capsys, caplog, monkeypatch):
+    sets = _sets(work, "ckpt_retrain_last")
+    argv = _argv("train", sets)
+    assert main(argv) == 0
+    _, _, run_dir = _run_files(sets)
+    first = _history(run_dir)
+    (run_dir / "old-run").touch()
+    interrupt_at(monkeypatch, 7)  # the last batch of the last epoch
+    assert main([*argv, "--retrain"]) == 130  # the stop is honoured, once the retrain has replaced the run
+    monkeypatch.undo()
+    staging = run_dir.with_name(run_dir.name + ".retrain")
+    assert not staging.exists() and not (run_dir / "old-run").exists()
+    assert load_checkpoint(run_dir / "last.pt")["finished"]
+    pd.testing.assert_frame_equal(_history(run_dir), first)
+    capsys.readouterr()
+    caplog.set_level(logging.INFO, logger="vaelib")
+    assert main(argv) == 0  # and a plain `vaelib train` keeps it
+    assert json.loads(capsys.readouterr().out)["epochs_run"] == 2 and "finished run: returned as it is" in caplog.text
+
+
 def test_unfinished_run_needs_resume_and_an_unreadable_last_pt_says_how_to_go_on(work, capsys, monkeypatch):
     sets = _sets(work, "ckpt_truncated")
     argv = _argv("train", sets)
@@ -229,6 +250,21 @@ def test_checkpoint_dir_under_a_file_is_refused_before_any_work(work, tmp_path, 
     assert f"train.checkpoint_dir: {blocker}: a file stands where a folder is needed" in err
     assert not cache_dir.exists()  # no feature cache built for nothing
     assert blocker.read_text() == "not a folder"
+
+
+def test_a_cache_dir_under_a_file_is_refused_before_a_render(tmp_path, capsys, monkeypatch):
+    import vaelib.data.prepare as prepare
+
+    monkeypatch.setattr(prepare, "render_dataset", lambda *a, **k: pytest.fail("rendered before the cache check"))
+    blocker = _file(tmp_path)
+    sets = [f"data.root={tmp_path / 'new_ds'}", f"features.cache_dir={blocker}/cache"]
+    for command in ("preprocess", "train"):
+        assert main(_argv(command, [*sets, f"train.checkpoint_dir={tmp_path / 'ckpt'}"])) == 2
+        err = capsys.readouterr().err
+        _clean_error(err, command)
+        assert f"cannot write the feature cache in {blocker / 'cache'}: {blocker}: a file stands where a folder " \
+               "is needed" in err, err
+    assert not (tmp_path / "new_ds").exists()
 
 
 def test_embed_out_is_checked_before_the_work(work, tmp_path, capsys, monkeypatch):

@@ -190,11 +190,16 @@ def _garble_manifest(path: Path) -> None:
     (path / MANIFEST_FILE).write_text("{ not json")
 
 
+def _delete_meta(path: Path) -> None:
+    (path / META_FILE).unlink()
+
+
 @pytest.mark.parametrize(("damage", "message"), [
     (_truncate_features, r"features\.npy: \d+ bytes, the manifest records \d+"),
     (_corrupt_meta, r"meta\.parquet: its sha256 differs"),
     (_corrupt_a_row, r"features\.npy: the sha256 of its sampled rows differs"),
     (_garble_manifest, r"damaged feature cache \(JSONDecodeError"),
+    (_delete_meta, r"damaged feature cache \(FileNotFoundError"),
 ])
 def test_damaged_cache_is_rebuilt_with_a_warning(split, caplog, damage, message):
     _, df, cfg = split
@@ -213,6 +218,36 @@ def test_damaged_cache_is_rebuilt_with_a_warning(split, caplog, damage, message)
     assert open_feature_cache(path).manifest["key"] == path.name
 
 
+@pytest.mark.parametrize("error", [PermissionError(errno.EACCES, "Permission denied"),
+                                   OSError(errno.EMFILE, "Too many open files"),
+                                   OSError(errno.EIO, "Input/output error")], ids=["EACCES", "EMFILE", "EIO"])
+def test_a_cache_that_cannot_be_read_is_an_error_not_damage(split, monkeypatch, error):
+    _, df, cfg = split
+    built = build_feature_cache(df, cfg, show_progress=False)
+    path, expected = built.path, np.array(built.features)
+    del built
+    inodes = [(path / name).stat().st_ino for name in (".", FEATURES_FILE, META_FILE)]  # a rebuild makes new ones
+    real_open = open
+
+    def refuse(file, *args, **kwargs):  # as the cache's checks open its files
+        if Path(file).parent == path:
+            raise type(error)(error.errno, error.strerror, str(file))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(cache_mod, "open", refuse, raising=False)
+    for call in (lambda: build_feature_cache(df, cfg, show_progress=False), lambda: open_feature_cache(path)):
+        with pytest.raises(DataError) as err:
+            call()
+        assert listing(cfg.cache_dir) == [path.name]
+        assert [(path / name).stat().st_ino for name in (".", FEATURES_FILE, META_FILE)] == inodes, \
+            "the cache was discarded as if damaged"
+        assert str(err.value) == f"cannot read {path / META_FILE}: {error.strerror} (the feature cache {path} is " \
+                                 "left as it is)"
+        assert isinstance(err.value, cache_mod.CacheReadError)
+    monkeypatch.undo()
+    np.testing.assert_array_equal(np.asarray(open_feature_cache(path).features), expected)
+
+
 # --- 5. partial folders of killed builds ------------------------------------------------------------------
 
 BUILDER = textwrap.dedent("""
@@ -223,13 +258,22 @@ BUILDER = textwrap.dedent("""
     import vaelib.data.cache as cache_mod
     from vaelib.config import FeatureConfig
     from vaelib.data.nsynth import read_examples
-    folder, cache_dir, ready, go, pause = sys.argv[1:6]
+    folder, cache_dir, ready, go, release = sys.argv[1:6]
     real = cache_mod.compute_features
-    def slow(*args, **kwargs):  # holds the build (and its lock) open for `pause` seconds
+    def held(*args, **kwargs):  # holds the build (and its lock) open until the file `release` exists
         Path(ready + ".building").touch()
-        time.sleep(float(pause))
+        while not Path(release).exists():
+            time.sleep(0.01)
         return real(*args, **kwargs)
-    cache_mod.compute_features = slow
+    cache_mod.compute_features = held
+    real_acquire = cache_mod.FileLock.acquire
+    def acquire(self, *, blocking=True, on_wait=None):  # says, with a file, that it waits for another builder
+        def waiting(lock):
+            Path(ready + ".waiting").touch()
+            if on_wait is not None:
+                on_wait(lock)
+        return real_acquire(self, blocking=blocking, on_wait=waiting)
+    cache_mod.FileLock.acquire = acquire
     df = read_examples(folder).assign(split="train")
     cfg = FeatureConfig(cache_dir=cache_dir, batch_size=4, workers=1)
     Path(ready).touch()
@@ -241,9 +285,12 @@ BUILDER = textwrap.dedent("""
 """)
 
 
-def _start_builder(folder: Path, cfg: FeatureConfig, tag: Path, pause: float) -> subprocess.Popen:
+def _start_builder(folder: Path, cfg: FeatureConfig, tag: Path) -> subprocess.Popen:
+    """A process that touches ``tag`` once set up, starts its build once ``<tag>.go`` exists, touches
+    ``<tag>.building`` once inside it (holding the lock) and goes on only once ``release`` (beside ``tag``)
+    exists, or ``<tag>.waiting`` when it waits for another builder's lock."""
     return subprocess.Popen([sys.executable, "-c", BUILDER, str(folder), cfg.cache_dir, str(tag),
-                             str(tag.with_name("go")), str(pause)],
+                             f"{tag}.go", str(tag.with_name("release"))],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=PROJECT_ROOT)
 
 
@@ -260,10 +307,10 @@ def _wait_for(path: Path, procs: list[subprocess.Popen], timeout: float = 180.0)
 
 def test_killed_build_is_removed_by_the_next_build(split, tmp_path, caplog):
     folder, df, cfg = split
-    proc = _start_builder(folder, cfg, tmp_path / "a", pause=120)
+    proc = _start_builder(folder, cfg, tmp_path / "a")  # never released
     try:
         _wait_for(tmp_path / "a", [proc])
-        (tmp_path / "go").touch()
+        (tmp_path / "a.go").touch()
         _wait_for(tmp_path / "a.building", [proc])
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
@@ -319,11 +366,17 @@ def test_partial_of_a_live_build_is_kept(split, tmp_path):
 
 def test_two_processes_build_the_same_cache_once(split, tmp_path):
     folder, df, cfg = split
-    procs = [_start_builder(folder, cfg, tmp_path / name, pause=3) for name in ("a", "b")]
+    procs = [_start_builder(folder, cfg, tmp_path / "a")]
     try:
-        for name in ("a", "b"):
-            _wait_for(tmp_path / name, procs)
-        (tmp_path / "go").touch()  # both start their build at once; the first holds it 3 s
+        # A builds and holds its build open; B starts only then, and waits for A's lock
+        _wait_for(tmp_path / "a", procs)
+        (tmp_path / "a.go").touch()
+        _wait_for(tmp_path / "a.building", procs)
+        procs.append(_start_builder(folder, cfg, tmp_path / "b"))
+        _wait_for(tmp_path / "b", procs)
+        (tmp_path / "b.go").touch()
+        _wait_for(tmp_path / "b.waiting", procs)
+        (tmp_path / "release").touch()  # A finishes; B then finds the cache A built
         results = [p.communicate(timeout=300) for p in procs]
     finally:
         for p in procs:
@@ -334,6 +387,8 @@ def test_two_processes_build_the_same_cache_once(split, tmp_path):
     logs = "".join(err for _, err in results)
     assert logs.count("feature cache built:") == 1, logs
     assert logs.count("waiting for") == 1 and logs.count("built by another process meanwhile") == 1, logs
+    assert "feature cache built:" in results[0][1] and "meanwhile" in results[1][1], logs
+    assert not (tmp_path / "b.building").exists(), "B built too"
     outs = [json.loads(out) for out, _ in results]
     assert outs[0] == outs[1]
     assert listing(cfg.cache_dir) == [cache_mod.cache_key(df, cfg)]
@@ -349,6 +404,61 @@ def test_file_lock_excludes_and_leaves_no_file(tmp_path):
     with b:
         assert (tmp_path / ".k.lock").exists()
     assert listing(tmp_path) == []
+
+
+def _simulate_lock_folder(monkeypatch, lock: Path, *, writable: bool, vanishing: int = 0) -> list[int]:
+    """Opens of ``lock`` as in a folder this user may not write (root writes a folder of mode 0o555 all the
+    same, so it is simulated): creating the lock file is refused, and it does not exist. With ``writable``,
+    the folder is writable but the file existed (another user's, not writable by us) and was removed by its
+    holder before the read-only open, ``vanishing`` times; after that the create succeeds. Returns the
+    list of the flags of each open of ``lock``."""
+    real_open, real_access = os.open, os.access
+    opens: list[int] = []
+
+    def fake_open(path, flags, *args):
+        if Path(path) != lock:
+            return real_open(path, flags, *args)
+        opens.append(flags)
+        if writable and len([f for f in opens if f & os.O_CREAT]) > vanishing:
+            return real_open(path, flags, *args)
+        if flags & os.O_CREAT:
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        raise FileNotFoundError(errno.ENOENT, "No such file or directory", str(path))
+
+    monkeypatch.setattr(os, "open", fake_open)
+    monkeypatch.setattr(os, "access", lambda path, mode, **kw: (writable or Path(path) != lock.parent)
+                        and real_access(path, mode, **kw))
+    return opens
+
+
+def test_lock_in_a_read_only_folder_names_the_folder(tmp_path, monkeypatch):
+    lock = tmp_path / "cache" / ".0123456789abcdef.lock"
+    lock.parent.mkdir()
+    _simulate_lock_folder(monkeypatch, lock, writable=False)
+    with pytest.raises(PermissionError, match="the folder is not writable, so its lock file") as err:
+        FileLock(lock).acquire()
+    assert err.value.filename == str(lock.parent) and not isinstance(err.value, FileNotFoundError)
+
+
+def test_lock_file_removed_between_the_opens_is_created_again(tmp_path, monkeypatch):
+    lock = tmp_path / ".k.lock"
+    opens = _simulate_lock_folder(monkeypatch, lock, writable=True, vanishing=1)
+    fl = FileLock(lock)
+    assert fl.acquire(blocking=False)
+    assert [bool(f & os.O_CREAT) for f in opens] == [True, False, True]  # create, read-only: gone, create
+    fl.release()
+    assert listing(tmp_path) == []
+
+
+def test_cache_dir_where_the_lock_cannot_be_created_is_a_data_error(split, monkeypatch):
+    _, df, cfg = split
+    root = Path(cfg.cache_dir)
+    root.mkdir()
+    _simulate_lock_folder(monkeypatch, root / f".{cache_mod.cache_key(df, cfg)}.lock", writable=False)
+    with pytest.raises(DataError, match=rf"cannot write the feature cache in {root}: {root}: the folder is not "
+                                        r"writable.*make it writable or set features\.cache_dir"):
+        build_feature_cache(df, cfg, show_progress=False)
+    assert listing(root) == []
 
 
 def test_file_system_without_locks_still_builds(split, monkeypatch, caplog):
@@ -382,6 +492,22 @@ def test_data_root_under_a_file_is_refused(tmp_path):
         ensure_dataset(cfg, show_progress=False)
     with pytest.raises(DataError, match=r"is a file, expected a dataset folder"):
         load_dataset(DataConfig(root=str(tmp_path / "afile")))
+    with pytest.raises(DataError, match=rf"ds: {tmp_path / 'afile'} is a file, expected a dataset folder"):
+        load_dataset(DataConfig(root=str(tmp_path / "afile" / "ds")))
+
+
+def test_cache_dir_under_a_file_is_refused_before_a_render(tmp_path, monkeypatch):
+    import vaelib.data.prepare as prepare_mod
+
+    (tmp_path / "afile").write_text("x")
+    cache_dir = tmp_path / "afile" / "cache"
+    cfg = load_config(SMOKE_PARAMS, [f"data.root={tmp_path / 'new_ds'}", f"features.cache_dir={cache_dir}"])
+    rendered = []
+    monkeypatch.setattr(prepare_mod, "render_dataset", lambda *a, **k: rendered.append(a))
+    with pytest.raises(DataError, match=rf"cannot write the feature cache in {cache_dir}: {tmp_path / 'afile'}: a "
+                                        r"file stands where a folder is needed"):
+        prepare_features(cfg, show_progress=False)
+    assert rendered == [] and not (tmp_path / "new_ds").exists(), "the dataset was rendered before the check"
 
 
 def test_read_only_cache_dir_is_refused(split, read_only_dir):
@@ -448,6 +574,33 @@ def test_misspelled_data_root_is_refused_with_did_you_mean(make_split, tmp_path)
         assert not (tmp_path / typo.split("/")[0]).exists(), "the misspelled folder was rendered into"
     assert close_dataset(tmp_path / "gm_other_set") is None  # a new name far from any dataset renders
     assert close_dataset(tmp_path / "gm_defaults" / "x") is None  # close, but gm_default/x holds nothing
+    assert close_dataset(tmp_path / "gm_defaults") == tmp_path / "gm_default"
+    assert close_dataset(tmp_path / "gm_default2") == tmp_path / "gm_default"  # no separator: a typo
+
+
+@pytest.mark.parametrize("name", ["gm_default_v2", "gm_default-2", "gm_default_2", "gm_default.v2", "gm_def"])
+def test_a_new_name_beside_a_dataset_is_rendered(make_split, tmp_path, monkeypatch, name):
+    import vaelib.data.prepare as prepare_mod
+
+    make_split({k: entry(k) for k in KEYS[:2]}, name="gm_default")
+    assert close_dataset(tmp_path / name) is None
+    rendered = []
+    monkeypatch.setattr(prepare_mod, "render_dataset", lambda render, root, **k: rendered.append(root))
+    cfg = load_config(SMOKE_PARAMS, [f"data.root={tmp_path / name}", f"features.cache_dir={tmp_path / 'c'}"])
+    ensure_dataset(cfg, show_progress=False)
+    assert rendered == [tmp_path / name]
+
+
+def test_typo_rule():
+    from vaelib.data.prepare import is_typo_of
+
+    for typo, meant in [("gm_defualt", "gm_default"), ("gm_smoek", "gm_smoke"), ("nsyth", "nsynth"),
+                        ("gm_defaults", "gm_default"), ("gm_default2", "gm_default"), ("gm_dflt", "gm_dfault")]:
+        assert is_typo_of(typo, meant), (typo, meant)
+    for new, existing in [("gm_default_v2", "gm_default"), ("gm_default-2", "gm_default"),
+                          ("gm_default_2", "gm_default"), ("gm_default", "gm_default_2"),
+                          ("gm_default", "gm_default"), ("gm_other_set", "gm_default")]:
+        assert not is_typo_of(new, existing), (new, existing)
 
 
 def test_misspelled_data_root_refused_by_the_cli_with_exit_2(make_split, tmp_path):

@@ -4,8 +4,10 @@ the run-state objects of vaelib.model.progress save and restore themselves."""
 from __future__ import annotations
 
 import dataclasses
+import errno
 import logging
 import os
+import signal
 from collections import Counter
 from pathlib import Path
 
@@ -466,6 +468,130 @@ def test_retrain_replaces_a_finished_run_only_once_finished(work, cache, monkeyp
     new.best_path.unlink()
     with pytest.raises(CheckpointError, match=r"the run has finished but its best\.pt is missing.*retrain"):
         train(cfg, cache, show_progress=False)
+
+
+def _stop_in_the_last_evaluation(monkeypatch) -> None:
+    """Send ourselves SIGINT while the second (last, with train.epochs=2) evaluation runs."""
+    real, calls = vtrain._evaluate, []
+
+    def evaluate_then_signal(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(vtrain, "_evaluate", evaluate_then_signal)
+
+
+@pytest.mark.parametrize("where", ["last-batch", "evaluation"])
+def test_retrain_stopped_in_its_last_epoch_replaces_the_run(work, cache, monkeypatch, caplog, where):
+    root, ds = work
+    cfg = _cfg(root, ds, ckpt=f"ckpt_retrain_stop_{where}", extra=("train.epochs=2",))
+    res = train(cfg, cache, show_progress=False)
+    run_dir, staging = res.run_dir, res.run_dir.with_name(res.run_dir.name + ".retrain")
+    (run_dir / "old-run").touch()  # gone once the retrain has replaced the folder
+    if where == "last-batch":
+        interrupt_at(monkeypatch, 7)  # step 7: the last batch of epoch 2 of 2
+    else:
+        _stop_in_the_last_evaluation(monkeypatch)
+    caplog.set_level(logging.INFO, logger="vaelib")
+    with pytest.raises(KeyboardInterrupt):  # the stop is honoured...
+        train(cfg, cache, retrain=True, show_progress=False)
+    monkeypatch.undo()
+    # ...once the finished retrain has replaced the run: nothing is stranded in <run>.retrain
+    assert not staging.exists() and not (run_dir / "old-run").exists()
+    last = load_checkpoint(run_dir / "last.pt")
+    assert last["finished"] and last["epoch"] == 2
+    assert "which finished the training: it is complete and replaces the run" in caplog.text
+    _assert_same_history(pd.read_csv(run_dir / "history.csv"), res.history)
+    assert find_checkpoint(cfg, cache) == run_dir / "best.pt"
+    kept = train(cfg, cache, show_progress=False)  # a plain call keeps it
+    assert kept.run_dir == run_dir and len(kept.history) == 2
+
+
+def test_a_finished_retrain_left_beside_the_run_replaces_it_first(work, cache, monkeypatch, caplog):
+    """A retrain killed after its last checkpoint and before replace_run: the next call of any kind puts it in
+    place (a plain train keeps it; --retrain starts over only after it replaced the run; --retrain --resume
+    returns it)."""
+    import shutil
+
+    root, ds = work
+    cfg = _cfg(root, ds, ckpt="ckpt_retrain_stranded", extra=("train.epochs=2",))
+    res = train(cfg, cache, show_progress=False)
+    run_dir, staging = res.run_dir, res.run_dir.with_name(res.run_dir.name + ".retrain")
+
+    def strand(marker: str) -> None:
+        shutil.copytree(run_dir, staging)  # a finished training, as a killed retrain leaves it
+        (staging / marker).touch()
+
+    class NotTrained(Exception):
+        pass
+
+    def no_training(*args, **kwargs):
+        raise NotTrained
+
+    caplog.set_level(logging.INFO, logger="vaelib")
+    strand("retrain-1")
+    kept = train(cfg, cache, show_progress=False)  # a plain `vaelib train`
+    assert kept.run_dir == run_dir and (run_dir / "retrain-1").exists() and not staging.exists()
+    assert "had finished but had not replaced the run" in caplog.text
+
+    monkeypatch.setattr(vtrain, "_fit", no_training)
+    strand("retrain-2")
+    assert find_checkpoint(cfg, cache) == run_dir / "best.pt"  # without the lock: the run, with a warning
+    assert "holds a finished retrain that has not replaced the run yet" in caplog.text
+    with pytest.raises(NotTrained):  # --retrain without --resume: the finished one replaces the run first
+        train(cfg, cache, retrain=True, show_progress=False)
+    assert (run_dir / "retrain-2").exists() and not staging.exists()
+
+    strand("retrain-3")
+    got = train(cfg, cache, retrain=True, resume=True, show_progress=False)  # the retrain to continue had finished
+    assert (run_dir / "retrain-3").exists() and not staging.exists()
+    assert got.run_dir == run_dir and got.best_path == run_dir / "best.pt"
+    _assert_same_history(got.history, res.history)
+
+
+def test_a_file_system_without_locks_trains_with_a_warning(work, cache, monkeypatch, caplog):
+    import vaelib.io as io_mod
+
+    root, ds = work
+    cfg = _cfg(root, ds, ckpt="ckpt_no_locks", extra=("train.epochs=1",))
+
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(io_mod.fcntl, "flock", no_locks)
+    caplog.set_level(logging.WARNING, logger="vaelib")
+    res = train(cfg, cache, show_progress=False)
+    assert len(res.history) == 1 and load_checkpoint(res.last_path)["finished"]
+    assert f"the file system has no locks (No locks available); training run {res.run_dir.name} without one" \
+        in caplog.text
+    assert not res.run_dir.with_name(res.run_dir.name + ".lock").exists()
+
+
+def test_a_run_lock_that_cannot_be_created_names_the_folder(work, cache, monkeypatch):
+    from vaelib.model.checkpoint import RunLock
+
+    root, ds = work
+    run_dir = root / "ckpt_read_only" / "0123456789abcdef"
+    run_dir.parent.mkdir()
+    lock = run_dir.with_name(run_dir.name + ".lock")
+    real_open, real_access = os.open, os.access
+
+    def read_only_open(path, flags, *args):  # the folder of mode 0o555 that root could write all the same
+        if Path(path) == lock:
+            if flags & os.O_CREAT:
+                raise PermissionError(errno.EACCES, "Permission denied", str(path))
+            raise FileNotFoundError(errno.ENOENT, "No such file or directory", str(path))
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(os, "open", read_only_open)
+    monkeypatch.setattr(os, "access", lambda path, mode, **kw: Path(path) != run_dir.parent and real_access(
+        path, mode, **kw))
+    with pytest.raises(TrainingError, match=rf"cannot take the lock of run {run_dir.name}: {run_dir.parent}: the "
+                                            r"folder is not writable.*train\.checkpoint_dir"):
+        with RunLock(run_dir):
+            pass
 
 
 def test_unreadable_last_pt_is_a_checkpoint_error_saying_how_to_start_over(work, cache, monkeypatch):

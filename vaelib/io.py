@@ -1,8 +1,10 @@
 """Atomic file writes: a temp file in the target's folder, fsynced, then renamed over the target.
 
 A reader therefore sees either the old file or the complete new one, never a partial write.
-Also the tools of work that several processes may share: an exclusive lock file (``FileLock``) and
-the owner of a folder left behind (``OWNER_TAG``, ``owner_gone``).
+Also the tools of work that several processes may share: an exclusive lock file (``FileLock``, and
+``acquire_unless_unsupported`` for file systems without locks) and the owner of a folder left behind
+(``OWNER_TAG``, ``owner_gone``); and the checks of an output folder (``writable_folder``,
+``file_in_the_way``).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import json
+import logging
 import os
 import re
 import socket
@@ -24,8 +27,11 @@ import numpy as np
 UMASK = os.umask(0)
 os.umask(UMASK)
 
-__all__ = ["UMASK", "atomic_path", "atomic_write_text", "atomic_write_json", "FileLock", "HOST", "OWNER_TAG",
-           "pid_alive", "owner_gone", "writable_folder", "os_error_text"]
+__all__ = ["UMASK", "atomic_path", "atomic_write_text", "atomic_write_json", "FileLock", "NO_LOCKS",
+           "acquire_unless_unsupported", "HOST", "OWNER_TAG", "pid_alive", "owner_gone", "writable_folder",
+           "file_in_the_way", "os_error_text"]
+
+log = logging.getLogger(__name__)
 
 
 @contextmanager
@@ -123,16 +129,14 @@ class FileLock:
         """Take the lock; ``on_wait(self)`` is called once if another process holds it and we wait.
 
         Returns False only when ``blocking`` is false and the lock is held elsewhere. Raises OSError
-        when the file cannot be created (a read-only or missing folder).
+        when the file cannot be created (``PermissionError`` naming the folder when it is not writable, a
+        missing folder) or locked (errno in ``NO_LOCKS`` on a file system without locks).
         """
         if self._fd is not None:
             raise RuntimeError(f"{self.path}: lock already held by this FileLock")
         waited = False
         while True:
-            try:
-                fd, writable = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666), True
-            except PermissionError:
-                fd, writable = os.open(self.path, os.O_RDONLY), False  # flock needs no write access
+            fd, writable = self._open()
             try:
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -160,6 +164,27 @@ class FileLock:
                 raise
             os.close(fd)  # the holder before us removed this file: lock the one at path now
 
+    def _open(self, attempts: int = 3) -> tuple[int, bool]:
+        """The lock file, opened to be locked, and whether it was opened for writing.
+
+        Created read-write when missing; opened read-only when it exists but this user may not write it
+        (another user's: ``flock`` needs no write access). When the read-only open finds no file, either
+        the holder removed it between the two opens (the create is tried again) or the folder cannot be
+        written, which is then the error, naming the folder (not the missing lock file).
+        """
+        for _ in range(attempts):
+            try:
+                return os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666), True
+            except PermissionError:
+                pass
+            try:
+                return os.open(self.path, os.O_RDONLY), False
+            except FileNotFoundError:
+                if not os.access(self.path.parent, os.W_OK | os.X_OK):
+                    break
+        raise PermissionError(errno.EACCES, f"the folder is not writable, so its lock file {self.path.name} "
+                                            "cannot be created", str(self.path.parent))
+
     def release(self) -> None:
         """Remove the file and drop the lock (in that order: no one can lock a file that is gone)."""
         if self._fd is None:
@@ -180,6 +205,32 @@ class FileLock:
         self.release()
 
 
+# errno of flock on a file system that has no locks (an NFS mount without a lock manager, some FUSE ones)
+NO_LOCKS = frozenset({errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS})
+
+
+def acquire_unless_unsupported(lock: FileLock, *, unlocked: str, blocking: bool = True,
+                               on_wait: Callable[[FileLock], None] | None = None) -> bool:
+    """``lock.acquire(blocking=..., on_wait=...)``, except on a file system that has no locks.
+
+    There (``flock`` fails with an errno in ``NO_LOCKS``) the work goes on unlocked rather than not at
+    all: a warning names the folder and says ``unlocked`` (what that means for the work), the lock
+    file is removed, and True is returned with nothing held (``release`` then does nothing).
+    Every other OSError is raised.
+    """
+    try:
+        return lock.acquire(blocking=blocking, on_wait=on_wait)
+    except OSError as exc:
+        if exc.errno not in NO_LOCKS:
+            raise
+        log.warning("%s: the file system has no locks (%s); %s", lock.path.parent, os_error_text(exc), unlocked)
+        try:
+            lock.path.unlink(missing_ok=True)
+        except OSError:
+            pass  # never locked by anyone on this file system: a file left there excludes nobody
+        return True
+
+
 # --- Output folders checked before the work that fills them ------------------------------------------
 
 def writable_folder(path: str | os.PathLike) -> Path:
@@ -195,11 +246,9 @@ def writable_folder(path: str | os.PathLike) -> Path:
         (``PermissionError`` for a read-only folder).
     """
     path = Path(path)
-    for folder in (path, *path.parents):
-        if folder.exists() or folder.is_symlink():
-            if not folder.is_dir():
-                raise NotADirectoryError(errno.ENOTDIR, "a file stands where a folder is needed", str(folder))
-            break
+    blocker = file_in_the_way(path)
+    if blocker is not None:
+        raise NotADirectoryError(errno.ENOTDIR, "a file stands where a folder is needed", str(blocker))
     path.mkdir(parents=True, exist_ok=True)
     try:
         fd, probe = tempfile.mkstemp(prefix=".write-check.", dir=path)
@@ -208,6 +257,16 @@ def writable_folder(path: str | os.PathLike) -> Path:
     os.close(fd)
     os.unlink(probe)
     return path
+
+
+def file_in_the_way(path: str | os.PathLike) -> Path | None:
+    """The non-folder (a file, or a link to nothing) that stands where ``path`` or one of its parents
+    must be a folder, or None: the nearest of them that exists decides."""
+    path = Path(path)
+    for folder in (path, *path.parents):
+        if folder.exists() or folder.is_symlink():
+            return None if folder.is_dir() else folder
+    return None
 
 
 def os_error_text(exc: OSError) -> str:

@@ -10,7 +10,9 @@ complete, so an interrupted build leaves nothing that a later run would read. On
 given key at a time (a lock file ``.<key>.lock``); another that wants the same cache waits for it and
 then reads it. A build first removes the partial folders left by builds that were killed (see
 ``remove_stale_partials``). The manifest records each file's size, the metadata file's sha256 and the
-sha256 of a sample of feature rows; a cache that fails these checks is rebuilt with a warning.
+sha256 of a sample of feature rows; a cache that fails these checks (or whose files are missing or
+cannot be parsed) is rebuilt with a warning. A cache that cannot be read for another reason (no
+permission, too many open files, an I/O error) is an error naming the file, and is left as it is.
 """
 
 from __future__ import annotations
@@ -40,10 +42,19 @@ from vaelib.config import FeatureConfig, feature_representation, resolve_path
 from vaelib.data.features import LogMelWorkspace, feature_shape, log_mel_batch
 from vaelib.data.nsynth import NonFiniteAudioError, WavReport, read_wav
 from vaelib.exceptions import DataError
-from vaelib.io import HOST, OWNER_TAG, FileLock, atomic_write_json, os_error_text, owner_gone, writable_folder
+from vaelib.io import (
+    HOST,
+    OWNER_TAG,
+    FileLock,
+    acquire_unless_unsupported,
+    atomic_write_json,
+    os_error_text,
+    owner_gone,
+    writable_folder,
+)
 
-__all__ = ["FeatureCache", "cache_key", "build_feature_cache", "open_feature_cache", "compute_features",
-           "NpyRowWriter", "remove_stale_partials"]
+__all__ = ["FeatureCache", "CacheReadError", "cache_key", "build_feature_cache", "open_feature_cache",
+           "check_cache_folder", "compute_features", "NpyRowWriter", "remove_stale_partials"]
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +69,15 @@ NAMED = 10  # files named in a message; the count says how many more
 IDLE_STALE_S = 3600.0  # a partial folder of unknown or remote owner is stale once unwritten this long
 _PARTIAL = re.compile(r"^\.(?P<key>[0-9a-f]{16})\.(?P<kind>build|damaged)\.(?P<host>[A-Za-z0-9-]+)\."
                       r"(?P<pid>\d+)\.[0-9a-f]+$")
-_LEGACY_PARTIAL = re.compile(r"^\.(?P<key>[0-9a-f]{16})\.[A-Za-z0-9_]{8}$")  # tempfile.mkdtemp's, no owner
+# A partial folder named like tempfile.mkdtemp's (".<key>.<8 characters>"): its name records no owner, so
+# only how long nothing in it was written tells whether its build is over.
+_UNOWNED_PARTIAL = re.compile(r"^\.(?P<key>[0-9a-f]{16})\.[A-Za-z0-9_]{8}$")
 _LOCK = re.compile(r"^\.(?P<key>[0-9a-f]{16})\.lock$")
+
+
+class CacheReadError(DataError):
+    """A cache folder that could not be read for a reason other than damage (no permission, too many open
+    files, an I/O error): it is not rebuilt, since nothing shows that it is wrong."""
 
 
 @dataclass
@@ -314,8 +332,14 @@ def open_feature_cache(path: str | Path) -> FeatureCache:
     file and of a sample of feature rows (``SAMPLE_ROWS``: a few MB read, so a hit stays cheap on a
     dataset of any size; the whole features file is not hashed), the shape and the row count.
 
+    A damaged cache is one whose files differ from the manifest (sizes, checksums, shape, rows), cannot
+    be parsed, or are missing; any other error of reading one (no permission, too many open files, an
+    I/O error) says nothing about its contents and is a :class:`CacheReadError` instead.
+
     Raises
     ------
+    CacheReadError
+        A file of the cache cannot be read: "cannot read <path>: <reason>".
     DataError
         Not a complete cache, or a damaged one: names the file and what differs.
     """
@@ -348,7 +372,13 @@ def open_feature_cache(path: str | Path) -> FeatureCache:
         meta = pd.read_parquet(path / META_FILE)
     except DataError:
         raise
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+    except OSError as exc:
+        if exc.errno not in (None, errno.ENOENT):  # None: a parse error (a bad npy header, parquet's thrift)
+            where = exc.filename if exc.filename is not None else path
+            raise CacheReadError(f"cannot read {where}: {exc.strerror or exc} (the feature cache {path} is left "
+                                 "as it is)") from exc
+        raise DataError(f"{path}: damaged feature cache ({type(exc).__name__}: {exc})") from exc
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
         # json, the npy header, parquet (pyarrow's ArrowInvalid is a ValueError), a field missing or mistyped
         raise DataError(f"{path}: damaged feature cache ({type(exc).__name__}: {exc})") from exc
     if len(meta) != features.shape[0]:
@@ -391,8 +421,8 @@ def remove_stale_partials(root: str | Path, *, held: str | None = None) -> list[
     - its owner ran on this host and that process is gone, or is this very process (pids are reused,
       by containers especially), or
     - its owner ran on another host, whose processes cannot be checked, and nothing in it was written
-      for ``IDLE_STALE_S`` (a live build writes its rows continuously); the same for the partial
-      folders of older versions, whose names record no owner.
+      for ``IDLE_STALE_S`` (a live build writes its rows continuously); the same for partial folders
+      named ``.<key>.<8 characters>``, whose names record no owner.
     A build of a live process of this host is never removed. Lock files nobody holds are removed too.
     A folder that cannot be removed (another user's) is logged and left: it never stops a build.
     """
@@ -404,7 +434,7 @@ def remove_stale_partials(root: str | Path, *, held: str | None = None) -> list[
         return removed
     for name in entries:
         folder = root / name
-        m = _PARTIAL.match(name) or _LEGACY_PARTIAL.match(name)
+        m = _PARTIAL.match(name) or _UNOWNED_PARTIAL.match(name)
         if m is None:
             lock = _LOCK.match(name)
             if lock and lock["key"] != held:
@@ -445,6 +475,25 @@ def _write_error(exc: OSError, root: Path) -> DataError:
         advice = "set features.cache_dir to another folder"
     return DataError(f"cannot write the feature cache in {root}: {os_error_text(exc)}; {advice} "
                      "(no partial cache was kept)")
+
+
+def check_cache_folder(cfg: FeatureConfig) -> Path:
+    """``cfg.cache_dir``, resolved and created if missing, once a file could be created in it.
+
+    For work that comes before a build that must happen (rendering a dataset, whose features no cache
+    holds yet), so that a cache folder that cannot be written fails before that work, not after it.
+
+    Raises
+    ------
+    DataError
+        The message a build would give: a file where a folder is needed, a read-only folder; it names
+        the path and what to do.
+    """
+    root = resolve_path(cfg.cache_dir)
+    try:
+        return writable_folder(root)
+    except OSError as exc:
+        raise _write_error(exc, root) from exc
 
 
 def _check_space(root: Path, n_bytes: int) -> None:
@@ -492,20 +541,14 @@ def _write_cache(tmp: Path, df: pd.DataFrame, cfg: FeatureConfig, key: str, *, r
     atomic_write_json(tmp / MANIFEST_FILE, manifest)
 
 
-def _lock(root: Path, key: str, final: Path) -> FileLock | None:
-    """The lock of ``key``, held; None (with a warning) on a file system that has no locks."""
+def _lock(root: Path, key: str, final: Path) -> FileLock:
+    """The lock of ``key``, held (nothing held, with a warning, on a file system that has no locks)."""
     lock = FileLock(root / f".{key}.lock")
-    try:
-        lock.acquire(on_wait=lambda lk: log.info("waiting for %s: another process (%s) is building it",
-                                                 final, lk.holder() or "unknown"))
-    except OSError as exc:
-        if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
-            raise
-        # Building unlocked is what vaelib did before locks: two builds at once waste time but stay
-        # correct, each in its own partial folder, renamed into place whole.
-        log.warning("%s: the file system has no locks (%s); building without one", root, os_error_text(exc))
-        lock.path.unlink(missing_ok=True)
-        return None
+    # Unlocked, two builds of one key at once waste time but stay correct: each writes a partial folder
+    # of its own, renamed into place only once whole.
+    acquire_unless_unsupported(lock, unlocked="building without one",
+                               on_wait=lambda lk: log.info("waiting for %s: another process (%s) is building it",
+                                                           final, lk.holder() or "unknown"))
     return lock
 
 
@@ -537,6 +580,8 @@ def build_feature_cache(df: pd.DataFrame, cfg: FeatureConfig, *, resample: bool 
             cache = open_feature_cache(final)
             log.info("feature cache hit: %s", final)
             return cache
+        except CacheReadError:
+            raise  # not damage: the cache is left as it is
         except DataError as exc:
             seen = exc  # damaged, or being replaced by another process: settled under the lock
     try:
@@ -554,6 +599,8 @@ def build_feature_cache(df: pd.DataFrame, cfg: FeatureConfig, *, resample: bool 
                 cache = open_feature_cache(final)
                 log.info("feature cache hit: %s (built by another process meanwhile)", final)
                 return cache
+            except CacheReadError:
+                raise
             except DataError as exc:
                 damage = exc
         tmp = None
@@ -572,7 +619,8 @@ def build_feature_cache(df: pd.DataFrame, cfg: FeatureConfig, *, resample: bool 
             try:
                 os.replace(tmp, final)
             except OSError:
-                # A process that took no lock (an older vaelib) finished the same cache first: as good as ours.
+                # A process that held no lock of this key (a file system without locks) renamed a complete
+                # cache into place first: the same contents as ours.
                 if not (final / MANIFEST_FILE).is_file():
                     raise
         except OSError as exc:
@@ -581,7 +629,6 @@ def build_feature_cache(df: pd.DataFrame, cfg: FeatureConfig, *, resample: bool 
             if tmp is not None and tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
     finally:
-        if lock is not None:
-            lock.release()
+        lock.release()
     log.info("feature cache built: %s (%d notes)", final, len(df))
     return open_feature_cache(final)

@@ -20,6 +20,7 @@ import soundfile as sf
 
 from vaelib.config import NSYNTH_FAMILIES, NSYNTH_SOURCES, DataConfig, resolve_path
 from vaelib.exceptions import DataError, ParameterError
+from vaelib.io import file_in_the_way
 
 __all__ = [
     "SCHEMA_FIELDS",
@@ -223,8 +224,10 @@ def load_dataset(cfg: DataConfig, *, seed: int = 0, root: str | Path | None = No
     DataFrame of the kept notes with a ``split`` column (train/valid/test).
     """
     root = Path(root) if root is not None else resolve_path(cfg.root)
-    if root.exists() and not root.is_dir():
-        raise DataError(f"{root}: is a file, expected a dataset folder (data.root={cfg.root!r})")
+    blocker = file_in_the_way(root)
+    if blocker is not None:
+        where = "is a file" if blocker == root else f"{blocker} is a file"
+        raise DataError(f"{root}: {where}, expected a dataset folder (data.root={cfg.root!r})")
     if not root.is_dir():
         raise DataError(f"{root}: dataset folder not found (data.root={cfg.root!r})")
     filters = dict(families=cfg.families, sources=cfg.sources, pitch_min=cfg.pitch_min,

@@ -1,41 +1,72 @@
 """The preprocessing stage: render the embedded dataset if needed, read and split it, cache features.
 
-A missing ``data.root`` is rendered into only when no folder of a close name beside it (or beside the
-first missing folder of its path) holds a dataset: a typo in ``data.root`` is refused with "did you
-mean", not answered by rendering the embedded dataset into the misspelled folder.
+A missing ``data.root`` is rendered into only when no folder beside it (or beside the first missing
+folder of its path) whose name it could be a typo of holds a dataset: a typo in ``data.root`` is
+refused with "did you mean", not answered by rendering the embedded dataset into the misspelled
+folder. A typo is a name at most ``TYPO_EDITS`` edits (insert, delete, replace a character) from the
+existing one that does not extend it after a separator: beside ``gm_default``, ``gm_defualt`` and
+``gm_defaults`` are typos, ``gm_default_v2`` and ``gm-default-2`` new names. Before a render the
+feature cache folder is checked, since the rendered notes' features are built next.
 """
 
 from __future__ import annotations
 
-import difflib
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from vaelib.config import Config, resolve_path
-from vaelib.data.cache import FeatureCache, build_feature_cache
+from vaelib.data.cache import FeatureCache, build_feature_cache, check_cache_folder
 from vaelib.data.nsynth import SPLITS, load_dataset
 from vaelib.data.render import render_dataset
 from vaelib.exceptions import DataError
-from vaelib.io import os_error_text
+from vaelib.io import file_in_the_way, os_error_text
 
-__all__ = ["ensure_dataset", "prepare_features", "close_dataset"]
+__all__ = ["ensure_dataset", "prepare_features", "close_dataset", "is_typo_of"]
 
 log = logging.getLogger(__name__)
 
-CLOSE_NAME = 0.8  # difflib ratio above which two folder names read as one misspelled (gm_defualt, gm_default)
+TYPO_EDITS = 2  # edits at most between a misspelled folder name and the one meant (gm_defualt: 2)
+NEW_NAME_SEPARATORS = "_-. "  # after an existing name, one of these starts a new name (gm_default_v2)
 
 
 def _holds_dataset(folder: Path) -> bool:
     return (folder / "examples.json").is_file() or any((folder / f"nsynth-{s}").is_dir() for s in SPLITS)
 
 
-def close_dataset(root: Path) -> Path | None:
-    """An existing dataset whose path differs from the missing ``root`` by a close name, or None.
+def _edit_distance(a: str, b: str) -> int:
+    """Levenshtein distance: the fewest characters inserted, deleted or replaced to turn ``a`` into ``b``."""
+    previous = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        current = [i]
+        for j, cb in enumerate(b, 1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (ca != cb)))
+        previous = current
+    return previous[-1]
 
-    The first missing folder of ``root`` is compared with the folders beside it; a close name whose
-    path, completed with the rest of ``root``, holds a dataset (``examples.json`` or ``nsynth-*``
-    split folders) is returned.
+
+def _extends(longer: str, shorter: str) -> bool:
+    """Whether ``longer`` is ``shorter`` followed by a separator and more (``gm_default_v2``, ``gm_default``)."""
+    return len(longer) > len(shorter) and longer.startswith(shorter) and longer[len(shorter)] in NEW_NAME_SEPARATORS
+
+
+def is_typo_of(name: str, existing: str) -> bool:
+    """Whether folder name ``name`` reads as a misspelling of ``existing``: another name at most
+    ``TYPO_EDITS`` edits from it, where neither extends the other after one of ``NEW_NAME_SEPARATORS``
+    (beside ``gm_default``, ``gm_default_v2`` and ``gm_default-2`` are new names, and beside
+    ``gm_default_2``, ``gm_default`` is one)."""
+    if name == existing or _edit_distance(name, existing) > TYPO_EDITS:
+        return False
+    return not (_extends(name, existing) or _extends(existing, name))
+
+
+def close_dataset(root: Path) -> Path | None:
+    """An existing dataset whose path the missing ``root`` reads as a misspelling of, or None.
+
+    The first missing folder of ``root`` is compared with the folders beside it; of those it is a typo
+    of (:func:`is_typo_of`), the nearest whose path, completed with the rest of ``root``, holds a
+    dataset (``examples.json`` or ``nsynth-*`` split folders) is returned.
     """
     missing: list[str] = []
     base = root
@@ -48,33 +79,31 @@ def close_dataset(root: Path) -> Path | None:
         siblings = [e.name for e in os.scandir(base) if e.is_dir()]
     except OSError:
         return None
-    for name in difflib.get_close_matches(missing[0], siblings, n=5, cutoff=CLOSE_NAME):
+    typos = sorted((_edit_distance(missing[0], name), name) for name in siblings if is_typo_of(missing[0], name))
+    for _, name in typos:
         candidate = base.joinpath(name, *missing[1:])
         if _holds_dataset(candidate):
             return candidate
     return None
 
 
-def _file_in_the_way(root: Path) -> Path | None:
-    """The existing non-folder that stands where ``root`` or one of its parents should be a folder."""
-    for folder in (root, *root.parents):
-        if folder.exists():
-            return None if folder.is_dir() else folder
-    return None
-
-
-def ensure_dataset(cfg: Config, *, show_progress: bool = True) -> None:
+def ensure_dataset(cfg: Config, *, show_progress: bool = True,
+                   before_render: Callable[[], None] | None = None) -> None:
     """Render the GM dataset into ``data.root`` when it is missing and ``render.enabled``.
+
+    ``before_render`` is called once every check of ``data.root`` has passed, just before a render
+    (:func:`prepare_features` checks the feature cache folder there); not when nothing is rendered.
 
     Raises
     ------
     DataError
         The folder is missing and rendering is off; a file stands where ``data.root`` or a parent of
-        it should be a folder; a folder of a close name holds a dataset ("did you mean"; render there
-        on purpose with ``vaelib render --out``); the rendering cannot write its folder.
+        it should be a folder; a folder whose name ``data.root`` reads as a typo of holds a dataset
+        ("did you mean"; render there on purpose with ``vaelib render --out``); the rendering cannot
+        write its folder.
     """
     root = resolve_path(cfg.data.root)
-    blocker = _file_in_the_way(root)
+    blocker = file_in_the_way(root)
     if blocker is not None:
         raise DataError(f"{root}: {blocker} is a file, not a folder (data.root={cfg.data.root!r}); "
                         "set data.root to a dataset folder")
@@ -88,6 +117,8 @@ def ensure_dataset(cfg: Config, *, show_progress: bool = True) -> None:
         raise DataError(f"{root}: dataset folder not found (data.root={cfg.data.root!r}); did you mean {near}? "
                         f"Nothing was rendered; to render the embedded dataset into {root} on purpose, run "
                         f"`vaelib render --params <the same params> --out {root}` first")
+    if before_render is not None:
+        before_render()
     log.info("%s missing: rendering the embedded GM dataset", root)
     try:
         render_dataset(cfg.render, root, show_progress=show_progress)
@@ -97,7 +128,12 @@ def ensure_dataset(cfg: Config, *, show_progress: bool = True) -> None:
 
 
 def prepare_features(cfg: Config, *, show_progress: bool = True) -> FeatureCache:
-    """Dataset (rendered if needed) -> instrument-disjoint splits -> cached log-mel features."""
-    ensure_dataset(cfg, show_progress=show_progress)
+    """Dataset (rendered if needed) -> instrument-disjoint splits -> cached log-mel features.
+
+    Before a render, ``features.cache_dir`` is checked (:func:`vaelib.data.cache.check_cache_folder`):
+    the rendered notes' features are always built, so a cache folder that cannot be written fails
+    first, before minutes of rendering.
+    """
+    ensure_dataset(cfg, show_progress=show_progress, before_render=lambda: check_cache_folder(cfg.features))
     df = load_dataset(cfg.data, seed=cfg.run.seed)
     return build_feature_cache(df, cfg.features, resample=cfg.data.resample, show_progress=show_progress)

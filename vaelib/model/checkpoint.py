@@ -8,7 +8,8 @@ read with ``torch.load(..., weights_only=True)``, so a checkpoint holds only ten
 Beside a run's folder ``<hash>`` in ``train.checkpoint_dir`` live ``<hash>.lock`` (while one
 process trains the run, :class:`RunLock`) and, while the run is trained again,
 ``<hash>.retrain`` (the new training, which replaces the run's folder only once it has finished:
-:func:`replace_run`).
+:func:`replace_run`; a finished one that a stop or a kill kept from doing so replaces it at the next
+training of the run: :func:`recover_replaced_run`).
 """
 
 from __future__ import annotations
@@ -32,12 +33,12 @@ from vaelib.config import (
 )
 from vaelib.data.cache import FeatureCache
 from vaelib.exceptions import CheckpointError, ConfigError, TrainingError
-from vaelib.io import FileLock, atomic_path
+from vaelib.io import FileLock, acquire_unless_unsupported, atomic_path, os_error_text
 from vaelib.model.vae import ConvVAE
 
 __all__ = ["CHECKPOINT_FORMAT", "checkpoint_dir", "load_checkpoint", "load_model", "find_checkpoint",
            "check_same_model", "model_differences", "save_checkpoint", "rng_state", "set_rng_state", "RunLock",
-           "staging_dir", "replace_run", "recover_replaced_run"]
+           "staging_dir", "holds_finished_training", "replace_run", "recover_replaced_run"]
 
 log = logging.getLogger(__name__)
 
@@ -183,6 +184,11 @@ def find_checkpoint(cfg: Config, cache: FeatureCache) -> Path | None:
     except CheckpointError as exc:
         log.warning("ignoring %s: %s", last, exc)
         return None
+    staging = staging_dir(run_dir)
+    if staging.is_dir() and holds_finished_training(staging):
+        log.warning("%s holds a finished retrain that has not replaced the run yet (stopped or killed before it "
+                    "could); the next `vaelib train` of these params puts it in place; until then the run as it is "
+                    "is used", staging)
     return best if ckpt.get("finished") and same else None
 
 
@@ -195,7 +201,9 @@ class RunLock:
     The lock is not waited for: a second process that asks for it while the first trains gets a
     :class:`TrainingError` naming that process, instead of two trainers writing the same checkpoints.
     The kernel drops the lock of a killed trainer, so none is left stale. It lies beside the folder,
-    not inside it, because a finished retrain replaces the folder.
+    not inside it, because a finished retrain replaces the folder. On a file system without locks the
+    run is trained unlocked, with a warning (:func:`vaelib.io.acquire_unless_unsupported`); a lock file
+    that cannot be created (a read-only folder) is a :class:`TrainingError` naming the folder.
 
     Parameters
     ----------
@@ -208,7 +216,15 @@ class RunLock:
 
     def __enter__(self) -> RunLock:
         self.run_dir.parent.mkdir(parents=True, exist_ok=True)
-        if not self.lock.acquire(blocking=False):
+        try:
+            got = acquire_unless_unsupported(
+                self.lock, blocking=False,
+                unlocked=f"training run {self.run_dir.name} without one: nothing stops a second process from "
+                         "training it at the same time, so start one trainer per run")
+        except OSError as exc:
+            raise TrainingError(f"cannot take the lock of run {self.run_dir.name}: {os_error_text(exc)}; "
+                                "set train.checkpoint_dir to a folder you can write") from exc
+        if not got:
             host, _, pid = self.lock.holder().rpartition(".")
             who = f"process {pid} on {host}" if pid else "another process"
             raise TrainingError(f"run {self.run_dir.name} is being trained by {who} (lock {self.lock.path}); "
@@ -228,9 +244,11 @@ def _replaced_dir(run_dir: Path) -> Path:
     return run_dir.with_name(run_dir.name + ".replaced")
 
 
-def _finished(folder: Path) -> bool:
+def holds_finished_training(folder: Path) -> bool:
+    """Whether ``folder`` holds a training that has finished: a readable ``last.pt`` that says so, and
+    its ``best.pt``."""
     try:
-        return bool(load_checkpoint(folder / "last.pt").get("finished"))
+        return bool(load_checkpoint(folder / "last.pt").get("finished")) and (folder / "best.pt").is_file()
     except CheckpointError:
         return False
 
@@ -252,23 +270,35 @@ def replace_run(staging: Path, run_dir: Path) -> None:
     log.info("%s replaced by the training finished in %s", run_dir, staging.name)
 
 
-def recover_replaced_run(run_dir: Path) -> None:
-    """Finish or undo a :func:`replace_run` that was killed between its renames (logged); else nothing.
+def recover_replaced_run(run_dir: Path) -> bool:
+    """Put right a retrain of ``run_dir`` that finished but did not replace it (logged); else nothing.
 
-    With no ``run_dir``, the finished training in the staging folder takes its place, or, when there
-    is none, the replaced run is put back. A leftover ``<run_dir>.replaced`` beside a ``run_dir`` is
-    removed. Call it holding :class:`RunLock`.
+    Returns whether a finished retrain now is the run. The cases:
+
+    - a :func:`replace_run` killed between its renames (``<run_dir>.replaced`` exists): with no
+      ``run_dir``, the finished training in the staging folder takes its place, or, when there is
+      none, the replaced run is put back; a leftover ``<run_dir>.replaced`` beside a ``run_dir`` is
+      removed;
+    - a finished training in the staging folder that never got to :func:`replace_run` (the process
+      was stopped or killed after the training's last checkpoint): it replaces the run now.
+
+    Call it holding :class:`RunLock`, before anything reads or discards the staging folder.
     """
-    old = _replaced_dir(run_dir)
-    if not old.exists():
-        return
-    if not run_dir.exists():
-        staging = staging_dir(run_dir)
-        if staging.is_dir() and _finished(staging):
-            os.rename(staging, run_dir)
-            log.warning("repaired %s: an interrupted replacement by its retrain is completed", run_dir)
-        else:
-            os.rename(old, run_dir)
-            log.warning("repaired %s: an interrupted replacement is undone, the run is back", run_dir)
-            return
-    shutil.rmtree(old, ignore_errors=True)
+    old, staging = _replaced_dir(run_dir), staging_dir(run_dir)
+    completed = False
+    if old.exists():
+        if not run_dir.exists():
+            if staging.is_dir() and holds_finished_training(staging):
+                os.rename(staging, run_dir)
+                completed = True
+                log.warning("repaired %s: an interrupted replacement by its retrain is completed", run_dir)
+            else:
+                os.rename(old, run_dir)
+                log.warning("repaired %s: an interrupted replacement is undone, the run is back", run_dir)
+        shutil.rmtree(old, ignore_errors=True)
+    if staging.is_dir() and holds_finished_training(staging):
+        log.warning("repaired %s: the retrain in %s had finished but had not replaced the run (stopped or killed "
+                    "before it could): it replaces the run now", run_dir, staging.name)
+        replace_run(staging, run_dir)
+        completed = True
+    return completed

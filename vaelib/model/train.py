@@ -51,6 +51,7 @@ from vaelib.model.checkpoint import (
     check_same_model,
     checkpoint_dir,
     find_checkpoint,
+    holds_finished_training,
     load_checkpoint,
     recover_replaced_run,
     replace_run,
@@ -290,7 +291,10 @@ def train(cfg: Config, cache: FeatureCache, *, resume: bool = False, retrain: bo
 
     ``retrain`` trains from scratch in the staging folder ``<run>.retrain`` beside it (continuing an
     interrupted retrain there when ``resume`` too), which takes the run folder's place only once
-    that training has finished: a retrain that is interrupted or fails leaves the run as it was.
+    that training has finished: a retrain that is interrupted or fails leaves the run as it was. A
+    retrain stopped in the epoch that finishes it has finished, so it replaces the run before the stop
+    goes on; one that finished but was killed before replacing the run replaces it at the next call
+    of any kind (and ``retrain`` with ``resume`` then returns it).
     One process trains a run at a time (:class:`vaelib.model.checkpoint.RunLock`).
 
     Parameters
@@ -316,20 +320,32 @@ def train(cfg: Config, cache: FeatureCache, *, resume: bool = False, retrain: bo
         On a non-finite loss or validation figure (naming the step or epoch, and whether the inputs
         or the training are at fault; ``last.pt`` keeps the last good epoch), on non-finite features
         (naming the notes), on an empty split, on an unfinished run asked for without ``resume`` or
-        ``retrain``, and when another process is training the run.
+        ``retrain``, when another process is training the run, and when the run's lock file cannot be
+        created (naming the folder that is not writable).
     KeyboardInterrupt
-        After Ctrl-C or SIGTERM, once ``last.pt`` holds the state at that batch boundary.
+        After Ctrl-C or SIGTERM, once ``last.pt`` holds the state at that batch boundary (and, when
+        the stop came in the epoch that finished a retrain, once that retrain has replaced the run).
     CheckpointError
         When the ``last.pt`` to resume or reuse cannot be read (the message says how to start over),
         or its config differs from ``cfg``.
     """
     run_dir = checkpoint_dir(cfg, cache.manifest["key"])
     with RunLock(run_dir):
-        recover_replaced_run(run_dir)
+        completed = recover_replaced_run(run_dir)  # a finished retrain left beside the run replaces it first
         if retrain:
+            if completed and resume:
+                log.info("%s: the retrain to continue had finished; it is the run now, returned as it is", run_dir)
+                return _result(run_dir, load_checkpoint(run_dir / "last.pt"))
             # a new training beside the run, which replaces the run once it has finished
             staging = _staging_dir(run_dir, resume=resume)
-            res = _fit(cfg, cache, staging, resume=resume, retrain=True, show_progress=show_progress)
+            try:
+                res = _fit(cfg, cache, staging, resume=resume, retrain=True, show_progress=show_progress)
+            except BaseException:
+                # stopped (Ctrl-C, SIGTERM) or failed once its last epoch was saved: it has finished all the
+                # same, so it replaces the run before the stop or the error goes on
+                if holds_finished_training(staging):
+                    replace_run(staging, run_dir)
+                raise
             replace_run(staging, run_dir)
             return dataclasses.replace(res, run_dir=run_dir, best_path=run_dir / "best.pt",
                                        last_path=run_dir / "last.pt")
@@ -423,7 +439,11 @@ def _fit(cfg: Config, cache: FeatureCache, run_dir: Path, *, resume: bool, retra
                      epoch, row["train_recon"], row["valid_recon"], row["valid_kl_raw"], row["beta"],
                      row["active_units"], row["seconds"], " (best)" if improved else "")
             if stop.signum is not None:
-                log.warning("interrupted after epoch %d: continue with %s", epoch, RESUME_HINT[retrain])
+                if finished:  # the stop came in the epoch that finished the run: nothing is left to continue
+                    log.warning("interrupted in epoch %d, which finished the training: it is complete%s", epoch,
+                                " and replaces the run" if retrain else "")
+                else:
+                    log.warning("interrupted after epoch %d: continue with %s", epoch, RESUME_HINT[retrain])
                 raise KeyboardInterrupt
 
     hist = pd.DataFrame(history, columns=list(HISTORY_COLUMNS))
