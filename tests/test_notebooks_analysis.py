@@ -83,6 +83,29 @@ def test_04_latent_map(execute, run):
     assert m["interp_step_ratio_median"] >= 1.0
     assert {"family_logreg_margin_vs_pca", "interp_step_ratio_median",
             "interp_centroid_spearman_median"} <= set(m["targets"])
+    _check_descriptors(m["descriptors"], run["cfg"])
+
+
+def _check_descriptors(d: dict, cfg) -> None:
+    """04's descriptor section: R^2 from mu and PCA per descriptor, units, the decoded grid's ranges."""
+    from vaelib.analysis.descriptors import DESCRIPTORS, GRID_SIZE, UNITS
+
+    assert set(d) == {"r2", "units", "grid"} and d["units"] == UNITS
+    assert set(d["r2"]) == set(DESCRIPTORS)
+    assert all(set(v) == {"mu", "pca"} and all(r <= 1.0 for r in v.values()) for v in d["r2"].values())
+    g = d["grid"]
+    assert g["size"] == GRID_SIZE and g["pitch"] is None  # the smoke model is not pitch-conditioned
+    assert g["pc1"][0] < g["pc1"][1] and g["pc2"][0] < g["pc2"][1]
+    assert set(g["descriptors"]) == set(DESCRIPTORS)
+    f = cfg.features
+    longest = (f.frames - 1) * f.hop_length / f.sample_rate  # s, the last frame's time
+    bounds = {"centroid": (f.fmin, f.fmax), "bandwidth": (0.0, f.fmax - f.fmin), "flatness": (0.0, 1.0),
+              "rolloff": (f.fmin, f.fmax), "attack": (0.0, longest), "temporal_centroid": (0.0, longest)}
+    for name, v in g["descriptors"].items():
+        lo, hi = bounds[name]
+        assert lo <= v["min"] <= v["max"] <= hi, (name, v)
+        assert all(s is None or -1.0 <= s <= 1.0 for s in (v["spearman_pc1"], v["spearman_pc2"])), (name, v)
+
 
 
 def test_05_listening(execute, run):

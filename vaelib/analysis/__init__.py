@@ -9,4 +9,5 @@
 - ``targets``: the study's targets in one table, evaluated on a run's metrics.
 - ``diagnose``: 03_diagnostics as one call: posterior, KL, active units, distances, reconstruction vs PCA.
 - ``latent_map``: 04_latent_map as calls: embedding, maps, probes, the pitch breakdown, interpolations.
+- ``descriptors``: audio descriptors per note, on the maps of mu, over a decoded PCA grid, predicted from mu vs PCA.
 """

@@ -6,6 +6,7 @@
 - ``training``: 02_train: loss curves and latent statistics per epoch.
 - ``diagnostics``: 03_diagnostics: posterior per dimension, KL, active units, distances, reconstruction vs PCA.
 - ``latent_map``: 04_latent_map: maps of mu, the pitch probe's breakdown, interpolation strips and paths.
+- ``descriptors``: 04_latent_map: maps of mu by descriptor, the decoded PCA grid's heatmaps, R^2 bars.
 - ``listening``: 05_listening: the spectrograms behind the audio, the round-trip error, embedded players.
 - ``sweep``: the experiment comparison page: the reconstruction-structure trade-off, active units.
 """
