@@ -107,7 +107,6 @@ def _check_descriptors(d: dict, cfg) -> None:
         assert all(s is None or -1.0 <= s <= 1.0 for s in (v["spearman_pc1"], v["spearman_pc2"])), (name, v)
 
 
-
 def test_05_listening(execute, run):
     out = execute("05_listening")
     m = json.loads((out / "listening.json").read_text())
