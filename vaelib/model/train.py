@@ -33,6 +33,7 @@ import math
 import shutil
 import signal
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -279,7 +280,7 @@ class _StopFlag:
 # ----------------------------------------------------------------------------- training
 
 def train(cfg: Config, cache: FeatureCache, *, resume: bool = False, retrain: bool = False,
-          show_progress: bool = True) -> TrainResult:
+          show_progress: bool = True, on_epoch: Callable[[dict], None] | None = None) -> TrainResult:
     """Train the VAE of ``cfg`` on the train split of ``cache``, early-stopping on the valid split.
 
     What happens depends on what the run's folder (:func:`checkpoint_dir`) holds:
@@ -309,6 +310,12 @@ def train(cfg: Config, cache: FeatureCache, *, resume: bool = False, retrain: bo
         Train the run again even when it has finished, replacing it only once the new training finishes.
     show_progress : bool
         tqdm bar per epoch with the running loss parts.
+    on_epoch : callable, optional
+        Called with each row of the history (a dict of :data:`HISTORY_COLUMNS`, a copy) as it becomes
+        known: the rows of a resumed run first, then each epoch once its checkpoint is written (e.g.
+        ``vaelib.report.training_live.LiveHistory`` shows them as a table that updates in place). Not
+        called for a finished run that is kept. It gets copies, so it cannot change the numbers; an
+        exception it raises propagates once that epoch's checkpoint is written (the run can be resumed).
 
     Returns
     -------
@@ -339,7 +346,8 @@ def train(cfg: Config, cache: FeatureCache, *, resume: bool = False, retrain: bo
             # a new training beside the run, which replaces the run once it has finished
             staging = _staging_dir(run_dir, resume=resume)
             try:
-                res = _fit(cfg, cache, staging, resume=resume, retrain=True, show_progress=show_progress)
+                res = _fit(cfg, cache, staging, resume=resume, retrain=True, show_progress=show_progress,
+                           on_epoch=on_epoch)
             except BaseException:
                 # stopped (Ctrl-C, SIGTERM) or failed once its last epoch was saved: it has finished all the
                 # same, so it replaces the run before the stop or the error goes on
@@ -353,12 +361,14 @@ def train(cfg: Config, cache: FeatureCache, *, resume: bool = False, retrain: bo
         kept = _kept_run(run_dir, cfg, resume=resume)
         if kept is not None:
             return kept
-        return _fit(cfg, cache, run_dir, resume=resume, retrain=False, show_progress=show_progress)
+        return _fit(cfg, cache, run_dir, resume=resume, retrain=False, show_progress=show_progress,
+                    on_epoch=on_epoch)
 
 
 def _fit(cfg: Config, cache: FeatureCache, run_dir: Path, *, resume: bool, retrain: bool,
-         show_progress: bool) -> TrainResult:
-    """Train in ``run_dir`` (from its ``last.pt`` when ``resume``); ``retrain`` only words the hints."""
+         show_progress: bool, on_epoch: Callable[[dict], None] | None = None) -> TrainResult:
+    """Train in ``run_dir`` (from its ``last.pt`` when ``resume``); ``retrain`` only words the hints;
+    ``on_epoch`` gets a copy of every history row (see :func:`train`)."""
     tc = cfg.train
     device, dtype = _device(tc)
     _open_run_dir(cfg, run_dir)
@@ -380,6 +390,9 @@ def _fit(cfg: Config, cache: FeatureCache, run_dir: Path, *, resume: bool, retra
     epoch, step, finished, history = (_restore(last_path, cfg, device, stateful, restart=RESTART_HINT[retrain])
                                       if resume else (0, 0, False, []))
     meta = _meta(cfg, cache, model, device, dtype)
+    if on_epoch is not None:
+        for restored in history:  # the epochs of a resumed run first, so a live table starts complete
+            on_epoch(dict(restored))
 
     def state() -> dict:
         return {**meta, **{key: obj.state_dict() for key, obj in stateful.items()},
@@ -438,6 +451,9 @@ def _fit(cfg: Config, cache: FeatureCache, run_dir: Path, *, resume: bool, retra
             log.info("epoch %d: train recon %.2f, valid recon %.2f, kl %.2f, beta %.3f, AU %d, %.1f s%s",
                      epoch, row["train_recon"], row["valid_recon"], row["valid_kl_raw"], row["beta"],
                      row["active_units"], row["seconds"], " (best)" if improved else "")
+            # report the epoch to the caller (a live table), once it is safe on disk
+            if on_epoch is not None:
+                on_epoch(dict(history[-1]))
             if stop.signum is not None:
                 if finished:  # the stop came in the epoch that finished the run: nothing is left to continue
                     log.warning("interrupted in epoch %d, which finished the training: it is complete%s", epoch,
@@ -630,12 +646,13 @@ def _result(run_dir: Path, last: dict) -> TrainResult:
                        device=last["device"], dtype=last["dtype"], params_count=int(last["params_count"]))
 
 
-def train_or_reuse(cfg: Config, cache: FeatureCache, *, retrain: bool = False,
-                   show_progress: bool = True) -> tuple[TrainResult, bool]:
+def train_or_reuse(cfg: Config, cache: FeatureCache, *, retrain: bool = False, show_progress: bool = True,
+                   on_epoch: Callable[[dict], None] | None = None) -> tuple[TrainResult, bool]:
     """Reuse the finished run of this config (unless ``retrain``), else train (resuming a partial run).
 
     With ``retrain`` the run is trained again from scratch beside the old one, which it replaces only
-    once finished (see :func:`train`).
+    once finished (see :func:`train`). ``on_epoch`` is handed to :func:`train` (not called when the run
+    is reused).
 
     Returns the result and whether training ran.
     """
@@ -643,7 +660,8 @@ def train_or_reuse(cfg: Config, cache: FeatureCache, *, retrain: bool = False,
     if found is not None:
         log.info("reusing %s", found)
         return result_from_dir(found.parent), False
-    return train(cfg, cache, resume=not retrain, retrain=retrain, show_progress=show_progress), True
+    return train(cfg, cache, resume=not retrain, retrain=retrain, show_progress=show_progress,
+                 on_epoch=on_epoch), True
 
 
 def train_metrics(res: TrainResult, cfg: Config, *, trained: bool) -> dict:
