@@ -210,7 +210,7 @@ class AnalysisConfig:
 class ReportConfig:
     keep_code: bool = _f(False, "show code cells in the HTML reports")
     notebooks: tuple[str, ...] = _f(
-        ("01_preprocess", "02_train", "03_diagnostics", "04_latent_map", "05_listening"),
+        ("01_preprocess", "02_train", "03_diagnostics", "04_latent_map", "05_listening", "06_explore"),
         "notebooks executed by `vaelib run`, in order")
     retrain: bool = _f(False, "train even when a checkpoint with the same config exists")
 

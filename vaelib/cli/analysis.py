@@ -1,16 +1,19 @@
-"""`vaelib embed`: mu and logvar of every note of an NSynth-layout folder, from a checkpoint."""
+"""`vaelib embed`: mu and logvar of every note of an NSynth-layout folder, from a checkpoint; `vaelib encode`:
+mu and logvar of sound files of one's own, placed on the map of a run's notes."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import warnings
 from pathlib import Path
 
 from vaelib.config import DATA_DIR, load_config, resolve_path
 from vaelib.exceptions import CheckpointError, ParameterError
 from vaelib.io import os_error_text, writable_folder
 
-__all__ = ["register", "cmd_embed"]
+__all__ = ["register", "cmd_embed", "cmd_encode"]
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
@@ -42,6 +45,82 @@ def cmd_embed(args: argparse.Namespace) -> int:
     return 0
 
 
+# The listening map (vaelib.report.listening_map) draws a run's own notes and paths; it has no way to add
+# points of sounds from outside the run, so `vaelib encode` writes the PNG map only.
+MAP_HTML_NOTE = ("no interactive map: vaelib.report.listening_map draws a run's own notes only, it offers no "
+                 "function for placed sounds; the PNG shows them")
+
+
+def _output(path: Path, flag: str, suffix: str) -> Path:
+    """Check an output file's place before any work: not a folder, in a folder that can be written."""
+    if path.is_dir():
+        raise ParameterError(f"{flag} {path}: is a folder; expected the path of a {suffix} file")
+    try:
+        writable_folder(path.parent)
+    except OSError as exc:
+        raise ParameterError(f"{flag} {path}: {os_error_text(exc)}") from exc
+    return path
+
+
+def cmd_encode(args: argparse.Namespace) -> int:
+    from vaelib.analysis.encode import (
+        encode_sounds,
+        find_sounds,
+        nearest_notes,
+        place_on_map,
+        read_sounds,
+        sounds_table,
+        write_sounds_table,
+    )
+    from vaelib.analysis.latent import checkpoint_config, encode_features
+    from vaelib.data.prepare import prepare_features
+    from vaelib.io import atomic_path
+    from vaelib.model.checkpoint import find_checkpoint, load_model, model_differences
+    from vaelib.report.explorer import figure_png, map_figure
+
+    cfg = load_config(args.params, args.overrides)
+    # where the results go is checked before the files are read, the features built or anything encoded
+    out = _output(resolve_path(args.out), "--out", "Parquet")
+    map_png = _output(resolve_path(args.map) if args.map else out.with_suffix(".map.png"), "--map", "PNG")
+    files = find_sounds(args.paths)
+    if args.checkpoint:
+        checkpoint = resolve_path(args.checkpoint)
+    else:
+        checkpoint = find_checkpoint(cfg, prepare_features(cfg, show_progress=not args.quiet))
+        if checkpoint is None:
+            raise CheckpointError("no finished training matches these params: run `vaelib train` "
+                                  "(or 02_train) first, or pass --checkpoint")
+    model, ckpt = load_model(checkpoint)
+    differences = model_differences(ckpt, cfg, Path(checkpoint))
+    if differences:
+        warnings.warn(f"{checkpoint}: encoding with the checkpoint's own model and log-mel, which differ from the "
+                      "params': " + "; ".join(differences), stacklevel=1)
+    # the sounds are brought to the features the model was trained on, and so are the run's notes of the map
+    features = dataclasses.replace(checkpoint_config(ckpt).features, cache_dir=cfg.features.cache_dir)
+    sounds = read_sounds(files, cfg=features)
+    cache = prepare_features(dataclasses.replace(cfg, features=features), show_progress=not args.quiet)
+    _, mu, logvar = encode_sounds(model, sounds, cfg=features)
+    run_mu, _ = encode_features(model, cache.features)
+    projection, points = place_on_map(run_mu, mu, seed=cfg.run.seed)
+    rows, distances = nearest_notes(run_mu, mu, k=1)
+    table = sounds_table(sounds, mu, logvar)
+    write_sounds_table(table, out)
+    png = figure_png(map_figure(projection.coords, cache.meta["instrument_family_str"].to_numpy(), points=points,
+                                labels=[s.name for s in sounds], explained=projection.explained,
+                                title=f"PCA of mu: the notes of {cfg.run.name} and {len(sounds)} sound(s) placed"),
+                     dpi=110)
+    with atomic_path(map_png, suffix=".png") as tmp:
+        tmp.write_bytes(png)
+    print(json.dumps({
+        "out": str(out), "map_png": str(map_png), "map_html": None, "map_html_note": MAP_HTML_NOTE,
+        "checkpoint": str(checkpoint), "sounds": len(sounds), "run_notes": len(cache.meta),
+        "placed": [{"file": s.name, "pca": [round(float(v), 4) for v in p],
+                    "nearest_note": str(cache.meta["note_str"].iloc[int(r[0])]), "distance": round(float(d[0]), 4)}
+                   for s, p, r, d in zip(sounds, points, rows, distances)],
+    }, indent=2))
+    return 0
+
+
 def register(sub: argparse._SubParsersAction, add_config_args) -> None:
     """Add the analysis subcommands to the `vaelib` parser."""
     p = sub.add_parser("embed", help="write mu/logvar of every note of a dataset (Parquet)",
@@ -60,3 +139,29 @@ def register(sub: argparse._SubParsersAction, add_config_args) -> None:
                                  "which each run replaces whole)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_embed)
+
+    p = sub.add_parser("encode", help="encode sound files of one's own and place them on the map of a run's notes",
+                       description="Encode audio files (any format libsndfile reads: wav, flac, ogg, aiff, mp3; any "
+                                   "rate and channel count; no NSynth metadata) with a run's checkpoint: mu and "
+                                   "logvar as one Parquet table, and a PNG map of the new points among the run's "
+                                   "notes (PCA of mu fitted on the run's notes).",
+                       epilog="Each file is downmixed by the mean of its channels, resampled to the features' rate "
+                              "with librosa, and padded with silence or cut to features.duration_s, as the feature "
+                              "cache treats NSynth wavs. With features.ref='max' the log-mel is relative to each "
+                              "sound's own peak, so a file's gain changes nothing; with 'fixed' its level is used as "
+                              "it is (a warning says so). A file that cannot be read, is digitally silent or is "
+                              "shorter than one STFT frame (features.n_fft samples) is refused, naming it, before "
+                              "anything is written; the output locations are checked before any work, and each file "
+                              "is written whole or not at all. What places meaningfully is a single sustained note "
+                              "of about features.duration_s seconds, its onset at the start (docs/explore.md).")
+    add_config_args(p)
+    p.add_argument("paths", nargs="+", metavar="PATH", help="audio files, or folders searched recursively for "
+                                                             "wav/flac/ogg/aiff/mp3 files")
+    p.add_argument("--checkpoint", help="a .pt checkpoint (default: the finished training of the params, as for "
+                                        "`vaelib embed`)")
+    p.add_argument("--out", required=True, help="Parquet file: file, path, source_rate, source_channels, "
+                                                "source_seconds, mu_*, logvar_* (relative paths from the project root)")
+    p.add_argument("--map", help="PNG of the map (default: the --out path with .map.png); no interactive HTML map "
+                                 "is written: the listening map offers no way to add points to a run's map")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_encode)

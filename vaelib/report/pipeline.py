@@ -39,6 +39,7 @@ METRIC_FILES = {
     "03_diagnostics": "diagnostics.json",
     "04_latent_map": "latent_map.json",
     "05_listening": "listening.json",
+    "06_explore": "explore.json",
 }
 
 
