@@ -71,7 +71,8 @@ def test_checker_catches_outputs_and_missing_tag():
 
 
 def logic_in_notebook(nb: dict) -> list[str]:
-    """Statements that belong in vaelib, not a notebook: def, class, lambda, loops and if-blocks; and a
+    """Statements that belong in vaelib, not a notebook: def, class, lambda, loops (comprehensions too),
+    branches (conditional expressions too) and asserts (a check with its threshold); and a
     parameters cell that holds anything but literal assignments (papermill does not recompute derived values)."""
     import ast
 
@@ -81,7 +82,8 @@ def logic_in_notebook(nb: dict) -> list[str]:
         tree = ast.parse("".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"])
         for node in ast.walk(tree):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda, ast.For,
-                                 ast.While, ast.If)):
+                                 ast.While, ast.If, ast.IfExp, ast.ListComp, ast.SetComp, ast.DictComp,
+                                 ast.GeneratorExp, ast.Assert)):
                 found.append(f"code cell {i}: {type(node).__name__} at line {node.lineno}")
         if i == 0:
             for node in tree.body:
@@ -101,9 +103,12 @@ def test_notebook_orchestrates_only(name):
 
 def test_logic_checker_catches_def_loops_and_derived_parameters():
     nb = {"cells": [{"cell_type": "code", "source": "a: int = 1\nb = a + 1", "metadata": {}},
-                    {"cell_type": "code", "source": "def f():\n    pass\nfor i in range(3):\n    f()", "metadata": {}}]}
+                    {"cell_type": "code", "source": "def f():\n    pass\nfor i in range(3):\n    f()", "metadata": {}},
+                    {"cell_type": "code", "source": "x = [f(r) for r in y if r > 0.85]\nz = 'a' if x else 'b'",
+                     "metadata": {}}]}
     assert logic_in_notebook(nb) == ["parameters cell: line 2 is not a literal assignment",
-                                     "code cell 1: FunctionDef at line 1", "code cell 1: For at line 3"]
+                                     "code cell 1: FunctionDef at line 1", "code cell 1: For at line 3",
+                                     "code cell 2: ListComp at line 1", "code cell 2: IfExp at line 2"]
 
 
 @pytest.mark.parametrize("name", committed_notebooks())

@@ -28,6 +28,7 @@ __all__ = [
     "encode_features",
     "decode_latents",
     "reconstruct",
+    "held_out_reconstructions",
     "decoder_pitch",
     "embedding_table",
     "latent_matrix",
@@ -118,6 +119,26 @@ def reconstruct(model: torch.nn.Module, features: np.ndarray, *, pitch: np.ndarr
     """
     mu, logvar = encode_features(model, features, batch_size=batch_size, device=device)
     return decode_latents(model, mu, pitch=pitch, batch_size=batch_size, device=device), mu, logvar
+
+
+def held_out_reconstructions(model: torch.nn.Module, cache, cfg: Config) -> tuple[str, pd.DataFrame, np.ndarray,
+                                                                                np.ndarray]:
+    """One held-out note of every family (nearest ``analysis.interp_pitch``, loudest velocity) and its
+    reconstruction ``decode(mu)``.
+
+    Returns
+    -------
+    The split used ('test', else 'valid'), its chosen rows, originals and reconstructions
+    [shape=(families, 1, n_mels, frames)].
+    """
+    from vaelib.data.summary import example_per_family, held_out_split
+
+    split = held_out_split(cache.meta)
+    x_held, meta_held = cache.split(split)
+    shown = example_per_family(meta_held, pitch=cfg.analysis.interp_pitch)
+    x = x_held[shown.index.to_numpy()].astype(np.float32)
+    x_hat, _, _ = reconstruct(model, x, pitch=decoder_pitch(shown, cfg=cfg))
+    return split, shown, x, x_hat
 
 
 def decoder_pitch(meta: pd.DataFrame, *, cfg: Config) -> np.ndarray | None:

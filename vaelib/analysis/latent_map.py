@@ -94,6 +94,11 @@ class Interpolations:
     steps: int
 
     @property
+    def skipped_text(self) -> str:
+        """One line per pair that could not be formed (empty when every pair was)."""
+        return "\n".join(f"skipped: {line}" for line in self.skipped)
+
+    @property
     def text(self) -> str:
         s = self.summary
         return (f"Median largest-to-mean step ratio: **{s['interp_step_ratio_median']}** over {s['interp_n_paths']} "

@@ -14,12 +14,17 @@ import pandas as pd
 from vaelib.config import NSYNTH_FAMILIES, NSYNTH_SOURCES, Config, resolve_path
 from vaelib.data.cache import FeatureCache
 from vaelib.data.nsynth import SPLITS
+from vaelib.exceptions import DataError
 
 __all__ = [
     "dataset_summary",
     "count_table",
     "feature_stats",
     "example_per_family",
+    "example_titles",
+    "check_feature_range",
+    "split_counts",
+    "held_out_split",
     "render_summary",
     "preprocess_stats",
 ]
@@ -108,6 +113,35 @@ def feature_stats(cache: FeatureCache, *, chunk: int = 4096) -> pd.DataFrame:
         rows[key] = {"n_notes": int(n // cells), "min": lo[key], "max": hi[key], "mean": mean,
                      "std": float(np.sqrt(var)), "frac_at_floor": floor / n if n else float("nan")}
     return pd.DataFrame.from_dict(rows, orient="index")
+
+
+def example_titles(examples: pd.DataFrame) -> list[str]:
+    """'family: note' for each row of ``example_per_family``'s table, for figure titles."""
+    return [f"{r.instrument_family_str}: {r.note_str}" for r in examples.itertuples()]
+
+
+def check_feature_range(stats: pd.DataFrame) -> None:
+    """Raise when ``feature_stats`` shows a value outside [-1, 1], the normalised log-mel's range.
+
+    Raises
+    ------
+    DataError
+        Naming the splits and the extreme values.
+    """
+    bad = stats[(stats["min"] < -1.0) | (stats["max"] > 1.0)]
+    if len(bad):
+        raise DataError("features outside [-1, 1]: " + "; ".join(
+            f"{split} min {row['min']}, max {row['max']}" for split, row in bad.iterrows()))
+
+
+def split_counts(meta: pd.DataFrame) -> dict[str, int]:
+    """Notes per split, in split order."""
+    return {s: int((meta["split"] == s).sum()) for s in _ordered_splits(meta)}
+
+
+def held_out_split(meta: pd.DataFrame) -> str:
+    """The split that holds the instruments kept out of training and validation: 'test', else 'valid'."""
+    return "test" if (meta["split"] == "test").any() else "valid"
 
 
 def example_per_family(meta: pd.DataFrame, *, pitch: int = 60, split: str | None = None) -> pd.DataFrame:
