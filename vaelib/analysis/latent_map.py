@@ -26,9 +26,15 @@ from vaelib.config import FeatureConfig
 from vaelib.data.features import mel_spacing_hz
 
 __all__ = ["LatentSpace", "PitchBreakdown", "Interpolations", "embed_run", "map_latent_space", "probe_latent_space",
-           "pitch_breakdown", "interpolate_run", "latent_map_metrics"]
+           "pitch_breakdown", "interpolate_run", "latent_map_metrics", "markdown_escape"]
 
 SPLITS = ("train", "valid", "test")
+
+
+def markdown_escape(text: str) -> str:
+    """``text`` (a name from metadata) safe inside markdown shown in a report: HTML-escaped, and ``$``
+    escaped so that the page's MathJax does not read what lies between two of them as TeX."""
+    return html.escape(text).replace("$", "\\$")
 
 
 @dataclass
@@ -78,7 +84,7 @@ class PitchBreakdown:
                 f"**{fmt(self.accuracy_resolved['mu'])}** for the others (PCA: {fmt(self.accuracy_unresolved['pca'])}"
                 f" / {fmt(self.accuracy_resolved['pca'])}). {self.octave_error_share:.0%} of the wrong predictions "
                 "on mu are octave errors. Weakest test instruments: "
-                + "; ".join(f"{html.escape(name)} ({html.escape(r.family)}) {r.accuracy:.2f}, "
+                + "; ".join(f"{markdown_escape(name)} ({markdown_escape(r.family)}) {r.accuracy:.2f}, "
                             f"{r.octave_errors:.0%} octave errors"
                             for name, r in weakest.iterrows()) + ".")
 

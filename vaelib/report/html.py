@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import re
 from pathlib import Path
 
 import nbformat
@@ -16,7 +17,7 @@ import nbformat
 from vaelib.io import atomic_write_text
 
 __all__ = ["notebook_to_html", "run_index_html", "runs_index_html", "sweep_index_html", "KEY_METRICS",
-           "flatten_metrics", "png_data_uri"]
+           "EXTRA_PAGES", "flatten_metrics", "png_data_uri"]
 
 # Shown, in this order, in the index tables; nested keys are joined with '.'.
 KEY_METRICS = (
@@ -26,6 +27,9 @@ KEY_METRICS = (
     "interp_step_ratio_median", "interp_centroid_spearman_median", "gl_logmel_mae_db",
     "gl_logmel_mae_db_loud", "epoch_seconds_median",
 )
+
+# Pages a notebook writes beside its report, linked after it: (the metric naming the page's file, its link text).
+EXTRA_PAGES = {"05_listening": (("map_page", "listening map"),)}
 
 _CSS = """
 body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;padding:0 1em;color:#222}
@@ -56,7 +60,17 @@ def notebook_to_html(ipynb: Path, out: Path, *, keep_code: bool = False) -> None
     exporter.exclude_input_prompt = not keep_code
     exporter.exclude_output_prompt = not keep_code
     body, _resources = exporter.from_notebook_node(nb)
-    atomic_write_text(out, body)
+    atomic_write_text(out, _without_mathjax(body))
+
+
+_MATHJAX = re.compile(r"<!-- Load mathjax -->.*?<!-- End of mathjax configuration -->", re.DOTALL)
+
+
+def _without_mathjax(body: str) -> str:
+    """The page without nbconvert's MathJax: the notebooks typeset no TeX, the script would be fetched from
+    a CDN (a report must work offline), and it would read the text between two '$' of names from metadata
+    as TeX."""
+    return _MATHJAX.sub("", body)
 
 
 def flatten_metrics(metrics: dict, prefix: str = "") -> dict:
@@ -112,7 +126,8 @@ def _targets_table(targets: dict, notebooks: list[str] | None = None) -> str:
 
 
 def run_index_html(metrics: dict, config: dict, notebooks: list[str], info: dict) -> str:
-    """The page of one run: key metrics, targets, links to each report, the resolved params, commit, date."""
+    """The page of one run: key metrics, targets, links to each report (and to the pages beside it,
+    ``EXTRA_PAGES``, when its metrics name them), the resolved params, commit, date."""
     flat = flatten_metrics({k: v for k, v in metrics.items() if k not in ("targets", "run_info")})
     key_rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{_fmt(flat[k])}</td></tr>"
                        for k in KEY_METRICS if k in flat)
@@ -121,8 +136,10 @@ def run_index_html(metrics: dict, config: dict, notebooks: list[str], info: dict
             key_rows += f"<tr><td>{name}</td><td>{_fmt(metrics[name])}</td></tr>"
     seconds = info.get("notebook_seconds", {})
     links = "".join(
-        f"<li><a href='{n}.html'>{n}</a> ({_fmt(seconds.get(n))} s) · <a href='{n}.ipynb'>executed notebook</a></li>"
-        for n in notebooks)
+        f"<li><a href='{n}.html'>{n}</a> ({_fmt(seconds.get(n))} s) · <a href='{n}.ipynb'>executed notebook</a>"
+        + "".join(f" · <a href='{html.escape(str(metrics[key]))}'>{html.escape(label)}</a>"
+                  for key, label in EXTRA_PAGES.get(n, ()) if metrics.get(key))
+        + "</li>" for n in notebooks)
     import yaml
 
     body = (
