@@ -1,4 +1,5 @@
-"""vaelib.analysis.interpolate: paths, pair choice, continuity measures, decoded walks."""
+"""vaelib.analysis.interpolate: paths, pair choice (families or instruments, and the syntax of a pair), continuity
+measures, decoded walks."""
 
 from __future__ import annotations
 
@@ -18,8 +19,8 @@ from vaelib.analysis.interpolate import (
     summarize_paths,
 )
 from vaelib.analysis.latent import decode_latents, encode_features
-from vaelib.config import FeatureConfig
-from vaelib.exceptions import ParameterError
+from vaelib.config import FeatureConfig, interp_pair_sides, load_config
+from vaelib.exceptions import ConfigError, ParameterError
 
 CFG = FeatureConfig()
 
@@ -59,6 +60,54 @@ def test_choose_pairs_picks_distinct_instruments_at_a_shared_note():
         assert a["pitch"] == b["pitch"] == c.pitch and a["velocity"] == b["velocity"] == c.velocity
     same, _ = choose_pairs(meta, ["keyboard:keyboard"], pitch=60, velocity=127)
     assert same[0].instrument_a != same[0].instrument_b
+
+
+def test_pairs_name_families_or_instruments():
+    meta = synthetic_meta()
+    choices, skipped = choose_pairs(meta, ["keyboard_acoustic_001:string", "brass:guitar_acoustic_002",
+                                           "keyboard_acoustic_002:string_acoustic_001"], pitch=60, velocity=127)
+    assert skipped == [] and [c.pair for c in choices] == ["keyboard_acoustic_001:string", "brass:guitar_acoustic_002",
+                                                           "keyboard_acoustic_002:string_acoustic_001"]
+    named, family_b, both = choices
+    assert (named.instrument_a, named.instrument_b) == ("keyboard_acoustic_001", "string_acoustic_000")  # test first
+    assert (named.family_a, named.family_b) == ("keyboard", "string")
+    assert (family_b.instrument_a, family_b.instrument_b, family_b.family_b) == (
+        "brass_acoustic_000", "guitar_acoustic_002", "guitar")
+    assert (both.instrument_a, both.instrument_b, both.pitch, both.velocity) == (
+        "keyboard_acoustic_002", "string_acoustic_001", 60, 127)
+    # a family may be paired with one of its own instruments: the other side is another instrument
+    own, _ = choose_pairs(meta, ["keyboard_acoustic_000:keyboard"], pitch=60, velocity=127)
+    assert own[0].instrument_b == "keyboard_acoustic_001"
+
+
+def test_pairs_naming_what_the_notes_lack():
+    meta = synthetic_meta()
+    with pytest.raises(ParameterError, match=r"no instrument 'keyboard_acoustic_009'.*'keyboard_acoustic_00"):
+        choose_pairs(meta, ["keyboard_acoustic_009:string"], pitch=60, velocity=127)
+    with pytest.raises(ParameterError, match="is not 'a:b'"):
+        choose_pairs(meta, ["keyboard-string"], pitch=60, velocity=127)
+    _, skipped = choose_pairs(meta, ["flute:string"], pitch=60, velocity=127)
+    assert skipped == ["flute:string: no instrument of family 'flute' in the notes"]
+
+
+@pytest.mark.parametrize(("pair", "message"), [
+    ("keyboard-string", "is not 'a:b'"),
+    ("keyboard:string:brass", "is not 'a:b'"),
+    (":string", "is not 'a:b'"),
+    ("keybaord:string", "'keybaord' is neither a family .* nor an instrument_str .*did you mean 'keyboard'"),
+    ("keyboard_acoustic_004:keyboard_acoustic_004", "names one instrument on both sides"),
+])
+def test_pair_syntax_is_checked_with_the_params(pair, message):
+    with pytest.raises(ConfigError, match=rf"analysis.interp_pairs: {pair!r}: {message}|analysis.interp_pairs: "
+                                          rf"{pair!r} {message}"):
+        load_config(None, [f"analysis.interp_pairs=[{pair!r}]"])
+
+
+@pytest.mark.parametrize("pair", ["keyboard:string", "synth_lead:keyboard_acoustic_004", "string_acoustic_012:brass",
+                                  "keyboard:keyboard", "keyboard_acoustic_004:string_acoustic_012"])
+def test_pair_syntax_accepts_families_and_instruments(pair):
+    assert load_config(None, [f"analysis.interp_pairs=[{pair!r}]"]).analysis.interp_pairs == (pair,)
+    assert interp_pair_sides(pair) == tuple(pair.split(":"))
 
 
 def test_step_ratio_and_monotonicity():

@@ -108,11 +108,33 @@ def _check_descriptors(d: dict, cfg) -> None:
 
 
 def test_05_listening(execute, run):
+    from vaelib.analysis.listening import one_velocity
+
     out = execute("05_listening")
     m = json.loads((out / "listening.json").read_text())
+    a = run["cfg"].analysis
     assert 0 < m["gl_logmel_mae_db"] < 80
     assert set(m["gl_logmel_mae_db_by_kind"]) == {"original", "reconstruction", "interpolation"}
-    assert len(m["listen_notes"]) == run["cfg"].analysis.n_listen
+    assert len(m["listen_notes"]) == a.n_listen
+    # every pair of the params, linear and spherical, each step and all steps back to back
+    walks = 2 * len(a.interp_pairs)
+    assert len(m["listen_interpolations"]) == walks and m["listen_skipped"] == []
+    assert len(m["wav_files"]) == 2 * a.n_listen + walks * (a.interp_steps + 1)
     assert all((out / w).is_file() for w in m["wav_files"])
-    html = (out / "05_listening.ipynb").read_text()
-    assert html.count("data:audio/wav;base64") >= 2 * run["cfg"].analysis.n_listen
+    assert (out / "05_listening.ipynb").read_text().count("data:audio/mpeg;base64") >= len(m["wav_files"])
+    # the listening map: every test note at one velocity and the train notes there (the smoke set has fewer
+    # than analysis.map_train_notes), the linear paths, PCA and UMAP of mu (the smoke model reserves no timbre
+    # dimensions); a page of its own, within its budget, linked from 05's report and from the run's index
+    meta = run["cache"].meta
+    at_velocity = one_velocity(meta, velocity=a.interp_velocity)
+    n_test, n_train = (int((at_velocity & (meta["split"] == s).to_numpy()).sum()) for s in ("test", "train"))
+    assert n_test + min(n_train, a.map_train_notes) <= a.map_max_notes
+    assert m["map_notes"] == {"test": n_test, "train": min(n_train, a.map_train_notes)} and m["map_left_out"] == 0
+    assert m["map_test_available"] == n_test and m["map_path_steps"] == len(a.interp_pairs) * a.interp_steps
+    assert m["map_maps"] == ["pca", "umap"] and m["map_timbre_dims"] is None
+    assert m["map_griffin_lim_iters"] == a.map_griffin_lim_iters and m["map_griffin_lim_seconds_per_note"] > 0
+    page = out / "05_map.html"
+    assert m["map_page"] == page.name and m["map_page_bytes"] == page.stat().st_size <= m["map_budget_bytes"]
+    assert page.read_text().count("data:audio/mpeg;base64") == 2 * sum(m["map_notes"].values()) + m["map_path_steps"]
+    assert "05_map.html" in (out / "05_listening.html").read_text()
+    assert "href='05_map.html'" in (out / "index.html").read_text()

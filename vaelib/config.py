@@ -8,6 +8,7 @@ because papermill itself only warns about unknown parameters.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import hashlib
 import json
 import math
@@ -47,6 +48,7 @@ __all__ = [
     "resolve_path",
     "save_config",
     "params_reference",
+    "interp_pair_sides",
 ]
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -190,20 +192,29 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class AnalysisConfig:
-    umap: bool = _f(True, "draw the UMAP map in 04 beside PCA (off skips its numba compilation, which umap-learn "
-                          "does not cache)")
+    umap: bool = _f(True, "draw the UMAP maps of 04 and of 05's listening map beside PCA (off skips its numba "
+                          "compilation, which umap-learn does not cache)")
     umap_neighbors: int = _f(15, "UMAP n_neighbors", lo=2, hi=500)
     umap_min_dist: float = _f(0.1, "UMAP min_dist", lo=0.0, hi=1.0)
     knn_k: int = _f(5, "neighbours of the kNN probes", lo=1, hi=200)
     probe_folds: int = _f(5, "folds of the instrument-grouped cross-validation", lo=2, hi=20)
     interp_pairs: tuple[str, ...] = _f(
         ("keyboard:string", "brass:flute", "guitar:organ", "reed:synth_lead", "mallet:vocal", "bass:brass"),
-        "family pairs 'a:b' to interpolate between (one instrument of each)")
+        "pairs 'a:b' to interpolate between (04 and 05); each side a family (one of its instruments is chosen) "
+        "or an instrument_str, e.g. 'keyboard:string_acoustic_012'")
     interp_pitch: int = _f(60, "MIDI pitch of the interpolated notes (nearest available)", lo=0, hi=127)
     interp_velocity: int = _f(127, "velocity of the interpolated notes (nearest available)", lo=0, hi=127)
     interp_steps: int = _f(9, "points on each path, ends included", lo=3, hi=64)
     griffin_lim_iters: int = _f(64, "Griffin-Lim iterations", lo=1, hi=1000)
     n_listen: int = _f(4, "notes rendered back to audio in 05_listening", lo=1, hi=64)
+    map_train_notes: int = _f(40, "train notes on 05's listening map beside the test notes: a seeded sample, at the "
+                              "velocity nearest analysis.interp_velocity", lo=0)
+    map_max_notes: int = _f(240, "most notes with sound on the listening map: every test note at the velocity "
+                            "nearest analysis.interp_velocity, sampled (seeded) down to this less the train notes",
+                            lo=1)
+    map_max_mb: float = _f(15.0, "size budget of the listening map page (MB, 10^6 bytes): the notes past it are left "
+                           "out, with a warning (see docs/explore.md)", lo=4.0, hi=1000.0)
+    map_griffin_lim_iters: int = _f(32, "Griffin-Lim iterations of the listening map's reconstructions", lo=1, hi=1000)
 
 
 @dataclass(frozen=True)
@@ -311,6 +322,34 @@ def _build_section(cls: type, raw: Any, where: str) -> Any:
     return cls(**kwargs)
 
 
+def interp_pair_sides(pair: str, *, where: str = "interp_pairs") -> tuple[str, str]:
+    """The two sides of an interpolation pair 'a:b', each a family (``NSYNTH_FAMILIES``) or an instrument_str.
+
+    NSynth names instruments '<family>_<source>_<number>', so a side without '_' that is no family is a
+    misspelt family; whether an instrument name exists can only be told from the data (``choose_pairs``).
+    An instrument whose name holds ':' cannot be named.
+
+    Raises
+    ------
+    ConfigError
+        Not exactly one ':', an empty side, a side that is neither a family nor an instrument name, or
+        one instrument named on both sides; the message names ``where`` and the pair.
+    """
+    sides = pair.split(":")
+    if len(sides) != 2 or not all(sides):
+        raise ConfigError(f"{where}: {pair!r} is not 'a:b' (each side a family from {list(NSYNTH_FAMILIES)} or "
+                          "an instrument_str such as keyboard_acoustic_004)")
+    for side in sides:
+        if side not in NSYNTH_FAMILIES and "_" not in side:
+            close = difflib.get_close_matches(side, NSYNTH_FAMILIES, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"{where}: {pair!r}: {side!r} is neither a family ({list(NSYNTH_FAMILIES)}) nor an "
+                              f"instrument_str ('<family>_<source>_<number>'){hint}")
+    if sides[0] == sides[1] and sides[0] not in NSYNTH_FAMILIES:
+        raise ConfigError(f"{where}: {pair!r} names one instrument on both sides; a path needs two")
+    return sides[0], sides[1]
+
+
 def _cross_checks(cfg: Config) -> None:
     if cfg.data.pitch_min > cfg.data.pitch_max:
         raise ConfigError(f"data.pitch_min ({cfg.data.pitch_min}) is above data.pitch_max ({cfg.data.pitch_max})")
@@ -336,10 +375,7 @@ def _cross_checks(cfg: Config) -> None:
         raise ConfigError(f"train.batch_size ({cfg.train.batch_size}) must be a multiple of "
                           f"train.notes_per_instrument ({cfg.train.notes_per_instrument}): batches hold whole groups")
     for pair in cfg.analysis.interp_pairs:
-        parts = pair.split(":")
-        if len(parts) != 2 or any(p not in NSYNTH_FAMILIES for p in parts):
-            raise ConfigError(f"analysis.interp_pairs: {pair!r} is not 'family:family' with families "
-                              f"from {list(NSYNTH_FAMILIES)}")
+        interp_pair_sides(pair, where="analysis.interp_pairs")
 
 
 def _merge(base: dict, extra: dict) -> dict:

@@ -1,13 +1,15 @@
 """Walks between two instruments in the latent space, and how continuous they sound on paper.
 
-A pair of families ('keyboard:string') becomes a pair of notes of two distinct instruments at
-the same pitch and velocity; their mu vectors are joined by a linear or a spherical path, every
-point is decoded, and the decoded path is measured: the largest step against the mean step, and
-how monotonically the spectral centroid and bandwidth move from one end to the other.
+A pair 'a:b' whose sides are families ('keyboard:string') or instrument names
+('keyboard_acoustic_004:string') becomes a pair of notes of two distinct instruments at the same pitch
+and velocity; their mu vectors are joined by a linear or a spherical path, every point is decoded,
+and the decoded path is measured: the largest step against the mean step, and how monotonically the
+spectral centroid and bandwidth move from one end to the other.
 """
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
 
 import librosa
@@ -17,9 +19,9 @@ import torch
 from scipy.stats import spearmanr
 
 from vaelib.analysis.latent import decode_latents
-from vaelib.config import FeatureConfig
+from vaelib.config import NSYNTH_FAMILIES, FeatureConfig, interp_pair_sides
 from vaelib.data.features import mel_frequencies, normalized_to_db
-from vaelib.exceptions import ParameterError
+from vaelib.exceptions import ConfigError, ParameterError
 
 __all__ = [
     "PATH_METHODS",
@@ -44,8 +46,9 @@ CENTROID_MIN_REL_DIFF = 0.2
 
 @dataclass(frozen=True)
 class PairChoice:
-    """Two notes, one per family, of distinct instruments at the same pitch and velocity.
+    """Two notes of distinct instruments at the same pitch and velocity, one per side of ``pair``.
 
+    ``family_a`` and ``family_b`` are the instruments' families (a side may name the instrument itself);
     ``index_a`` and ``index_b`` are row positions in the metadata table given to ``choose_pairs``.
     """
 
@@ -108,27 +111,36 @@ def latent_path(z0: np.ndarray, z1: np.ndarray, *, steps: int, method: str) -> n
 
 def choose_pairs(meta: pd.DataFrame, pairs: tuple[str, ...] | list[str], *, pitch: int, velocity: int,
                  prefer_split: str = "test") -> tuple[list[PairChoice], list[str]]:
-    """For each 'family_a:family_b', two instruments sharing a note nearest ``pitch`` and ``velocity``.
+    """For each pair 'a:b', two instruments sharing a note nearest ``pitch`` and ``velocity``.
 
-    Instruments are tried in name order, those of ``prefer_split`` first; among all pairs of them
-    the shared (pitch, velocity) closest to the target wins (pitch distance first), the first pair
-    in that order on a tie.
+    Each side is a family, whose instruments are all candidates, or an instrument_str, the only
+    candidate (``vaelib.config.interp_pair_sides`` defines the syntax). Candidates are tried in name
+    order, those of ``prefer_split`` first; among all pairs of distinct candidates the shared
+    (pitch, velocity) closest to the target wins (pitch distance first), the first pair in that order
+    on a tie.
 
     Returns
     -------
     choices : one ``PairChoice`` per pair that could be formed.
-    skipped : a sentence for every pair that could not (a family missing, no shared note).
+    skipped : a sentence for every pair that could not (a family absent from ``meta``, no shared note).
+
+    Raises
+    ------
+    ParameterError
+        A pair that is not 'a:b', or a side naming an instrument that ``meta`` does not hold (the
+        message names it, with the closest names of ``meta``).
     """
     choices, skipped = [], []
     for pair in pairs:
-        parts = pair.split(":")
-        if len(parts) != 2:
-            raise ParameterError(f"pairs: {pair!r} is not 'family_a:family_b'")
-        fam_a, fam_b = parts
+        try:
+            side_a, side_b = interp_pair_sides(pair, where="pairs")
+        except ConfigError as exc:
+            raise ParameterError(str(exc)) from None
+        cands_a, cands_b = (_candidates(meta, side, pair, prefer_split) for side in (side_a, side_b))
         best = None
-        for inst_a in _instruments(meta, fam_a, prefer_split):
+        for inst_a in cands_a:
             notes_a = _notes(meta, inst_a)
-            for inst_b in _instruments(meta, fam_b, prefer_split):
+            for inst_b in cands_b:
                 if inst_b == inst_a:
                     continue
                 shared = notes_a.keys() & _notes(meta, inst_b).keys()
@@ -137,12 +149,30 @@ def choose_pairs(meta: pd.DataFrame, pairs: tuple[str, ...] | list[str], *, pitc
                     if best is None or cost < best[0]:
                         best = (cost, inst_a, inst_b, pv)
         if best is None:
-            skipped.append(f"{pair}: no two instruments of these families share a pitch and velocity")
+            absent = [s for s, c in ((side_a, cands_a), (side_b, cands_b)) if not c]
+            why = (f"no instrument of family {' or '.join(map(repr, absent))} in the notes" if absent
+                   else "no two distinct instruments of its sides share a pitch and velocity")
+            skipped.append(f"{pair}: {why}")
             continue
         _, inst_a, inst_b, (p, v) = best
-        choices.append(PairChoice(pair, fam_a, fam_b, inst_a, inst_b, int(p), int(v),
-                                  _notes(meta, inst_a)[(p, v)], _notes(meta, inst_b)[(p, v)]))
+        index_a, index_b = _notes(meta, inst_a)[(p, v)], _notes(meta, inst_b)[(p, v)]
+        family = meta["instrument_family_str"].to_numpy()
+        choices.append(PairChoice(pair, str(family[index_a]), str(family[index_b]), inst_a, inst_b, int(p), int(v),
+                                  index_a, index_b))
     return choices, skipped
+
+
+def _candidates(meta: pd.DataFrame, side: str, pair: str, prefer_split: str) -> list[str]:
+    """The instruments a side of ``pair`` stands for: a family's, in ``_instruments`` order, or the one named."""
+    if side in NSYNTH_FAMILIES:
+        return _instruments(meta, side, prefer_split)
+    names = meta["instrument_str"].unique()
+    if side in set(names):
+        return [side]
+    close = difflib.get_close_matches(side, [str(n) for n in names], n=3)
+    hint = f"; the closest: {', '.join(map(repr, close))}" if close else ""
+    raise ParameterError(f"pairs: {pair!r}: no instrument {side!r} among the {len(names)} instruments of the "
+                         f"notes{hint}")
 
 
 def _instruments(meta: pd.DataFrame, family: str, prefer_split: str) -> list[str]:
