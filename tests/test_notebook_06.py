@@ -92,7 +92,8 @@ def lab(smoke_run, tmp_path):
     proc = subprocess.Popen(
         [sys.executable, "-m", "jupyterlab", "--no-browser", f"--port={port}", "--ip=127.0.0.1",
          f"--ServerApp.root_dir={root}", f"--IdentityProvider.token={token}",
-         "--LabApp.news_url=", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"],
+         "--LabApp.news_url=", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+         *(["--allow-root"] if os.geteuid() == 0 else [])],
         cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -149,14 +150,18 @@ def test_the_explorer_answers_a_slider_in_jupyterlab(lab):
             players = [a for a in driver.find_elements(By.CSS_SELECTOR, ".jp-OutputArea audio") if a.is_displayed()]
             return players[0].get_attribute("src") if players else None
 
+        def caption(text: str):
+            return next((e.text for e in driver.find_elements(By.CSS_SELECTOR, ".widget-html-content")
+                         if e.is_displayed() and text in e.text), None)
+
         before = wait.until(lambda d: path_audio())
+        assert caption("t = 0.50")
         handle = next(h for h in driver.find_elements(By.CSS_SELECTOR, ".widget-slider .noUi-handle")
                       if h.is_displayed())
-        driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", handle)
-        handle.click()
-        handle.send_keys(Keys.ARROW_RIGHT)
-        WebDriverWait(driver, 300, poll_frequency=1).until(lambda d: path_audio() not in (None, before))
-        caption = next(e for e in driver.find_elements(By.CSS_SELECTOR, ".widget-html-content") if "t = 0.55" in e.text)
-        assert "Griffin-Lim" in caption.text
+        driver.execute_script("arguments[0].scrollIntoView({block: 'center'}); arguments[0].focus()", handle)
+        handle.send_keys(Keys.ARROW_RIGHT)  # one step of 0.05: the kernel decodes t = 0.55
+        WebDriverWait(driver, 300, poll_frequency=1).until(lambda d: caption("t = 0.55"))
+        WebDriverWait(driver, 60, poll_frequency=1).until(lambda d: path_audio() not in (None, before))
+        assert "Griffin-Lim" in caption("t = 0.55")
     finally:
         driver.quit()
