@@ -342,3 +342,46 @@ def test_help_states_the_policies(capsys):
         main(["embed", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "with a warning naming every differing key" in text and "checked before any work" in text
+
+
+# --- checkpoint files a hostile user hands over, and a full disk while saving one ----------------------
+
+def test_a_checkpoint_without_its_config_is_refused_at_load(tmp_path):
+    import torch
+
+    from vaelib.exceptions import CheckpointError
+    torch.save({"format": 1, "model": {}}, tmp_path / "c.pt")
+    with pytest.raises(CheckpointError, match=r"c\.pt: .*missing 'config'"):
+        load_checkpoint(tmp_path / "c.pt")
+
+
+class _Code:
+    def __reduce__(self):
+        return (os.getcwd, ())
+
+
+def test_a_checkpoint_holding_code_is_one_line_without_torchs_advice(tmp_path):
+    import torch
+
+    from vaelib.exceptions import CheckpointError
+    torch.save({"x": _Code()}, tmp_path / "c.pt")
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(tmp_path / "c.pt")
+    msg = str(info.value)
+    assert "\n" not in msg and "weights_only=False" not in msg and "never run" in msg and "UnpicklingError" in msg
+
+
+def test_a_full_disk_while_saving_a_checkpoint_is_a_checkpoint_error(tmp_path, monkeypatch):
+    import torch
+
+    import vaelib.model.checkpoint as ckpt_mod
+    from vaelib.exceptions import CheckpointError
+
+    def full(obj, f):
+        Path(f).write_bytes(b"PK")
+        raise RuntimeError("[enforce fail at inline_container.cc:603] . unexpected pos 64 vs 0")
+
+    monkeypatch.setattr(torch, "save", full)
+    with pytest.raises(CheckpointError, match=r"last\.pt: could not write the checkpoint .*is the disk full\?"):
+        ckpt_mod.save_checkpoint({"format": 1}, tmp_path / "last.pt")
+    assert list(tmp_path.iterdir()) == []

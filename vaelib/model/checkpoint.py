@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import pickle
 import shutil
 from pathlib import Path
 
@@ -44,6 +45,7 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = 1
 # Training parameters that change where or how fast a run goes, not what it computes.
+_REQUIRED_KEYS = ("format", "config", "model")  # what load_model and the commands read
 _RUNTIME_ONLY = {"device": "auto", "num_threads": 0, "checkpoint_dir": ""}
 
 
@@ -86,8 +88,12 @@ def set_rng_state(state: dict, batch_gen: torch.Generator, noise_gen: torch.Gene
 
 
 def save_checkpoint(obj: dict, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    try:
+        with atomic_path(path) as tmp:
+            torch.save(obj, tmp)
+    except (RuntimeError, OSError) as exc:  # a full disk: torch raises RuntimeError from its zip writer
+        reason = os_error_text(exc) if isinstance(exc, OSError) else str(exc).strip().splitlines()[0]
+        raise CheckpointError(f"{path}: could not write the checkpoint ({reason}; is the disk full?)") from exc
 
 
 def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu") -> dict:
@@ -103,10 +109,17 @@ def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu") -> 
         raise CheckpointError(f"{path}: checkpoint not found")
     try:
         ckpt = torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as exc:  # torch's text advises weights_only=False: never relayed
+        raise CheckpointError(f"{path}: not a vaelib checkpoint, or it holds code, which is never run "
+                              f"(read with weights_only=True) ({type(exc).__name__})") from exc
     except Exception as exc:  # torch raises several types for corrupt or foreign files
-        raise CheckpointError(f"{path}: cannot read checkpoint ({type(exc).__name__}: {exc})") from exc
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT or "model" not in ckpt:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise CheckpointError(f"{path}: cannot read checkpoint ({type(exc).__name__}: {first})") from exc
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path}: not a vaelib checkpoint (format {CHECKPOINT_FORMAT})")
+    missing = [k for k in _REQUIRED_KEYS if k not in ckpt]
+    if missing:
+        raise CheckpointError(f"{path}: not a complete vaelib checkpoint: missing {', '.join(map(repr, missing))}")
     return ckpt
 
 
