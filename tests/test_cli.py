@@ -74,3 +74,8 @@ def test_preprocess_renders_missing_dataset(tmp_path, capsys):
 def test_module_entry_point():
     proc = subprocess.run([sys.executable, "-m", "vaelib", "--help"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and "render" in proc.stdout and "preprocess" in proc.stdout
+
+
+def test_check_of_a_missing_reports_folder_is_an_error(tmp_path, capsys):
+    assert main(["check", "--root", str(tmp_path / "no_such_reports")]) == 2
+    assert "no_such_reports: no reports folder" in capsys.readouterr().err

@@ -198,3 +198,34 @@ def test_every_float_refuses_nan_and_infinity_naming_the_key(value):
             load_config(None, [f"{key}={value}"])
     with pytest.raises(ConfigError, match=r"train\.epochs: expected an integer"):
         load_config(None, [f"train.epochs={value}"])
+
+
+def test_hostile_params_files_are_clear_errors(tmp_path):
+    a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    a.write_text("base: b.yaml\n")
+    b.write_text("base: a.yaml\n")
+    with pytest.raises(ConfigError, match="circle"):
+        load_config(a)
+    utf16 = tmp_path / "u.yaml"
+    utf16.write_text("train:\n  epochs: 2\n", encoding="utf-16")
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        load_config(utf16)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [1,\n")
+    with pytest.raises(ConfigError, match="not valid YAML") as info:
+        load_config(bad)
+    assert "\n" not in str(info.value)
+
+
+def test_an_empty_section_keeps_its_base(tmp_path):
+    base = tmp_path / "base.yaml"
+    base.write_text("train:\n  epochs: 2\n")
+    child = tmp_path / "child.yaml"
+    child.write_text("base: base.yaml\ntrain:\n")
+    assert load_config(child).train.epochs == 2
+
+
+@pytest.mark.parametrize("name", ["", "../outside", "/tmp/x", "a/b", ".hidden"])
+def test_run_names_that_are_not_folder_names_are_refused(name):
+    with pytest.raises(ConfigError, match="run.name"):
+        load_config(None, [f"run.name={name}"])

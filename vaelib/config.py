@@ -13,6 +13,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -350,7 +351,13 @@ def interp_pair_sides(pair: str, *, where: str = "interp_pairs") -> tuple[str, s
     return sides[0], sides[1]
 
 
+_RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
 def _cross_checks(cfg: Config) -> None:
+    if not _RUN_NAME.match(cfg.run.name) or ".." in cfg.run.name:
+        raise ConfigError(f"run.name: {cfg.run.name!r} is not a folder name (letters, digits, '.', '_', '-', "
+                          "starting with a letter or digit): the run is written to reports/<run.name>/")
     if cfg.data.pitch_min > cfg.data.pitch_max:
         raise ConfigError(f"data.pitch_min ({cfg.data.pitch_min}) is above data.pitch_max ({cfg.data.pitch_max})")
     if cfg.render.pitch_min > cfg.render.pitch_max:
@@ -381,6 +388,8 @@ def _cross_checks(cfg: Config) -> None:
 def _merge(base: dict, extra: dict) -> dict:
     out = dict(base)
     for key, value in extra.items():
+        if value is None and isinstance(out.get(key), dict):
+            continue  # an empty section ('train:' with nothing under it) changes nothing of its base
         if isinstance(value, dict) and isinstance(out.get(key), dict):
             out[key] = _merge(out[key], value)
         else:
@@ -399,7 +408,7 @@ def parse_override(text: str) -> dict:
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError as exc:
-        raise ConfigError(f"--set {text!r}: value is not valid YAML ({exc})") from exc
+        raise ConfigError(f"--set {text!r}: value is not valid YAML ({' '.join(str(exc).split())})") from exc
     return {parts[0]: {parts[1]: value}}
 
 
@@ -416,22 +425,29 @@ def config_from_dict(raw: dict, *, where: str = "params") -> Config:
     return cfg
 
 
-def _read_yaml(path: Path) -> dict:
+def _read_yaml(path: Path, _chain: tuple[Path, ...] = ()) -> dict:
     if not path.is_file():
         raise ConfigError(f"{path}: params file not found")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
+        # one line: PyYAML's context lines would follow the error in a terminal
+        raise ConfigError(f"{path}: not valid YAML ({' '.join(str(exc).split())})") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8") from exc
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     base = raw.get("base")
     if base is not None:
         # An experiment file names the params it extends, relative to itself.
         base_path = (path.parent / str(base)).resolve()
+        chain = (*_chain, path.resolve())
         if base_path == path.resolve():
             raise ConfigError(f"{path}: 'base' points at the file itself")
-        raw = _merge(_read_yaml(base_path), {k: v for k, v in raw.items() if k != "base"})
+        if base_path in chain:
+            raise ConfigError(f"{path}: 'base' chain goes round in a circle: "
+                              + " -> ".join(str(p) for p in (*chain, base_path)))
+        raw = _merge(_read_yaml(base_path, chain), {k: v for k, v in raw.items() if k != "base"})
     return raw
 
 

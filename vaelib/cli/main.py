@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except VaelibError as exc:
-        print(f"vaelib {args.command}: error: {exc}", file=sys.stderr)
+        print(f"vaelib {args.command}: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
     except OSError as exc:
         # What the OS refuses (a file where a folder is needed, a read-only folder, a full disk) is a

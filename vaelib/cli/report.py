@@ -29,10 +29,14 @@ def cmd_check(args: argparse.Namespace) -> int:
 
     from vaelib.report.browser_check import check_reports, find_chromium
 
+    root = Path(args.root)
+    if not root.is_dir():
+        print(f"vaelib check: error: {root}: no reports folder there (make reports writes reports/)", file=sys.stderr)
+        return 2
     if find_chromium() is None:
         print("vaelib check: Chromium not found (apt-get install -y chromium); checking links and "
               "notebook errors only", file=sys.stderr)
-    problems, seen = check_reports(Path(args.root))
+    problems, seen = check_reports(root)
     for line in problems:
         print(line)
     print(f"{len(seen)} pages checked, {len(problems)} problems")
