@@ -610,3 +610,24 @@ def test_misspelled_data_root_refused_by_the_cli_with_exit_2(make_split, tmp_pat
     assert proc.returncode == 2, proc.stderr
     assert f"did you mean {tmp_path / 'gm_smoke'}?" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "gm_smoek").exists()
+
+
+def test_a_full_disk_while_rendering_is_a_data_error_leaving_nothing(tmp_path, monkeypatch):
+    import vaelib.data.render as render_mod
+    from vaelib.config import RenderConfig
+
+    def full(path, *a, **k):
+        Path(path).write_bytes(b"RIFF")
+        raise sf.LibsndfileError(0, prefix="Error writing: ")
+
+    monkeypatch.setattr(render_mod.sf, "write", full)
+    cfg = RenderConfig(programs=(0,), pitch_min=60, pitch_max=60, velocities=(100,), workers=1)
+    with pytest.raises(DataError, match=r"\.wav: could not write .*is the disk full\?"):
+        render_mod.render_dataset(cfg, tmp_path / "ds", show_progress=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_os_error_without_a_path_names_the_atomic_target(tmp_path):
+    with pytest.raises(OSError) as info, io_mod.atomic_path(tmp_path / "z.parquet"):
+        raise OSError("Error writing bytes to file. Detail: [errno 28] No space left on device")
+    assert (info.value.errno, info.value.filename) == (errno.ENOSPC, str(tmp_path / "z.parquet"))

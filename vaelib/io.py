@@ -46,15 +46,28 @@ def atomic_path(target: str | os.PathLike, *, suffix: str = ""):
     os.close(fd)
     tmp_path = Path(tmp)
     try:
-        yield tmp_path
-        with open(tmp_path, "rb") as fh:
-            os.fsync(fh.fileno())
+        try:
+            yield tmp_path
+            with open(tmp_path, "rb") as fh:
+                os.fsync(fh.fileno())
+        except OSError as exc:
+            if exc.filename is not None:
+                raise
+            # a writer's error without a path (pyarrow: "Error writing bytes to file ... [errno 28]"): name the target
+            code = exc.errno if exc.errno is not None else _errno_in(str(exc))
+            raise OSError(code, exc.strerror or str(exc), str(target)) from exc
         # mkstemp creates 0600; a report or cache file should read like any file the user writes.
         os.chmod(tmp_path, 0o666 & ~UMASK)
         os.replace(tmp_path, target)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def _errno_in(text: str) -> int | None:
+    """The errno a message quotes as ``[errno 28]`` (pyarrow's OSError carries none of its own), else None."""
+    m = re.search(r"errno (\d+)", text, re.IGNORECASE)
+    return int(m.group(1)) if m else None
 
 
 def _write_with(target: str | os.PathLike, writer: Callable[[Path], Any], *, suffix: str = "") -> None:

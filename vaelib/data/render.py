@@ -146,7 +146,11 @@ def _render_program(args: tuple) -> list[dict]:
                 # clip them (the log-mel reference is each note's own peak, so the features agree).
                 audio = audio * (MAX_PEAK / peak)
             pcm = np.clip(np.round(audio * 32767.0), -32768, 32767).astype(np.int16)
-            sf.write(Path(audio_dir) / f"{note_str}.wav", pcm, SAMPLE_RATE, subtype="PCM_16")
+            wav = Path(audio_dir) / f"{note_str}.wav"
+            try:
+                sf.write(wav, pcm, SAMPLE_RATE, subtype="PCM_16")
+            except (sf.LibsndfileError, OSError) as exc:  # the render's temp folder is removed by the caller
+                raise DataError(f"{wav}: could not write the rendered note ({exc}; is the disk full?)") from exc
             quals = note_qualities(audio)
             entries.append({
                 "note_str": note_str, "dropped": False, "instrument_str": name, "program": prog,
