@@ -631,3 +631,25 @@ def test_an_os_error_without_a_path_names_the_atomic_target(tmp_path):
     with pytest.raises(OSError) as info, io_mod.atomic_path(tmp_path / "z.parquet"):
         raise OSError("Error writing bytes to file. Detail: [errno 28] No space left on device")
     assert (info.value.errno, info.value.filename) == (errno.ENOSPC, str(tmp_path / "z.parquet"))
+
+
+def test_a_velocity_outside_midi_is_refused(make_split):
+    k = "brass_acoustic_000-060-075"
+    with pytest.raises(DataError, match=rf"{k}.*'velocity': 300 is not a MIDI velocity"):
+        read_examples(make_split({k: entry(k, velocity=300)}))
+
+
+def test_a_duplicate_key_in_examples_json_is_refused(make_split):
+    k = "brass_acoustic_000-060-075"
+    folder = make_split({k: entry(k)})
+    one = json.dumps(entry(k))
+    (folder / "examples.json").write_text(f'{{"{k}": {one}, "{k}": {one}}}')
+    with pytest.raises(DataError, match=rf"key '{k}' appears twice"):
+        read_examples(folder)
+
+
+@pytest.mark.parametrize("field,value", [("instrument_family_str", "string"), ("instrument_source_str", "acustic")])
+def test_a_family_or_source_name_not_matching_its_id_is_refused(make_split, field, value):
+    k = "brass_acoustic_000-060-075"
+    with pytest.raises(DataError, match=rf"{k}.*{field}.*{value!r}.*expected"):
+        read_examples(make_split({k: entry(k, **{field: value})}))

@@ -75,6 +75,16 @@ def _check_note_str(note_str: str, where: str) -> None:
                         "(no path separators or '..' allowed)")
 
 
+def _unique_keys(pairs: list[tuple[str, object]], path: Path) -> dict:
+    """``object_pairs_hook`` of ``json.loads``: a key given twice in one object is an error, not a silent overwrite."""
+    out: dict = {}
+    for k, v in pairs:
+        if k in out:
+            raise DataError(f"{path}: key {k!r} appears twice in one object (a note or field given twice)")
+        out[k] = v
+    return out
+
+
 def read_examples(split_dir: str | Path) -> pd.DataFrame:
     """Read ``<split_dir>/examples.json`` into a table with every schema field, ints typed as ints.
 
@@ -98,7 +108,7 @@ def read_examples(split_dir: str | Path) -> pd.DataFrame:
     if not path.is_file():
         raise DataError(f"{path}: examples.json not found (expected an NSynth jsonwav split folder)")
     try:
-        raw = json.loads(path.read_text())
+        raw = json.loads(path.read_text(), object_pairs_hook=lambda pairs: _unique_keys(pairs, path))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise DataError(f"{path}: malformed JSON ({exc})") from exc
     if not isinstance(raw, dict):
@@ -131,6 +141,15 @@ def read_examples(split_dir: str | Path) -> pd.DataFrame:
             raise DataError(f"{where} field 'instrument_family': {row['instrument_family']} is not in 0-10")
         if not 0 <= row["instrument_source"] < len(NSYNTH_SOURCES):
             raise DataError(f"{where} field 'instrument_source': {row['instrument_source']} is not in 0-2")
+        if not 0 <= row["velocity"] <= 127:
+            raise DataError(f"{where} field 'velocity': {row['velocity']} is not a MIDI velocity (0-127)")
+        for f, names, id_field in (("instrument_family_str", NSYNTH_FAMILIES, "instrument_family"),
+                                   ("instrument_source_str", NSYNTH_SOURCES, "instrument_source")):
+            expected = names[row[id_field]]
+            if row[f] != expected:
+                known = "" if row[f] in names else f", not one of {list(names)}"
+                raise DataError(f"{where} field {f!r}: {row[f]!r}{known}; expected {expected!r} "
+                                f"for {id_field} {row[id_field]}")
         row["path"] = str(split_dir / "audio" / f"{key}.wav")
         rows.append(row)
     if not rows:
