@@ -2,7 +2,7 @@
 
 - ``main``: the parser, the data subcommands (``render``, ``preprocess``, ``params``) and error handling.
 - ``train``: ``vaelib train``.
-- ``analysis``: ``vaelib embed``.
+- ``analysis``: ``vaelib embed`` and ``vaelib encode``.
 - ``report``: ``vaelib run``, ``vaelib sweep``, ``vaelib check``.
 - ``jit_cache``: ``python -m vaelib.cli.jit_cache``: numba's caches filled once at install.
 """
