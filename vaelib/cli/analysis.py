@@ -22,22 +22,8 @@ def cmd_embed(args: argparse.Namespace) -> int:
     cfg = load_config(args.params, args.overrides)
     out = resolve_path(args.out) if args.out else DATA_DIR / "embeddings" / f"{cfg.run.name}.parquet"
     # where the table goes is checked before the features and the encoding, not after them
-    if out.is_dir():
-        raise ParameterError(f"--out {out}: is a folder; expected the path of a Parquet file")
-    try:
-        writable_folder(out.parent)
-    except OSError as exc:
-        raise ParameterError(f"--out {out}: {os_error_text(exc)}") from exc
-    if args.checkpoint:
-        checkpoint = resolve_path(args.checkpoint)
-    else:
-        from vaelib.data.prepare import prepare_features
-        from vaelib.model.checkpoint import find_checkpoint
-
-        checkpoint = find_checkpoint(cfg, prepare_features(cfg, show_progress=not args.quiet))
-        if checkpoint is None:
-            raise CheckpointError("no finished training matches these params: run `vaelib train` "
-                                  "(or 02_train) first, or pass --checkpoint")
+    _output(out, "--out", "Parquet")
+    checkpoint = _checkpoint(args, cfg)
     data = resolve_path(args.data) if args.data else None
     table = embed(Path(checkpoint), data, cfg=cfg, out=out, show_progress=not args.quiet)
     print(json.dumps({"out": str(out), "checkpoint": str(checkpoint), "notes": len(table),
@@ -49,6 +35,20 @@ def cmd_embed(args: argparse.Namespace) -> int:
 # points of sounds from outside the run, so `vaelib encode` writes the PNG map only.
 MAP_HTML_NOTE = ("no interactive map: vaelib.report.listening_map draws a run's own notes only, it offers no "
                  "function for placed sounds; the PNG shows them")
+
+
+def _checkpoint(args: argparse.Namespace, cfg) -> Path:
+    """``--checkpoint``, or the finished training of the params (its feature cache built if missing)."""
+    if args.checkpoint:
+        return resolve_path(args.checkpoint)
+    from vaelib.data.prepare import prepare_features
+    from vaelib.model.checkpoint import find_checkpoint
+
+    checkpoint = find_checkpoint(cfg, prepare_features(cfg, show_progress=not args.quiet))
+    if checkpoint is None:
+        raise CheckpointError("no finished training matches these params: run `vaelib train` "
+                              "(or 02_train) first, or pass --checkpoint")
+    return checkpoint
 
 
 def _output(path: Path, flag: str, suffix: str) -> Path:
@@ -75,7 +75,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
     from vaelib.analysis.latent import checkpoint_config, encode_features
     from vaelib.data.prepare import prepare_features
     from vaelib.io import atomic_path
-    from vaelib.model.checkpoint import find_checkpoint, load_model, model_differences
+    from vaelib.model.checkpoint import load_model, model_differences
     from vaelib.report.explorer import figure_png, map_figure
 
     cfg = load_config(args.params, args.overrides)
@@ -83,13 +83,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
     out = _output(resolve_path(args.out), "--out", "Parquet")
     map_png = _output(resolve_path(args.map) if args.map else out.with_suffix(".map.png"), "--map", "PNG")
     files = find_sounds(args.paths)
-    if args.checkpoint:
-        checkpoint = resolve_path(args.checkpoint)
-    else:
-        checkpoint = find_checkpoint(cfg, prepare_features(cfg, show_progress=not args.quiet))
-        if checkpoint is None:
-            raise CheckpointError("no finished training matches these params: run `vaelib train` "
-                                  "(or 02_train) first, or pass --checkpoint")
+    checkpoint = _checkpoint(args, cfg)
     model, ckpt = load_model(checkpoint)
     differences = model_differences(ckpt, cfg, Path(checkpoint))
     if differences:
