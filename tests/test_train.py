@@ -117,7 +117,7 @@ def test_mismatched_config_is_a_clear_error(reference, tmp_path):
     load_model(res.best_path, cfg=dataclasses.replace(cfg, features=dataclasses.replace(cfg.features, batch_size=3)))
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint")
-    with pytest.raises(CheckpointError, match="cannot read"):
+    with pytest.raises(CheckpointError, match="not a vaelib checkpoint"):
         load_model(bad)
     with pytest.raises(CheckpointError, match="not found"):
         load_model(tmp_path / "missing.pt")
