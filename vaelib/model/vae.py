@@ -14,7 +14,7 @@ Sizes that are not a power of two (80 mel bands) are handled exactly: each encod
 ``n -> ceil(n / 2)`` and the decoder level that mirrors it gets the ``output_padding`` (0 or 1)
 that brings it back to ``n``, so every depth returns the input's shape with no crop or pad.
 
-The KL term is computed in :mod:`vaelib.model.loss`, not here (STYLE 9).
+The KL term is computed in :mod:`vaelib.model.loss`, not here: the model returns what the loss needs.
 """
 
 from __future__ import annotations
