@@ -47,10 +47,21 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 
 def cmd_preprocess(args: argparse.Namespace) -> int:
-    from vaelib.data.prepare import prepare_features
+    from vaelib.data.prepare import merge_features, prepare_features, prepare_shard
+    from vaelib.data.shards import parse_shard, parse_shard_count
 
+    shard = parse_shard(args.shard) if args.shard is not None else None
+    merge = parse_shard_count(args.merge) if args.merge is not None else None
     cfg = _config(args)
-    cache = prepare_features(cfg, show_progress=not args.quiet)
+    if shard is not None:
+        res = prepare_shard(cfg, index=shard[0], count=shard[1], show_progress=not args.quiet)
+        print(json.dumps({"shard": f"{res.index}/{res.count}", "status": res.status, "path": str(res.path),
+                          "rows": [res.start, res.stop]}, indent=2))
+        return 0
+    if merge is not None:
+        cache = merge_features(cfg, count=merge, show_progress=not args.quiet)
+    else:
+        cache = prepare_features(cfg, show_progress=not args.quiet)
     counts = cache.meta["split"].value_counts().to_dict()
     print(json.dumps({"cache": str(cache.path), "notes": counts, "shape": list(cache.features.shape)}, indent=2))
     return 0
@@ -79,9 +90,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_render)
 
-    p = sub.add_parser("preprocess", help="render if missing, split, and cache log-mel features")
+    p = sub.add_parser("preprocess", help="render if missing, split, and cache log-mel features",
+                       description="Build the feature cache of the params, in one process or in shards: "
+                                   "--shard I/N in each of N processes, then --merge N once (docs/scale.md).")
     _add_config_args(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    sharded = p.add_mutually_exclusive_group()
+    sharded.add_argument("--shard", metavar="INDEX/COUNT",
+                         help="compute only shard INDEX (0 to COUNT-1) of COUNT slices of the notes, for a job "
+                              "array; the dataset must exist (it is not rendered)")
+    sharded.add_argument("--merge", metavar="COUNT",
+                         help="merge the COUNT shards into the cache a single build writes, once all are built")
     p.set_defaults(func=cmd_preprocess)
 
     p = sub.add_parser("params", help="validate params and print the resolved config (or the reference)")

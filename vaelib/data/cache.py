@@ -13,6 +13,8 @@ then reads it. A build first removes the partial folders left by builds that wer
 sha256 of a sample of feature rows; a cache that fails these checks (or whose files are missing or
 cannot be parsed) is rebuilt with a warning. A cache that cannot be read for another reason (no
 permission, too many open files, an I/O error) is an error naming the file, and is left as it is.
+A build's features may come from elsewhere than ``compute_features``: ``vaelib.data.shards`` merges
+shards built by several processes into the same files, through the same build.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import shutil
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,7 +57,8 @@ from vaelib.io import (
 )
 
 __all__ = ["FeatureCache", "CacheReadError", "cache_key", "build_feature_cache", "open_feature_cache",
-           "check_cache_folder", "compute_features", "NpyRowWriter", "remove_stale_partials"]
+           "check_cache_folder", "compute_features", "write_features", "log_fixes", "NpyRowWriter",
+           "remove_stale_partials", "partial_is_stale", "cache_write_error"]
 
 log = logging.getLogger(__name__)
 
@@ -126,9 +130,10 @@ def cache_key(df: pd.DataFrame, cfg: FeatureConfig) -> str:
     return h.hexdigest()[:16]
 
 
-def _named(paths: list[str]) -> str:
-    """Up to ``NAMED`` paths, and how many more."""
-    more = f" and {len(paths) - NAMED} more" if len(paths) > NAMED else ""
+def _named(paths: list[str], total: int | None = None) -> str:
+    """Up to ``NAMED`` paths, and how many more (of ``total``, when ``paths`` is itself a part of the list)."""
+    total = len(paths) if total is None else total
+    more = f" and {total - NAMED} more" if total > NAMED else ""
     return ", ".join(paths[:NAMED]) + more
 
 
@@ -413,6 +418,19 @@ def _lock_is_free(root: Path, key: str, held: str | None) -> bool:
     return True
 
 
+def partial_is_stale(folder: Path, *, host: str | None = None, pid: int | None = None) -> bool:
+    """Whether the build that left partial folder ``folder`` is over, by its owner ``host`` and ``pid``.
+
+    Over when its owner ran on this host and that process is gone, or is this very process (pids are
+    reused, by containers especially); when it ran on another host, whose processes cannot be checked,
+    or is unknown (``pid`` None), once nothing in the folder was written for ``IDLE_STALE_S`` (a live
+    build writes its rows continuously). The caller holds the lock of what the folder builds.
+    """
+    if pid is not None and host == HOST:
+        return owner_gone(host, pid) or pid == os.getpid()
+    return time.time() - _newest_write(folder) > IDLE_STALE_S
+
+
 def remove_stale_partials(root: str | Path, *, held: str | None = None) -> list[Path]:
     """Remove the partial folders in cache folder ``root`` whose build is over, and return them.
 
@@ -443,14 +461,9 @@ def remove_stale_partials(root: str | Path, *, held: str | None = None) -> list[
         try:
             if not folder.is_dir():
                 continue
-            if "pid" in m.groupdict():
-                pid = int(m["pid"])
-                if m["host"] == HOST:
-                    stale = owner_gone(m["host"], pid) or pid == os.getpid()
-                else:
-                    stale = time.time() - _newest_write(folder) > IDLE_STALE_S
-            else:
-                stale = time.time() - _newest_write(folder) > IDLE_STALE_S
+            owner = m.groupdict()
+            stale = partial_is_stale(folder, host=owner.get("host"),
+                                     pid=int(owner["pid"]) if "pid" in owner else None)
             if stale and _lock_is_free(root, m["key"], held):
                 shutil.rmtree(folder)
                 removed.append(folder)
@@ -463,7 +476,7 @@ def remove_stale_partials(root: str | Path, *, held: str | None = None) -> list[
 
 # --- Building ----------------------------------------------------------------------------------------------
 
-def _write_error(exc: OSError, root: Path) -> DataError:
+def cache_write_error(exc: OSError, root: Path) -> DataError:
     """A one-line DataError for an OSError met while writing in cache folder ``root``: where, why, what to do."""
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         advice = "free space on that disk or set features.cache_dir to a folder on another one"
@@ -493,7 +506,7 @@ def check_cache_folder(cfg: FeatureConfig) -> Path:
     try:
         return writable_folder(root)
     except OSError as exc:
-        raise _write_error(exc, root) from exc
+        raise cache_write_error(exc, root) from exc
 
 
 def _check_space(root: Path, n_bytes: int) -> None:
@@ -511,30 +524,45 @@ def _discard(folder: Path, key: str) -> None:
     shutil.rmtree(aside)
 
 
-def _write_cache(tmp: Path, df: pd.DataFrame, cfg: FeatureConfig, key: str, *, resample: bool,
-                 show_progress: bool) -> None:
-    """Compute and write the features, the metadata and, last, the manifest into ``tmp``."""
-    shape = (len(df), *feature_shape(cfg))
-    with NpyRowWriter(tmp / FEATURES_FILE, shape) as out:
-        _, report = compute_features(list(df["path"]), cfg, resample=resample, show_progress=show_progress,
-                                     out=out)
+def write_features(path: Path, paths: list[str], cfg: FeatureConfig, *, resample: bool = True,
+                   show_progress: bool = True) -> WavReport:
+    """Compute the log-mels of ``paths`` into a new ``.npy`` file ``path``, flushed to the disk.
+
+    Returns what the wav reader fixed (see ``compute_features``, which raises on bad input).
+    """
+    with NpyRowWriter(path, (len(paths), *feature_shape(cfg))) as out:
+        _, report = compute_features(paths, cfg, resample=resample, show_progress=show_progress, out=out)
         out.sync()
-    _meta_table(df).to_parquet(tmp / META_FILE, index=False)
-    with open(tmp / META_FILE, "rb") as fh:
-        os.fsync(fh.fileno())
+    return report
+
+
+def log_fixes(report: WavReport) -> None:
+    """One warning per kind of fix the wav reader made, with its count (and the files, for truncated and
+    clipped ones)."""
     counts = report.counts()
     for name, count in counts.items():
         if name not in ("truncated", "clipped") and count:
             log.warning("%d wav files were %s", count, name)
     if report.truncated:
         log.warning("%d wav files were truncated (their data ends before the size in their header; the missing "
-                    "samples are zeros): %s", report.truncated, _named(report.truncated_files))
+                    "samples are zeros): %s", report.truncated, _named(report.truncated_files, report.truncated))
     if report.clipped:
         log.warning("%d wav files are clipped (%s), used as they are: %s", report.clipped,
-                    "runs of samples at full scale", _named(report.clipped_files))
+                    "runs of samples at full scale", _named(report.clipped_files, report.clipped))
+
+
+def _write_cache(tmp: Path, df: pd.DataFrame, cfg: FeatureConfig, key: str,
+                 features: Callable[[Path], WavReport]) -> None:
+    """Write the features (``features(path)``), the metadata and, last, the manifest into ``tmp``."""
+    shape = (len(df), *feature_shape(cfg))
+    report = features(tmp / FEATURES_FILE)
+    _meta_table(df).to_parquet(tmp / META_FILE, index=False)
+    with open(tmp / META_FILE, "rb") as fh:
+        os.fsync(fh.fileno())
+    log_fixes(report)
     manifest = {
         "key": key, "version": CACHE_VERSION, "n_notes": len(df), "shape": list(shape),
-        "features": feature_representation(cfg), "fixes": counts,
+        "features": feature_representation(cfg), "fixes": report.counts(),
         "fixed_files": report.files[:100], "truncated_files": report.truncated_files[:100],
         "clipped_files": report.clipped_files[:100], "integrity": _integrity(tmp),
     }
@@ -553,7 +581,8 @@ def _lock(root: Path, key: str, final: Path) -> FileLock:
 
 
 def build_feature_cache(df: pd.DataFrame, cfg: FeatureConfig, *, resample: bool = True,
-                        show_progress: bool = True) -> FeatureCache:
+                        show_progress: bool = True,
+                        features: Callable[[Path], WavReport] | None = None) -> FeatureCache:
     """Return the cache for ``df`` (with its ``split`` column), building it if it is missing or damaged.
 
     A hit costs one ``stat`` per wav and the checks of ``open_feature_cache``. A build takes the lock
@@ -561,6 +590,10 @@ def build_feature_cache(df: pd.DataFrame, cfg: FeatureConfig, *, resample: bool 
     cache, and then reading what it built), removes stale partial folders, writes into
     ``<cache_dir>/.<key>.build.<host>.<pid>.<random>`` and renames it to ``<cache_dir>/<key>`` only once
     the features, the metadata and the manifest are all written.
+
+    ``features(path)``, when given, writes ``features.npy`` at ``path`` instead of ``write_features`` and
+    returns the ``WavReport`` of its notes (``vaelib.data.shards`` merges shards this way); it is called
+    under the lock, only when the cache is built.
 
     Raises
     ------
@@ -574,6 +607,8 @@ def build_feature_cache(df: pd.DataFrame, cfg: FeatureConfig, *, resample: bool 
     root = resolve_path(cfg.cache_dir)
     key = cache_key(df, cfg)
     final = root / key
+    fill = features or (lambda path: write_features(path, list(df["path"]), cfg, resample=resample,
+                                                    show_progress=show_progress))
     seen = None
     if (final / MANIFEST_FILE).is_file():
         try:
@@ -588,7 +623,7 @@ def build_feature_cache(df: pd.DataFrame, cfg: FeatureConfig, *, resample: bool 
         writable_folder(root)
         lock = _lock(root, key, final)
     except OSError as exc:
-        error = _write_error(exc, root)
+        error = cache_write_error(exc, root)
         if seen is not None:  # a damaged cache in a folder that cannot be written: say both
             error = DataError(f"feature cache {final} is damaged ({seen}) and cannot be rebuilt: {error}")
         raise error from exc
@@ -615,7 +650,7 @@ def build_feature_cache(df: pd.DataFrame, cfg: FeatureConfig, *, resample: bool 
             _check_space(root, int(np.prod(shape, dtype=np.int64)) * 2 + (1 << 20))
             tmp = root / f".{key}.build.{OWNER_TAG}.{secrets.token_hex(4)}"
             tmp.mkdir()
-            _write_cache(tmp, df, cfg, key, resample=resample, show_progress=show_progress)
+            _write_cache(tmp, df, cfg, key, fill)
             try:
                 os.replace(tmp, final)
             except OSError:
@@ -624,7 +659,7 @@ def build_feature_cache(df: pd.DataFrame, cfg: FeatureConfig, *, resample: bool 
                 if not (final / MANIFEST_FILE).is_file():
                     raise
         except OSError as exc:
-            raise _write_error(exc, root) from exc
+            raise cache_write_error(exc, root) from exc
         finally:
             if tmp is not None and tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)

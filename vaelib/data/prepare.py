@@ -7,6 +7,9 @@ folder. A typo is a name at most ``TYPO_EDITS`` edits (insert, delete, replace a
 existing one that does not extend it after a separator: beside ``gm_default``, ``gm_defualt`` and
 ``gm_defaults`` are typos, ``gm_default_v2`` and ``gm-default-2`` new names. Before a render the
 feature cache folder is checked, since the rendered notes' features are built next.
+
+``prepare_shard`` and ``merge_features`` are the stage in shards (``vaelib.data.shards``): they read an
+existing dataset and never render one, since every shard process would render it at once.
 """
 
 from __future__ import annotations
@@ -20,10 +23,11 @@ from vaelib.config import Config, resolve_path
 from vaelib.data.cache import FeatureCache, build_feature_cache, check_cache_folder
 from vaelib.data.nsynth import SPLITS, load_dataset
 from vaelib.data.render import render_dataset
+from vaelib.data.shards import ShardResult, build_shard, merge_shards
 from vaelib.exceptions import DataError
 from vaelib.io import file_in_the_way, os_error_text
 
-__all__ = ["ensure_dataset", "prepare_features", "close_dataset", "is_typo_of"]
+__all__ = ["ensure_dataset", "prepare_features", "prepare_shard", "merge_features", "close_dataset", "is_typo_of"]
 
 log = logging.getLogger(__name__)
 
@@ -137,3 +141,43 @@ def prepare_features(cfg: Config, *, show_progress: bool = True) -> FeatureCache
     ensure_dataset(cfg, show_progress=show_progress, before_render=lambda: check_cache_folder(cfg.features))
     df = load_dataset(cfg.data, seed=cfg.run.seed)
     return build_feature_cache(df, cfg.features, resample=cfg.data.resample, show_progress=show_progress)
+
+
+def _existing_dataset(cfg: Config) -> None:
+    """``ensure_dataset``'s checks of ``data.root``, with a missing dataset refused instead of rendered."""
+    def refuse() -> None:
+        root = resolve_path(cfg.data.root)
+        raise DataError(f"{root}: dataset folder not found (data.root={cfg.data.root!r}); sharded preprocessing "
+                        "reads an existing dataset, since every shard would render it at once: render it first "
+                        "with `vaelib render --params <the same params>`")
+
+    ensure_dataset(cfg, show_progress=False, before_render=refuse)
+
+
+def prepare_shard(cfg: Config, *, index: int, count: int, show_progress: bool = True) -> ShardResult:
+    """Dataset -> splits -> shard ``index`` of ``count`` of the cache ``prepare_features`` builds
+    (:func:`vaelib.data.shards.build_shard`); nothing is done when that shard or the cache is built.
+
+    Raises
+    ------
+    DataError
+        ``data.root`` does not exist (it is not rendered here), or what ``build_shard`` raises.
+    """
+    _existing_dataset(cfg)
+    df = load_dataset(cfg.data, seed=cfg.run.seed)
+    return build_shard(df, cfg.features, index=index, count=count, resample=cfg.data.resample,
+                       show_progress=show_progress)
+
+
+def merge_features(cfg: Config, *, count: int, show_progress: bool = True) -> FeatureCache:
+    """The cache ``prepare_features`` returns, merged from its ``count`` shards when it is not built yet
+    (:func:`vaelib.data.shards.merge_shards`).
+
+    Raises
+    ------
+    DataError
+        ``data.root`` does not exist, or shards are missing, damaged or mismatched (each named).
+    """
+    _existing_dataset(cfg)
+    df = load_dataset(cfg.data, seed=cfg.run.seed)
+    return merge_shards(df, cfg.features, count=count, show_progress=show_progress)
