@@ -13,7 +13,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import SMOKE_PARAMS, entry
+import soundfile as sf
+from conftest import SMOKE_PARAMS, entry, sine
 
 import vaelib.data.cache as cache_mod
 from vaelib.cli.main import main
@@ -43,8 +44,11 @@ CACHE_FILES = (FEATURES_FILE, META_FILE, MANIFEST_FILE)
 @pytest.fixture
 def dataset(make_split, tmp_path):
     """A 20-note dataset and its params (smoke's splits, batches of 4), with a cache folder of its own;
-    ``overrides`` are the same as ``--set`` arguments."""
+    ``overrides`` are the same as ``--set`` arguments. Two wavs need a fix (one of 2 s, padded, at row 1
+    of the cache; one of 6 s, cut, at row 17), so that the manifest's fixes come from two shards."""
     folder = make_split({k: entry(k) for k in NOTES}, name="ds")
+    sf.write(folder / "audio" / f"{NOTES[9]}.wav", sine(330.0, seconds=2.0), 16000, subtype="PCM_16")
+    sf.write(folder / "audio" / f"{NOTES[1]}.wav", sine(330.0, seconds=6.0), 16000, subtype="PCM_16")
     overrides = [f"data.root={folder}", f"features.cache_dir={tmp_path / 'cache'}",
                  f"features.batch_size={BATCH}"]
     return load_config(SMOKE_PARAMS, overrides), overrides
@@ -122,11 +126,18 @@ def test_merged_shards_equal_a_single_build_bit_for_bit(dataset, tmp_path, count
     for i in reversed(range(count)):  # in any order
         res = prepare_shard(cfg, index=i, count=count, show_progress=False)
         assert res.status == "built" and (res.path / MANIFEST_FILE).is_file()
+    fixed_in = [i for i in range(count)
+                if sum(json.loads((shard_folder(cfg.features, shards_of_key(cfg), i, count) / MANIFEST_FILE)
+                                  .read_text())["fixes"].values())]
+    assert len(fixed_in) == 2, "the two fixed wavs are in two shards"
     empty = max(0, count - 5)  # 20 notes are 5 batches of 4
     assert sum("holds no notes" in r.message for r in caplog.records) == empty
     merged = merge_features(cfg, count=count, show_progress=False)
     assert merged.path.parent == Path(cfg.features.cache_dir)
     same_bytes(merged.path, single)
+    fixes = merged.manifest["fixes"]
+    assert (fixes["padded"], fixes["cut"]) == (1, 1) and sum(fixes.values()) == 2
+    assert [Path(p).stem for p in merged.manifest["fixed_files"]] == [NOTES[9], NOTES[1]], "in the cache's order"
     assert sorted(os.listdir(cfg.features.cache_dir)) == [merged.path.name], "shards, locks, partials all gone"
 
 
