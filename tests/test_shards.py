@@ -68,9 +68,14 @@ def same_bytes(a: Path, b: Path) -> None:
         assert (a / name).read_bytes() == (b / name).read_bytes(), f"{name} differs from the single build's"
 
 
-def shards_of(cfg, count: int) -> list[str]:
-    key = cache_key(load_dataset(cfg.data, seed=cfg.run.seed), cfg.features)
-    folder = Path(cfg.features.cache_dir) / SHARDS_DIR / key
+def shards_of_key(cfg) -> str:
+    """The key of the cache the params define (its shards' folder)."""
+    return cache_key(load_dataset(cfg.data, seed=cfg.run.seed), cfg.features)
+
+
+def shards_of(cfg) -> list[str]:
+    """What the shards folder of the params' cache holds."""
+    folder = Path(cfg.features.cache_dir) / SHARDS_DIR / shards_of_key(cfg)
     return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
 
 
@@ -152,7 +157,7 @@ def test_merged_cache_is_used_by_prepare_features_without_computing(dataset, tmp
     assert cache.meta["note_str"].tolist() == load_dataset(cfg.data, seed=cfg.run.seed)["note_str"].tolist()
     # once the cache is built, neither a shard nor a merge reads or computes anything
     res = prepare_shard(cfg, index=1, count=2, show_progress=False)
-    assert res.status == "cache built" and res.path == merged.path and shards_of(cfg, 2) == []
+    assert res.status == "cache built" and res.path == merged.path and shards_of(cfg) == []
     assert merge_features(cfg, count=5, show_progress=False).path == merged.path
 
 
@@ -164,7 +169,7 @@ def test_a_finished_shard_is_not_recomputed(dataset, monkeypatch):
     again = prepare_shard(cfg, index=0, count=3, show_progress=False)
     assert again.status == "present" and again.path == first.path and (again.start, again.stop) == (0, 8)
     assert (again.path / FEATURES_FILE).stat().st_mtime_ns == stamp
-    assert shards_of(cfg, 3) == ["shard-0-of-3"], "the lock file is removed on release"
+    assert shards_of(cfg) == ["shard-0-of-3"], "the lock file is removed on release"
 
 
 # --- what the merge refuses --------------------------------------------------------------------------------
@@ -210,17 +215,11 @@ def test_shards_of_other_params_are_refused(dataset, tmp_path):
                                         rf"\({other_key}\): built from other params"):
         merge_features(cfg, count=2, show_progress=False)
     # a shard of the other key moved into this key's folder is refused for its key
-    df = load_dataset(cfg.data, seed=cfg.run.seed)
+    key = shards_of_key(cfg)
     prepare_shard(cfg, index=0, count=2, show_progress=False)
-    target = shard_folder(cfg.features, cache_key(df, cfg.features), 1, 2)
-    os.replace(shard_folder(other.features, other_key, 1, 2), target)
-    with pytest.raises(DataError, match=rf"1 damaged: 1 \(.*a shard of cache {other_key}, not of "
-                                        rf"{cache_key(df, cfg.features)}"):
+    os.replace(shard_folder(other.features, other_key, 1, 2), shard_folder(cfg.features, key, 1, 2))
+    with pytest.raises(DataError, match=rf"1 damaged: 1 \(.*a shard of cache {other_key}, not of {key}"):
         merge_features(cfg, count=2, show_progress=False)
-
-
-def shards_of_key(cfg) -> str:
-    return cache_key(load_dataset(cfg.data, seed=cfg.run.seed), cfg.features)
 
 
 def test_shards_of_another_batch_size_do_not_fit(dataset):
@@ -249,7 +248,7 @@ def test_a_shard_that_fails_midway_leaves_nothing_and_is_rebuilt(dataset, tmp_pa
     monkeypatch.setattr(cache_mod, "read_wav", failing)
     with pytest.raises(RuntimeError, match="went away"):
         prepare_shard(cfg, index=1, count=2, show_progress=False)
-    assert shards_of(cfg, 2) == ["shard-0-of-2"], "neither a shard nor a partial one is left"
+    assert shards_of(cfg) == ["shard-0-of-2"], "neither a shard nor a partial one is left"
     with pytest.raises(DataError, match=r"1 of 2 shards missing: 1;"):
         merge_features(cfg, count=2, show_progress=False)
     monkeypatch.setattr(cache_mod, "read_wav", read_wav)
@@ -308,7 +307,7 @@ def test_shards_built_by_other_processes_merge_and_a_killed_one_is_rebuilt(datas
     assert out["shard"] == "0/2" and out["status"] == "built" and out["rows"] == [0, 12], stderr
     assert Path(out["path"]) == shard_folder(cfg.features, shards_of_key(cfg), 0, 2)
     # shard 1: killed mid-way, only its partial folder is left
-    left = shards_of(cfg, 2)
+    left = shards_of(cfg)
     partial = [n for n in left if n.startswith(f".shard-1-of-2.build.{HOST}.{other.pid}.")]
     assert len(partial) == 1 and "shard-1-of-2" not in left, left
     # the merge (through the command line) refuses, naming the shard and the partial build left
@@ -318,7 +317,7 @@ def test_shards_built_by_other_processes_merge_and_a_killed_one_is_rebuilt(datas
     assert not (Path(cfg.features.cache_dir) / single.name).exists()
     # rebuilt here: the killed build's partial folder is removed, and the merge gives the single build's bytes
     assert prepare_shard(cfg, index=1, count=2, show_progress=False).status == "built"
-    assert not any(n.startswith(".shard-1-of-2.build.") for n in shards_of(cfg, 2))
+    assert not any(n.startswith(".shard-1-of-2.build.") for n in shards_of(cfg))
     assert main(cli_args(overrides, "--merge", "2")) == 0
     assert json.loads(capsys.readouterr().out)["cache"] == str(Path(cfg.features.cache_dir) / single.name)
     same_bytes(Path(cfg.features.cache_dir) / single.name, single)
