@@ -160,8 +160,9 @@ def register(sub: argparse._SubParsersAction, add_config_args) -> None:
                               "anything is written; the output locations are checked before any work, and each file "
                               "is written whole or not at all. The HTML map costs at most two Griffin-Lim inversions "
                               "a sound (analysis.map_griffin_lim_iters iterations: its reconstruction and its "
-                              "nearest run note's) and about 60 kB of MP3; sound stops at analysis.map_max_mb, the "
-                              "sounds past it are drawn without sound (a warning says so). What places "
+                              "nearest run note's, about 1-2 s each on a 2-core CPU) and at most about 55 kB of "
+                              "MP3; sound stops at analysis.map_max_mb, the sounds past it are drawn without sound "
+                              "(a warning says so). What places "
                               "meaningfully is a single sustained note of about features.duration_s seconds, its "
                               "onset at the start (docs/explore.md).")
     add_config_args(p)

@@ -312,8 +312,9 @@ def map_layout(lmap: ListeningMap):
         ("path", "@instrument_a → @instrument_b"), ("pitch", "@pitch"), ("step", "@step"), ("t", "@t{0.00}")]))
     tapped = [note_r, step_r]
     if lmap.placed is not None:
+        # the other stars stay visible while one is selected (Bokeh fades what is not selected to 0.1)
         placed_r = plot.scatter("x", "y", source=src["placed"], size=20, marker="star", fill_color=PLACED_COLOUR,
-                                line_color="white", line_width=1, name="placed_renderer")
+                                line_color="white", line_width=1, nonselection_alpha=0.5, name="placed_renderer")
         # LabelSet draws on the canvas: a file name is text there, whatever it holds
         plot.add_layout(LabelSet(x="x", y="y", text="file", source=src["placed"], x_offset=9, y_offset=6,
                                  text_font_size="10pt", text_color=PLACED_COLOUR, name="placed_labels"))
