@@ -1,9 +1,15 @@
 """vaelib.analysis.encode and `vaelib encode`: sound files of any format, rate and channel count brought to a
-run's features, encoded and placed on its map; the files it refuses, and the outputs it never writes half."""
+run's features, encoded and placed on its map; the listening map of those sounds (vaelib.analysis.listening.
+placed_map and the page the command writes); the files it refuses, and the outputs it never writes half."""
 
 from __future__ import annotations
 
+import base64
+import dataclasses
+import html
+import io
 import json
+import re
 import warnings
 from pathlib import Path
 
@@ -13,8 +19,8 @@ import pytest
 import soundfile as sf
 from _fixtures_analysis import TinyVAE, trained_smoke
 
-from vaelib.analysis import encode
-from vaelib.analysis.latent import latent_matrix
+from vaelib.analysis import encode, latent, listening
+from vaelib.analysis.latent import Projection, encode_features, latent_matrix, project_pca
 from vaelib.cli import main
 from vaelib.config import FeatureConfig
 from vaelib.data.features import log_mel
@@ -22,6 +28,7 @@ from vaelib.exceptions import DataError, ParameterError
 
 CFG = FeatureConfig()  # 16 kHz, 4 s, n_fft 1024, ref 'max'
 N = int(CFG.sample_rate * CFG.duration_s)
+HOSTILE_FILE = "<img src=x onerror=alert(1)>$ my note.wav"  # a file name is its owner's own text
 
 
 def note(freq: float = 262.0, *, sr: int = 16000, seconds: float = 4.0, amp: float = 0.5) -> np.ndarray:
@@ -183,11 +190,132 @@ def test_table_map_and_nearest_notes(tmp_path):
         encode.place_on_map(run_mu, mu[:, :3])
 
 
-# --- the command line, with a tiny trained run ----------------------------------------------------------
+# --- the listening map of placed sounds, with a tiny trained run -----------------------------------------
 
 @pytest.fixture(scope="module")
 def trained(smoke_dataset, tmp_path_factory):
     return trained_smoke(smoke_dataset, tmp_path_factory.mktemp("encode_run"))
+
+
+@pytest.fixture
+def inversions(monkeypatch) -> list[int]:
+    """Griffin-Lim replaced by a decaying tone of the same length (1.2 s a note on 2 cores is the real cost,
+    which the browser test of the page pays); the list counts the spectrograms inverted."""
+    calls: list[int] = []
+
+    def fast(x, *, cfg, n_iter, seed=0):
+        calls.append(len(x))
+        return np.stack([note(330.0, sr=cfg.sample_rate, seconds=cfg.frames * cfg.hop_length / cfg.sample_rate)
+                         for _ in x])
+
+    monkeypatch.setattr(listening, "invert_to_audio", fast)
+    return calls
+
+
+def _mp3(uri: str) -> tuple[np.ndarray, int]:
+    assert uri.startswith("data:audio/mpeg;base64,")
+    return sf.read(io.BytesIO(base64.b64decode(uri.split(",", 1)[1])), dtype="float32")
+
+
+def _placed_setup(trained, smoke_dataset, tmp_path):
+    from vaelib.model.checkpoint import load_model
+
+    model, _ = load_model(trained["checkpoint"])
+    run_mu, _ = encode_features(model, trained["cache"].features)
+    own = sorted((smoke_dataset / "audio").glob("*.wav"))[:2]  # notes of the run itself
+    sf.write(tmp_path / HOSTILE_FILE, np.stack([note(sr=44100), note(sr=44100)], axis=1), 44100)
+    sounds = encode.read_sounds([*own, tmp_path / HOSTILE_FILE], cfg=trained["cfg"].features)
+    _, mu, _ = encode.encode_sounds(model, sounds, cfg=trained["cfg"].features)
+    return model, run_mu, own, sounds, mu
+
+
+def test_placed_map_fits_the_maps_on_the_run_and_places_the_sounds_by_them(trained, smoke_dataset, tmp_path,
+                                                                           monkeypatch, inversions):
+    model, run_mu, own, sounds, mu = _placed_setup(trained, smoke_dataset, tmp_path)
+    cfg, meta = trained["cfg"], trained["cache"].meta
+    # timbre dimensions (the leading 4, as contrast_dims gives them) and a UMAP stand-in with a transform of its
+    # own: what is checked is that every map is fitted on the run's notes and the sounds placed by its transform
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, contrast=0.1, contrast_dims=4),
+                              analysis=dataclasses.replace(cfg.analysis, umap=True))
+    monkeypatch.setattr(latent, "project_umap", lambda x, **_: Projection("umap", 2 * x[:, [1, 0]],
+                                                                          lambda z: 2 * z[:, [1, 0]]))
+    lmap = listening.placed_map(sounds, mu, model=model, cfg=cfg, meta=meta, run_mu=run_mu)
+    assert list(lmap.labels) == ["pca", "umap", "timbre_pca", "timbre_umap"] and lmap.timbre_dims == 4
+    projection, points = encode.place_on_map(run_mu, mu, seed=cfg.run.seed)  # the PNG's map and points
+    np.testing.assert_allclose(lmap.context["pca"], projection.coords, atol=1e-4)
+    np.testing.assert_allclose(lmap.placed.coords["pca"], points, atol=1e-4)
+    timbre = project_pca(run_mu[:, :4], seed=cfg.run.seed)
+    np.testing.assert_allclose(lmap.placed.coords["timbre_pca"], timbre.transform(mu[:, :4]), atol=1e-4)
+    np.testing.assert_allclose(lmap.placed.coords["umap"], 2 * mu[:, [1, 0]], atol=1e-5)
+    np.testing.assert_allclose(lmap.placed.coords["timbre_umap"], 2 * mu[:, [1, 0]], atol=1e-5)
+    np.testing.assert_allclose(lmap.context["timbre_umap"], 2 * run_mu[:, [1, 0]], atol=1e-5)
+    assert lmap.context_family.tolist() == meta["instrument_family_str"].tolist()
+
+    table = lmap.placed.table
+    rows, distances = encode.nearest_notes(run_mu, mu)
+    assert table["nearest"].tolist() == meta["note_str"].to_numpy()[rows[:, 0]].tolist()
+    assert table["nearest"].tolist()[:2] == [p.stem for p in own] and np.all(table["distance"][:2] < 1e-2)
+    np.testing.assert_allclose(table["distance"], distances[:, 0], rtol=1e-5)
+    assert table.loc[2, ["file", "source_rate", "source_channels"]].tolist() == [HOSTILE_FILE, 44100, 2]
+    # each nearest note has sound once, at its place on every map
+    unique = list(dict.fromkeys(rows[:, 0].tolist()))
+    assert lmap.notes["note_str"].tolist() == meta["note_str"].to_numpy()[unique].tolist()
+    np.testing.assert_allclose(lmap.coords["pca"], projection.coords[unique], atol=1e-4)
+    assert inversions == [1] * (len(sounds) + len(unique)) and lmap.left_out == 0  # at most two a sound
+    # what plays for a sound is its audio as encoded (16 kHz, 4 s), at the peak of every inverted clip
+    audio, rate = _mp3(table["original"][2])
+    assert rate == CFG.sample_rate and abs(len(audio) - N) < 2000
+    assert np.abs(audio).max() == pytest.approx(0.9, abs=0.05)
+    reference = log_mel(sounds[2].audio, cfg=CFG)
+    assert np.abs(log_mel(audio[:N], cfg=CFG) - reference)[:, :, :120].mean() < 0.05
+    assert all(u.startswith("data:audio/mpeg") for u in [*table["reconstruction"], *lmap.notes["original"]])
+    assert "3 sound(s) placed" in lmap.text and "3 with sound" in lmap.text
+
+
+def test_placed_map_past_its_budget_leaves_sounds_without_sound(trained, smoke_dataset, tmp_path, monkeypatch,
+                                                                inversions):
+    model, run_mu, _, sounds, mu = _placed_setup(trained, smoke_dataset, tmp_path)
+    cfg, meta = dataclasses.replace(trained["cfg"], analysis=dataclasses.replace(trained["cfg"].analysis,
+                                                                                 umap=False)), trained["cache"].meta
+    full = listening.placed_map(sounds, mu, model=model, cfg=cfg, meta=meta, run_mu=run_mu)
+    first = full.placed.table.loc[0]
+    first_bytes = len(first["original"]) + len(first["reconstruction"]) + int(
+        full.notes.loc[0, ["original", "reconstruction"]].str.len().sum())
+    # the budget less the reserve holds the first sound and its note exactly
+    monkeypatch.setattr(listening, "MAP_PAGE_RESERVE_BYTES", int(cfg.analysis.map_max_mb * 1e6) - first_bytes)
+    with pytest.warns(UserWarning, match="2 of 3 sounds left without sound"):
+        cut = listening.placed_map(sounds, mu, model=model, cfg=cfg, meta=meta, run_mu=run_mu)
+    table = cut.placed.table
+    assert cut.left_out == 2 and table["original"].tolist()[1:] == table["reconstruction"].tolist()[1:] == ["", ""]
+    assert table["original"][0] == first["original"] and len(cut.notes) == 1 and cut.audio_bytes == first_bytes
+    assert len(table) == 3 and cut.placed.coords["pca"].shape == (3, 2)  # every sound is still drawn
+    assert "left 2 of them without sound" in cut.text
+    with pytest.raises(ParameterError, match="mu: expected shape"):
+        listening.placed_map(sounds, mu[:2], model=model, cfg=cfg, meta=meta, run_mu=run_mu)
+    with pytest.raises(ParameterError, match="meta: 3 rows"):
+        listening.placed_map(sounds, mu, model=model, cfg=cfg, meta=meta.iloc[:3], run_mu=run_mu)
+
+
+# --- the command line ---------------------------------------------------------------------------------------
+
+
+def _bokeh_source(page: str, name: str) -> dict:
+    """The columns of the page's ColumnDataSource ``name``, read from the Bokeh document in the page."""
+    found = re.search(r'<script type="application/json" id="[^"]+">(.*?)</script>', page, re.S)
+    assert found, "no Bokeh document in the page"
+
+    def walk(o):
+        if isinstance(o, dict):
+            if o.get("name") == "ColumnDataSource" and o.get("attributes", {}).get("name") == name:
+                yield o
+            for v in o.values():
+                yield from walk(v)
+        elif isinstance(o, list):
+            for v in o:
+                yield from walk(v)
+
+    source = next(walk(json.loads(html.unescape(found.group(1)))))
+    return dict(source["attributes"]["data"]["entries"])
 
 
 def _args(trained, *rest: str) -> list[str]:
@@ -196,10 +324,12 @@ def _args(trained, *rest: str) -> list[str]:
 
 
 @pytest.mark.slow
-def test_cli_encodes_a_folder_and_places_it(trained, folder, smoke_dataset, tmp_path, capsys):
+def test_cli_encodes_a_folder_and_places_it(trained, folder, smoke_dataset, tmp_path, capsys, inversions):
     own = next((smoke_dataset / "audio").glob("*.wav"))  # a note of the run itself
+    y44 = note(sr=44100)
+    sf.write(folder / HOSTILE_FILE, np.stack([y44, 0.5 * y44], axis=1), 44100, subtype="PCM_16")
     out = tmp_path / "res" / "sounds.parquet"
-    rc = main(_args(trained, str(folder), str(own), "--out", str(out)))
+    rc = main(_args(trained, str(folder), str(own), "--out", str(out), "--set", "analysis.umap=false"))
     assert rc == 0, capsys.readouterr().err
     printed = json.loads(capsys.readouterr().out)
     table = pd.read_parquet(out)
@@ -209,7 +339,24 @@ def test_cli_encodes_a_folder_and_places_it(trained, folder, smoke_dataset, tmp_
     assert printed["checkpoint"] == str(trained["checkpoint"]) and printed["run_notes"] == len(trained["cache"].meta)
     placed = {p["file"]: p for p in printed["placed"]}
     assert placed[own.name]["nearest_note"] == own.stem and placed[own.name]["distance"] < 1e-2
-    assert printed["map_html"] is None and "listening_map" in printed["map_html_note"]
+
+    # the listening map: standalone, every sound on it with its own sound, names as text
+    page_path = out.with_suffix(".map.html")
+    assert printed["map_html"] == str(page_path) and "map_html_note" not in printed
+    page = page_path.read_text()
+    assert printed["map_html_bytes"] == len(page.encode()) and printed["map_maps"] == ["pca"]
+    assert not re.search(r"<script[^>]*\bsrc=", page) and "<link" not in page
+    assert "<img src=x" not in page and html.escape(HOSTILE_FILE, quote=False) in page
+    source = _bokeh_source(page, "placed")
+    assert source["file"] == table["file"].tolist() and HOSTILE_FILE in source["file"]
+    assert source["nearest"] == [p["nearest_note"] for p in printed["placed"]]
+    stereo = source["file"].index("stereo_44k.wav")
+    assert (source["source_rate"][stereo], source["source_channels"][stereo]) == (44100, 2)
+    assert all(uri.startswith("data:audio/mpeg;base64,") and uri in page for uri in source["original"])
+    assert printed["map_sounds_with_audio"] == len(table)
+    notes = _bokeh_source(page, "notes")
+    assert set(notes["note"]["array"] if isinstance(notes["note"], dict) else notes["note"]) == set(source["nearest"])
+    assert sum(inversions) == len(table) + len(set(source["nearest"]))  # a sound's and its nearest note's, once
 
 
 @pytest.mark.slow
@@ -220,7 +367,7 @@ def test_cli_refuses_bad_files_and_writes_nothing(trained, folder, tmp_path, cap
     rc = main(_args(trained, str(folder), "--out", str(out)))
     err = capsys.readouterr().err
     assert rc == 2 and "fake.wav" in err and "silence.wav" in err and "vaelib encode: error" in err
-    assert not out.exists() and not out.with_suffix(".map.png").exists()
+    assert not out.exists() and not out.with_suffix(".map.png").exists() and not out.with_suffix(".map.html").exists()
     assert list(out.parent.iterdir()) == []  # no temporary file left either
 
 
@@ -237,6 +384,10 @@ def test_cli_checks_the_output_before_any_work(trained, tmp_path, capsys, monkey
     (tmp_path / "dir.parquet").mkdir()
     assert main(_args(trained, str(tmp_path / "a.wav"), "--out", str(tmp_path / "dir.parquet"))) == 2
     assert "is a folder" in capsys.readouterr().err
+    (tmp_path / "page.html").mkdir()
+    assert main(_args(trained, str(tmp_path / "a.wav"), "--out", str(tmp_path / "o.parquet"),
+                      "--map-html", str(tmp_path / "page.html"))) == 2
+    assert "--map-html" in capsys.readouterr().err and not (tmp_path / "o.parquet").exists()
     assert main(_args(trained, str(tmp_path / "nothing_here"), "--out", str(tmp_path / "o.parquet"))) == 2
     assert "nothing_here" in capsys.readouterr().err
 

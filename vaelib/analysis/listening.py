@@ -7,6 +7,8 @@ difference in dB: what the listener hears is only as faithful as this number.
 ``listen`` inverts a few test notes, their reconstructions and every interpolation path; ``listening_map``
 gathers what the listening map page plays: a bounded set of notes (their recordings and reconstructions)
 placed on the 2-D maps of mu, with the linear paths, as MP3 data URIs within a page size budget.
+``placed_map`` gathers the same for sounds from outside the run (``vaelib encode``): each sound and the
+run's note nearest it, placed on maps fitted on the run's notes.
 """
 
 from __future__ import annotations
@@ -17,10 +19,10 @@ import io
 import re
 import time
 import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -32,10 +34,13 @@ from vaelib.data.features import inverse_log_mel, log_mel, normalized_to_db
 from vaelib.exceptions import DataError, ParameterError
 from vaelib.io import atomic_path
 
+if TYPE_CHECKING:
+    from vaelib.analysis.encode import Sound
+
 __all__ = ["invert_to_audio", "roundtrip_mae_db", "invert_and_check", "choose_listening_notes", "write_wav", "Clip",
            "Walk", "Listening", "listen", "listening_metrics", "file_stem", "encode_mp3", "audio_data_uri",
-           "one_velocity", "choose_map_notes", "within_budget", "timbre_dims", "ListeningMap", "listening_map",
-           "MP3_COMPRESSION", "AUDIO_MIME", "MAP_PAGE_RESERVE_BYTES"]
+           "one_velocity", "choose_map_notes", "within_budget", "timbre_dims", "PLACED_COLUMNS", "PlacedSounds",
+           "ListeningMap", "listening_map", "placed_map", "MP3_COMPRESSION", "AUDIO_MIME", "MAP_PAGE_RESERVE_BYTES"]
 
 T = TypeVar("T")
 
@@ -385,12 +390,31 @@ MAP_PAGE_RESERVE_BYTES = 3_000_000
 MAP_CHUNK = 32  # notes decoded per batch while the map's sounds are made
 
 
+PLACED_COLUMNS = ("file", "source_rate", "source_channels", "source_seconds", "nearest", "distance")
+
+
+@dataclass
+class PlacedSounds:
+    """Sounds from outside the run on the listening map (``placed_map``): drawn as stars that play the file.
+
+    ``table`` has one row per sound: ``PLACED_COLUMNS`` (``nearest`` is the note_str of the run's note
+    nearest it in mu, ``distance`` the Euclidean distance in mu), then ``original`` (the file as encoded)
+    and ``reconstruction`` data URIs, both '' for a sound the page size budget left without sound.
+    """
+
+    table: pd.DataFrame
+    coords: dict[str, np.ndarray]  # map key -> [shape=(sounds, 2)], placed by each map's fitted transform
+
+
 @dataclass
 class ListeningMap:
     """What the listening map page shows and plays (``vaelib.report.listening_map`` draws it).
 
     Map keys are 'pca' and 'umap' (mu), and 'timbre_pca' and 'timbre_umap' (mu[:, :timbre_dims]) when
     the model reserves timbre dimensions; ``labels`` names each for the reader.
+
+    05's page (``listening_map``) has no ``placed`` layer and grey context; a page of sounds from outside
+    the run (``placed_map``) has both, its notes with sound being the run's notes nearest those sounds.
     """
 
     notes: pd.DataFrame  # one row per note with sound: metadata, 'original' and 'reconstruction' data URIs
@@ -400,18 +424,22 @@ class ListeningMap:
     axes: dict[str, tuple[str, str]]  # map key -> x and y axis titles
     paths: pd.DataFrame  # one row per step of each linear path: pair fields, step, t, 'decoded' data URI
     path_coords: dict[str, np.ndarray]  # map key -> [shape=(steps of all paths, 2)]
-    velocity: int  # the velocity asked for (each note is the nearest one of its instrument and pitch)
-    test_available: int  # test notes at that velocity
-    left_out: int  # chosen notes the page size budget left out
+    velocity: int  # the velocity asked for (each note is the nearest one of its instrument and pitch); 0 if placed
+    test_available: int  # test notes at that velocity; 0 on a page of placed sounds
+    left_out: int  # chosen notes (placed sounds, on a page of them) the page size budget left without sound
     audio_bytes: int  # the data URIs' length in all
     budget_bytes: int  # analysis.map_max_mb
     seconds_per_note: float  # Griffin-Lim of one reconstruction (decode, read and encode not included)
     n_iter: int
     timbre_dims: int | None
+    placed: PlacedSounds | None = None  # sounds from outside the run, drawn as stars
+    context_family: np.ndarray | None = None  # [shape=(all notes,)] colours the context by family; None: grey
 
     @property
     def text(self) -> str:
         """What the page holds, in two sentences of markdown."""
+        if self.placed is not None:
+            return self._placed_text()
         n_test = int((self.notes["split"] == "test").sum())
         n_train = int((self.notes["split"] == "train").sum())
         cut = (f" The page size budget ({self.budget_bytes / 1e6:.0f} MB) left out {self.left_out} more."
@@ -421,6 +449,25 @@ class ListeningMap:
                 f"note of the run in grey, without sound.{cut} Reconstructions inverted by Griffin-Lim with "
                 f"{self.n_iter} iterations ({self.seconds_per_note:.2f} s a note).")
 
+    def _placed_text(self) -> str:
+        table = self.placed.table
+        heard = int((table["original"] != "").sum())
+        cut = (f" The page size budget ({self.budget_bytes / 1e6:.0f} MB) left {self.left_out} of them without "
+               "sound." if self.left_out else "")
+        context = "coloured by family" if self.context_family is not None else "in grey"
+        return (f"{len(table)} sound(s) placed (stars, labelled by file name), {heard} with sound: the file as "
+                f"encoded, then its reconstruction; the {len(self.notes)} note(s) of the run nearest them in mu "
+                f"play theirs. Every note of the run ({len(next(iter(self.context.values())))}) is a small "
+                f"point, {context}; the maps are fitted on the run's notes and the sounds placed by the fitted "
+                f"transforms.{cut} Reconstructions inverted by Griffin-Lim with {self.n_iter} iterations "
+                f"({self.seconds_per_note:.2f} s each).")
+
+
+def _at_peak(audio: np.ndarray) -> np.ndarray:
+    """``audio`` scaled to the inverted clips' peak level (0.9): a log-mel with ref='max' carries no level."""
+    peak = float(np.abs(audio).max())
+    return audio * (0.9 / peak) if peak > 0 else audio
+
 
 def _recording(path: str, cfg: Config) -> np.ndarray:
     """The note's own wav at the feature rate and duration, at the reconstruction's peak level (0.9)."""
@@ -429,21 +476,28 @@ def _recording(path: str, cfg: Config) -> np.ndarray:
     f = cfg.features
     audio, _ = read_wav(path, sample_rate=f.sample_rate, n_samples=f.frames * f.hop_length,
                         resample=cfg.data.resample)
-    peak = float(np.abs(audio).max())
-    return audio * (0.9 / peak) if peak > 0 else audio
+    return _at_peak(audio)
 
 
-def _wav_paths(run, meta: pd.DataFrame) -> np.ndarray:
+def _wav_paths(cfg: Config, meta: pd.DataFrame) -> np.ndarray:
     """The wav of every row of ``meta`` (the cache keeps no path: the dataset listing, matched by note_str)."""
     from vaelib.data.nsynth import load_dataset
 
-    listing = load_dataset(run.cfg.data, seed=run.cfg.run.seed).drop_duplicates("note_str").set_index("note_str")
+    listing = load_dataset(cfg.data, seed=cfg.run.seed).drop_duplicates("note_str").set_index("note_str")
     paths = listing["path"].reindex(meta["note_str"])
     if paths.isna().any():
         missing = meta["note_str"][paths.isna().to_numpy()].head(3).tolist()
-        raise DataError(f"{run.cfg.data.root}: {int(paths.isna().sum())} notes of the feature cache are no longer "
+        raise DataError(f"{cfg.data.root}: {int(paths.isna().sum())} notes of the feature cache are no longer "
                         f"in the dataset (e.g. {missing}); rebuild the run (01_preprocess)")
     return paths.to_numpy()
+
+
+def _griffin_lim_uri(x: np.ndarray, cfg: Config, timing: list[float]) -> str:
+    """One decoded log-mel [shape=(1, n_mels, frames)] as an MP3 data URI; its Griffin-Lim seconds go to ``timing``."""
+    t0 = time.perf_counter()
+    audio = invert_to_audio(x[None], cfg=cfg.features, n_iter=cfg.analysis.map_griffin_lim_iters, seed=cfg.run.seed)[0]
+    timing.append(time.perf_counter() - t0)
+    return audio_data_uri(audio, sample_rate=cfg.features.sample_rate)
 
 
 def _map_sounds(run, mu: np.ndarray, meta: pd.DataFrame, positions: np.ndarray, wavs: np.ndarray,
@@ -452,16 +506,13 @@ def _map_sounds(run, mu: np.ndarray, meta: pd.DataFrame, positions: np.ndarray, 
     from vaelib.analysis.latent import decode_latents, decoder_pitch
 
     cfg = run.cfg
-    sr, n_iter = cfg.features.sample_rate, cfg.analysis.map_griffin_lim_iters
+    sr = cfg.features.sample_rate
     for start in range(0, len(positions), MAP_CHUNK):
         chunk = positions[start:start + MAP_CHUNK]
         decoded = decode_latents(run.model, mu[chunk], pitch=decoder_pitch(meta.iloc[chunk], cfg=cfg))
         for pos, x in zip(chunk, decoded):
-            t0 = time.perf_counter()
-            audio = invert_to_audio(x[None], cfg=cfg.features, n_iter=n_iter, seed=cfg.run.seed)[0]
-            timing.append(time.perf_counter() - t0)
-            yield int(pos), audio_data_uri(_recording(wavs[pos], cfg), sample_rate=sr), \
-                audio_data_uri(audio, sample_rate=sr)
+            reconstruction = _griffin_lim_uri(x, cfg, timing)
+            yield int(pos), audio_data_uri(_recording(wavs[pos], cfg), sample_rate=sr), reconstruction
 
 
 def _projections(mu: np.ndarray, is_train: np.ndarray, cfg: Config) -> tuple[dict, dict, dict, int | None]:
@@ -524,7 +575,7 @@ def listening_map(run, listening: Listening) -> ListeningMap:
     budget = int(a.map_max_mb * 1e6)
     path_bytes = int(paths["decoded"].str.len().sum()) if len(paths) else 0
     timing: list[float] = []
-    sounds = _map_sounds(run, mu, meta, positions, _wav_paths(run, meta), timing)
+    sounds = _map_sounds(run, mu, meta, positions, _wav_paths(cfg, meta), timing)
     kept, _ = within_budget(sounds, size=lambda s: len(s[1]) + len(s[2]),
                             budget=budget - MAP_PAGE_RESERVE_BYTES - path_bytes)
     left_out = len(positions) - len(kept)
@@ -532,9 +583,7 @@ def listening_map(run, listening: Listening) -> ListeningMap:
         warnings.warn(f"listening map: {left_out} of {len(positions)} notes left out to keep the page within "
                       f"analysis.map_max_mb = {a.map_max_mb:g} MB", stacklevel=2)
     rows = np.array([pos for pos, _, _ in kept], dtype=np.int64)
-    cols = [c for c in ("note_str", "instrument_str", "instrument_family_str", "instrument_source_str", "pitch",
-                        "velocity", "split") if c in meta.columns]
-    notes = meta.iloc[rows][cols].reset_index(drop=True).assign(
+    notes = meta.iloc[rows][_note_columns(meta)].reset_index(drop=True).assign(
         original=[o for _, o, _ in kept], reconstruction=[r for _, _, r in kept])
     return ListeningMap(
         notes=notes, coords={key: p.coords[rows] for key, p in projections.items()},
@@ -544,6 +593,125 @@ def listening_map(run, listening: Listening) -> ListeningMap:
         audio_bytes=path_bytes + int(notes["original"].str.len().sum() + notes["reconstruction"].str.len().sum()),
         budget_bytes=budget, seconds_per_note=float(np.mean(timing)) if timing else 0.0,
         n_iter=a.map_griffin_lim_iters, timbre_dims=k)
+
+
+def _note_columns(meta: pd.DataFrame) -> list[str]:
+    """The metadata a note of the map shows, those of ``meta``."""
+    return [c for c in ("note_str", "instrument_str", "instrument_family_str", "instrument_source_str", "pitch",
+                        "velocity", "split") if c in meta.columns]
+
+
+def _placed_sounds(model, cfg: Config, sounds: Sequence[Sound], mu: np.ndarray, nearest: np.ndarray,
+                   run_mu: np.ndarray, meta: pd.DataFrame, wavs: dict[int, str], timing: list[float]
+                   ) -> Iterator[tuple[int, str, str, tuple[int, str, str] | None]]:
+    """Per sound, lazily: (index, file URI, reconstruction URI, and (row, recording URI, reconstruction URI)
+    of its nearest run note the first time that note comes up, else None)."""
+    from vaelib.analysis.latent import decode_latents, decoder_pitch
+
+    sr, seen = cfg.features.sample_rate, set()
+    # a file carries no pitch: a pitch-conditioned decoder is given its nearest note's
+    pitch = meta["pitch"].to_numpy(np.int64)[nearest] if cfg.model.pitch_conditioning else None
+    for start in range(0, len(sounds), MAP_CHUNK):
+        chunk = np.arange(start, min(start + MAP_CHUNK, len(sounds)))
+        decoded = decode_latents(model, mu[chunk], pitch=None if pitch is None else pitch[chunk])
+        fresh = [r for r in dict.fromkeys(nearest[chunk].tolist()) if r not in seen]
+        notes_x = dict(zip(fresh, decode_latents(model, run_mu[fresh], pitch=decoder_pitch(meta.iloc[fresh], cfg=cfg))
+                           if fresh else []))
+        for i, x in zip(chunk, decoded):
+            own = audio_data_uri(_at_peak(sounds[i].audio), sample_rate=sr), _griffin_lim_uri(x, cfg, timing)
+            row, note = int(nearest[i]), None
+            if row not in seen:
+                seen.add(row)
+                note = (row, audio_data_uri(_recording(wavs[row], cfg), sample_rate=sr),
+                        _griffin_lim_uri(notes_x[row], cfg, timing))
+            yield int(i), *own, note
+
+
+def _uri_bytes(item: tuple[int, str, str, tuple[int, str, str] | None]) -> int:
+    _, own, rec, note = item
+    return len(own) + len(rec) + (len(note[1]) + len(note[2]) if note else 0)
+
+
+def placed_map(sounds: Sequence[Sound], mu: np.ndarray, *, model, cfg: Config, meta: pd.DataFrame,
+               run_mu: np.ndarray, show_progress: bool = False) -> ListeningMap:
+    """The listening map of sounds from outside a run (``vaelib encode``) among the run's notes.
+
+    The maps are ``listening_map``'s (PCA, UMAP unless ``analysis.umap`` is false, and the same of the
+    timbre dimensions when the model has them), fitted on every note of the run, as
+    ``vaelib.analysis.encode.place_on_map`` fits its PCA; the sounds are placed by each map's fitted
+    transform. Every note of the run is drawn, coloured by family, without sound. Sound comes, sound by
+    sound in order, for the sound (its audio as encoded, peak 0.9, then ``decode(mu)`` inverted by
+    Griffin-Lim with ``analysis.map_griffin_lim_iters`` iterations) and for the run's note nearest it in
+    mu (its own wav, then its reconstruction), each note once: at most two inversions a sound. It stops
+    at ``analysis.map_max_mb`` less ``MAP_PAGE_RESERVE_BYTES``; the sounds past it are drawn without
+    sound, with a warning. A pitch-conditioned decoder decodes a sound at its nearest note's pitch.
+
+    Parameters
+    ----------
+    sounds : the sounds (``vaelib.analysis.encode.Sound``), their ``audio`` at the features' rate.
+    mu : [shape=(sounds, latent_dim)] their posterior means.
+    model : the run's VAE, in eval mode; ``cfg`` its config (model, train and features the checkpoint's).
+    meta : one row per note of the run (``note_str``, ``instrument_family_str``, ``pitch``, ...).
+    run_mu : [shape=(notes, latent_dim)] mu of those notes.
+
+    Raises
+    ------
+    ParameterError
+        When the shapes of ``mu``, ``run_mu`` and ``meta`` disagree, or no sound is given.
+    DataError
+        When the wav of a nearest note is no longer in the dataset.
+    """
+    from tqdm import tqdm
+
+    from vaelib.analysis.encode import nearest_notes
+
+    mu, run_mu = np.asarray(mu, np.float32), np.asarray(run_mu, np.float32)
+    if not len(sounds) or mu.shape != (len(sounds), run_mu.shape[1]):
+        raise ParameterError(f"mu: expected shape ({len(sounds)} sounds >= 1, {run_mu.shape[1]}), got {mu.shape}")
+    if len(meta) != len(run_mu):
+        raise ParameterError(f"meta: {len(meta)} rows for {len(run_mu)} notes of run_mu")
+    a = cfg.analysis
+    projections, labels, axes, k = _projections(run_mu, np.ones(len(run_mu), bool), cfg)
+    placed_coords = {key: np.asarray(p.transform(mu[:, :k] if key.startswith("timbre_") else mu), np.float32)
+                     for key, p in projections.items()}
+    rows, distances = nearest_notes(run_mu, mu, k=1)
+    nearest = rows[:, 0]
+    unique = np.unique(nearest)
+    wavs = dict(zip(unique.tolist(), _wav_paths(cfg, meta.iloc[unique])))
+
+    budget = int(a.map_max_mb * 1e6)
+    timing: list[float] = []
+    made = tqdm(_placed_sounds(model, cfg, sounds, mu, nearest, run_mu, meta, wavs, timing), total=len(sounds),
+                desc="map sounds", unit="sound", disable=not show_progress)
+    kept, _ = within_budget(made, size=_uri_bytes, budget=budget - MAP_PAGE_RESERVE_BYTES)
+    made.close()
+    left_out = len(sounds) - len(kept)
+    if left_out:
+        warnings.warn(f"encode map: {left_out} of {len(sounds)} sounds left without sound to keep the page within "
+                      f"analysis.map_max_mb = {a.map_max_mb:g} MB", stacklevel=2)
+    original, reconstruction = [""] * len(sounds), [""] * len(sounds)
+    for i, own, rec, _ in kept:
+        original[i], reconstruction[i] = own, rec
+    table = pd.DataFrame({"file": [s.name for s in sounds], "source_rate": [s.source_rate for s in sounds],
+                          "source_channels": [s.source_channels for s in sounds],
+                          "source_seconds": [s.source_seconds for s in sounds],
+                          "nearest": meta["note_str"].to_numpy()[nearest].astype(str),
+                          "distance": distances[:, 0], "original": original, "reconstruction": reconstruction})
+    notes_made = [note for *_, note in kept if note is not None]
+    note_rows = np.array([row for row, _, _ in notes_made], dtype=np.int64)
+    notes = meta.iloc[note_rows][_note_columns(meta)].reset_index(drop=True).assign(
+        original=[o for _, o, _ in notes_made], reconstruction=[r for _, _, r in notes_made])
+    paths = pd.DataFrame(columns=["pair", "instrument_a", "instrument_b", "pitch", "velocity", "path", "step", "t",
+                                  "decoded"])
+    family = meta["instrument_family_str"].astype(str).to_numpy() if "instrument_family_str" in meta else None
+    return ListeningMap(
+        notes=notes, coords={key: np.asarray(p.coords, np.float32)[note_rows] for key, p in projections.items()},
+        context={key: np.asarray(p.coords, np.float32) for key, p in projections.items()},
+        labels=labels, axes=axes, paths=paths, path_coords={key: np.zeros((0, 2), np.float32) for key in projections},
+        velocity=0, test_available=0, left_out=left_out, audio_bytes=sum(_uri_bytes(item) for item in kept),
+        budget_bytes=budget, seconds_per_note=float(np.mean(timing)) if timing else 0.0,
+        n_iter=a.map_griffin_lim_iters, timbre_dims=k, placed=PlacedSounds(table=table, coords=placed_coords),
+        context_family=family)
 
 
 def listening_metrics(listening: Listening, *, out_dir: Path, cfg: FeatureConfig,

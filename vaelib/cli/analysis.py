@@ -1,5 +1,6 @@
 """`vaelib embed`: mu and logvar of every note of an NSynth-layout folder, from a checkpoint; `vaelib encode`:
-mu and logvar of sound files of one's own, placed on the map of a run's notes."""
+mu and logvar of sound files of one's own, placed on the map of a run's notes (a PNG, and a listening map page
+that plays them)."""
 
 from __future__ import annotations
 
@@ -29,12 +30,6 @@ def cmd_embed(args: argparse.Namespace) -> int:
     print(json.dumps({"out": str(out), "checkpoint": str(checkpoint), "notes": len(table),
                       "by_split": table["split"].value_counts().sort_index().to_dict()}, indent=2))
     return 0
-
-
-# The listening map (vaelib.report.listening_map) draws a run's own notes and paths; it has no way to add
-# points of sounds from outside the run, so `vaelib encode` writes the PNG map only.
-MAP_HTML_NOTE = ("no interactive map: vaelib.report.listening_map draws a run's own notes only, it offers no "
-                 "function for placed sounds; the PNG shows them")
 
 
 def _checkpoint(args: argparse.Namespace, cfg) -> Path:
@@ -73,15 +68,19 @@ def cmd_encode(args: argparse.Namespace) -> int:
         write_sounds_table,
     )
     from vaelib.analysis.latent import checkpoint_config, encode_features
+    from vaelib.analysis.listening import placed_map
     from vaelib.data.prepare import prepare_features
     from vaelib.io import atomic_path
     from vaelib.model.checkpoint import load_model, model_differences
     from vaelib.report.explorer import figure_png, map_figure
+    from vaelib.report.listening_map import write_map_page
 
     cfg = load_config(args.params, args.overrides)
     # where the results go is checked before the files are read, the features built or anything encoded
     out = _output(resolve_path(args.out), "--out", "Parquet")
     map_png = _output(resolve_path(args.map) if args.map else out.with_suffix(".map.png"), "--map", "PNG")
+    map_html = _output(resolve_path(args.map_html) if args.map_html else out.with_suffix(".map.html"),
+                       "--map-html", "HTML")
     files = find_sounds(args.paths)
     checkpoint = _checkpoint(args, cfg)
     model, ckpt = load_model(checkpoint)
@@ -90,23 +89,33 @@ def cmd_encode(args: argparse.Namespace) -> int:
         warnings.warn(f"{checkpoint}: encoding with the checkpoint's own model and log-mel, which differ from the "
                       "params': " + "; ".join(differences), stacklevel=1)
     # the sounds are brought to the features the model was trained on, and so are the run's notes of the map
-    features = dataclasses.replace(checkpoint_config(ckpt).features, cache_dir=cfg.features.cache_dir)
+    trained = checkpoint_config(ckpt)
+    features = dataclasses.replace(trained.features, cache_dir=cfg.features.cache_dir)
     sounds = read_sounds(files, cfg=features)
-    cache = prepare_features(dataclasses.replace(cfg, features=features), show_progress=not args.quiet)
+    # the model's own settings decide its pitch conditioning and timbre dimensions; data and analysis the params'
+    run_cfg = dataclasses.replace(cfg, features=features, model=trained.model, train=trained.train)
+    cache = prepare_features(run_cfg, show_progress=not args.quiet)
     _, mu, logvar = encode_sounds(model, sounds, cfg=features)
     run_mu, _ = encode_features(model, cache.features)
     projection, points = place_on_map(run_mu, mu, seed=cfg.run.seed)
     rows, distances = nearest_notes(run_mu, mu, k=1)
     table = sounds_table(sounds, mu, logvar)
-    write_sounds_table(table, out)
     png = figure_png(map_figure(projection.coords, cache.meta["instrument_family_str"].to_numpy(), points=points,
                                 labels=[s.name for s in sounds], explained=projection.explained,
                                 title=f"PCA of mu: the notes of {cfg.run.name} and {len(sounds)} sound(s) placed"),
                      dpi=110)
+    # the sound of the page is made before anything is written: a failure there leaves no output half done
+    lmap = placed_map(sounds, mu, model=model, cfg=run_cfg, meta=cache.meta, run_mu=run_mu,
+                      show_progress=not args.quiet)
+    write_sounds_table(table, out)
     with atomic_path(map_png, suffix=".png") as tmp:
         tmp.write_bytes(png)
+    page = write_map_page(lmap, map_html, title=f"{len(sounds)} sound(s) on the map of run {cfg.run.name}",
+                          links=())
     print(json.dumps({
-        "out": str(out), "map_png": str(map_png), "map_html": None, "map_html_note": MAP_HTML_NOTE,
+        "out": str(out), "map_png": str(map_png), "map_html": str(map_html), "map_html_bytes": page.bytes,
+        "map_maps": list(lmap.labels), "map_sounds_with_audio": len(sounds) - lmap.left_out,
+        "map_griffin_lim_seconds_per_note": round(lmap.seconds_per_note, 4),
         "checkpoint": str(checkpoint), "sounds": len(sounds), "run_notes": len(cache.meta),
         "placed": [{"file": s.name, "pca": [round(float(v), 4) for v in p],
                     "nearest_note": str(cache.meta["note_str"].iloc[int(r[0])]), "distance": round(float(d[0]), 4)}
@@ -137,8 +146,11 @@ def register(sub: argparse._SubParsersAction, add_config_args) -> None:
     p = sub.add_parser("encode", help="encode sound files of one's own and place them on the map of a run's notes",
                        description="Encode audio files (any format libsndfile reads: wav, flac, ogg, aiff, mp3; any "
                                    "rate and channel count; no NSynth metadata) with a run's checkpoint: mu and "
-                                   "logvar as one Parquet table, and a PNG map of the new points among the run's "
-                                   "notes (PCA of mu fitted on the run's notes).",
+                                   "logvar as one Parquet table, a PNG map of the new points among the run's "
+                                   "notes (PCA of mu fitted on the run's notes), and a listening map: a standalone "
+                                   "HTML page of the same maps (PCA, UMAP, timbre dimensions) where a click on a "
+                                   "sound plays the file as encoded and its reconstruction, and its nearest run "
+                                   "note plays its own.",
                        epilog="Each file is downmixed by the mean of its channels, resampled to the features' rate "
                               "with librosa, and padded with silence or cut to features.duration_s, as the feature "
                               "cache treats NSynth wavs. With features.ref='max' the log-mel is relative to each "
@@ -146,8 +158,13 @@ def register(sub: argparse._SubParsersAction, add_config_args) -> None:
                               "it is (a warning says so). A file that cannot be read, is digitally silent or is "
                               "shorter than one STFT frame (features.n_fft samples) is refused, naming it, before "
                               "anything is written; the output locations are checked before any work, and each file "
-                              "is written whole or not at all. What places meaningfully is a single sustained note "
-                              "of about features.duration_s seconds, its onset at the start (docs/explore.md).")
+                              "is written whole or not at all. The HTML map costs at most two Griffin-Lim inversions "
+                              "a sound (analysis.map_griffin_lim_iters iterations: its reconstruction and its "
+                              "nearest run note's, about 1-2 s each on a 2-core CPU) and at most about 55 kB of "
+                              "MP3; sound stops at analysis.map_max_mb, the sounds past it are drawn without sound "
+                              "(a warning says so). What places "
+                              "meaningfully is a single sustained note of about features.duration_s seconds, its "
+                              "onset at the start (docs/explore.md).")
     add_config_args(p)
     p.add_argument("paths", nargs="+", metavar="PATH", help="audio files, or folders searched recursively for "
                                                              "wav/flac/ogg/aiff/mp3 files")
@@ -155,7 +172,8 @@ def register(sub: argparse._SubParsersAction, add_config_args) -> None:
                                         "`vaelib embed`)")
     p.add_argument("--out", required=True, help="Parquet file: file, path, source_rate, source_channels, "
                                                 "source_seconds, mu_*, logvar_* (relative paths from the project root)")
-    p.add_argument("--map", help="PNG of the map (default: the --out path with .map.png); no interactive HTML map "
-                                 "is written: the listening map offers no way to add points to a run's map")
+    p.add_argument("--map", help="PNG of the map (default: the --out path with .map.png)")
+    p.add_argument("--map-html", help="standalone HTML listening map that plays the sounds and their nearest run "
+                                      "notes (default: the --out path with .map.html)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_encode)
