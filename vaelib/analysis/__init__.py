@@ -4,7 +4,7 @@
 - ``diagnostics``: latent statistics, KL, active units, posterior collapse, reconstruction against PCA.
 - ``probes``: family, source and pitch probes on unseen instruments, against a PCA baseline.
 - ``interpolate``: paths between two instruments in the latent space and their continuity.
-- ``listening``: spectrograms back to audio (mel inversion and Griffin-Lim), its check, 05's clips and map sounds.
+- ``listening``: spectrograms back to audio (mel inversion, Griffin-Lim), 05's clips, the listening maps' sounds.
 - ``run``: a run named once: its folder, its resolved params, its trained model loaded in one call.
 - ``targets``: the study's targets in one table, evaluated on a run's metrics.
 - ``diagnose``: 03_diagnostics as one call: posterior, KL, active units, distances, reconstruction vs PCA.
