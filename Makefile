@@ -31,7 +31,7 @@ reports: $(STAMP) ## render the embedded dataset, train, and execute all reports
 test: $(STAMP) ## run ruff, the import contract (import-linter) and the test suite
 	$(VENV)/bin/ruff check vaelib tests benchmarks scripts notebooks
 	$(VENV)/bin/lint-imports --no-cache
-	$(VENV)/bin/python -m pytest -q
+	$(VENV)/bin/python -m pytest -q -n 2 --dist loadgroup
 
 lint: $(STAMP) ## ruff and the import contract only
 	$(VENV)/bin/ruff check vaelib tests benchmarks scripts notebooks

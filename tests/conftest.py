@@ -17,6 +17,19 @@ NSYNTH_FIXTURES = Path(__file__).resolve().parent / "fixtures" / "nsynth"
 SMOKE_PARAMS = PROJECT_ROOT / "params" / "smoke.yaml"
 
 
+SHARED_RUN = "smoke_run"
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist (``make test`` runs two workers with ``--dist loadgroup``), keep each module on
+    one worker, so its module fixtures are built once, and every module that reads the session's smoke
+    run on the same worker, so that run (the suite's longest setup) is made once."""
+    shares_run = {item.module.__name__ for item in items if SHARED_RUN in getattr(item, "fixturenames", ())}
+    for item in items:
+        name = item.module.__name__
+        item.add_marker(pytest.mark.xdist_group(SHARED_RUN if name in shares_run else name))
+
+
 @pytest.fixture(scope="session")
 def fixtures_dir() -> Path:
     """``tests/fixtures/nsynth``: real NSynth examples.json subsets (no audio; provenance in its README.md).
