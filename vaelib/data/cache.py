@@ -58,7 +58,7 @@ from vaelib.io import (
 
 __all__ = ["FeatureCache", "CacheReadError", "cache_key", "build_feature_cache", "open_feature_cache",
            "check_cache_folder", "compute_features", "write_features", "log_fixes", "NpyRowWriter",
-           "remove_stale_partials", "partial_is_stale", "cache_write_error"]
+           "remove_stale_partials", "partial_is_stale", "cache_write_error", "publish_folder"]
 
 log = logging.getLogger(__name__)
 
@@ -580,6 +580,17 @@ def _lock(root: Path, key: str, final: Path) -> FileLock:
     return lock
 
 
+def publish_folder(tmp: Path, final: Path) -> None:
+    """Rename a complete build folder into place. Where a process that held no lock (a file system without
+    locks) renamed a complete folder of the same key there first, its contents are ours and ``tmp`` is left
+    for the caller to remove."""
+    try:
+        os.replace(tmp, final)
+    except OSError:
+        if not (final / MANIFEST_FILE).is_file():
+            raise
+
+
 def build_feature_cache(df: pd.DataFrame, cfg: FeatureConfig, *, resample: bool = True,
                         show_progress: bool = True,
                         features: Callable[[Path], WavReport] | None = None) -> FeatureCache:
@@ -651,13 +662,7 @@ def build_feature_cache(df: pd.DataFrame, cfg: FeatureConfig, *, resample: bool 
             tmp = root / f".{key}.build.{OWNER_TAG}.{secrets.token_hex(4)}"
             tmp.mkdir()
             _write_cache(tmp, df, cfg, key, fill)
-            try:
-                os.replace(tmp, final)
-            except OSError:
-                # A process that held no lock of this key (a file system without locks) renamed a complete
-                # cache into place first: the same contents as ours.
-                if not (final / MANIFEST_FILE).is_file():
-                    raise
+            publish_folder(tmp, final)
         except OSError as exc:
             raise cache_write_error(exc, root) from exc
         finally:

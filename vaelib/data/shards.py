@@ -55,6 +55,7 @@ from vaelib.data.cache import (
     log_fixes,
     open_feature_cache,
     partial_is_stale,
+    publish_folder,
     write_features,
 )
 from vaelib.data.features import feature_shape
@@ -291,16 +292,26 @@ def build_shard(df: pd.DataFrame, cfg: FeatureConfig, *, index: int, count: int,
         return result(cache, "cache built")
     folder = shard_folder(cfg, key, index, count)
     set_dir, name = folder.parent, folder.name
-    damage = None
-    if (folder / MANIFEST_FILE).is_file():
+
+    damage = None  # a damaged shard is settled under the lock
+
+    def built() -> bool:
+        """Whether the shard is built and passes its check; a damaged one's error is kept in ``damage``."""
+        nonlocal damage
+        if not (folder / MANIFEST_FILE).is_file():
+            return False
         try:
             check_shard(folder, key=key, index=index, count=count, cfg=cfg)
-            log.info("shard %s is built", folder)
-            return result(folder, "present")
+            return True
         except CacheReadError:
             raise
         except DataError as exc:
-            damage = exc  # settled under the lock
+            damage = exc
+            return False
+
+    if built():
+        log.info("shard %s is built", folder)
+        return result(folder, "present")
     root = resolve_path(cfg.cache_dir)
     try:
         writable_folder(set_dir)
@@ -312,15 +323,9 @@ def build_shard(df: pd.DataFrame, cfg: FeatureConfig, *, index: int, count: int,
         raise cache_write_error(exc, root) from exc
     tmp = None
     try:
-        if (folder / MANIFEST_FILE).is_file():
-            try:
-                check_shard(folder, key=key, index=index, count=count, cfg=cfg)
-                log.info("shard %s is built (by another process meanwhile)", folder)
-                return result(folder, "present")
-            except CacheReadError:
-                raise
-            except DataError as exc:
-                damage = exc
+        if built():
+            log.info("shard %s is built (by another process meanwhile)", folder)
+            return result(folder, "present")
         _remove_stale_shard_partials(set_dir, name)
         if folder.exists():
             if damage is not None:
@@ -344,11 +349,7 @@ def build_shard(df: pd.DataFrame, cfg: FeatureConfig, *, index: int, count: int,
             "integrity": {FEATURES_FILE: {"bytes": (tmp / FEATURES_FILE).stat().st_size,
                                           "sha256": _sha256_file(tmp / FEATURES_FILE)}},
         })
-        try:
-            os.replace(tmp, folder)
-        except OSError:
-            if not (folder / MANIFEST_FILE).is_file():  # another unlocked builder was first: the same rows
-                raise
+        publish_folder(tmp, folder)
     except OSError as exc:
         raise cache_write_error(exc, root) from exc
     finally:
