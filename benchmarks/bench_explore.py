@@ -11,9 +11,9 @@
 * **iterations**: Griffin-Lim time and quality for several iteration counts on real notes (the default
   dataset when it is rendered, else the smoke set's, rendered if missing, in the params' log-mel):
   the log-mel round-trip error of the audio (``vaelib.analysis.listening.roundtrip_mae_db``, every cell
-  and the cells within 40 dB of the peak), the basis of ``DEFAULT_GL_ITERS``; and 05_listening's
-  inversion (librosa's NNLS mel inversion, ``inverse_log_mel``) at the same count, which the explorer's
-  pseudo-inverse replaces.
+  and the cells within 40 dB of the peak), the basis of ``DEFAULT_GL_ITERS``; and both mel inversions of
+  ``inverse_log_mel`` (the filterbank's pseudo-inverse and librosa's NNLS solve) on the same notes at
+  that count, the basis of ``analysis.mel_inversion``.
 
 Writes ``benchmarks/results/explore.json`` (``--out``) with the machine (CPU model, flags, threads),
 the load average and the date. A benchmark, not a test: timings depend on the load, so each part waits
@@ -41,7 +41,7 @@ from vaelib.analysis.explore import (
     prior_point,
 )
 from vaelib.analysis.listening import choose_listening_notes, roundtrip_mae_db
-from vaelib.config import PROJECT_ROOT, load_config, project_relative, resolve_path
+from vaelib.config import MEL_INVERSES, PROJECT_ROOT, load_config, project_relative, resolve_path
 from vaelib.data.features import inverse_log_mel, log_mel
 from vaelib.data.nsynth import load_dataset, read_wav
 from vaelib.data.prepare import ensure_dataset, prepare_features
@@ -139,7 +139,7 @@ def time_widget(model, cfg, x: np.ndarray, meta: pd.DataFrame, repeats: int) -> 
 
 
 def time_iterations(x: np.ndarray, cfg) -> list[dict]:
-    """Griffin-Lim time and round-trip error per iteration count, and the NNLS inversion at the default count."""
+    """Griffin-Lim time and round-trip error per iteration count, and both mel inversions at the default count."""
     f = cfg.features
     out = []
     for n_iter in ITERATIONS:
@@ -156,18 +156,21 @@ def time_iterations(x: np.ndarray, cfg) -> list[dict]:
                     "roundtrip_mae_db_loud": float(np.nanmean(roundtrip_mae_db(x, audio, cfg=f, above_db=-40.0)))})
         print(f"GL {n_iter:4d}: {out[-1]['seconds_median'] * 1000:.0f} ms, round trip {out[-1]['roundtrip_mae_db']:.2f}"
               f" dB ({out[-1]['roundtrip_mae_db_loud']:.2f} dB within 40 dB of the peak)", flush=True)
-    audio, walls = [], []
-    for xi in x[: max(3, len(x) // 4)]:  # NNLS is slow: a few notes tell its cost and error
-        a, wall, _ = _timed(inverse_log_mel, xi, cfg=f, n_iter=DEFAULT_GL_ITERS)
-        audio.append(a)
-        walls.append(wall)
-    xs = x[: len(audio)]
-    out.append({"method": "05_listening: NNLS mel inversion (inverse_log_mel) + Griffin-Lim",
-                "gl_iters": DEFAULT_GL_ITERS, "seconds_median": float(np.median(walls)), "notes": len(audio),
-                "roundtrip_mae_db": float(np.mean(roundtrip_mae_db(xs, np.stack(audio), cfg=f))),
-                "roundtrip_mae_db_loud": float(np.nanmean(roundtrip_mae_db(xs, np.stack(audio), cfg=f,
-                                                                           above_db=-40.0)))})
-    print(f"NNLS + GL {DEFAULT_GL_ITERS}: {out[-1]['seconds_median'] * 1000:.0f} ms", flush=True)
+    for mel_inverse in MEL_INVERSES:  # side by side on the same notes, at the same count and seed
+        audio, walls, cpus = [], [], []
+        for xi in x:
+            a, wall, cpu = _timed(inverse_log_mel, xi, cfg=f, n_iter=DEFAULT_GL_ITERS, mel_inverse=mel_inverse)
+            audio.append(a)
+            walls.append(wall)
+            cpus.append(cpu)
+        audio = np.stack(audio)
+        out.append({"method": f"05_listening: {mel_inverse} mel inversion (analysis.mel_inversion) + Griffin-Lim",
+                    "mel_inverse": mel_inverse, "gl_iters": DEFAULT_GL_ITERS, "notes": len(audio),
+                    "seconds_median": float(np.median(walls)), "cpu_seconds_median": float(np.median(cpus)),
+                    "roundtrip_mae_db": float(np.mean(roundtrip_mae_db(x, audio, cfg=f))),
+                    "roundtrip_mae_db_loud": float(np.nanmean(roundtrip_mae_db(x, audio, cfg=f, above_db=-40.0)))})
+        print(f"{mel_inverse} + GL {DEFAULT_GL_ITERS}: {out[-1]['seconds_median'] * 1000:.0f} ms, round trip "
+              f"{out[-1]['roundtrip_mae_db']:.2f} dB ({out[-1]['roundtrip_mae_db_loud']:.2f} dB loud)", flush=True)
     return out
 
 

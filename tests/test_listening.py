@@ -63,6 +63,19 @@ def test_round_trip_error_is_small_for_own_audio_and_large_for_other_audio():
     assert np.all(loud < mae) and np.all(loud < 8.0), (loud, mae)
 
 
+@pytest.mark.parametrize("f0", [110.0, 440.0, 1760.0])
+def test_pseudo_inverse_is_as_faithful_as_nnls_where_the_note_is(f0):
+    x = log_mel(harmonic_note(f0), cfg=CFG)[None]
+    loud = {}
+    for method in ("pinv", "nnls"):
+        audio = invert_to_audio(x, cfg=CFG, n_iter=16, mel_inverse=method)
+        assert audio.shape == (1, CFG.frames * CFG.hop_length) and np.all(np.isfinite(audio))
+        loud[method] = float(roundtrip_mae_db(x, audio, cfg=CFG, above_db=-40.0)[0])
+    assert loud["pinv"] < 8.0 and loud["pinv"] < loud["nnls"] + 1.0, loud
+    with pytest.raises(ParameterError, match="mel_inverse"):
+        invert_to_audio(x, cfg=CFG, n_iter=4, mel_inverse="svd")
+
+
 def test_round_trip_ignores_the_level_of_the_source_under_ref_max():
     x = np.maximum(log_mel(harmonic_note(), cfg=CFG)[None], -0.5)  # floor at -40 dB, so nothing clips below
     quieter = x - 0.25  # 10 dB lower everywhere: the same sound under ref='max'

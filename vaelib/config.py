@@ -43,6 +43,7 @@ __all__ = [
     "parse_override",
     "section_hash",
     "MEL_SCALES",
+    "MEL_INVERSES",
     "FEATURE_RUNTIME_ONLY",
     "feature_representation",
     "project_relative",
@@ -112,6 +113,7 @@ class RenderConfig:
 
 
 MEL_SCALES = ("slaney", "htk")  # librosa.filters.mel(htk=False | True)
+MEL_INVERSES = ("pinv", "nnls")  # how a mel power goes back to linear frequency before Griffin-Lim
 
 
 @dataclass(frozen=True)
@@ -216,6 +218,10 @@ class AnalysisConfig:
     map_max_mb: float = _f(15.0, "size budget of the listening map page (MB, 10^6 bytes): the notes past it are left "
                            "out, with a warning (see docs/explore.md)", lo=4.0, hi=1000.0)
     map_griffin_lim_iters: int = _f(32, "Griffin-Lim iterations of the listening map's reconstructions", lo=1, hi=1000)
+    mel_inversion: str = _f("pinv", "mel power back to linear frequency before Griffin-Lim in 05 and its map: 'pinv' "
+                            "(the filterbank's pseudo-inverse, clipped at 0) or 'nnls' (librosa's solve, several "
+                            "times slower for the same error where the note is; docs/explore.md)",
+                            choices=MEL_INVERSES)
 
 
 @dataclass(frozen=True)

@@ -18,13 +18,11 @@ What can be explored (the four panels of ``vaelib.report.explorer``):
 from __future__ import annotations
 
 import contextlib
-import functools
 import io
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import librosa
 import numpy as np
 import pandas as pd
 import soundfile as sf
@@ -34,7 +32,7 @@ from vaelib.analysis.encode import Sound, encode_sounds, nearest_notes, read_sou
 from vaelib.analysis.interpolate import PATH_METHODS
 from vaelib.analysis.latent import decode_latents, encode_features
 from vaelib.config import Config, FeatureConfig
-from vaelib.data.features import mel_filterbank, normalized_to_db
+from vaelib.data.features import inverse_log_mel
 from vaelib.exceptions import ParameterError
 
 __all__ = [
@@ -78,7 +76,6 @@ DEFAULT_GL_ITERS = 32
 # share it wait on each other when the cores are busy (docs/explore.md has the measurement)
 DECODE_THREADS = 1
 AXIS_KINDS = ("principal", "dimension")  # along a principal axis of mu, or along one latent dimension
-PEAK = 0.9  # audio is peak-normalised: with ref='max' a log-mel carries no absolute level
 
 
 @dataclass(frozen=True)
@@ -209,11 +206,6 @@ def _oriented(vt: np.ndarray) -> np.ndarray:
     return vt * np.where(signs == 0, 1.0, signs)[:, None]
 
 
-@functools.lru_cache(maxsize=8)
-def _mel_pinv(cfg: FeatureConfig) -> np.ndarray:
-    return np.linalg.pinv(mel_filterbank(cfg)).astype(np.float32)  # (n_fft // 2 + 1, n_mels)
-
-
 def fast_inversion(x: np.ndarray, *, cfg: FeatureConfig, n_iter: int = DEFAULT_GL_ITERS, seed: int = 0) -> np.ndarray:
     """Audio of one normalised log-mel, fast enough for an interactive update.
 
@@ -233,24 +225,7 @@ def fast_inversion(x: np.ndarray, *, cfg: FeatureConfig, n_iter: int = DEFAULT_G
     """
     if n_iter < 1:
         raise ParameterError(f"n_iter: expected >= 1, got {n_iter}")
-    x = np.asarray(x, np.float32)
-    if x.ndim == 3:
-        x = x[0]
-    if x.shape != (cfg.n_mels, cfg.frames):
-        raise ParameterError(f"x: expected shape (1, {cfg.n_mels}, {cfg.frames}), got {x.shape}")
-    power_mel = librosa.db_to_power(normalized_to_db(x, cfg=cfg))  # (n_mels, frames)
-    magnitude = np.sqrt(np.maximum(_mel_pinv(cfg) @ power_mel, 0.0))  # (bins, frames)
-    length = cfg.frames * cfg.hop_length
-    # as in vaelib.data.features.inverse_log_mel: the centred STFT of `length` samples has one frame more
-    n_stft = 1 + length // cfg.hop_length
-    if magnitude.shape[1] < n_stft:
-        magnitude = np.pad(magnitude, ((0, 0), (0, n_stft - magnitude.shape[1])), mode="edge")
-    audio = librosa.griffinlim(magnitude, n_iter=n_iter, hop_length=cfg.hop_length, n_fft=cfg.n_fft, center=True,
-                               length=length, random_state=np.random.default_rng(seed))
-    peak = float(np.abs(audio).max())
-    if peak > 0:
-        audio = audio * (PEAK / peak)
-    return audio.astype(np.float32)
+    return inverse_log_mel(x, cfg=cfg, n_iter=n_iter, seed=seed, mel_inverse="pinv")
 
 
 def wav_bytes(audio: np.ndarray, *, sample_rate: int) -> bytes:

@@ -1,6 +1,6 @@
 """Spectrograms back to sound, an objective check of that path, and the sounds of 05_listening.
 
-Audio comes from ``vaelib.data.features.inverse_log_mel`` (NNLS mel inversion, then Griffin-Lim). The
+Audio comes from ``vaelib.data.features.inverse_log_mel`` (mel inversion, then Griffin-Lim). The
 check inverts a log-mel to audio, computes the log-mel of the result again and reports the mean absolute
 difference in dB: what the listener hears is only as faithful as this number.
 
@@ -45,8 +45,10 @@ __all__ = ["invert_to_audio", "roundtrip_mae_db", "invert_and_check", "choose_li
 T = TypeVar("T")
 
 
-def invert_to_audio(x: np.ndarray, *, cfg: FeatureConfig, n_iter: int, seed: int = 0) -> np.ndarray:
-    """Audio of normalised log-mels [shape=(notes, 1, n_mels, frames)] by Griffin-Lim.
+def invert_to_audio(x: np.ndarray, *, cfg: FeatureConfig, n_iter: int, seed: int = 0,
+                    mel_inverse: str = "pinv") -> np.ndarray:
+    """Audio of normalised log-mels [shape=(notes, 1, n_mels, frames)] by Griffin-Lim
+    (``mel_inverse``: see ``vaelib.data.features.inverse_log_mel``).
 
     Returns
     -------
@@ -57,7 +59,7 @@ def invert_to_audio(x: np.ndarray, *, cfg: FeatureConfig, n_iter: int, seed: int
     x = np.asarray(x, np.float32)
     if x.ndim != 4:
         raise ParameterError(f"x: expected shape (notes, 1, n_mels, frames), got {x.shape}")
-    return np.stack([inverse_log_mel(xi, cfg=cfg, n_iter=n_iter, seed=seed) for xi in x])
+    return np.stack([inverse_log_mel(xi, cfg=cfg, n_iter=n_iter, seed=seed, mel_inverse=mel_inverse) for xi in x])
 
 
 def roundtrip_mae_db(x: np.ndarray, audio: np.ndarray, *, cfg: FeatureConfig,
@@ -98,10 +100,10 @@ def roundtrip_mae_db(x: np.ndarray, audio: np.ndarray, *, cfg: FeatureConfig,
     return out
 
 
-def invert_and_check(x: np.ndarray, *, cfg: FeatureConfig, n_iter: int, seed: int = 0
+def invert_and_check(x: np.ndarray, *, cfg: FeatureConfig, n_iter: int, seed: int = 0, mel_inverse: str = "pinv"
                      ) -> tuple[np.ndarray, np.ndarray]:
     """``invert_to_audio`` then ``roundtrip_mae_db``: waveforms [shape=(notes, samples)] and dB per note."""
-    audio = invert_to_audio(x, cfg=cfg, n_iter=n_iter, seed=seed)
+    audio = invert_to_audio(x, cfg=cfg, n_iter=n_iter, seed=seed, mel_inverse=mel_inverse)
     return audio, roundtrip_mae_db(x, audio, cfg=cfg)
 
 
@@ -228,7 +230,8 @@ def listen(run, *, out_dir: Path) -> Listening:
     audio_dir = Path(out_dir) / "audio"
     clips = []
     for kind, x in (("original", originals), ("reconstruction", recons)):
-        audio, mae = invert_and_check(x, cfg=cfg.features, n_iter=a.griffin_lim_iters, seed=seed)
+        audio, mae = invert_and_check(x, cfg=cfg.features, n_iter=a.griffin_lim_iters, seed=seed,
+                                      mel_inverse=a.mel_inversion)
         for name, au, m in zip(names, audio, mae):
             clips.append(Clip(name, kind, au, float(m),
                               write_wav(audio_dir / f"{file_stem(name)}_{kind}.wav", au, sample_rate=sr)))
@@ -252,7 +255,8 @@ def listen(run, *, out_dir: Path) -> Listening:
 def _walk(choice: PairChoice, method: str, path: dict, *, cfg: Config, audio_dir: Path) -> Walk:
     """A decoded path (``interpolate_pairs``' ``{"z", "x"}``) inverted to audio, each step and all back to back."""
     a, sr = cfg.analysis, cfg.features.sample_rate
-    audio, mae = invert_and_check(path["x"], cfg=cfg.features, n_iter=a.griffin_lim_iters, seed=cfg.run.seed)
+    audio, mae = invert_and_check(path["x"], cfg=cfg.features, n_iter=a.griffin_lim_iters, seed=cfg.run.seed,
+                                  mel_inverse=a.mel_inversion)
     label = file_stem(f"{choice.instrument_a}_to_{choice.instrument_b}_p{choice.pitch}_{method}")
     steps = [Clip(f"step {i} (t = {t:.2f})", "interpolation", au, float(m),
                   write_wav(audio_dir / f"{label}_step{i:02d}.wav", au, sample_rate=sr))
@@ -495,7 +499,8 @@ def _wav_paths(cfg: Config, meta: pd.DataFrame) -> np.ndarray:
 def _griffin_lim_uri(x: np.ndarray, cfg: Config, timing: list[float]) -> str:
     """One decoded log-mel [shape=(1, n_mels, frames)] as an MP3 data URI; its Griffin-Lim seconds go to ``timing``."""
     t0 = time.perf_counter()
-    audio = invert_to_audio(x[None], cfg=cfg.features, n_iter=cfg.analysis.map_griffin_lim_iters, seed=cfg.run.seed)[0]
+    audio = invert_to_audio(x[None], cfg=cfg.features, n_iter=cfg.analysis.map_griffin_lim_iters, seed=cfg.run.seed,
+                            mel_inverse=cfg.analysis.mel_inversion)[0]
     timing.append(time.perf_counter() - t0)
     return audio_data_uri(audio, sample_rate=cfg.features.sample_rate)
 

@@ -14,7 +14,7 @@ import librosa
 import numpy as np
 import torch
 
-from vaelib.config import MEL_SCALES, FeatureConfig
+from vaelib.config import MEL_INVERSES, MEL_SCALES, FeatureConfig
 from vaelib.exceptions import ParameterError
 
 __all__ = [
@@ -192,7 +192,14 @@ def normalized_to_db(x: np.ndarray, *, cfg: FeatureConfig) -> np.ndarray:
     return (np.clip(x, -1.0, 1.0) - 1.0) * (cfg.top_db / 2.0)
 
 
-def inverse_log_mel(x: np.ndarray, *, cfg: FeatureConfig, n_iter: int = 64, seed: int = 0) -> np.ndarray:
+@functools.lru_cache(maxsize=8)
+def _mel_pinv(cfg: FeatureConfig) -> np.ndarray:
+    """[shape=(n_fft // 2 + 1, n_mels)] pseudo-inverse of the filterbank (cached: an SVD per call would dominate)."""
+    return np.linalg.pinv(mel_filterbank(cfg)).astype(np.float32)
+
+
+def inverse_log_mel(x: np.ndarray, *, cfg: FeatureConfig, n_iter: int = 64, seed: int = 0,
+                    mel_inverse: str = "nnls") -> np.ndarray:
     """Audio from a normalised log-mel: dB -> power mel -> linear magnitude -> Griffin-Lim.
 
     Parameters
@@ -200,6 +207,10 @@ def inverse_log_mel(x: np.ndarray, *, cfg: FeatureConfig, n_iter: int = 64, seed
     x : [shape=(1, n_mels, frames) or (n_mels, frames)] normalised log-mel.
     n_iter : Griffin-Lim iterations.
     seed : seeds Griffin-Lim's random initial phase, so the output is reproducible.
+    mel_inverse : how the mel power goes back to linear frequency. ``"nnls"``: librosa's non-negative
+        least squares (``mel_to_stft``), ``"pinv"``: the filterbank's pseudo-inverse, clipped at 0, a
+        matrix product that costs a fraction of the solve for the same error where the note is
+        (``benchmarks/bench_explore.py``, docs/explore.md).
 
     Returns
     -------
@@ -211,10 +222,15 @@ def inverse_log_mel(x: np.ndarray, *, cfg: FeatureConfig, n_iter: int = 64, seed
         x = x[0]
     if x.shape != (cfg.n_mels, cfg.frames):
         raise ParameterError(f"x: expected shape (1, {cfg.n_mels}, {cfg.frames}), got {x.shape}")
+    if mel_inverse not in MEL_INVERSES:
+        raise ParameterError(f"mel_inverse: expected one of {MEL_INVERSES}, got {mel_inverse!r}")
     power_mel = librosa.db_to_power(normalized_to_db(x, cfg=cfg))
-    stft_mag = librosa.feature.inverse.mel_to_stft(
-        power_mel, sr=cfg.sample_rate, n_fft=cfg.n_fft, power=2.0, fmin=cfg.fmin, fmax=cfg.fmax,
-        htk=_htk(cfg))
+    if mel_inverse == "pinv":
+        stft_mag = np.sqrt(np.maximum(_mel_pinv(cfg) @ power_mel, 0.0))
+    else:
+        stft_mag = librosa.feature.inverse.mel_to_stft(
+            power_mel, sr=cfg.sample_rate, n_fft=cfg.n_fft, power=2.0, fmin=cfg.fmin, fmax=cfg.fmax,
+            htk=_htk(cfg))
     length = cfg.frames * cfg.hop_length
     # A centred STFT of `length` samples has 1 + length // hop frames (129 for 128 kept): Griffin-Lim
     # re-analyses its estimate at that size, so the magnitude gets the cropped last frame back (edge copy).
