@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import atexit
 import datetime
+import inspect
 import logging
 import os
 import pickle
@@ -292,9 +293,13 @@ def wrap_model(model: nn.Module, ranks: Ranks, cfg: TrainConfig) -> nn.Module:
         model.contrast_proj.requires_grad_(False)
     convert_batchnorm(model)
     device = next(model.parameters()).device
-    # Buffers (the running statistics) are equal on every rank already: broadcasting them is a collective for nothing.
-    return nn.parallel.DistributedDataParallel(
-        model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False)
+    # Buffers (the running statistics) are equal on every rank already: syncing them at every forward would be a
+    # collective for nothing (the argument's name changed in torch 2.13).
+    no_sync = ({"forward_sync_buffers": False}
+               if "forward_sync_buffers" in inspect.signature(nn.parallel.DistributedDataParallel).parameters
+               else {"broadcast_buffers": False})
+    return nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                               **no_sync)
 
 
 def global_objective(x: torch.Tensor, out, model: nn.Module, *, pitch: torch.Tensor, classes: torch.Tensor | None,
