@@ -219,6 +219,7 @@ class StreamRows:
         last ``keep_blocks`` kept, for an order from :func:`block_order`; 0: each batch's rows are read
     keep_blocks : int, blocks kept (2 windows: a batch may take rows of two)
     names : [shape=(notes,)] the notes' names, for the message that refuses non-finite features
+    advise : bool, tell the kernel the next batch's rows while reading this one (``POSIX_FADV_WILLNEED``)
 
     Raises
     ------
@@ -229,14 +230,14 @@ class StreamRows:
 
     def __init__(self, path: str | os.PathLike, rows: np.ndarray, *, row_shape: tuple[int, ...],
                  device: torch.device, prefetch: int, block: int = 0, keep_blocks: int = 64,
-                 names: np.ndarray | None = None) -> None:
+                 names: np.ndarray | None = None, advise: bool = True) -> None:
         if prefetch < 1:
             raise ParameterError(f"train.prefetch must be >= 1, got {prefetch}")
         self.path = Path(path)
         self.rows = np.asarray(rows, dtype=np.int64)
         self.n_notes = len(self.rows)
         self.device, self.prefetch, self.block, self.keep_blocks = device, prefetch, block, max(keep_blocks, 1)
-        self.names = names
+        self.names, self.advise = names, advise
         offset, dtype, shape = read_npy_header(self.path)
         if dtype != np.float16:
             raise DataError(f"{self.path}: {dtype} features, the feature cache holds float16")
@@ -255,16 +256,36 @@ class StreamRows:
 
     # --- reading
 
+    @staticmethod
+    def _runs(file_rows: np.ndarray) -> list[tuple[int, int, int]]:
+        """(index in ``file_rows``, first row, rows) of each run of consecutive rows of sorted ``file_rows``."""
+        starts = np.concatenate([[0], np.flatnonzero(np.diff(file_rows) != 1) + 1])
+        counts = np.diff(np.concatenate([starts, [len(file_rows)]]))
+        return [(int(i), int(file_rows[i]), int(c)) for i, c in zip(starts, counts) if c]
+
+    def _advise(self, fd: int, positions: np.ndarray, kept: OrderedDict) -> None:
+        """Ask the kernel to start reading the rows of split positions ``positions`` (a batch to come), so
+        that reads from the disk overlap instead of waiting one after the other; nothing where the
+        call does not exist. Rows already in a kept block are left out."""
+        if not hasattr(os, "posix_fadvise"):
+            return
+        if self.block:
+            wanted = [k for k in np.unique(positions // self.block).tolist() if k not in kept]
+            file_rows = (self.rows[np.concatenate([np.arange(k * self.block, min((k + 1) * self.block,
+                                                                                 self.n_notes)) for k in wanted])]
+                         if wanted else np.empty(0, np.int64))
+        else:
+            file_rows = self.rows[positions]
+        for _, first, count in self._runs(np.sort(file_rows)):
+            os.posix_fadvise(fd, self.offset + first * self.row_bytes, count * self.row_bytes,
+                             os.POSIX_FADV_WILLNEED)
+
     def _read_runs(self, fd: int, file_rows: np.ndarray, out: np.ndarray) -> None:
         """Read rows ``file_rows`` (sorted ascending) into ``out`` [shape=(len, *row_shape)] float16, one
         ``preadv`` per run of consecutive rows."""
         flat = out.reshape(len(file_rows), -1)
-        breaks = np.flatnonzero(np.diff(file_rows) != 1) + 1
-        for run in np.split(np.arange(len(file_rows)), breaks):
-            if not len(run):
-                continue
-            first, count = int(file_rows[run[0]]), len(run)
-            view = memoryview(flat[run[0]:run[0] + count]).cast("B")
+        for i, first, count in self._runs(file_rows):
+            view = memoryview(flat[i:i + count]).cast("B")
             pos = self.offset + first * self.row_bytes
             while len(view):
                 got = os.preadv(fd, [view], pos)
@@ -354,6 +375,8 @@ class StreamRows:
             try:
                 for b in range(first, n_batches):
                     positions = batch_positions(order_np, b, batch_size=batch_size, part=part)
+                    if self.advise and b + 1 < n_batches:
+                        self._advise(fd, batch_positions(order_np, b + 1, batch_size=batch_size, part=part), kept)
                     if not put((b, self._batch(fd, positions, kept))):
                         return
             except BaseException as exc:  # handed to the consumer, which raises it

@@ -11,6 +11,8 @@ Speed on a small CPU comes from doing nothing per step but the model: the whole 
 float32 tensor in memory (no DataLoader, no audio decoding), batches are rows picked by a
 ``torch.Generator``-seeded permutation, weights and activations are channels-last for oneDNN,
 and bf16 autocast is used only where the hardware has native bf16 (see :mod:`vaelib.model.device`).
+A split too large for memory is streamed from the cache's file instead, a background thread
+reading each batch's rows ahead of the step (:mod:`vaelib.model.stream`).
 
 Reproducibility: every random draw comes from a seeded stream (:class:`RandomStreams`;
 evaluation noise: a fresh generator per evaluation). The streams, the model, the optimiser, the
@@ -367,7 +369,12 @@ def train(cfg: Config, cache: FeatureCache, *, resume: bool = False, retrain: bo
     retrain stopped in the epoch that finishes it has finished, so it replaces the run before the stop
     goes on; one that finished but was killed before replacing the run replaces it at the next call
     of any kind (and ``retrain`` with ``resume`` then returns it).
-    One process trains a run at a time (:class:`vaelib.model.checkpoint.RunLock`).
+    One process trains a run at a time (:class:`vaelib.model.checkpoint.RunLock`); under torchrun, one
+    job of several processes does (:mod:`vaelib.model.distributed`): each trains its part of every
+    global batch of ``train.batch_size``, with the numbers of one process, and rank 0 alone holds the
+    lock, decides what to do with the folder, evaluates and writes. The train split is read from
+    memory or streamed from the cache's file (``train.data``, :mod:`vaelib.model.stream`), with the
+    same numbers.
 
     Parameters
     ----------
