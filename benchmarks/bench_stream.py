@@ -160,7 +160,7 @@ def main() -> None:
     ap.add_argument("--set", dest="overrides", action="append", default=[])
     ap.add_argument("--notes", type=int, default=4096, help="train notes of the synthetic cache")
     ap.add_argument("--nsynth", action="store_true", help="NSynth's shape: 289,205 / 12,678 / 4,096 notes (6.3 GB)")
-    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--reader-batches", type=int, default=400, help="most batches the reader is timed on")
     ap.add_argument("--skip-train", action="store_true", help="time the reader only")
     ap.add_argument("--cache-dir", default=None, help="where the synthetic cache goes (default: a temporary folder, "

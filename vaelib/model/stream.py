@@ -7,11 +7,13 @@ path and the stream path give the same numbers.
 * :class:`MemoryRows`: the split as one float32 tensor on the training device; a batch is an index
   into it. The fastest path, and the default while the split fits (:func:`choose_data`).
 * :class:`StreamRows`: a background thread reads each batch's rows from ``features.npy`` with
-  positional reads (``os.preadv`` into the batch's buffer: no memory map, whose page faults cost a
-  third of the step's speed, and no seek shared between threads) and converts them to float32, at
-  most ``train.prefetch`` batches ahead of the step. Consecutive rows are read as one run. With the
-  block order (:func:`block_order`, ``train.shuffle_block``) the reader reads whole blocks and keeps
-  the blocks of the current window, so the file is read in long runs, once per epoch.
+  positional reads (``os.preadv`` straight into the batch's buffer, one call per run of consecutive
+  rows, the GIL released; no memory map, whose pages would stay mapped into the process and fault in
+  4 KiB at a time), tells the kernel the next batch's rows (``POSIX_FADV_WILLNEED``, so that reads
+  from the disk overlap) and converts the rows to float32, at most ``train.prefetch`` batches ahead of
+  the step. With the block order (:func:`block_order`, ``train.shuffle_block``) it reads whole blocks
+  and keeps the blocks of the last two windows, so the file is read in long runs, once an epoch.
+  Throughputs in docs/scale.md.
 
 Order and the gradient. The default order is a uniform permutation of the notes (``torch.randperm``
 of the batch generator), as before streaming existed: every batch is a uniform sample of the split.
@@ -53,6 +55,7 @@ MEMORY_SHARE = 0.5
 # the float32 tensor made from it (4); on a GPU the float32 tensor then lives on the device.
 HOST_BYTES_PER_VALUE = 6
 DEVICE_BYTES_PER_VALUE = 4
+_GRAIN = 32768  # at::internal::GRAIN_SIZE: torch runs an op on fewer values in the calling thread
 _POLL_S = 0.1  # how often a blocked reader or consumer checks whether the other side has stopped
 
 
@@ -327,19 +330,26 @@ class StreamRows:
                 rows[mine] = self._block(fd, int(k), kept)[positions[mine] - k * self.block]
         else:
             rows = self._read_rows(fd, positions)
-        x = torch.from_numpy(rows).float()
-        # A row's sum is finite iff the row is (feature values are bounded), one reduction instead of a mask.
-        finite = torch.isfinite(x.flatten(1).sum(dim=1))
-        if not bool(finite.all()):
-            bad = positions[~finite.numpy()]
+        # float16 NaN and infinity have every exponent bit set: one pass of integer ops, no conversion
+        nonfinite = ((rows.view(np.uint16) & 0x7C00) == 0x7C00).reshape(len(rows), -1).any(axis=1)
+        if nonfinite.any():
+            bad = positions[nonfinite]
             names = self.names[bad[:5]].tolist() if self.names is not None else bad[:5].tolist()
             raise TrainingError(
                 f"{self.path}: the 'train' split's features hold non-finite values (NaN or infinity) in {len(bad)} "
                 f"notes of a batch ({', '.join(map(str, names))}{', ...' if len(bad) > 5 else ''}), found as the "
                 "batch was read; no step was taken on them; the cache is damaged: delete that folder to rebuild it")
-        if self.device.type == "cpu":
-            x = x.contiguous(memory_format=torch.channels_last)
-        return x
+        src = torch.from_numpy(rows)
+        if self.device.type != "cpu":
+            return src  # float16 over the bus, half the bytes: converted on the device (see epoch's get)
+        # Converted here, off the step's path, in slices below torch's parallel grain (32768 values), so that
+        # this thread converts them itself: a slice above it would start an OpenMP team of its own beside the
+        # step's, and two teams on the same cores wait at their barriers.
+        x = torch.empty(src.shape, dtype=torch.float32)
+        step = max(1, _GRAIN // max(int(np.prod(self.row_shape)), 1))
+        for i in range(0, len(src), step):
+            x[i:i + step].copy_(src[i:i + step])
+        return x.contiguous(memory_format=torch.channels_last)
 
     # --- one epoch
 
@@ -398,7 +408,7 @@ class StreamRows:
             if tag == "error":
                 raise item
             assert tag == b, f"stream reader gave batch {tag}, the step asked for {b}"
-            return item.to(self.device, non_blocking=True) if self.device.type != "cpu" else item
+            return item.to(self.device, non_blocking=True).float() if self.device.type != "cpu" else item
 
         try:
             yield _Batches(get)
