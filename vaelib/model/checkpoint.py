@@ -103,7 +103,9 @@ def set_rng_state(state: dict, batch_gen: torch.Generator, noise_gen: torch.Gene
     n = state["numpy"]
     np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        # the GPUs of the machine that saved it, as many as this one has: a run of a node of 4 resumes on 1
+        for i, gpu_state in enumerate(state["cuda"][:torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(gpu_state, i)
 
 
 def save_checkpoint(obj: dict, path: Path) -> None:

@@ -9,11 +9,11 @@ path and the stream path give the same numbers.
 * :class:`StreamRows`: a background thread reads each batch's rows from ``features.npy`` with
   positional reads (``os.preadv`` straight into the batch's buffer, one call per run of consecutive
   rows, the GIL released; no memory map, whose pages would stay mapped into the process and fault in
-  4 KiB at a time), tells the kernel the next batch's rows (``POSIX_FADV_WILLNEED``, so that reads
-  from the disk overlap) and converts the rows to float32, at most ``train.prefetch`` batches ahead of
-  the step. With the block order (:func:`block_order`, ``train.shuffle_block``) it reads whole blocks
-  and keeps the blocks of the last two windows, so the file is read in long runs, once an epoch.
-  Throughputs in docs/scale.md.
+  4 KiB at a time), tells the kernel the next batch's rows in the uniform order
+  (``POSIX_FADV_WILLNEED``, so that reads from the disk overlap) and converts the rows to float32, at
+  most ``train.prefetch`` batches ahead of the step. With the block order (:func:`block_order`,
+  ``train.shuffle_block``) it reads whole blocks and keeps the blocks of the last two windows, so the
+  file is read in long runs, once an epoch. Throughputs in docs/scale.md.
 
 Order and the gradient. The default order is a uniform permutation of the notes (``torch.randperm``
 of the batch generator), as before streaming existed: every batch is a uniform sample of the split.
@@ -222,7 +222,8 @@ class StreamRows:
         last ``keep_blocks`` kept, for an order from :func:`block_order`; 0: each batch's rows are read
     keep_blocks : int, blocks kept (2 windows: a batch may take rows of two)
     names : [shape=(notes,)] the notes' names, for the message that refuses non-finite features
-    advise : bool, tell the kernel the next batch's rows while reading this one (``POSIX_FADV_WILLNEED``)
+    advise : bool, tell the kernel the next batch's rows while reading this one (``POSIX_FADV_WILLNEED``);
+        in the uniform order only (``block`` 0)
 
     Raises
     ------
@@ -240,7 +241,8 @@ class StreamRows:
         self.rows = np.asarray(rows, dtype=np.int64)
         self.n_notes = len(self.rows)
         self.device, self.prefetch, self.block, self.keep_blocks = device, prefetch, block, max(keep_blocks, 1)
-        self.names, self.advise = names, advise
+        # Whole blocks are long runs, which the kernel's own readahead serves: hints only slowed them down.
+        self.names, self.advise = names, advise and not block
         offset, dtype, shape = read_npy_header(self.path)
         if dtype != np.float16:
             raise DataError(f"{self.path}: {dtype} features, the feature cache holds float16")
@@ -266,20 +268,13 @@ class StreamRows:
         counts = np.diff(np.concatenate([starts, [len(file_rows)]]))
         return [(int(i), int(file_rows[i]), int(c)) for i, c in zip(starts, counts) if c]
 
-    def _advise(self, fd: int, positions: np.ndarray, kept: OrderedDict) -> None:
+    def _advise(self, fd: int, positions: np.ndarray) -> None:
         """Ask the kernel to start reading the rows of split positions ``positions`` (a batch to come), so
         that reads from the disk overlap instead of waiting one after the other; nothing where the
-        call does not exist. Rows already in a kept block are left out."""
+        call does not exist."""
         if not hasattr(os, "posix_fadvise"):
             return
-        if self.block:
-            wanted = [k for k in np.unique(positions // self.block).tolist() if k not in kept]
-            file_rows = (self.rows[np.concatenate([np.arange(k * self.block, min((k + 1) * self.block,
-                                                                                 self.n_notes)) for k in wanted])]
-                         if wanted else np.empty(0, np.int64))
-        else:
-            file_rows = self.rows[positions]
-        for _, first, count in self._runs(np.sort(file_rows)):
+        for _, first, count in self._runs(np.sort(self.rows[positions])):
             os.posix_fadvise(fd, self.offset + first * self.row_bytes, count * self.row_bytes,
                              os.POSIX_FADV_WILLNEED)
 
@@ -386,7 +381,7 @@ class StreamRows:
                 for b in range(first, n_batches):
                     positions = batch_positions(order_np, b, batch_size=batch_size, part=part)
                     if self.advise and b + 1 < n_batches:
-                        self._advise(fd, batch_positions(order_np, b + 1, batch_size=batch_size, part=part), kept)
+                        self._advise(fd, batch_positions(order_np, b + 1, batch_size=batch_size, part=part))
                     if not put((b, self._batch(fd, positions, kept))):
                         return
             except BaseException as exc:  # handed to the consumer, which raises it
