@@ -478,6 +478,7 @@ def _fit(cfg: Config, cache: FeatureCache, run_dir: Path, *, resume: bool, retra
     # model, optimiser, random streams and the state that must survive a resume
     streams = RandomStreams(cfg.run.seed, device)  # seeds the initialisation, so before the model
     model = _build_model(cfg, device)
+    meta = _meta(cfg, cache, model, device, dtype)  # before wrap_model, which may freeze an unused head
     net = wrap_model(model, ranks, tc)  # the model itself in one process, DDP over it in several
     optimizer = torch.optim.Adam(model.parameters(), lr=tc.lr)
     early = EarlyStopping(tc.patience)
@@ -488,7 +489,6 @@ def _fit(cfg: Config, cache: FeatureCache, run_dir: Path, *, resume: bool, retra
     epoch, step, finished, history = (
         ranks.together(lambda: _restore(last_path, cfg, device, stateful, restart=RESTART_HINT[retrain]))
         if resume else (0, 0, False, []))
-    meta = _meta(cfg, cache, model, device, dtype)
     if on_epoch is not None and ranks.is_main:
         for restored in history:  # the epochs of a resumed run first, so a live table starts complete
             on_epoch(dict(restored))
