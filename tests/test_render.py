@@ -9,7 +9,7 @@ import pytest
 import soundfile as sf
 
 from vaelib.config import NSYNTH_FAMILIES, RenderConfig
-from vaelib.data.nsynth import SCHEMA_FIELDS, read_examples
+from vaelib.data.nsynth import SCHEMA_FIELDS, SOURCE_FIELDS, read_examples
 from vaelib.data.render import GM_FAMILY_SOURCE, default_soundfont, note_qualities, render_dataset
 
 SR = 16000
@@ -52,7 +52,8 @@ def test_layout_and_schema(pitched):
     raw = json.loads((out / "examples.json").read_text())
     assert sorted(raw) == sorted(p.stem for p in (out / "audio").glob("*.wav"))
     for key, e in raw.items():
-        assert set(e) == set(SCHEMA_FIELDS)
+        assert set(e) == set(SCHEMA_FIELDS) | set(SOURCE_FIELDS)  # NSynth's fields, plus the source's
+        assert e["soundfont"] == "TimGM6mb.sf2" and e["program"] in (0, 73)
         assert e["note_str"] == key == f"{e['instrument_str']}-{e['pitch']:03d}-{e['velocity']:03d}"
         assert isinstance(e["pitch"], int) and e["sample_rate"] == SR
         assert len(e["qualities"]) == 10
