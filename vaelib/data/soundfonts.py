@@ -33,9 +33,8 @@ DEBIAN_SOUNDFONTS: dict[str, str] = {
     "/usr/share/sounds/sf2/OPL-3_FM_128M.sf2": "opl3-soundfont",
     "/usr/share/sounds/sf2/sf_GMbank.sf2": "csound-soundfont",
     "/usr/share/sounds/sf2/TimGM6mb.sf2": "timgm6mb-soundfont",
-    "/usr/share/sounds/sf3/MuseScore_General.sf3": "musescore-general-soundfont",
+    "/usr/share/sounds/sf3/MuseScore_General_Full.sf3": "musescore-general-soundfont",
     "/usr/share/sounds/sf3/MuseScore_General_Lite.sf3": "musescore-general-soundfont-small",
-    "/usr/share/sounds/sf2/MuseScore_General.sf2": "musescore-general-soundfont-lossless",
 }
 
 
