@@ -173,3 +173,26 @@ def test_train_programs_of_a_render_made_before_notes_recorded_them(tiny_run, tm
     # nor for a dataset vaelib did not render
     (old / "render_summary.json").unlink()
     assert train_programs(legacy) is None
+
+
+def test_a_folder_without_a_render_summary_is_read_as_it_is(tiny_run, tmp_path):
+    run = tiny_run["run"]
+    mine = tmp_path / "mine"
+    shutil.copytree(run.cfg.data.root, mine)
+    (mine / "render_summary.json").unlink()
+    cfg = load_config(SMOKE, [*tiny_run["overrides"][:-1],
+                              f"analysis.transfer=[{{name: mine, soundfont: {tiny_run['other']}, root: {mine}}}]"])
+    with pytest.warns(UserWarning, match="holds no render summary"):
+        found = transfer_dataset(cfg.analysis.transfer[0], cfg, show_progress=False)
+    assert found == {"root": mine, "soundfont": None, "rendered": False}
+
+
+def test_a_run_without_test_notes_is_still_scored(tiny_run):
+    cfg = load_config(SMOKE, [*tiny_run["overrides"], "data.test_fraction=0.0"])
+    cache = prepare_features(cfg, show_progress=False)
+    run = TrainedRun(**{**tiny_run["run"].__dict__, "cfg": cfg, "cache": cache})
+    mu, _ = encode_features(run.model, cache.features)
+    space = LatentSpace(table=cache.meta, mu=mu, split=cache.meta["split"].to_numpy(), projections={})
+    transfer = evaluate_transfer(space, run, show_progress=False)
+    assert transfer.in_domain == {} and list(transfer.table.columns) == ["other: all notes"]
+    assert transfer.metrics["other"]["unseen_programs"] is None  # every program was trained on

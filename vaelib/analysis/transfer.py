@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -269,7 +270,8 @@ def transfer_dataset(entry: TransferSet, cfg: Config, *, index: int = 0, show_pr
 
     Returns
     -------
-    ``root`` (Path), ``soundfont`` (the resolved path, or None), ``rendered`` (whether it was rendered now).
+    ``root`` (Path), ``soundfont`` (the resolved path; None for a folder read as it is, which a folder
+    without a render summary is, with a warning), ``rendered`` (whether it was rendered now).
 
     Raises
     ------
@@ -290,6 +292,10 @@ def transfer_dataset(entry: TransferSet, cfg: Config, *, index: int = 0, show_pr
     root = (resolve_path(entry.root) if entry.root
             else resolve_path(TRANSFER_ROOT) / f"{font.stem}-{settings_key(render_cfg)}")
     if root.exists():
+        if rendered_summary(root) is None:
+            warnings.warn(f"{where}.root ({entry.name}): {root} holds no render summary, so it cannot be told "
+                          f"whether it was rendered from {font.name}; it is read as it is", stacklevel=2)
+            return {"root": root, "soundfont": None, "rendered": False}
         check_rendered(root, render_cfg, asked_by=f"{where}.soundfont", folder_key=f"{where}.root", strict=True)
         return {"root": root, "soundfont": font, "rendered": False}
     log.info("%s (%s): rendering %s into %s", where, entry.name, font.name, root)
@@ -318,7 +324,8 @@ def evaluate_transfer(space: LatentSpace, run: TrainedRun, *, show_progress: boo
     Returns
     -------
     The figures per dataset (for ``metrics.json``, ``transfer.<name>``), those of the run's own test
-    split, and the table of both. Nothing is computed when ``analysis.transfer`` is empty.
+    split ({} when it is empty), and the table of both. Nothing is computed when ``analysis.transfer``
+    is empty.
     """
     cfg = run.cfg
     sets = cfg.analysis.transfer
@@ -333,7 +340,8 @@ def evaluate_transfer(space: LatentSpace, run: TrainedRun, *, show_progress: boo
     del train_x
     cond = cfg.model.pitch_conditioning
     test_x, test_meta = run.cache.split("test")
-    in_domain = score_notes(reference, note_scores(run.model, reference, test_x, test_meta, pitch_conditioning=cond))
+    in_domain = (score_notes(reference, note_scores(run.model, reference, test_x, test_meta, pitch_conditioning=cond))
+                 if len(test_meta) else {})
     programs = train_programs(run)
     data_cfg = dataclasses.replace(cfg.data, instruments=(), test_soundfonts=(), max_notes=0)
     metrics: dict[str, dict] = {}
@@ -355,8 +363,8 @@ def evaluate_transfer(space: LatentSpace, run: TrainedRun, *, show_progress: boo
 
 def transfer_table(in_domain: dict, metrics: dict[str, dict]) -> pd.DataFrame:
     """The table of 04's transfer section: one row per measure, one column per note set (the run's own test
-    split first, then each dataset's notes and its notes of unseen programs)."""
-    columns = {"own test split": in_domain}
+    split first, when it has notes, then each dataset's notes and its notes of unseen programs)."""
+    columns = {"own test split": in_domain} if in_domain else {}
     for name, m in metrics.items():
         columns[f"{name}: all notes"] = m["all"]
         if m["unseen_programs"] is not None:
