@@ -91,8 +91,11 @@ def resolve_soundfont(spec: str, *, where: str = "render.soundfont") -> Path:
         return debian
     package = debian_package(given)
     shown = debian if debian is not None else path
-    hint = (f" (a SoundFont Debian packages: `apt-get install {package}` installs it as "
-            f"{_debian_path(given.name)})" if package else "")
+    hint = ""
+    if package:
+        place = _debian_path(given.name)
+        hint = (f" (Debian's package {package}: `apt-get install {package}` provides it)" if place == shown else
+                f" (Debian's package {package}: `apt-get install {package}` installs it as {place})")
     raise ParameterError(f"{where} {shown}: file not found{hint}")
 
 
