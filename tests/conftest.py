@@ -126,13 +126,21 @@ def make_split(tmp_path):
 @pytest.fixture(scope="session")
 def smoke_run(tmp_path_factory, smoke_dataset) -> dict:
     """The whole pipeline (`vaelib run`) on params/smoke.yaml, once per session: the five notebooks
-    executed by papermill into ``<tmp>/reports/smoke/``. Every notebook test reads this one run."""
+    executed by papermill into ``<tmp>/reports/smoke/``, with one transfer set for 04. Every notebook
+    test reads this one run."""
+    import shutil
+
+    from vaelib.data.soundfonts import default_soundfont
     from vaelib.report.pipeline import run_pipeline
 
     tmp = tmp_path_factory.mktemp("run")
     dataset = hostile_copy(smoke_dataset, tmp / "ds")
+    # 04's transfer section on one small set: the smoke programs rendered from the bundled SoundFont's copy
+    font = tmp / "Copy_GM.sf2"
+    shutil.copy(default_soundfont(), font)
     overrides = [f"data.root={dataset}", f"features.cache_dir={tmp}/cache",
-                 f"train.checkpoint_dir={tmp}/ckpt"]
+                 f"train.checkpoint_dir={tmp}/ckpt",
+                 f"analysis.transfer=[{{name: copy, soundfont: {font}, root: {tmp}/transfer_copy}}]"]
     run_dir = run_pipeline(SMOKE_PARAMS, overrides, reports_root=tmp / "reports")
     return {"tmp": tmp, "dataset": dataset, "overrides": overrides, "run_dir": run_dir,
             "cfg": load_config(SMOKE_PARAMS, overrides)}

@@ -47,6 +47,9 @@ CHECKPOINT_FORMAT = 1
 # Training parameters that change where or how fast a run goes, not what it computes.
 _REQUIRED_KEYS = ("format", "config", "model")  # what load_model and the commands read
 _RUNTIME_ONLY = {"device": "auto", "num_threads": 0, "checkpoint_dir": ""}
+# Data parameters added after runs were first keyed, with the value that leaves the data as it was: at that
+# value they are left out of the key, so the runs trained before them keep their folders.
+_DATA_ADDED_OFF = {"test_soundfonts": []}
 
 
 def checkpoint_dir(cfg: Config, cache_key: str) -> Path:
@@ -54,10 +57,12 @@ def checkpoint_dir(cfg: Config, cache_key: str) -> Path:
 
     ``train.device``, ``train.num_threads``, ``train.checkpoint_dir`` and the feature cache's
     ``batch_size``, ``workers`` and ``cache_dir`` are left out of the hash: they change where the run
-    goes or how fast, not what it computes.
+    goes or how fast, not what it computes. So is ``data.test_soundfonts`` while empty (the key of
+    runs from before it existed; the split it makes is in the cache key anyway).
     """
     train_cfg = dataclasses.replace(cfg.train, **_RUNTIME_ONLY)
-    key = section_hash(cfg.model, train_cfg, cfg.data, extra={
+    data = {k: v for k, v in config_to_dict(cfg.data).items() if _DATA_ADDED_OFF.get(k, object()) != v}
+    key = section_hash(cfg.model, train_cfg, data, extra={
         "features": feature_representation(cfg.features), "seed": cfg.run.seed, "cache": cache_key})
     return resolve_path(cfg.train.checkpoint_dir) / key
 
