@@ -164,18 +164,18 @@ def test_resume_after_interrupt_matches_uninterrupted(reference, work, cache, mo
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(work, cache, monkeypatch):
     root, ds = work
     cfg = _cfg(root, ds, ckpt="ckpt_nan")
-    real = vloss.vae_loss
+    real = vloss.vae_terms
     calls = {"train": 0}
 
-    def poisoned(x, out, *, beta, free_bits):
-        parts = real(x, out, beta=beta, free_bits=free_bits)
+    def poisoned(recon, mu, logvar, *, beta, free_bits):
+        parts = real(recon, mu, logvar, beta=beta, free_bits=free_bits)
         if torch.is_grad_enabled():
             calls["train"] += 1
             if calls["train"] == 6:  # step 5, in epoch 2
                 return parts._replace(total=parts.total * float("nan"))
         return parts
 
-    monkeypatch.setattr(vloss, "vae_loss", poisoned)  # as training_objective calls it
+    monkeypatch.setattr(vloss, "vae_terms", poisoned)  # as training_objective calls it
     with pytest.raises(TrainingError, match=r"non-finite loss at step 5 \(epoch 2") as err:
         train(cfg, cache, show_progress=False)
     assert "last.pt (epoch 1)" in str(err.value)

@@ -195,6 +195,16 @@ class TrainConfig:
     contrast_dims: int = _f(0, "leading latent dimensions the contrastive term acts on (0: all)", lo=0)
     notes_per_instrument: int = _f(0, "batches built of groups of this many notes of one instrument (0: uniform "
                                    "random batches); gives the contrastive term its positives", lo=0)
+    shuffle_block: int = _f(0, "rows of the feature file kept together in the epoch's order (0: every note drawn "
+                            "uniformly); blocks are shuffled, then the rows of train.shuffle_window blocks at a "
+                            "time, so streaming reads whole runs of rows (docs/scale.md)", lo=0)
+    shuffle_window: int = _f(32, "blocks whose rows are shuffled together when train.shuffle_block > 0: a batch "
+                             "draws its notes from this many blocks", lo=1)
+    data: str = _f("auto", "where the train features are read from: 'memory' (one tensor on the device), "
+                   "'stream' (batches read from the cache's file in a background thread), or 'auto': stream when "
+                   "loading the train split would take over half the memory available (docs/scale.md); the "
+                   "numbers are the same", choices=("auto", "memory", "stream"))
+    prefetch: int = _f(4, "batches the stream reader reads ahead of the step (train.data stream)", lo=1, hi=1024)
     pitch_weight: float = _f(10.0, "weight of the pitch classifier's cross-entropy when model.pitch_head", lo=0.0)
     pitch_order: float = _f(0.0, "weight of the AR-VAE term ordering the last latent dimension by pitch (0: off)",
                             lo=0.0)
@@ -426,6 +436,9 @@ def _cross_checks(cfg: Config) -> None:
     if cfg.train.contrast_dims > cfg.model.latent_dim:
         raise ConfigError(f"train.contrast_dims ({cfg.train.contrast_dims}) is above model.latent_dim "
                           f"({cfg.model.latent_dim})")
+    if cfg.train.notes_per_instrument and cfg.train.shuffle_block:
+        raise ConfigError(f"train.notes_per_instrument ({cfg.train.notes_per_instrument}) and train.shuffle_block "
+                          f"({cfg.train.shuffle_block}) are two orders of the epoch's notes: set one of them to 0")
     if cfg.train.notes_per_instrument and cfg.train.batch_size % cfg.train.notes_per_instrument:
         raise ConfigError(f"train.batch_size ({cfg.train.batch_size}) must be a multiple of "
                           f"train.notes_per_instrument ({cfg.train.notes_per_instrument}): batches hold whole groups")

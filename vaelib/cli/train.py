@@ -29,22 +29,52 @@ train.checkpoint_dir holds last.pt, best.pt, history.csv and config.yaml.
 --retrain --resume continues an interrupted retrain. One process trains a run at a time: a second
 one is refused, naming the process that holds <run>.lock. A non-finite loss, validation figure or
 feature stops training with an error saying which, and last.pt keeps the last good epoch.
+
+Several processes (data-parallel, docs/scale.md): torchrun --nproc-per-node N -m vaelib train ...
+train.batch_size is the global batch and the numbers are those of one process; rank 0 alone
+writes and prints. --cache trains on a feature cache folder as it is (one written by
+`vaelib preprocess --synthetic`, or one built elsewhere) instead of the params' dataset.
 """
 
 
-def cmd_train(args: argparse.Namespace) -> int:
+def _cache(cfg, args: argparse.Namespace):
+    """The feature cache to train on: ``--cache`` as it is, else the params' (built if missing)."""
+    from vaelib.data.cache import open_feature_cache
     from vaelib.data.prepare import prepare_features
+
+    if args.cache is None:
+        return prepare_features(cfg, show_progress=not args.quiet)
+    cache = open_feature_cache(resolve_path(args.cache))
+    want = [1, cfg.features.n_mels, cfg.features.frames]
+    if list(cache.features.shape[1:]) != want:
+        raise ConfigError(f"--cache {args.cache}: notes of shape {list(cache.features.shape[1:])}, the params' "
+                          f"model reads {want} (features.n_mels={cfg.features.n_mels}, "
+                          f"features.frames={cfg.features.frames})")
+    return cache
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from vaelib.data.cache import open_feature_cache
     from vaelib.model.device import resolve_device
+    from vaelib.model.distributed import setup
     from vaelib.model.train import train
 
     cfg = load_config(args.params, args.overrides)
-    resolve_device(cfg.train.device)  # a missing device is an error before any work
+    device = resolve_device(cfg.train.device)  # a missing device is an error before any work
     try:
         writable_folder(resolve_path(cfg.train.checkpoint_dir))  # so is a checkpoint folder that cannot be written
     except OSError as exc:
         raise ConfigError(f"train.checkpoint_dir: {os_error_text(exc)}") from exc
-    cache = prepare_features(cfg, show_progress=not args.quiet)
+    ranks = setup(device)  # one process, or this one of torchrun's
+    if ranks.world > 1 and args.cache is None:
+        # rank 0 builds the cache if it is missing (rendering the dataset first if need be), then all open it
+        folder = ranks.from_main(lambda: str(_cache(cfg, args).path))
+        cache = open_feature_cache(folder)
+    else:
+        cache = _cache(cfg, args)
     res = train(cfg, cache, resume=args.resume, retrain=args.retrain, show_progress=not args.quiet)
+    if not ranks.is_main:
+        return 0
     last = res.history.iloc[-1] if len(res.history) else {}
     summary = {
         "checkpoint_dir": str(res.run_dir),
@@ -77,5 +107,8 @@ def register(sub, add_config_args) -> None:
     p.add_argument("--retrain", action="store_true",
                    help="train the run again from scratch even if it has finished, beside it; the new training "
                         "replaces the run only once it finishes")
+    p.add_argument("--cache", metavar="FOLDER",
+                   help="train on this feature cache folder (e.g. from `vaelib preprocess --synthetic`) instead of "
+                        "the params' dataset; its notes must have the params' features.n_mels x features.frames")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_train)

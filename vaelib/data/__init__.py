@@ -7,6 +7,7 @@
 - ``features``: the log-mel representation (batched torch STFT, librosa filterbank, dB) and its inverse.
 - ``cache``: the on-disk feature cache, keyed by the feature parameters and the input files.
 - ``shards``: the feature cache built in slices by several processes, and their merge into the same cache.
+- ``synthetic``: a feature cache of any size (NSynth-train's shape included) written without audio.
 - ``prepare``: the stage as one call: dataset (rendered if missing) -> splits -> cached features.
 - ``summary``: tables of what a dataset and its features hold (counts, statistics, examples).
 """

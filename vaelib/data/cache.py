@@ -552,8 +552,9 @@ def log_fixes(report: WavReport) -> None:
 
 
 def _write_cache(tmp: Path, df: pd.DataFrame, cfg: FeatureConfig, key: str,
-                 features: Callable[[Path], WavReport]) -> None:
-    """Write the features (``features(path)``), the metadata and, last, the manifest into ``tmp``."""
+                 features: Callable[[Path], WavReport], extra: dict | None = None) -> None:
+    """Write the features (``features(path)``), the metadata and, last, the manifest (with ``extra``'s keys)
+    into ``tmp``."""
     shape = (len(df), *feature_shape(cfg))
     report = features(tmp / FEATURES_FILE)
     _meta_table(df).to_parquet(tmp / META_FILE, index=False)
@@ -564,7 +565,7 @@ def _write_cache(tmp: Path, df: pd.DataFrame, cfg: FeatureConfig, key: str,
         "key": key, "version": CACHE_VERSION, "n_notes": len(df), "shape": list(shape),
         "features": feature_representation(cfg), "fixes": report.counts(),
         "fixed_files": report.files[:100], "truncated_files": report.truncated_files[:100],
-        "clipped_files": report.clipped_files[:100], "integrity": _integrity(tmp),
+        "clipped_files": report.clipped_files[:100], "integrity": _integrity(tmp), **(extra or {}),
     }
     atomic_write_json(tmp / MANIFEST_FILE, manifest)
 
@@ -593,7 +594,8 @@ def publish_folder(tmp: Path, final: Path) -> None:
 
 def build_feature_cache(df: pd.DataFrame, cfg: FeatureConfig, *, resample: bool = True,
                         show_progress: bool = True,
-                        features: Callable[[Path], WavReport] | None = None) -> FeatureCache:
+                        features: Callable[[Path], WavReport] | None = None, key: str | None = None,
+                        manifest_extra: dict | None = None) -> FeatureCache:
     """Return the cache for ``df`` (with its ``split`` column), building it if it is missing or damaged.
 
     A hit costs one ``stat`` per wav and the checks of ``open_feature_cache``. A build takes the lock
@@ -604,7 +606,9 @@ def build_feature_cache(df: pd.DataFrame, cfg: FeatureConfig, *, resample: bool 
 
     ``features(path)``, when given, writes ``features.npy`` at ``path`` instead of ``write_features`` and
     returns the ``WavReport`` of its notes (``vaelib.data.shards`` merges shards this way); it is called
-    under the lock, only when the cache is built.
+    under the lock, only when the cache is built. ``key`` replaces :func:`cache_key` for notes without
+    wav files (``vaelib.data.synthetic``: 16 hex digits, a hash of what makes the features), and
+    ``manifest_extra`` adds keys to the manifest.
 
     Raises
     ------
@@ -616,7 +620,7 @@ def build_feature_cache(df: pd.DataFrame, cfg: FeatureConfig, *, resample: bool 
     if "split" not in df.columns:
         raise DataError("build_feature_cache: the table needs a 'split' column (see load_dataset)")
     root = resolve_path(cfg.cache_dir)
-    key = cache_key(df, cfg)
+    key = key or cache_key(df, cfg)
     final = root / key
     fill = features or (lambda path: write_features(path, list(df["path"]), cfg, resample=resample,
                                                     show_progress=show_progress))
@@ -661,7 +665,7 @@ def build_feature_cache(df: pd.DataFrame, cfg: FeatureConfig, *, resample: bool 
             _check_space(root, int(np.prod(shape, dtype=np.int64)) * 2 + (1 << 20))
             tmp = root / f".{key}.build.{OWNER_TAG}.{secrets.token_hex(4)}"
             tmp.mkdir()
-            _write_cache(tmp, df, cfg, key, fill)
+            _write_cache(tmp, df, cfg, key, fill, manifest_extra)
             publish_folder(tmp, final)
         except OSError as exc:
             raise cache_write_error(exc, root) from exc

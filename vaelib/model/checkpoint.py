@@ -44,27 +44,46 @@ __all__ = ["CHECKPOINT_FORMAT", "checkpoint_dir", "load_checkpoint", "load_model
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = 1
-# Training parameters that change where or how fast a run goes, not what it computes.
 _REQUIRED_KEYS = ("format", "config", "model")  # what load_model and the commands read
+# Training parameters that change where or how fast a run goes, not what it computes.
 _RUNTIME_ONLY = {"device": "auto", "num_threads": 0, "checkpoint_dir": ""}
 # Data parameters added after runs were first keyed, with the value that leaves the data as it was: at that
 # value they are left out of the key, so the runs trained before them keep their folders.
 _DATA_ADDED_OFF = {"test_soundfonts": []}
+# Training parameters that change where or how fast a run goes and came after the runs the hash names: left
+# out of it, so that those runs keep their folders.
+_UNHASHED = ("data", "prefetch")
+# Parameters that came after those runs, left out of the hash while they are off (their runs compute what
+# runs before them did): (key, the value that turns them off, keys that only matter when they are on).
+_UNHASHED_WHEN_OFF = (("shuffle_block", 0, ("shuffle_window",)),)
 
 
 def checkpoint_dir(cfg: Config, cache_key: str) -> Path:
     """Folder of the run defined by the model, training, feature and data config, seed and cache.
 
-    ``train.device``, ``train.num_threads``, ``train.checkpoint_dir`` and the feature cache's
-    ``batch_size``, ``workers`` and ``cache_dir`` are left out of the hash: they change where the run
-    goes or how fast, not what it computes. So is ``data.test_soundfonts`` while empty (the key of
-    runs from before it existed; the split it makes is in the cache key anyway).
+    ``train.device``, ``train.num_threads``, ``train.checkpoint_dir``, ``train.data``, ``train.prefetch``
+    and the feature cache's ``batch_size``, ``workers`` and ``cache_dir`` are left out of the hash: they
+    change where the run goes or how fast, not what it computes. ``train.shuffle_block`` and
+    ``train.shuffle_window`` are left out while the block order is off (``shuffle_block`` 0), and
+    ``data.test_soundfonts`` while empty, so a run keeps the folder it had before they existed (the split
+    that ``data.test_soundfonts`` makes is in the cache key anyway).
     """
-    train_cfg = dataclasses.replace(cfg.train, **_RUNTIME_ONLY)
     data = {k: v for k, v in config_to_dict(cfg.data).items() if _DATA_ADDED_OFF.get(k, object()) != v}
-    key = section_hash(cfg.model, train_cfg, data, extra={
+    key = section_hash(cfg.model, _hashed_train(cfg), data, extra={
         "features": feature_representation(cfg.features), "seed": cfg.run.seed, "cache": cache_key})
     return resolve_path(cfg.train.checkpoint_dir) / key
+
+
+def _hashed_train(cfg: Config) -> dict:
+    """The training section as the run's hash covers it (see :func:`checkpoint_dir`)."""
+    train = config_to_dict(dataclasses.replace(cfg.train, **_RUNTIME_ONLY))
+    for key in _UNHASHED:
+        del train[key]
+    for key, off, dependent in _UNHASHED_WHEN_OFF:
+        if train[key] == off:
+            for k in (key, *dependent):
+                del train[k]
+    return train
 
 
 def rng_state(batch_gen: torch.Generator, noise_gen: torch.Generator) -> dict:

@@ -35,8 +35,9 @@ from vaelib.exceptions import ParameterError
 if TYPE_CHECKING:
     from vaelib.model.vae import ConvVAE, VAEOutput
 
-__all__ = ["LossParts", "kl_per_dim", "free_bits_kl", "recon_loss", "vae_loss", "beta_at", "lr_at", "active_units",
-           "instrument_contrast", "attribute_order", "training_objective", "VAE_TERMS", "AUX_TERMS"]
+__all__ = ["LossParts", "kl_per_dim", "free_bits_kl", "recon_per_note", "recon_loss", "vae_loss", "vae_terms",
+           "beta_at", "lr_at", "active_units", "instrument_contrast", "attribute_order", "training_objective",
+           "objective_from_terms", "VAE_TERMS", "AUX_TERMS"]
 
 ACTIVE_UNIT_THRESHOLD = 0.01  # Burda et al. 2016 (IWAE), sec. 5.2: Var_x(E_q[z_d|x]) > 0.01
 VAE_TERMS = ("recon", "kl_raw", "kl_fb", "total")  # the parts of LossParts that are logged
@@ -89,11 +90,16 @@ def free_bits_kl(kl: torch.Tensor, *, free_bits: float) -> torch.Tensor:
     return kl.mean(dim=0).clamp_min(free_bits).sum()
 
 
-def recon_loss(x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
-    """Squared error summed over a note's pixels, averaged over the batch (float32 scalar)."""
+def recon_per_note(x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
+    """Squared error summed over each note's pixels: [shape=(batch,)] float32."""
     if x.shape != x_hat.shape:
         raise ParameterError(f"x {tuple(x.shape)} and x_hat {tuple(x_hat.shape)} differ in shape")
-    return (x_hat.float() - x.float()).square().flatten(1).sum(dim=1).mean()
+    return (x_hat.float() - x.float()).square().flatten(1).sum(dim=1)
+
+
+def recon_loss(x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
+    """Squared error summed over a note's pixels, averaged over the batch (float32 scalar)."""
+    return recon_per_note(x, x_hat).mean()
 
 
 def vae_loss(x: torch.Tensor, out, *, beta: float, free_bits: float) -> LossParts:
@@ -110,10 +116,26 @@ def vae_loss(x: torch.Tensor, out, *, beta: float, free_bits: float) -> LossPart
     -------
     LossParts with ``total = recon + beta * kl_fb``; every part float32.
     """
+    return vae_terms(recon_per_note(x, out.x_hat), out.mu, out.logvar, beta=beta, free_bits=free_bits)
+
+
+def vae_terms(recon: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, *, beta: float,
+              free_bits: float) -> LossParts:
+    """:func:`vae_loss` from each note's reconstruction error instead of the notes themselves.
+
+    Everything the objective needs of a note is its error, ``mu`` and ``logvar``, so a batch spread
+    over several processes is scored by gathering these rows (:mod:`vaelib.model.distributed`).
+
+    Parameters
+    ----------
+    recon : [shape=(batch,)] squared error summed over each note's pixels (:func:`recon_per_note`)
+    mu, logvar : [shape=(batch, latent_dim)]
+    beta, free_bits : as :func:`vae_loss`
+    """
     if beta < 0:
         raise ParameterError(f"beta must be >= 0, got {beta}")
-    recon = recon_loss(x, out.x_hat)
-    kl = kl_per_dim(out.mu, out.logvar)
+    recon = recon.mean()
+    kl = kl_per_dim(mu, logvar)
     kl_raw = kl.sum(dim=1).mean()
     kl_fb = free_bits_kl(kl, free_bits=free_bits)
     return LossParts(recon + beta * kl_fb, recon, kl_raw, kl_fb, float(beta))
@@ -270,21 +292,30 @@ def training_objective(x: torch.Tensor, out: VAEOutput, model: ConvVAE, *, pitch
     ParameterError
         When ``cfg.contrast > 0`` and ``classes`` is None, or on the arguments the terms reject.
     """
+    return objective_from_terms(recon_per_note(x, out.x_hat), out.mu, out.logvar, model, pitch=pitch,
+                                classes=classes, beta=beta, cfg=cfg)
+
+
+def objective_from_terms(recon: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, model: ConvVAE, *,
+                         pitch: torch.Tensor, classes: torch.Tensor | None, beta: float,
+                         cfg: TrainConfig) -> tuple[torch.Tensor, dict[str, float]]:
+    """:func:`training_objective` from each note's reconstruction error, ``mu`` and ``logvar`` (see
+    :func:`vae_terms`): ``recon`` [shape=(batch,)], ``mu`` and ``logvar`` [shape=(batch, latent_dim)]."""
     if cfg.contrast > 0 and classes is None:
         raise ParameterError(f"classes: the contrastive term is on (train.contrast={cfg.contrast}) but got None")
-    vae = vae_loss(x, out, beta=beta, free_bits=cfg.free_bits)
+    vae = vae_terms(recon, mu, logvar, beta=beta, free_bits=cfg.free_bits)
     loss, aux = vae.total, {}
     if cfg.contrast > 0:
-        contrast = instrument_contrast(model.contrast_features(out.mu.float(), cfg.contrast_dims), classes,
+        contrast = instrument_contrast(model.contrast_features(mu.float(), cfg.contrast_dims), classes,
                                        temperature=cfg.contrast_temperature)
         loss = loss + cfg.contrast * contrast
         aux["contrast"] = contrast.detach().item()
     if model.pitch_logits is not None:
-        pitch_ce = torch.nn.functional.cross_entropy(model.pitch_scores(out.mu.float()), pitch)
+        pitch_ce = torch.nn.functional.cross_entropy(model.pitch_scores(mu.float()), pitch)
         loss = loss + cfg.pitch_weight * pitch_ce
         aux["pitch_ce"] = pitch_ce.detach().item()
     if cfg.pitch_order > 0:
-        order = attribute_order(out.mu, pitch, dim=-1)
+        order = attribute_order(mu, pitch, dim=-1)
         loss = loss + cfg.pitch_order * order
         aux["pitch_order"] = order.detach().item()
     return loss, {**{k: getattr(vae, k).detach().item() for k in VAE_TERMS}, **aux}

@@ -159,6 +159,11 @@ class EpochProgress:
         return iter(self._bar)
 
     @property
+    def first(self) -> int:
+        """The first batch the epoch begun by :meth:`start` runs (0, or where an interrupted one stopped)."""
+        return self._first
+
+    @property
     def seconds(self) -> float:
         """Seconds spent in this epoch, the part before an interrupt included."""
         return self._before + time.perf_counter() - self._t0

@@ -11,6 +11,8 @@ Speed on a small CPU comes from doing nothing per step but the model: the whole 
 float32 tensor in memory (no DataLoader, no audio decoding), batches are rows picked by a
 ``torch.Generator``-seeded permutation, weights and activations are channels-last for oneDNN,
 and bf16 autocast is used only where the hardware has native bf16 (see :mod:`vaelib.model.device`).
+A split too large for memory is streamed from the cache's file instead, a background thread
+reading each batch's rows ahead of the step (:mod:`vaelib.model.stream`).
 
 Reproducibility: every random draw comes from a seeded stream (:class:`RandomStreams`;
 evaluation noise: a fresh generator per evaluation). The streams, the model, the optimiser, the
@@ -30,9 +32,11 @@ import contextlib
 import dataclasses
 import logging
 import math
+import os
 import shutil
 import signal
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,8 +64,17 @@ from vaelib.model.checkpoint import (
     staging_dir,
 )
 from vaelib.model.device import autocast_dtype, resolve_device, set_threads
+from vaelib.model.distributed import SINGLE, Ranks, global_objective, setup, wrap_model
 from vaelib.model.loss import AUX_TERMS, VAE_TERMS, active_units, beta_at, lr_at, training_objective, vae_loss
 from vaelib.model.progress import EarlyStopping, EpochProgress, RandomStreams
+from vaelib.model.stream import (
+    MemoryRows,
+    StreamRows,
+    available_memory,
+    batch_positions,
+    block_order,
+    choose_data,
+)
 from vaelib.model.vae import ConvVAE, count_parameters
 
 __all__ = [
@@ -77,6 +90,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+STOP_GRACE_S = 5.0  # several processes: a second signal this soon after the first is the same stop (see _StopFlag)
 EVAL_BATCH = 256  # notes per forward pass when evaluating (no gradients, so larger is fine)
 CHECK_ROWS = 1024  # notes checked for non-finite features at a time (bounds the temporary mask)
 VALID_FIGURES = ("valid_", "mu_", "logvar_")  # the columns _evaluate fills (active_units is a count)
@@ -114,14 +128,14 @@ class TrainResult:
 # ----------------------------------------------------------------------------- data
 
 class _Data(NamedTuple):
-    """The splits as tensors on the training device, and how the train split is cut into batches."""
+    """The splits on the training device, and how the train split is cut into batches."""
 
-    x: torch.Tensor  # [shape=(train notes, 1, n_mels, frames)], channels-last on the CPU
+    x: MemoryRows | StreamRows  # the train notes' features, [shape=(1, n_mels, frames)] each, batch by batch
     pitch: torch.Tensor  # [shape=(train notes,)] int64 MIDI pitch
     instrument: torch.Tensor  # [shape=(train notes,)] int64, on the CPU, where the epoch order is drawn
     classes: torch.Tensor  # [shape=(train notes,)] int64 class ids of the contrastive term
-    x_valid: torch.Tensor  # [shape=(valid notes, 1, n_mels, frames)]
-    pitch_valid: torch.Tensor  # [shape=(valid notes,)]
+    x_valid: torch.Tensor | None  # [shape=(valid notes, 1, n_mels, frames)]; None on ranks but 0 (rank 0 evaluates)
+    pitch_valid: torch.Tensor | None  # [shape=(valid notes,)]
     batch_size: int
     n_batches: int
 
@@ -133,12 +147,17 @@ def _to_tensor(features: np.ndarray, device: torch.device) -> torch.Tensor:
     return x
 
 
+def _check_split_size(cache: FeatureCache, name: str) -> None:
+    n = int((cache.meta["split"].to_numpy() == name).sum())
+    if n < 2:
+        raise TrainingError(f"{cache.path}: the {name!r} split has {n} note(s), at least 2 are needed; "
+                            "check data.valid_fraction / data.test_fraction / the filters")
+
+
 def _split_tensors(cache: FeatureCache, name: str,
                    device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    _check_split_size(cache, name)
     feats, meta = cache.split(name)
-    if len(meta) < 2:
-        raise TrainingError(f"{cache.path}: the {name!r} split has {len(meta)} note(s), at least 2 are needed; "
-                            "check data.valid_fraction / data.test_fraction / the filters")
     _check_finite_features(feats, meta, split=name, where=cache.path)
     pitch = torch.tensor(meta["pitch"].to_numpy(dtype=np.int64), device=device)
     instrument = torch.tensor(meta["instrument"].to_numpy(dtype=np.int64), device=device)
@@ -166,15 +185,61 @@ def _check_finite_features(feats: np.ndarray, meta: pd.DataFrame, *, split: str,
             "non-finite samples)")
 
 
-def _load_data(cache: FeatureCache, tc: TrainConfig, device: torch.device) -> _Data:
-    x, pitch, instrument = _split_tensors(cache, "train", device)
-    x_valid, pitch_valid, _ = _split_tensors(cache, "valid", device)
-    n = x.shape[0]
+def _load_data(cache: FeatureCache, tc: TrainConfig, device: torch.device, ranks: Ranks = SINGLE) -> _Data:
+    _check_split_size(cache, "train")
+    _check_split_size(cache, "valid")
+    if _data_mode(cache, tc, device, ranks) == "memory":
+        x, pitch, instrument = _split_tensors(cache, "train", device)
+        rows = MemoryRows(x)
+    else:
+        rows, pitch, instrument = _stream_rows(cache, tc, device)
+    x_valid = pitch_valid = None
+    if ranks.is_main:
+        x_valid, pitch_valid, _ = _split_tensors(cache, "valid", device)
+    n = rows.n_notes
     bs = min(tc.batch_size, n)
     # Drop a last batch of one note: BatchNorm cannot normalise a single sample.
     n_batches = n // bs + (1 if n % bs > 1 else 0)
-    return _Data(x, pitch, instrument.cpu(), contrast_classes(cache, tc.contrast_labels, device),
+    return _Data(rows, pitch, instrument.cpu(), contrast_classes(cache, tc.contrast_labels, device),
                  x_valid, pitch_valid, bs, n_batches)
+
+
+def _data_mode(cache: FeatureCache, tc: TrainConfig, device: torch.device, ranks: Ranks) -> str:
+    """``train.data`` resolved: memory or stream (a cache held in memory, with no file, is read from memory)."""
+    streamable = isinstance(cache.features, np.memmap) and cache.features.filename is not None
+    if tc.data == "stream" and not streamable:
+        raise TrainingError(f"{cache.path}: train.data is 'stream' but this cache's features are an array in "
+                            "memory, not a features file to read")
+    if tc.data != "auto":
+        return tc.data
+    if not streamable:
+        return "memory"
+    n = int((cache.meta["split"].to_numpy() == "train").sum())
+    values = n * int(np.prod(cache.features.shape[1:]))
+    free_device = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else None
+    host = available_memory()
+    mode = choose_data("auto", values=values, host_available=host, processes=ranks.local_world,
+                       device_available=free_device)
+    log.info("train.data auto: %s (loading the train split takes ~%.1f GB, %.1f GB available to each of %d "
+             "process(es)%s)", mode, values * 6 / 1e9, host / 1e9 / ranks.local_world, ranks.local_world,
+             f", {free_device / 1e9:.1f} GB free on {device}" if free_device is not None else "")
+    return mode
+
+
+def _stream_rows(cache: FeatureCache, tc: TrainConfig,
+                 device: torch.device) -> tuple[StreamRows, torch.Tensor, torch.Tensor]:
+    """The train split read from the cache's features file (:class:`vaelib.model.stream.StreamRows`), its
+    pitches and instruments."""
+    _check_split_size(cache, "train")
+    rows = np.flatnonzero(cache.meta["split"].to_numpy() == "train")
+    meta = cache.meta.iloc[rows]
+    names = meta["note_str"].to_numpy() if "note_str" in meta else None
+    reader = StreamRows(cache.features.filename, rows, row_shape=tuple(cache.features.shape[1:]), device=device,
+                        prefetch=tc.prefetch, block=tc.shuffle_block, keep_blocks=2 * tc.shuffle_window,
+                        names=names)
+    pitch = torch.tensor(meta["pitch"].to_numpy(dtype=np.int64), device=device)
+    instrument = torch.tensor(meta["instrument"].to_numpy(dtype=np.int64), device=device)
+    return reader, pitch, instrument
 
 
 def contrast_classes(cache: FeatureCache, kind: str, device: torch.device) -> torch.Tensor:
@@ -255,10 +320,16 @@ def _evaluate(model: ConvVAE, x: torch.Tensor, pitch: torch.Tensor, *, beta: flo
 # ----------------------------------------------------------------------------- interrupts
 
 class _StopFlag:
-    """Turns SIGINT / SIGTERM into a flag checked at batch boundaries, so the state saved is consistent."""
+    """Turns SIGINT / SIGTERM into a flag checked at batch boundaries, so the state saved is consistent.
 
-    def __init__(self) -> None:
+    A second signal stops at once, unless it comes within ``grace_s`` of the first: under torchrun a
+    Ctrl-C reaches each process twice (from the terminal, and relayed by torchrun), which is one stop.
+    """
+
+    def __init__(self, grace_s: float = 0.0) -> None:
         self.signum: int | None = None
+        self.grace_s = grace_s
+        self._first = 0.0
         self._old: dict[int, Any] = {}
 
     def __enter__(self) -> _StopFlag:
@@ -269,8 +340,10 @@ class _StopFlag:
 
     def _handle(self, signum, frame) -> None:
         if self.signum is not None:  # a second Ctrl-C: stop now
+            if time.monotonic() - self._first < self.grace_s:
+                return
             raise KeyboardInterrupt
-        self.signum = signum
+        self.signum, self._first = signum, time.monotonic()
 
     def __exit__(self, *exc) -> None:
         for sig, old in self._old.items():
@@ -296,7 +369,12 @@ def train(cfg: Config, cache: FeatureCache, *, resume: bool = False, retrain: bo
     retrain stopped in the epoch that finishes it has finished, so it replaces the run before the stop
     goes on; one that finished but was killed before replacing the run replaces it at the next call
     of any kind (and ``retrain`` with ``resume`` then returns it).
-    One process trains a run at a time (:class:`vaelib.model.checkpoint.RunLock`).
+    One process trains a run at a time (:class:`vaelib.model.checkpoint.RunLock`); under torchrun, one
+    job of several processes does (:mod:`vaelib.model.distributed`): each trains its part of every
+    global batch of ``train.batch_size``, with the numbers of one process, and rank 0 alone holds the
+    lock, decides what to do with the folder, evaluates and writes. The train split is read from
+    memory or streamed from the cache's file (``train.data``, :mod:`vaelib.model.stream`), with the
+    same numbers.
 
     Parameters
     ----------
@@ -336,61 +414,82 @@ def train(cfg: Config, cache: FeatureCache, *, resume: bool = False, retrain: bo
         When the ``last.pt`` to resume or reuse cannot be read (the message says how to start over),
         or its config differs from ``cfg``.
     """
+    ranks = setup(resolve_device(cfg.train.device))  # one process, or this one of torchrun's
     run_dir = checkpoint_dir(cfg, cache.manifest["key"])
-    with RunLock(run_dir):
-        completed = recover_replaced_run(run_dir)  # a finished retrain left beside the run replaces it first
-        if retrain:
-            if completed and resume:
-                log.info("%s: the retrain to continue had finished; it is the run now, returned as it is", run_dir)
-                return _result(run_dir, load_checkpoint(run_dir / "last.pt"))
-            # a new training beside the run, which replaces the run once it has finished
-            staging = _staging_dir(run_dir, resume=resume)
-            try:
-                res = _fit(cfg, cache, staging, resume=resume, retrain=True, show_progress=show_progress,
-                           on_epoch=on_epoch)
-            except BaseException:
-                # stopped (Ctrl-C, SIGTERM) or failed once its last epoch was saved: it has finished all the
-                # same, so it replaces the run before the stop or the error goes on
-                if holds_finished_training(staging):
-                    replace_run(staging, run_dir)
-                raise
+    # rank 0 alone holds the lock and decides what to do with the folder; the others are told
+    with RunLock(run_dir) if ranks.is_main else contextlib.nullcontext():
+        plan = ranks.from_main(lambda: _plan(run_dir, cfg, resume=resume, retrain=retrain))
+        if isinstance(plan, TrainResult):
+            return plan
+        if not retrain:
+            res = _fit(cfg, cache, run_dir, resume=resume, retrain=False, show_progress=show_progress,
+                       on_epoch=on_epoch, ranks=ranks)
+            ranks.barrier()
+            return res
+        # a new training beside the run, which replaces the run once it has finished
+        staging = plan
+        try:
+            res = _fit(cfg, cache, staging, resume=resume, retrain=True, show_progress=show_progress,
+                       on_epoch=on_epoch, ranks=ranks)
+        except BaseException:
+            # stopped (Ctrl-C, SIGTERM) or failed once its last epoch was saved: it has finished all the
+            # same, so it replaces the run before the stop or the error goes on
+            if ranks.is_main and holds_finished_training(staging):
+                replace_run(staging, run_dir)
+            raise
+        if ranks.is_main:
             replace_run(staging, run_dir)
-            return dataclasses.replace(res, run_dir=run_dir, best_path=run_dir / "best.pt",
-                                       last_path=run_dir / "last.pt")
-        # a finished run is kept; an unfinished one is continued only when asked to
-        kept = _kept_run(run_dir, cfg, resume=resume)
-        if kept is not None:
-            return kept
-        return _fit(cfg, cache, run_dir, resume=resume, retrain=False, show_progress=show_progress,
-                    on_epoch=on_epoch)
+        ranks.barrier()
+        return dataclasses.replace(res, run_dir=run_dir, best_path=run_dir / "best.pt",
+                                   last_path=run_dir / "last.pt")
+
+
+def _plan(run_dir: Path, cfg: Config, *, resume: bool, retrain: bool) -> TrainResult | Path:
+    """What :func:`train` does with ``run_dir`` (called holding its lock): the result of a run to return as
+    it is, or the folder to train in (the run's, or its retrain's)."""
+    completed = recover_replaced_run(run_dir)  # a finished retrain left beside the run replaces it first
+    if retrain:
+        if completed and resume:
+            log.info("%s: the retrain to continue had finished; it is the run now, returned as it is", run_dir)
+            return _result(run_dir, load_checkpoint(run_dir / "last.pt"))
+        return _staging_dir(run_dir, resume=resume)
+    # a finished run is kept; an unfinished one is continued only when asked to
+    kept = _kept_run(run_dir, cfg, resume=resume)
+    return kept if kept is not None else run_dir
 
 
 def _fit(cfg: Config, cache: FeatureCache, run_dir: Path, *, resume: bool, retrain: bool,
-         show_progress: bool, on_epoch: Callable[[dict], None] | None = None) -> TrainResult:
+         show_progress: bool, on_epoch: Callable[[dict], None] | None = None, ranks: Ranks = SINGLE) -> TrainResult:
     """Train in ``run_dir`` (from its ``last.pt`` when ``resume``); ``retrain`` only words the hints;
-    ``on_epoch`` gets a copy of every history row (see :func:`train`)."""
+    ``on_epoch`` gets a copy of every history row (see :func:`train`). With several ``ranks`` (torchrun)
+    each trains its part of every batch; rank 0 alone evaluates, writes and reports
+    (:mod:`vaelib.model.distributed`)."""
     tc = cfg.train
-    device, dtype = _device(tc)
-    _open_run_dir(cfg, run_dir)
+    device, dtype = _device(tc, ranks)
+    if ranks.is_main:
+        _open_run_dir(cfg, run_dir)
     last_path, best_path = run_dir / "last.pt", run_dir / "best.pt"
+    show_progress = show_progress and ranks.is_main
 
     # data
-    data = _load_data(cache, tc, device)
+    data = ranks.together(lambda: _load_data(cache, tc, device, ranks))
     pitched = cfg.model.pitch_conditioning
 
     # model, optimiser, random streams and the state that must survive a resume
     streams = RandomStreams(cfg.run.seed, device)  # seeds the initialisation, so before the model
     model = _build_model(cfg, device)
+    net = wrap_model(model, ranks, tc)  # the model itself in one process, DDP over it in several
     optimizer = torch.optim.Adam(model.parameters(), lr=tc.lr)
     early = EarlyStopping(tc.patience)
     progress = EpochProgress(data.n_batches, epochs=tc.epochs, terms=(*VAE_TERMS, *AUX_TERMS), show=show_progress)
     stateful = {"model": model, "optimizer": optimizer, "rng": streams, "best": early, "partial": progress}
 
-    # restore the state when resuming
-    epoch, step, finished, history = (_restore(last_path, cfg, device, stateful, restart=RESTART_HINT[retrain])
-                                      if resume else (0, 0, False, []))
+    # restore the state when resuming (every rank reads the same checkpoint)
+    epoch, step, finished, history = (
+        ranks.together(lambda: _restore(last_path, cfg, device, stateful, restart=RESTART_HINT[retrain]))
+        if resume else (0, 0, False, []))
     meta = _meta(cfg, cache, model, device, dtype)
-    if on_epoch is not None:
+    if on_epoch is not None and ranks.is_main:
         for restored in history:  # the epochs of a resumed run first, so a live table starts complete
             on_epoch(dict(restored))
 
@@ -399,62 +498,81 @@ def _fit(cfg: Config, cache: FeatureCache, run_dir: Path, *, resume: bool, retra
                 "epoch": epoch, "step": step, "finished": finished,
                 "history": pd.DataFrame(history, columns=list(HISTORY_COLUMNS)).to_dict("list")}
 
-    log.info("training %s on %s (%s): %d train / %d valid notes, %d parameters, %d steps an epoch", run_dir.name,
-             device, meta["dtype"], data.x.shape[0], data.x_valid.shape[0], meta["params_count"], data.n_batches)
+    log.info("training %s on %s (%s): %d train / %d valid notes, %d parameters, %d steps an epoch%s", run_dir.name,
+             device, meta["dtype"], data.x.n_notes, int((cache.meta["split"] == "valid").sum()),
+             meta["params_count"], data.n_batches,
+             "" if ranks.world == 1 else f", {ranks.world} processes ({ranks.backend}), {type(data.x).__name__}")
+    part = None if ranks.world == 1 else ranks.part  # a batch of n notes -> this process's (start, stop)
     model.train()
-    with _StopFlag() as stop:
+    with _StopFlag(grace_s=0.0 if ranks.world == 1 else STOP_GRACE_S) as stop:
         while not finished and epoch < tc.epochs:
-            # order the batches (an interrupted epoch is redrawn as it was)
+            # order the batches (an interrupted epoch is redrawn as it was); the source reads them from there
             perm = progress.start(epoch, streams, draw=lambda gen: _epoch_order(data, tc, gen))
-            for b in progress:
-                idx = perm[b * data.batch_size:(b + 1) * data.batch_size].to(device)
-                xb, pb = data.x[idx], data.pitch[idx]
-                # schedules: pure functions of the step, so a resumed run continues them
-                beta = beta_at(step, cfg=tc)
-                lr = lr_at(step, cfg=tc, total_steps=tc.epochs * data.n_batches)
-                # forward and objective
-                with _autocast(device, dtype):
-                    out = model(xb, pb if pitched else None, generator=streams.noise)
-                loss, parts = training_objective(xb, out, model, pitch=pb, classes=data.classes[idx], beta=beta,
-                                                 cfg=tc)
-                _check_finite(loss, parts, xb, beta=beta, step=step, epoch=epoch, batch=b, n_batches=data.n_batches,
-                              last_path=last_path)
-                # backward and step
-                _optimizer_step(optimizer, model, loss, lr=lr, grad_clip=tc.grad_clip)
-                step += 1
-                # log
-                progress.add(parts, notes=xb.shape[0], batch=b, beta=beta)
-                # Ctrl-C / SIGTERM: save this batch boundary and stop
-                if stop.signum is not None and b < data.n_batches - 1:
-                    progress.pause(b + 1, streams)
-                    save_checkpoint(state(), last_path)
-                    log.warning("interrupted at step %d: state saved to %s; continue with %s", step, last_path,
-                                RESUME_HINT[retrain])
-                    raise KeyboardInterrupt
-            # evaluate
+            with data.x.epoch(perm, batch_size=data.batch_size, first=progress.first, n_batches=data.n_batches,
+                              part=part) as batches:
+                for b in progress:
+                    # this process's notes of the batch (all of them in one process)
+                    n_batch = min(data.batch_size, len(perm) - b * data.batch_size)
+                    idx = batch_positions(perm, b, batch_size=data.batch_size, part=part).to(device)
+                    xb, pb = batches.get(b), data.pitch[idx]
+                    # schedules: pure functions of the step, so a resumed run continues them
+                    beta = beta_at(step, cfg=tc)
+                    lr = lr_at(step, cfg=tc, total_steps=tc.epochs * data.n_batches)
+                    # forward and objective (of the whole batch, in several processes)
+                    with _autocast(device, dtype):
+                        out = net(xb, pb if pitched else None, generator=streams.noise,
+                                  noise_rows=None if part is None else (part(n_batch)[0], n_batch))
+                    if ranks.world == 1:
+                        loss, parts = training_objective(xb, out, model, pitch=pb, classes=data.classes[idx],
+                                                         beta=beta, cfg=tc)
+                    else:
+                        loss, parts = global_objective(xb, out, model, pitch=pb, classes=data.classes[idx],
+                                                       beta=beta, cfg=tc, ranks=ranks, batch=n_batch)
+                    # the stop asked on any process, agreed by all before the step that follows it
+                    stop_asked = ranks.agree(stop.signum is not None)[0] if ranks.world > 1 else False
+                    _check_finite(loss, parts, xb, beta=beta, step=step, epoch=epoch, batch=b,
+                                  n_batches=data.n_batches, last_path=last_path)
+                    # backward and step
+                    _optimizer_step(optimizer, net, loss, lr=lr, grad_clip=tc.grad_clip)
+                    step += 1
+                    # log
+                    progress.add(parts, notes=n_batch, batch=b, beta=beta)
+                    # Ctrl-C / SIGTERM: save this batch boundary and stop
+                    if ranks.world == 1:
+                        stop_asked = stop.signum is not None
+                    if stop_asked and b < data.n_batches - 1:
+                        progress.pause(b + 1, streams)
+                        if ranks.is_main:
+                            save_checkpoint(state(), last_path)
+                            log.warning("interrupted at step %d: state saved to %s; continue with %s", step,
+                                        last_path, RESUME_HINT[retrain])
+                        ranks.barrier()  # no rank ends before rank 0 has saved (torchrun would stop it)
+                        raise KeyboardInterrupt
+            # evaluate (rank 0, which gives every rank its figures)
             epoch += 1
             row = {"epoch": epoch, "step": step, "beta": beta_at(max(step - 1, 0), cfg=tc),
                    "lr": optimizer.param_groups[0]["lr"], **progress.finish()}
-            row.update(_evaluate(model, data.x_valid, data.pitch_valid, beta=row["beta"], free_bits=tc.free_bits,
-                                 seed=cfg.run.seed + 2, dtype=dtype, pitched=pitched))
-            _check_valid_finite(row, data.x_valid, epoch=epoch, last_path=last_path)
+            row = ranks.from_main(lambda row=row: _validated(row, model, data, cfg, dtype=dtype, pitched=pitched,
+                                                             last_path=last_path))
             history.append({c: row[c] for c in HISTORY_COLUMNS})
             # decide to stop
             improved = early.update(row["valid_recon"], epoch=epoch)
             finished = epoch >= tc.epochs or early.should_stop
             # checkpoint
-            ckpt = state()
-            if improved:
-                save_checkpoint(ckpt, best_path)
-            save_checkpoint(ckpt, last_path)
-            atomic_write_text(run_dir / "history.csv", pd.DataFrame(history).to_csv(index=False))
-            log.info("epoch %d: train recon %.2f, valid recon %.2f, kl %.2f, beta %.3f, AU %d, %.1f s%s",
-                     epoch, row["train_recon"], row["valid_recon"], row["valid_kl_raw"], row["beta"],
-                     row["active_units"], row["seconds"], " (best)" if improved else "")
+            if ranks.is_main:
+                ckpt = state()
+                if improved:
+                    save_checkpoint(ckpt, best_path)
+                save_checkpoint(ckpt, last_path)
+                atomic_write_text(run_dir / "history.csv", pd.DataFrame(history).to_csv(index=False))
+                log.info("epoch %d: train recon %.2f, valid recon %.2f, kl %.2f, beta %.3f, AU %d, %.1f s%s",
+                         epoch, row["train_recon"], row["valid_recon"], row["valid_kl_raw"], row["beta"],
+                         row["active_units"], row["seconds"], " (best)" if improved else "")
             # report the epoch to the caller (a live table), once it is safe on disk
-            if on_epoch is not None:
+            if on_epoch is not None and ranks.is_main:
                 on_epoch(dict(history[-1]))
-            if stop.signum is not None:
+            # a stop during the epoch's end, agreed once rank 0 has saved
+            if ranks.agree(stop.signum is not None)[0]:
                 if finished:  # the stop came in the epoch that finished the run: nothing is left to continue
                     log.warning("interrupted in epoch %d, which finished the training: it is complete%s", epoch,
                                 " and replaces the run" if retrain else "")
@@ -469,13 +587,25 @@ def _fit(cfg: Config, cache: FeatureCache, run_dir: Path, *, resume: bool, retra
                        params_count=meta["params_count"])
 
 
+def _validated(row: dict, model: ConvVAE, data: _Data, cfg: Config, *, dtype: torch.dtype, pitched: bool,
+               last_path: Path) -> dict:
+    """The epoch's ``row`` with its validation figures, checked finite (:func:`_check_valid_finite`)."""
+    row = {**row, **_evaluate(model, data.x_valid, data.pitch_valid, beta=row["beta"], free_bits=cfg.train.free_bits,
+                              seed=cfg.run.seed + 2, dtype=dtype, pitched=pitched)}
+    _check_valid_finite(row, data.x_valid, epoch=row["epoch"], last_path=last_path)
+    return row
+
+
 # ----------------------------------------------------------------------------- the phases
 
-def _device(tc: TrainConfig) -> tuple[torch.device, torch.dtype]:
-    """Where training runs and its autocast dtype (float32: none)."""
+def _device(tc: TrainConfig, ranks: Ranks = SINGLE) -> tuple[torch.device, torch.dtype]:
+    """Where training runs and its autocast dtype (float32: none): with several processes on a node, each
+    its own GPU, or its share of the cores when ``train.num_threads`` is 0."""
     device = resolve_device(tc.device)
+    if device.type == "cuda" and ranks.world > 1:
+        device = torch.device("cuda", ranks.local_rank)
     if device.type == "cpu":
-        set_threads(tc.num_threads)
+        set_threads(tc.num_threads or max(1, (os.cpu_count() or 1) // ranks.local_world))
     return device, autocast_dtype(device, enabled=tc.bf16)
 
 
@@ -557,7 +687,9 @@ def _restore(path: Path, cfg: Config, device: torch.device, stateful: dict[str, 
         log.info("no checkpoint in %s: starting from scratch", path.parent)
         return 0, 0, False, []
     try:
-        ckpt = load_checkpoint(path, device=device)
+        # on the CPU, then copied where each object lives: a checkpoint written on one device (cuda:1) resumes
+        # on another, and generator states must be CPU tensors whatever the generator's device
+        ckpt = load_checkpoint(path)
     except CheckpointError as exc:
         raise CheckpointError(f"{exc}; there is nothing to resume from: {restart}") from exc
     check_same_model(ckpt, cfg, path)  # the folder's hash covers the rest of the config
@@ -570,10 +702,14 @@ def _restore(path: Path, cfg: Config, device: torch.device, stateful: dict[str, 
 
 
 def _epoch_order(data: _Data, tc: TrainConfig, gen: torch.Generator) -> torch.Tensor:
-    """The epoch's order of the train notes: grouped by instrument when ``train.notes_per_instrument``."""
+    """The epoch's order of the train notes, whichever source serves their rows: grouped by instrument when
+    ``train.notes_per_instrument``, in blocks of the file's rows when ``train.shuffle_block``
+    (:func:`vaelib.model.stream.block_order`), else uniform."""
     if tc.notes_per_instrument:
         return instrument_grouped_order(data.instrument, tc.notes_per_instrument, gen)
-    return torch.randperm(data.x.shape[0], generator=gen)
+    if tc.shuffle_block:
+        return block_order(data.x.n_notes, block=tc.shuffle_block, window=tc.shuffle_window, gen=gen)
+    return torch.randperm(data.x.n_notes, generator=gen)
 
 
 def _check_finite(loss: torch.Tensor, parts: dict[str, float], x: torch.Tensor, *, beta: float, step: int,

@@ -194,10 +194,23 @@ class ConvVAE(nn.Module):
         return mu, logvar
 
     @staticmethod
-    def reparameterize(mu: torch.Tensor, logvar: torch.Tensor,
-                       generator: torch.Generator | None = None) -> torch.Tensor:
-        """z = mu + sigma * eps, eps ~ N(0, I) drawn from ``generator`` (Kingma & Welling 2014, eq. 10)."""
-        eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+    def reparameterize(mu: torch.Tensor, logvar: torch.Tensor, generator: torch.Generator | None = None, *,
+                       noise_rows: tuple[int, int] | None = None) -> torch.Tensor:
+        """z = mu + sigma * eps, eps ~ N(0, I) drawn from ``generator`` (Kingma & Welling 2014, eq. 10).
+
+        ``noise_rows`` = (start, total): these notes are rows ``start:start + len(mu)`` of a batch of
+        ``total`` notes; eps is drawn for the whole batch and those rows are used, so that a process
+        holding a slice of a batch gives its notes the noise one process holding all of it would.
+        """
+        if noise_rows is None:
+            eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+        else:
+            start, total = noise_rows
+            if not 0 <= start <= start + mu.shape[0] <= total:
+                raise ParameterError(f"noise_rows {noise_rows}: rows {start}:{start + mu.shape[0]} are not in a "
+                                     f"batch of {total}")
+            eps = torch.randn((total, *mu.shape[1:]), generator=generator, device=mu.device,
+                              dtype=mu.dtype)[start:start + mu.shape[0]]
         return mu + torch.exp(0.5 * logvar) * eps
 
     def decode(self, z: torch.Tensor, pitch: torch.Tensor | None = None) -> torch.Tensor:
@@ -222,9 +235,10 @@ class ConvVAE(nn.Module):
             h = h.contiguous(memory_format=torch.channels_last)  # oneDNN's fast layout
         return torch.tanh(self.decoder(h))
 
-    def forward(self, x: torch.Tensor, pitch: torch.Tensor | None = None,
-                *, generator: torch.Generator | None = None) -> VAEOutput:
-        """Encode, sample one z, decode. ``generator`` seeds the reparameterization noise."""
+    def forward(self, x: torch.Tensor, pitch: torch.Tensor | None = None, *,
+                generator: torch.Generator | None = None, noise_rows: tuple[int, int] | None = None) -> VAEOutput:
+        """Encode, sample one z, decode. ``generator`` seeds the reparameterization noise; ``noise_rows``:
+        see :meth:`reparameterize`."""
         mu, logvar = self.encode(x)
-        z = self.reparameterize(mu, logvar, generator)
+        z = self.reparameterize(mu, logvar, generator, noise_rows=noise_rows)
         return VAEOutput(self.decode(z, pitch), mu, logvar, z)

@@ -1,0 +1,87 @@
+"""Helpers of the data-parallel tests: a free port, and the function each spawned rank runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def rank_env(rank: int, world: int, port: int) -> dict[str, str]:
+    """What torchrun sets for a rank of one node."""
+    env = {"RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank), "LOCAL_WORLD_SIZE": str(world),
+           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+    if Path("/sys/class/net/lo").exists() and "GLOO_SOCKET_IFNAME" not in os.environ:
+        env["GLOO_SOCKET_IFNAME"] = "lo"  # the loopback, whatever the host's name resolves to
+    return env
+
+
+def run_jobs(rank: int, world: int, port: int, cache_path: str, jobs: list[dict], out: str) -> None:
+    """Run ``jobs`` one after the other as rank ``rank`` of ``world`` (the target of torch.multiprocessing.spawn),
+    writing ``<out>/<job name>.<rank>.json``: the history (or the interrupt), and what this rank wrote.
+
+    A job: ``name``, ``overrides`` (``--set`` strings), ``resume``; ``interrupt`` = [rank, step]: that rank
+    sends itself SIGINT when the schedule is asked for that step; ``valid_recon``: rank 0's validation
+    reconstruction of each epoch, replacing the computed one.
+    """
+    os.environ.update(rank_env(rank, world, port))
+    import vaelib.model.train as vtrain
+    from vaelib.config import PROJECT_ROOT, load_config
+    from vaelib.data.cache import open_feature_cache
+
+    cache = open_feature_cache(cache_path)
+    for job in jobs:
+        writes: list[str] = []
+        saved = {name: getattr(vtrain, name) for name in ("save_checkpoint", "atomic_write_text", "_open_run_dir",
+                                                          "beta_at", "_evaluate")}
+
+        def save_checkpoint(obj, path, writes=writes, real=saved["save_checkpoint"]):
+            writes.append(Path(path).name)
+            real(obj, path)
+
+        def atomic_write_text(path, text, writes=writes, real=saved["atomic_write_text"]):
+            writes.append(Path(path).name)
+            real(path, text)
+
+        def open_run_dir(cfg, run_dir, writes=writes, real=saved["_open_run_dir"]):
+            writes.append("config.yaml")
+            real(cfg, run_dir)
+
+        vtrain.save_checkpoint, vtrain.atomic_write_text, vtrain._open_run_dir = (save_checkpoint, atomic_write_text,
+                                                                                 open_run_dir)
+        if job.get("interrupt") and job["interrupt"][0] == rank:
+            at, sent = job["interrupt"][1], []
+
+            def beta_then_signal(step, *, cfg, at=at, sent=sent, real=saved["beta_at"]):
+                if step == at and not sent:
+                    sent.append(step)
+                    os.kill(os.getpid(), signal.SIGINT)
+                return real(step, cfg=cfg)
+
+            vtrain.beta_at = beta_then_signal
+        if job.get("valid_recon") and rank == 0:
+            values = list(job["valid_recon"])
+
+            def evaluate(*args, values=values, real=saved["_evaluate"], **kw):
+                return {**real(*args, **kw), "valid_recon": values.pop(0)}
+
+            vtrain._evaluate = evaluate
+        cfg = load_config(PROJECT_ROOT / "params" / "smoke.yaml", job["overrides"])
+        result: dict = {"writes": writes}
+        try:
+            res = vtrain.train(cfg, cache, resume=job.get("resume", False), show_progress=False)
+            result.update(history=res.history.to_dict("list"), stopped_early=res.stopped_early)
+        except KeyboardInterrupt:
+            result["interrupted"] = True
+        finally:
+            for name, fn in saved.items():
+                setattr(vtrain, name, fn)
+        Path(out, f"{job['name']}.{rank}.json").write_text(json.dumps(result))
