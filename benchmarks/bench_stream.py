@@ -8,7 +8,10 @@ reader's own throughput.
   second timed (the history's ``seconds``: the training loop, valid evaluation excluded), for
   ``train.data`` memory, stream, and stream with the block order (``train.shuffle_block``). The paths
   take turns, the order reversed every repeat, so that a change of load hits them alike; the median
-  of ``--repeats`` is reported. The memory path is skipped where ``train.data=auto`` would stream.
+  of ``--repeats`` is reported, and the process CPU seconds of each call (every thread, the reader's
+  included), which other processes on shared cores change far less than the wall time. The memory
+  path is skipped where ``train.data=auto`` would stream. Timed at each ``--threads`` (default 1, which
+  leaves a core to the reader, and 0, every core to the step's OpenMP threads).
 * **reader**: :class:`vaelib.model.stream.StreamRows` alone, batches of ``train.batch_size`` in the
   uniform and the block order, from the page cache (the file read once before) and with the file's
   pages dropped (``posix_fadvise(DONTNEED)``, or ``/proc/sys/vm/drop_caches`` where that is not
@@ -141,26 +144,51 @@ def time_training(params: str, overrides: list[str], cache: FeatureCache, paths:
     """Per path, the second epoch's seconds of each repeat (paths in turn, the order reversed every repeat)."""
     n_train = int((cache.meta["split"] == "train").sum())
     seconds: dict[str, list[float]] = {p: [] for p in paths}
+    cpu: dict[str, list[float]] = {p: [] for p in paths}
     recon: dict[str, list[float]] = {p: [] for p in paths}
     for r in range(repeats):
         for name in (paths if r % 2 == 0 else paths[::-1]):
             with tempfile.TemporaryDirectory() as tmp:
                 run = load_config(params, [*overrides, "train.epochs=2", f"train.checkpoint_dir={tmp}", *PATHS[name]])
+                c0 = time.process_time()
                 res = train(run, cache, show_progress=False)
+                cpu[name].append(time.process_time() - c0)
             seconds[name].append(float(res.history["seconds"].iloc[-1]))
             recon[name].append(float(res.history["train_recon"].iloc[-1]))
-            print(f"train {name:13s} repeat {r}: {n_train / seconds[name][-1]:7.0f} notes/s", flush=True)
+            print(f"train {name:13s} repeat {r}: {n_train / seconds[name][-1]:7.0f} notes/s, "
+                  f"{cpu[name][-1]:.1f} CPU s the call", flush=True)
     return {name: {"notes_per_s": n_train / statistics.median(s), "epoch_seconds": statistics.median(s),
-                   "epoch_seconds_all": s, "train_recon_epoch_2": recon[name]} for name, s in seconds.items()}
+                   "epoch_seconds_all": s, "call_cpu_seconds": statistics.median(cpu[name]),
+                   "call_cpu_seconds_all": cpu[name], "train_recon_epoch_2": recon[name]}
+            for name, s in seconds.items()}
+
+
+def _ratios(training: dict) -> dict:
+    """Each path against the memory path, by thread count: the medians' ratio, the ratio within each repeat
+    (the paths ran one after the other, so the load changed least between them) and the ratio of process CPU
+    seconds of the calls (2 epochs, their evaluations and the setup; every thread, the reader's included)."""
+    out: dict = {"stream_over_memory": {}, "stream_over_memory_per_repeat": {}, "cpu_over_memory": {}}
+    for threads, paths in training.items():
+        if "memory" not in paths:
+            continue
+        mem = paths["memory"]
+        out["stream_over_memory"][threads] = {k: v["notes_per_s"] / mem["notes_per_s"] for k, v in paths.items()}
+        out["stream_over_memory_per_repeat"][threads] = {
+            k: [m / s for s, m in zip(v["epoch_seconds_all"], mem["epoch_seconds_all"])] for k, v in paths.items()}
+        out["cpu_over_memory"][threads] = {k: v["call_cpu_seconds"] / mem["call_cpu_seconds"]
+                                           for k, v in paths.items()}
+    return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--params", default=str(PROJECT_ROOT / "params" / "plain.yaml"))
     ap.add_argument("--set", dest="overrides", action="append", default=[])
-    ap.add_argument("--notes", type=int, default=4096, help="train notes of the synthetic cache")
+    ap.add_argument("--notes", type=int, default=2048, help="train notes of the synthetic cache")
     ap.add_argument("--nsynth", action="store_true", help="NSynth's shape: 289,205 / 12,678 / 4,096 notes (6.3 GB)")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", default="1,0", help="train.num_threads values to time, comma-separated (0: every "
+                                                    "core; 1 leaves the other cores to the reader)")
     ap.add_argument("--reader-batches", type=int, default=400, help="most batches the reader is timed on")
     ap.add_argument("--skip-train", action="store_true", help="time the reader only")
     ap.add_argument("--cache-dir", default=None, help="where the synthetic cache goes (default: a temporary folder, "
@@ -196,8 +224,10 @@ def main() -> None:
             skipped = (f"memory path skipped: loading the train split takes {values * HOST_BYTES_PER_VALUE / 1e9:.1f} "
                        f"GB, {available_memory() / 1e9:.1f} GB available")
             print(skipped, flush=True)
-        quiet["train"] = wait_for_quiet()
-        training = time_training(args.params, overrides, cache, paths, repeats=args.repeats)
+        for threads in args.threads.split(","):
+            quiet[f"train, num_threads {threads}"] = wait_for_quiet()
+            training[threads] = time_training(args.params, [*overrides, f"train.num_threads={threads}"], cache,
+                                              paths, repeats=args.repeats)
     machine = machine_info()
     result = {
         "counts": {"train": counts[0], "valid": counts[1], "test": counts[2]},
@@ -206,12 +236,12 @@ def main() -> None:
         "synthetic_build_seconds": build_seconds,
         "batch_size": cfg.train.batch_size,
         "model": {"channels": list(cfg.model.channels), "latent_dim": cfg.model.latent_dim, "norm": cfg.model.norm},
-        "train": training,
-        "stream_over_memory": ({k: v["notes_per_s"] / training["memory"]["notes_per_s"]
-                                for k, v in training.items()} if "memory" in training else None),
+        "train": training,  # by train.num_threads (0: every core)
+        **_ratios(training),
         "train_skipped": skipped,
         "train_method": "vaelib.model.train.train, 2 epochs a path, the second's seconds (training loop only); "
-                        "paths in turn, order reversed each repeat; median over repeats",
+                        "paths in turn, order reversed each repeat; median over repeats; call_cpu_seconds: process "
+                        "CPU time of the whole call (every thread)",
         "reader": reader,
         "reader_method": "StreamRows.epoch batches (os.preadv of row runs, float16 -> float32 channels-last, "
                          "prefetch 4; stream_no_advise: without the WILLNEED hints of the next batch) against "
