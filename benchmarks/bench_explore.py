@@ -209,9 +209,8 @@ def main() -> None:
         **{k: v for k, v in widget.items() if k != "repeats"},
         "widget_repeats": widget["repeats"],
         "target": {"update_seconds_max": 1.0},
-        "cpu_seconds_note": "process CPU seconds of each part: Griffin-Lim runs on one thread, so its CPU time is "
-                            "the wall time a quiet machine would take; the decoder runs on torch_threads threads, "
-                            "its CPU time is summed over them",
+        "cpu_seconds_note": "process CPU seconds of each part, summed over the threads it ran on (NumPy's FFT "
+                            "and BLAS inside Griffin-Lim, torch_threads for the decoder where not DECODE_THREADS)",
         "model": {"channels": list(cfg.model.channels), "depth": cfg.model.depth, "latent_dim": cfg.model.latent_dim,
                   "params_count": count_parameters(model), "weights": weights},
         "features": {"n_fft": cfg.features.n_fft, "hop_length": cfg.features.hop_length,

@@ -20,6 +20,7 @@ SMOKE_PARAMS = PROJECT_ROOT / "params" / "smoke.yaml"
 SHARED_RUN = "smoke_run"
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the groups into the node ids
 def pytest_collection_modifyitems(config, items):
     """Under pytest-xdist (``make test`` runs two workers with ``--dist loadgroup``), keep each module on
     one worker, so its module fixtures are built once, and every module that reads the session's smoke
@@ -28,6 +29,16 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         name = item.module.__name__
         item.add_marker(pytest.mark.xdist_group(SHARED_RUN if name in shares_run else name))
+
+
+def pytest_collection_finish(session):
+    """Fail before any test when ``--dist loadgroup`` did not take: xdist groups by a suffix of the node ids,
+    which pytest-xdist 3.8 cannot set under pytest 9.2 (hence pytest<9.2 in the lock), and the smoke run
+    would then be made once per worker."""
+    items = session.items
+    if getattr(session.config.option, "loadgroup", False) and items and not any("@" in item.nodeid for item in items):
+        raise pytest.UsageError("--dist loadgroup: pytest-xdist did not group the tests (no '@group' node ids); "
+                                "install the pytest of requirements.lock")
 
 
 @pytest.fixture(scope="session")
@@ -115,13 +126,21 @@ def make_split(tmp_path):
 @pytest.fixture(scope="session")
 def smoke_run(tmp_path_factory, smoke_dataset) -> dict:
     """The whole pipeline (`vaelib run`) on params/smoke.yaml, once per session: the five notebooks
-    executed by papermill into ``<tmp>/reports/smoke/``. Every notebook test reads this one run."""
+    executed by papermill into ``<tmp>/reports/smoke/``, with one transfer set for 04. Every notebook
+    test reads this one run."""
+    import shutil
+
+    from vaelib.data.soundfonts import default_soundfont
     from vaelib.report.pipeline import run_pipeline
 
     tmp = tmp_path_factory.mktemp("run")
     dataset = hostile_copy(smoke_dataset, tmp / "ds")
+    # 04's transfer section on one small set: the smoke programs rendered from the bundled SoundFont's copy
+    font = tmp / "Copy_GM.sf2"
+    shutil.copy(default_soundfont(), font)
     overrides = [f"data.root={dataset}", f"features.cache_dir={tmp}/cache",
-                 f"train.checkpoint_dir={tmp}/ckpt"]
+                 f"train.checkpoint_dir={tmp}/ckpt",
+                 f"analysis.transfer=[{{name: copy, soundfont: {font}, root: {tmp}/transfer_copy}}]"]
     run_dir = run_pipeline(SMOKE_PARAMS, overrides, reports_root=tmp / "reports")
     return {"tmp": tmp, "dataset": dataset, "overrides": overrides, "run_dir": run_dir,
             "cfg": load_config(SMOKE_PARAMS, overrides)}

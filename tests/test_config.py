@@ -52,6 +52,16 @@ def test_every_params_file_loads_and_the_experiments_change_the_plain_model(monk
         names.add(cfg.run.name)
     assert {"depth4", "family_contrast", "timbre_pitch_split"} <= names
     assert load_config(PROJECT_ROOT / "params" / "experiments" / "depth4.yaml").train == plain.train
+    # the transfer run is the default run scored on other SoundFonts: same training, data and features
+    transfer = load_config(PROJECT_ROOT / "params" / "transfer.yaml")
+    assert (transfer.model, transfer.train, transfer.data, transfer.features, transfer.render) == (
+        default.model, default.train, default.data, default.features, default.render)
+    assert [t.soundfont for t in transfer.analysis.transfer][0] == "FluidR3_GM.sf2"
+    assert len({t.name for t in transfer.analysis.transfer}) == len(transfer.analysis.transfer) >= 2
+    sources = load_config(PROJECT_ROOT / "params" / "sources.yaml")
+    assert sources.render.soundfont[:2] == ("TimGM6mb.sf2", "FluidR3_GM.sf2")
+    assert sources.data.test_soundfonts == sources.render.soundfont[2:]
+    assert sources.data.root != default.data.root and sources.model == default.model
 
 
 def test_config_is_frozen():
@@ -97,6 +107,12 @@ def test_integral_float_accepted_for_int():
         ({"features": {"fmax": 9000.0}}, "features.fmax"),
         ({"features": "all"}, "features"),
         ({"analysis": {"interp_pairs": ["keyboard-string"]}}, "analysis.interp_pairs"),
+        ({"render": {"soundfont": "font.txt"}}, "render.soundfont[0]"),
+        ({"render": {"soundfont": ["a/F.sf2", "b/F.sf2"]}}, "render.soundfont"),
+        ({"data": {"test_soundfonts": ["x/F.sf2"]}}, "data.test_soundfonts[0]"),
+        ({"data": {"test_soundfonts": ["C.sf2"]}, "render": {"soundfont": ["A.sf2", "B.sf2"]}},
+         "data.test_soundfonts"),
+        ({"data": {"test_soundfonts": ["A.sf2"]}, "render": {"soundfont": "A.sf2"}}, "data.test_soundfonts"),
     ],
 )
 def test_bad_values_refused_naming_the_key(raw, named):
@@ -121,6 +137,48 @@ def test_bad_values_refused_naming_the_key(raw, named):
 def test_bad_overrides_refused_naming_the_key(override, named):
     with pytest.raises(ConfigError, match=named.replace("[", r"\[")):
         load_config(None, [override])
+
+
+def test_soundfont_takes_one_path_or_a_list():
+    assert load_config().render.soundfont == ()  # the bundled TimGM6mb.sf2
+    one = config_from_dict({"render": {"soundfont": "/fonts/My, Font.sf2"}})  # one path, comma and all
+    assert one.render.soundfont == ("/fonts/My, Font.sf2",)
+    two = load_config(None, ["render.soundfont=[TimGM6mb.sf2, FluidR3_GM.sf2]"])
+    assert two.render.soundfont == ("TimGM6mb.sf2", "FluidR3_GM.sf2")
+    # an earlier params file's '' still means the default, and reloads as it was saved
+    assert config_from_dict({"render": {"soundfont": ""}}).render.soundfont == ()
+    assert config_from_dict(config_to_dict(two)) == two
+
+
+def test_transfer_entries_are_mappings_checked_on_load():
+    cfg = load_config(None, ["analysis.transfer=[{name: fluidr3, soundfont: FluidR3_GM.sf2}, "
+                             "{name: nsynth_test, root: /data/nsynth/nsynth-test}]"])
+    assert [(t.name, t.root, t.soundfont) for t in cfg.analysis.transfer] == [
+        ("fluidr3", "", "FluidR3_GM.sf2"), ("nsynth_test", "/data/nsynth/nsynth-test", "")]
+    assert config_from_dict(config_to_dict(cfg)) == cfg  # the run's params.yaml reloads to the same config
+    single = config_from_dict({"analysis": {"transfer": {"name": "a", "root": "x"}}})  # one entry, no list
+    assert single.analysis.transfer[0].name == "a"
+
+
+@pytest.mark.parametrize(
+    ("transfer", "message"),
+    [
+        ([{"soundfont": "FluidR3_GM.sf2"}], r"analysis.transfer\[0\]: 'name' is missing"),
+        ([{"name": "fl"}], r"analysis.transfer\[0\] \(fl\): give 'root' .* or 'soundfont'"),
+        ([{"name": "fl", "sf": "x.sf2"}], r"analysis.transfer\[0\]: unknown key\(s\) \['sf'\]; allowed: "
+                                          r"\['name', 'root', 'soundfont'\]"),
+        ([{"name": "a b", "root": "x"}], r"analysis.transfer\[0\].name: 'a b' is not a plain name"),
+        ([{"name": "a", "root": "x"}, {"name": "a", "root": "y"}],
+         r"analysis.transfer\[1\].name: 'a' is also the name of analysis.transfer\[0\]"),
+        ([{"name": "a", "soundfont": "font.sfz"}], r"analysis.transfer\[0\].soundfont: 'font.sfz' is not a .sf2"),
+        (["FluidR3_GM.sf2"], r"analysis.transfer\[0\]: expected a mapping of keys"),
+        ([{"name": "a", "root": 3}], r"analysis.transfer\[0\].root: expected a string"),
+        ("fluidr3", r"analysis.transfer\[0\]: expected a mapping"),
+    ],
+)
+def test_bad_transfer_entries_name_the_entry(transfer, message):
+    with pytest.raises(ConfigError, match=message):
+        config_from_dict({"analysis": {"transfer": transfer}})
 
 
 def test_params_file_errors_name_the_file(tmp_path):

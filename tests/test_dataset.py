@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import shutil
@@ -141,6 +142,73 @@ def test_nsynth_own_split_folders(fixtures_dir, tmp_path, make_split):
     sub = load_dataset(DataConfig(root=str(root), max_notes=100), seed=3)
     assert sub["split"].value_counts().to_dict() == {"valid": 100, "test": 100, "train": 2}
     assert sub.equals(load_dataset(DataConfig(root=str(root), max_notes=100), seed=3))
+
+
+def _sources_split(make_split, *, name: str = "sources"):
+    """Three SoundFonts x 3 families x 3 instruments x 2 pitches, named and recorded as a vaelib render does."""
+    entries = {}
+    for font, prefix in [("A.sf2", "a"), ("B.sf2", "b"), ("C.sf2", "c")]:
+        for prog, fam in [(0, "keyboard"), (40, "string"), (56, "brass")]:
+            for i in range(3):
+                for pitch in (60, 64):
+                    plain = f"{fam}_acoustic_{i:03d}-{pitch:03d}-100"
+                    key = f"{prefix}_{plain}"
+                    entries[key] = entry(plain, note_str=key, instrument_str=key.rsplit("-", 2)[0], soundfont=font,
+                                         program=prog + i)
+    return make_split(entries, name=name, wav=False)
+
+
+def test_test_soundfonts_hold_out_exactly_their_notes(make_split):
+    root = _sources_split(make_split)
+    base = DataConfig(root=str(root), valid_fraction=0.2, test_fraction=0.34)
+    df = load_dataset(dataclasses.replace(base, test_soundfonts=("C.sf2",)), seed=0)
+    assert list(df.columns[-4:]) == ["soundfont", "program", "path", "split"]
+    held = df["soundfont"] == "C.sf2"
+    assert (df.loc[held, "split"] == "test").all() and held.sum() == 18
+    # the other sources are split by instrument among themselves, as without a held-out SoundFont
+    rest = df[~held]
+    assert set(rest["split"]) == {"train", "valid", "test"}
+    assert (rest.groupby("instrument_str")["split"].nunique() == 1).all()
+    assert (rest.groupby("instrument_family_str")["split"].apply(lambda s: (s == "test").sum()) == 2 * 2).all()
+    # two held out: only the third trains
+    two = load_dataset(dataclasses.replace(base, test_soundfonts=("B.sf2", "C.sf2"), test_fraction=0.0), seed=0)
+    assert set(two.loc[two["split"] != "test", "soundfont"]) == {"A.sf2"}
+    assert set(two.loc[two["soundfont"] != "A.sf2", "split"]) == {"test"}
+    # without it nothing changes: the columns are read, the split is by instrument over every source
+    plain = load_dataset(base, seed=0)
+    assert set(plain.loc[plain["soundfont"] == "C.sf2", "split"]) == {"train", "valid", "test"}
+
+
+def test_test_soundfonts_must_name_a_source(make_split, tmp_path, fixtures_dir):
+    root = _sources_split(make_split)
+    with pytest.raises(ParameterError, match=r"data.test_soundfonts: \['D.sf2'\] is not a source of .*"
+                                             r"\(its sources: \['A.sf2', 'B.sf2', 'C.sf2'\]\)"):
+        load_dataset(DataConfig(root=str(root), test_soundfonts=("D.sf2",)))
+    with pytest.raises(ParameterError, match="every note of .* comes from them"):
+        load_dataset(DataConfig(root=str(root), test_soundfonts=("A.sf2", "B.sf2", "C.sf2")))
+    # a dataset that records no source (NSynth's own) cannot hold one out
+    real = tmp_path / "real"
+    real.mkdir()
+    shutil.copy(fixtures_dir / VALID_JSON, real / "examples.json")
+    with pytest.raises(ParameterError, match="records no `soundfont` per note"):
+        load_dataset(DataConfig(root=str(real), test_soundfonts=("A.sf2",)))
+    assert "soundfont" not in load_dataset(DataConfig(root=str(real))).columns  # NSynth's columns only
+
+
+def test_a_held_out_soundfont_needs_instruments_of_its_own(make_split):
+    entries = {k: entry(k, soundfont=font, program=0) for k, font in
+               [("keyboard_acoustic_000-060-100", "A.sf2"), ("keyboard_acoustic_000-064-100", "B.sf2"),
+                ("keyboard_acoustic_001-060-100", "A.sf2")]}
+    root = make_split(entries, wav=False)
+    with pytest.raises(DataError, match=r"instrument\(s\) \['keyboard_acoustic_000'\] have notes from a held-out"):
+        load_dataset(DataConfig(root=str(root), test_soundfonts=("B.sf2",)))
+
+
+def test_source_fields_are_checked(make_split):
+    bad = make_split({"keyboard_acoustic_000-060-100": entry("keyboard_acoustic_000-060-100", program=200)},
+                     wav=False)
+    with pytest.raises(DataError, match=r"field 'program': 200 is not a GM program"):
+        read_examples(bad)
 
 
 def test_max_notes_per_split(real_valid):

@@ -84,6 +84,27 @@ def test_04_latent_map(execute, run):
     assert {"family_logreg_margin_vs_pca", "interp_step_ratio_median",
             "interp_centroid_spearman_median"} <= set(m["targets"])
     _check_descriptors(m["descriptors"], run["cfg"])
+    _check_transfer(m["transfer"], run)
+
+
+def _check_transfer(t: dict, run) -> None:
+    # one set: the smoke programs rendered again from a copy of the SoundFont the run was trained on
+    assert list(t) == ["copy"]
+    copy = t["copy"]
+    assert copy["dataset"]["soundfont"] == "Copy_GM.sf2"
+    meta = run["cache"].meta
+    assert copy["all"]["notes"] == len(meta) and copy["all"]["instruments"] == meta["instrument_str"].nunique()
+    unseen = copy["unseen_programs"]
+    trained = set(run["cfg"].render.programs) - set(unseen["programs"])
+    assert len(trained) == meta.loc[meta["split"] == "train", "instrument_str"].nunique()
+    assert unseen["notes"] == int((meta["split"] != "train").sum())  # valid and test instruments' programs
+    for block in (copy["all"], unseen):
+        for feats in ("mu", "pca"):
+            assert set(block["probes"][feats]) == set(PROBE_KEYS)
+            assert all(0 <= v <= 1 for v in block["probes"][feats].values())
+        assert all(0 < v < 4 for v in block["recon_mse"].values())  # log-mel in [-1, 1]: squared errors below 4
+    metrics = json.loads((run["run_dir"] / "metrics.json").read_text())
+    assert metrics["transfer"] == t  # merged into the run's metrics.json as transfer.<name>
 
 
 def _check_descriptors(d: dict, cfg) -> None:

@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 
 from vaelib.config import NSYNTH_FAMILIES, RenderConfig
-from vaelib.data.nsynth import SCHEMA_FIELDS, read_examples
-from vaelib.data.render import GM_FAMILY_SOURCE, default_soundfont, note_qualities, render_dataset
+from vaelib.data.nsynth import SCHEMA_FIELDS, SOURCE_FIELDS, read_examples
+from vaelib.data.render import (
+    GM_FAMILY_SOURCE,
+    default_soundfont,
+    instrument_programs,
+    note_qualities,
+    render_dataset,
+)
+from vaelib.exceptions import ParameterError
 
 SR = 16000
 PITCHED = RenderConfig(programs=(0, 73), pitch_min=48, pitch_max=84, pitch_step=12, velocities=(100,), workers=2)
@@ -52,7 +61,8 @@ def test_layout_and_schema(pitched):
     raw = json.loads((out / "examples.json").read_text())
     assert sorted(raw) == sorted(p.stem for p in (out / "audio").glob("*.wav"))
     for key, e in raw.items():
-        assert set(e) == set(SCHEMA_FIELDS)
+        assert set(e) == set(SCHEMA_FIELDS) | set(SOURCE_FIELDS)  # NSynth's fields, plus the source's
+        assert e["soundfont"] == "TimGM6mb.sf2" and e["program"] in (0, 73)
         assert e["note_str"] == key == f"{e['instrument_str']}-{e['pitch']:03d}-{e['velocity']:03d}"
         assert isinstance(e["pitch"], int) and e["sample_rate"] == SR
         assert len(e["qualities"]) == 10
@@ -137,8 +147,6 @@ def test_smoke_dataset(smoke_dataset):
 
 def test_any_soundfont_path(pitched, tmp_path):
     # a .sf2 given by path renders like the default one (here: the same file under another name)
-    import shutil
-
     font = tmp_path / "My Font.SF2"
     shutil.copy(default_soundfont(), font)
     cfg = RenderConfig(**{**PITCHED.__dict__, "soundfont": str(font), "programs": (73,)})
@@ -147,3 +155,101 @@ def test_any_soundfont_path(pitched, tmp_path):
     out, _ = pitched
     for wav in sorted((tmp_path / "ds" / "audio").iterdir()):
         assert wav.read_bytes() == (out / "audio" / wav.name).read_bytes(), wav.name
+
+
+FLUID = Path("/usr/share/sounds/sf2/FluidR3_GM.sf2")
+TWO = RenderConfig(programs=(0, 24, 73), pitch_min=60, pitch_max=64, pitch_step=4, velocities=(100,), workers=2)
+
+
+@pytest.fixture(scope="module")
+def two_sources(tmp_path_factory, pitched):
+    """The bundled SoundFont and a copy of it under another file name, rendered into one dataset."""
+    work = tmp_path_factory.mktemp("sources")
+    other = work / "Other-GM 2.sf2"
+    shutil.copy(default_soundfont(), other)
+    cfg = RenderConfig(**{**TWO.__dict__, "soundfont": ("TimGM6mb.sf2", str(other))})
+    summary = render_dataset(cfg, work / "ds", show_progress=False)
+    return work / "ds", summary, cfg
+
+
+def test_two_sources_in_one_dataset(two_sources):
+    out, summary, cfg = two_sources
+    assert summary["notes"] == 2 * 3 * 2 and summary["instruments"] == 6
+    assert [Path(p).name for p in summary["soundfonts"]] == ["TimGM6mb.sf2", "Other-GM 2.sf2"]
+    assert summary["settings"]["soundfonts"] == ["TimGM6mb.sf2", "Other-GM 2.sf2"]
+    raw = json.loads((out / "examples.json").read_text())
+    df = read_examples(out)
+    assert list(df.columns[-3:]) == ["soundfont", "program", "path"]
+    # ids and names unique across the sources; each name carries its source's prefix
+    assert df["note"].is_unique and len(raw) == len(df)
+    per_instrument = df.groupby("instrument_str")[["instrument", "soundfont", "program"]].nunique()
+    assert (per_instrument == 1).all().all() and df["instrument"].nunique() == df["instrument_str"].nunique() == 6
+    assert sorted(df.loc[df["soundfont"] == "Other-GM 2.sf2", "instrument_str"].unique()) == [
+        "othergm2_flute_acoustic_000", "othergm2_guitar_acoustic_000", "othergm2_keyboard_acoustic_000"]
+    names = {(s, p): n for s, p, n in zip(df["soundfont"], df["program"], df["instrument_str"])}
+    assert names[("TimGM6mb.sf2", 73)] == "timgm6mb_flute_acoustic_000"
+    assert names[("Other-GM 2.sf2", 24)] == "othergm2_guitar_acoustic_000"
+    assert set(df["program"]) == {0, 24, 73}
+    # every field NSynth has, as NSynth has it; the family and source follow the program in both sources
+    assert all(set(e) == set(SCHEMA_FIELDS) | set(SOURCE_FIELDS) for e in raw.values())
+    assert all(GM_FAMILY_SOURCE[p] == (f, s) for p, f, s in
+               zip(df["program"], df["instrument_family_str"], df["instrument_source_str"]))
+    # the names follow from the settings alone
+    assert instrument_programs(cfg) == dict(zip(df["instrument_str"], df["program"]))
+    # a copy of the same file plays the same notes: the sources differ by name only
+    a = sf.read(out / "audio" / "timgm6mb_flute_acoustic_000-060-100.wav")[0]
+    b = sf.read(out / "audio" / "othergm2_flute_acoustic_000-060-100.wav")[0]
+    assert np.array_equal(a, b)
+
+
+def test_one_source_keeps_nsynth_names_and_ids(pitched):
+    out, summary = pitched
+    df = read_examples(out)
+    assert set(df["soundfont"]) == {"TimGM6mb.sf2"} and summary["soundfont"].endswith("TimGM6mb.sf2")
+    assert dict(zip(df["instrument_str"], df["instrument"])) == {"keyboard_acoustic_000": 0, "flute_acoustic_000": 1}
+    assert instrument_programs(PITCHED) == {"keyboard_acoustic_000": 0, "flute_acoustic_000": 73}
+
+
+def test_sources_that_cannot_be_told_apart_are_refused(tmp_path):
+    font = tmp_path / "a" / "GM.sf2"
+    font.parent.mkdir()
+    shutil.copy(default_soundfont(), font)
+    (tmp_path / "b").mkdir()
+    shutil.copy(default_soundfont(), tmp_path / "b" / "G-M.sf2")
+    cfg = RenderConfig(**{**TWO.__dict__, "soundfont": (str(font), str(tmp_path / "b" / "G-M.sf2"))})
+    with pytest.raises(ParameterError, match=r"one instrument prefix \['gm'\]"):
+        render_dataset(cfg, tmp_path / "ds", show_progress=False)
+    cfg = RenderConfig(**{**TWO.__dict__, "soundfont": (str(font), str(font))})
+    with pytest.raises(ParameterError, match=r"\['GM.sf2'\] given twice"):
+        render_dataset(cfg, tmp_path / "ds", show_progress=False)
+    assert not (tmp_path / "ds").exists()
+
+
+def test_fluidr3_and_timgm6mb_render_different_notes(tmp_path):
+    if not FLUID.is_file():
+        pytest.skip(f"{FLUID} is not installed (apt-get install fluid-soundfont-gm)")
+    cfg = RenderConfig(programs=(73,), pitch_min=60, pitch_max=60, velocities=(100,), workers=1,
+                       soundfont=("TimGM6mb.sf2", "FluidR3_GM.sf2"))
+    render_dataset(cfg, tmp_path / "ds", show_progress=False)
+    df = read_examples(tmp_path / "ds")
+    assert dict(zip(df["instrument_str"], df["soundfont"])) == {
+        "timgm6mb_flute_acoustic_000": "TimGM6mb.sf2", "fluidr3gm_flute_acoustic_000": "FluidR3_GM.sf2"}
+    a = sf.read(tmp_path / "ds" / "audio" / "timgm6mb_flute_acoustic_000-060-100.wav")[0]
+    b = sf.read(tmp_path / "ds" / "audio" / "fluidr3gm_flute_acoustic_000-060-100.wav")[0]
+    assert not np.allclose(a, b, atol=1e-3)
+    assert abs(69 + 12 * np.log2(hps_f0(b.astype(np.float32)) / 440.0) - 60) < 1.0  # FluidR3's flute, in tune
+
+
+def test_a_render_is_keyed_by_its_sources(two_sources, tmp_path):
+    # data.root rendered from two SoundFonts is not read as the render of another list of them
+    from vaelib.config import load_config
+    from vaelib.data.prepare import ensure_dataset
+    from vaelib.exceptions import DataError
+
+    out, _, cfg = two_sources
+    fonts = "[" + ", ".join(repr(f) for f in cfg.soundfont) + "]"
+    ensure_dataset(load_config(None, [f"data.root={out}", f"render.soundfont={fonts}"]))  # its own: fine
+    with pytest.raises(DataError, match=r"rendered from \['TimGM6mb.sf2', 'Other-GM 2.sf2'\], but render.soundfont "
+                                        r"names \['TimGM6mb.sf2'\]: set data.root to another folder"):
+        ensure_dataset(load_config(None, [f"data.root={out}"]))
+    ensure_dataset(load_config(None, [f"data.root={out}", "render.enabled=false"]))  # read as it is, on purpose

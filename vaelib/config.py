@@ -31,6 +31,7 @@ __all__ = [
     "RunConfig",
     "DataConfig",
     "RenderConfig",
+    "TransferSet",
     "FeatureConfig",
     "ModelConfig",
     "TrainConfig",
@@ -51,6 +52,8 @@ __all__ = [
     "save_config",
     "params_reference",
     "interp_pair_sides",
+    "soundfont_list",
+    "SOUNDFONT_SUFFIXES",
 ]
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -63,12 +66,16 @@ NSYNTH_FAMILIES = (
     "organ", "reed", "string", "synth_lead", "vocal",
 )
 NSYNTH_SOURCES = ("acoustic", "electronic", "synthetic")
+SOUNDFONT_SUFFIXES = (".sf2", ".sf3")
 
 
 def _f(default: Any, help: str, *, lo: float | None = None, hi: float | None = None,
-       choices: tuple | None = None, items: tuple | None = None) -> Any:
-    """A dataclass field with its help text and allowed range (``items`` constrains tuple elements)."""
-    meta = {"help": help, "lo": lo, "hi": hi, "choices": choices, "items": items}
+       choices: tuple | None = None, items: tuple | None = None, whole_string: bool = False) -> Any:
+    """A dataclass field with its help text and allowed range (``items`` constrains tuple elements).
+
+    A tuple field given a string reads it as a comma-separated list, unless ``whole_string``: then the
+    string is the one item (a path may hold a comma), and '' is the empty tuple."""
+    meta = {"help": help, "lo": lo, "hi": hi, "choices": choices, "items": items, "whole_string": whole_string}
     if isinstance(default, (list, tuple)):
         return field(default_factory=lambda: tuple(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -95,12 +102,18 @@ class DataConfig:
     test_fraction: float = _f(0.25, "share of instruments held out for test", lo=0.0, hi=0.5)
     resample: bool = _f(True, "resample wavs of another rate (with a warning) instead of refusing them")
     max_notes: int = _f(0, "keep at most this many notes per split, chosen by seed (0: all)", lo=0)
+    test_soundfonts: tuple[str, ...] = _f((), "SoundFont file names (the `soundfont` field of a multi-source render, "
+                                          "e.g. FluidR3_GM.sf2) whose notes all go to the test split, never to "
+                                          "train or valid; the other notes are split by instrument as usual")
 
 
 @dataclass(frozen=True)
 class RenderConfig:
     enabled: bool = _f(True, "render the embedded GM dataset into data.root when it is missing")
-    soundfont: str = _f("", "path to a .sf2/.sf3 ('' = TimGM6mb.sf2 shipped with pretty_midi)")
+    soundfont: tuple[str, ...] = _f((), "one .sf2/.sf3 or a list of them, rendered into one dataset (empty: "
+                                    "TimGM6mb.sf2 shipped with pretty_midi); a bare Debian file name such as "
+                                    "FluidR3_GM.sf2 is looked up under /usr/share/sounds (docs/data.md)",
+                                    whole_string=True)
     programs: tuple[int, ...] = _f((), "GM programs (0-based) to render (empty: every mapped one)",
                                    items=(0, 127))
     pitch_min: int = _f(24, "lowest MIDI pitch rendered", lo=0, hi=127)
@@ -203,6 +216,19 @@ class TrainConfig:
     checkpoint_dir: str = _f("data/checkpoints", "checkpoints folder (one subfolder per config hash)")
 
 
+_TRANSFER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+
+
+@dataclass(frozen=True)
+class TransferSet:
+    """One evaluation dataset of ``analysis.transfer``: an NSynth-layout folder, or a SoundFont rendered into one."""
+
+    name: str = _f("", "key of its figures in metrics.json (transfer.<name>): letters, digits, '_', '-'")
+    root: str = _f("", "NSynth-layout folder read as it is; with a soundfont, the folder it is rendered into "
+                   "(empty: data/transfer/<SoundFont>-<settings key>)")
+    soundfont: str = _f("", "a .sf2/.sf3 rendered with the run's render.* settings (a path, or a Debian file name)")
+
+
 @dataclass(frozen=True)
 class AnalysisConfig:
     umap: bool = _f(True, "draw the UMAP maps of 04 and of 05's listening map beside PCA (off skips its numba "
@@ -232,6 +258,9 @@ class AnalysisConfig:
                             "(the filterbank's pseudo-inverse, clipped at 0) or 'nnls' (librosa's solve, several "
                             "times slower for the same error where the note is; docs/explore.md)",
                             choices=MEL_INVERSES)
+    transfer: tuple[TransferSet, ...] = _f((), "evaluation datasets of 04's transfer section, each "
+                                           "{name, root} (an NSynth-layout folder) or {name, soundfont[, root]} "
+                                           "(rendered with the run's render.* settings); empty: none")
 
 
 @dataclass(frozen=True)
@@ -261,9 +290,17 @@ def _check_value(where: str, value: Any, annotation: Any, meta: dict) -> Any:
     if origin is tuple:
         (inner, _ellipsis) = typing.get_args(annotation)
         if isinstance(value, str):
-            value = [v.strip() for v in value.split(",") if v.strip()]
+            if meta.get("whole_string"):
+                value = [value.strip()] if value.strip() else []
+            else:
+                value = [v.strip() for v in value.split(",") if v.strip()]
+        if isinstance(value, dict) and dataclasses.is_dataclass(inner):
+            value = [value]  # one entry written without the list around it
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where}: expected a list, got {value!r}")
+        if dataclasses.is_dataclass(inner):
+            return tuple(_build_section(inner, v if isinstance(v, dict) else _not_a_mapping(f"{where}[{i}]", v),
+                                        f"{where}[{i}]") for i, v in enumerate(value))
         out = tuple(_check_scalar(f"{where}[{i}]", v, inner) for i, v in enumerate(value))
         items = meta.get("items")
         for i, v in enumerate(out):
@@ -283,6 +320,11 @@ def _check_value(where: str, value: Any, annotation: Any, meta: dict) -> Any:
     if choices is not None and value not in choices:
         raise ConfigError(f"{where}: {value!r} is not one of {list(choices)}")
     return value
+
+
+def _not_a_mapping(where: str, value: Any) -> dict:
+    raise ConfigError(f"{where}: expected a mapping of keys (e.g. {{name: fluidr3, soundfont: FluidR3_GM.sf2}}), "
+                      f"got {value!r}")
 
 
 def _check_scalar(where: str, value: Any, kind: Any) -> Any:
@@ -402,6 +444,57 @@ def _cross_checks(cfg: Config) -> None:
                           f"train.notes_per_instrument ({cfg.train.notes_per_instrument}): batches hold whole groups")
     for pair in cfg.analysis.interp_pairs:
         interp_pair_sides(pair, where="analysis.interp_pairs")
+    _check_soundfont_params(cfg)
+    _check_transfer(cfg.analysis.transfer)
+
+
+def soundfont_list(spec: str | tuple[str, ...] | list[str]) -> list[str]:
+    """``render.soundfont`` as a list: one path given as a string (the form of earlier params) is a list of one."""
+    if isinstance(spec, str):
+        return [spec] if spec.strip() else []
+    return [s for s in spec if s.strip()]
+
+
+def _check_soundfont_params(cfg: Config) -> None:
+    fonts = soundfont_list(cfg.render.soundfont)
+    for i, font in enumerate(fonts):
+        if Path(font).suffix.lower() not in SOUNDFONT_SUFFIXES:
+            raise ConfigError(f"render.soundfont[{i}]: {font!r} is not a .sf2 or .sf3 file")
+    names = [Path(f).name for f in fonts]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ConfigError(f"render.soundfont: {twice} named twice; every source needs its own file name (the "
+                          "`soundfont` field and data.test_soundfonts tell sources apart by it)")
+    for i, name in enumerate(cfg.data.test_soundfonts):
+        if "/" in name or Path(name).suffix.lower() not in SOUNDFONT_SUFFIXES:
+            raise ConfigError(f"data.test_soundfonts[{i}]: {name!r} is not a SoundFont file name (e.g. "
+                              "FluidR3_GM.sf2, without its folder)")
+    if cfg.data.test_soundfonts and cfg.render.enabled and fonts:
+        unknown = [n for n in cfg.data.test_soundfonts if n not in names]
+        if unknown:
+            raise ConfigError(f"data.test_soundfonts: {unknown} not among the sources of render.soundfont {names}")
+        if len(set(cfg.data.test_soundfonts)) == len(names):
+            raise ConfigError(f"data.test_soundfonts: {list(cfg.data.test_soundfonts)} holds out every source of "
+                              "render.soundfont, leaving nothing to train on")
+
+
+def _check_transfer(sets: tuple[TransferSet, ...]) -> None:
+    seen: dict[str, int] = {}
+    for i, t in enumerate(sets):
+        where = f"analysis.transfer[{i}]"
+        if not t.name:
+            raise ConfigError(f"{where}: 'name' is missing (the key of its figures, transfer.<name>)")
+        if not _TRANSFER_NAME.match(t.name):
+            raise ConfigError(f"{where}.name: {t.name!r} is not a plain name (letters, digits, '_', '-', starting "
+                              "with a letter or digit)")
+        if t.name in seen:
+            raise ConfigError(f"{where}.name: {t.name!r} is also the name of analysis.transfer[{seen[t.name]}]")
+        seen[t.name] = i
+        if not t.root and not t.soundfont:
+            raise ConfigError(f"{where} ({t.name}): give 'root' (an NSynth-layout folder) or 'soundfont' (a .sf2/.sf3 "
+                              "to render), or both")
+        if t.soundfont and Path(t.soundfont).suffix.lower() not in SOUNDFONT_SUFFIXES:
+            raise ConfigError(f"{where}.soundfont: {t.soundfont!r} is not a .sf2 or .sf3 file")
 
 
 def _merge(base: dict, extra: dict) -> dict:
@@ -502,9 +595,9 @@ def config_to_dict(cfg: Any) -> dict:
 
 
 def section_hash(*sections: Any, extra: Any = None, length: int = 12) -> str:
-    """Stable short hash of config sections (dataclasses, or their ``config_to_dict`` dicts) and any JSON-able
+    """Stable short hash of config sections (dataclasses, or the plain dicts of them) and any JSON-able
     extra, for cache and checkpoint keys."""
-    payload = json.dumps([s if isinstance(s, dict) else config_to_dict(s) for s in sections] + [extra],
+    payload = json.dumps([config_to_dict(s) if dataclasses.is_dataclass(s) else s for s in sections] + [extra],
                          sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:length]
 
@@ -565,4 +658,12 @@ def params_reference() -> str:
             default_text = json.dumps(list(default) if isinstance(default, tuple) else default)
             lines.append(f"| `{section.name}.{f.name}` | {kind} | `{default_text}` | {allowed} | "
                          f"{meta.get('help', '').replace('|', '/')} |")
+            args = typing.get_args(hints[f.name])
+            if args and dataclasses.is_dataclass(args[0]):
+                # a list of mappings: one row per key of an entry
+                entry_hints = typing.get_type_hints(args[0])
+                for g in dataclasses.fields(args[0]):
+                    kind = getattr(entry_hints[g.name], "__name__", str(entry_hints[g.name]))
+                    lines.append(f"| `{section.name}.{f.name}[].{g.name}` | {kind} | `{json.dumps(g.default)}` |  | "
+                                 f"{g.metadata.get('help', '').replace('|', '/')} |")
     return "\n".join(lines)

@@ -9,6 +9,7 @@
 - ``targets``: the study's targets in one table, evaluated on a run's metrics.
 - ``diagnose``: 03_diagnostics as one call: posterior, KL, active units, distances, reconstruction vs PCA.
 - ``latent_map``: 04_latent_map as calls: embedding, maps, probes, the pitch breakdown, interpolations.
+- ``transfer``: 04's transfer section: the probes and reconstruction scored on datasets of other SoundFonts.
 - ``explore``: 06's live explorer as pure calls: paths, principal axes, samples, a sound file placed, latency.
 - ``encode``: sound files of one's own (any format, rate, channels) brought to a run's features and encoded.
 - ``descriptors``: audio descriptors per note, on the maps of mu, over a decoded PCA grid, predicted from mu vs PCA.

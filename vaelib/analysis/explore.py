@@ -2,9 +2,9 @@
 decoded spectrogram with its audio and what it is out.
 
 An *update* is one latent vector decoded and its spectrogram turned into audio. It must answer within
-a second on a small CPU, so the audio takes a faster route than 05_listening's: the mel power is mapped
-back to a linear spectrogram by the pseudo-inverse of the mel filterbank (clipped at 0) instead of
-librosa's NNLS solve, which costs several times the rest of the update, then ``n_iter`` Griffin-Lim iterations
+a second on a small CPU, so the mel power is mapped back to a linear spectrogram by the pseudo-inverse
+of the mel filterbank (clipped at 0) instead of librosa's NNLS solve, which costs several times the rest
+of the update for the same round-trip error, then ``n_iter`` Griffin-Lim iterations
 (``DEFAULT_GL_ITERS``; measured in ``benchmarks/bench_explore.py``, figures in docs/explore.md).
 
 What can be explored (the four panels of ``vaelib.report.explorer``):

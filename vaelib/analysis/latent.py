@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 
 # Metadata kept beside mu/logvar in the embedding table.
 META_COLUMNS = ("note_str", "pitch", "velocity", "instrument_str", "instrument_family_str",
-                "instrument_source_str", "split")
+                "instrument_source_str", "soundfont", "program", "split")
 DEFAULT_BATCH = 128
 
 

@@ -195,9 +195,12 @@ def interpolate_run(space: LatentSpace, run: TrainedRun) -> Interpolations:
 
 
 def latent_map_metrics(space: LatentSpace, probes: dict, probes_cv: dict, n_folds: int, pitch: PitchBreakdown,
-                       interp: Interpolations, *, run: TrainedRun, descriptors: dict | None = None) -> dict:
+                       interp: Interpolations, *, run: TrainedRun, descriptors: dict | None = None,
+                       transfer: dict | None = None) -> dict:
     """What 04_latent_map writes to ``latent_map.json``, its targets included; ``descriptors`` (the
-    ``metrics`` of ``vaelib.analysis.descriptors.describe_run``) goes under the key of that name."""
+    ``metrics`` of ``vaelib.analysis.descriptors.describe_run``) goes under the key of that name, and
+    ``transfer`` (the ``metrics`` of ``vaelib.analysis.transfer.evaluate_transfer``) under ``transfer``
+    when it holds a dataset."""
     n_notes, n_instruments = space.counts()
     metrics = {
         "latent_dim": run.cfg.model.latent_dim,
@@ -222,5 +225,7 @@ def latent_map_metrics(space: LatentSpace, probes: dict, probes_cv: dict, n_fold
     }
     if descriptors is not None:
         metrics["descriptors"] = descriptors
+    if transfer:
+        metrics["transfer"] = transfer
     metrics["targets"] = evaluate_targets(metrics, notebook="04_latent_map", cfg=run.cfg)
     return metrics

@@ -8,6 +8,8 @@ semitone as right.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
 from sklearn.linear_model import LogisticRegression
@@ -25,6 +27,8 @@ __all__ = [
     "PROBE_KEYS",
     "make_probe",
     "accuracy",
+    "FittedProbes",
+    "fit_probes",
     "score_probes",
     "cv_probes",
     "pca_features",
@@ -65,13 +69,66 @@ def accuracy(y_true: np.ndarray, y_pred: np.ndarray, *, tolerance: int = 0) -> f
     return float(np.mean(y_true == y_pred))
 
 
+class _Constant:
+    """A probe fitted on one class: every prediction is that class (sklearn's logistic regression refuses this)."""
+
+    def __init__(self, label: object) -> None:
+        self.label = label
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        return np.full(len(x), self.label)
+
+
+def _fit(kind: str, x_fit: np.ndarray, y_fit: np.ndarray, *, knn_k: int, seed: int) -> Pipeline | _Constant:
+    if len(np.unique(y_fit)) < 2:
+        return _Constant(y_fit[0])
+    k = min(knn_k, len(x_fit))
+    return make_probe(kind, knn_k=k, seed=seed).fit(x_fit, y_fit)
+
+
 def _fit_predict(kind: str, x_fit: np.ndarray, y_fit: np.ndarray, x_eval: np.ndarray, *, knn_k: int,
                  seed: int) -> np.ndarray:
-    if len(np.unique(y_fit)) < 2:
-        # One class seen: every prediction is that class (sklearn's logistic regression refuses this).
-        return np.full(len(x_eval), y_fit[0])
-    k = min(knn_k, len(x_fit))
-    return make_probe(kind, knn_k=k, seed=seed).fit(x_fit, y_fit).predict(x_eval)
+    return _fit(kind, x_fit, y_fit, knn_k=knn_k, seed=seed).predict(x_eval)
+
+
+@dataclass
+class FittedProbes:
+    """Every probe of ``PROBE_TARGETS`` x ``PROBE_KINDS`` fitted once, to score any number of note sets."""
+
+    models: dict[tuple[str, str], Pipeline | _Constant]  # (target, kind) -> fitted probe
+    dims: int
+
+    def score(self, x_eval: np.ndarray, meta_eval: pd.DataFrame) -> dict[str, float]:
+        """Accuracy in [0, 1] on (``x_eval`` [shape=(notes, dims)], ``meta_eval``) for every key of ``PROBE_KEYS``.
+
+        Raises
+        ------
+        ParameterError
+            ``x_eval`` and ``meta_eval`` differ in length, there are no notes, or the dimensions differ
+            from the fitted ones.
+        """
+        if len(x_eval) != len(meta_eval) or len(x_eval) == 0:
+            raise ParameterError(f"score: {len(x_eval)} eval features for {len(meta_eval)} rows (at least one needed)")
+        if np.ndim(x_eval) != 2 or np.shape(x_eval)[1] != self.dims:
+            raise ParameterError(f"score: features of shape {np.shape(x_eval)}, the probes were fitted on {self.dims}"
+                                 " dimensions")
+        out: dict[str, float] = {}
+        for (target, kind), model in self.models.items():
+            y_eval = meta_eval[PROBE_TARGETS[target]].to_numpy()
+            pred = model.predict(x_eval)
+            out[f"{target}_{kind}"] = accuracy(y_eval, pred)
+            if target == "pitch":
+                out[f"pitch1_{kind}"] = accuracy(y_eval, pred, tolerance=1)
+        return {k: out[k] for k in PROBE_KEYS}
+
+
+def fit_probes(x_fit: np.ndarray, meta_fit: pd.DataFrame, *, knn_k: int, seed: int = 0) -> FittedProbes:
+    """Fit every probe on (``x_fit`` [shape=(notes, dims)], ``meta_fit`` with the columns of ``PROBE_TARGETS``)."""
+    if len(x_fit) != len(meta_fit) or len(x_fit) == 0:
+        raise ParameterError(f"fit_probes: {len(x_fit)} fit features for {len(meta_fit)} rows (at least one needed)")
+    models = {(target, kind): _fit(kind, x_fit, meta_fit[column].to_numpy(), knn_k=knn_k, seed=seed)
+              for target, column in PROBE_TARGETS.items() for kind in PROBE_KINDS}
+    return FittedProbes(models=models, dims=int(np.shape(x_fit)[1]))
 
 
 def score_probes(x_fit: np.ndarray, meta_fit: pd.DataFrame, x_eval: np.ndarray, meta_eval: pd.DataFrame, *,
@@ -90,15 +147,7 @@ def score_probes(x_fit: np.ndarray, meta_fit: pd.DataFrame, x_eval: np.ndarray, 
     if len(x_fit) != len(meta_fit) or len(x_eval) != len(meta_eval):
         raise ParameterError(f"score_probes: {len(x_fit)}/{len(meta_fit)} fit and "
                              f"{len(x_eval)}/{len(meta_eval)} eval features/rows")
-    out: dict[str, float] = {}
-    for target, column in PROBE_TARGETS.items():
-        y_fit, y_eval = meta_fit[column].to_numpy(), meta_eval[column].to_numpy()
-        for kind in PROBE_KINDS:
-            pred = _fit_predict(kind, x_fit, y_fit, x_eval, knn_k=knn_k, seed=seed)
-            out[f"{target}_{kind}"] = accuracy(y_eval, pred)
-            if target == "pitch":
-                out[f"pitch1_{kind}"] = accuracy(y_eval, pred, tolerance=1)
-    return {k: out[k] for k in PROBE_KEYS}
+    return fit_probes(x_fit, meta_fit, knn_k=knn_k, seed=seed).score(x_eval, meta_eval)
 
 
 def cv_probes(x: np.ndarray, meta: pd.DataFrame, *, groups: np.ndarray, n_folds: int, knn_k: int,

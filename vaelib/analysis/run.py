@@ -20,6 +20,7 @@ import torch
 from vaelib.config import REPORTS_DIR, Config, config_to_dict, load_config, save_config
 from vaelib.data.cache import FeatureCache
 from vaelib.data.prepare import prepare_features
+from vaelib.data.soundfonts import check_soundfonts
 from vaelib.exceptions import CheckpointError, ConfigError
 from vaelib.model.checkpoint import find_checkpoint, load_model
 
@@ -70,8 +71,11 @@ def start_run(params_file: str | os.PathLike, overrides: list[str] | tuple[str, 
     ------
     ConfigError
         When the params are invalid (before anything is written).
+    ParameterError
+        When a SoundFont the params name is missing (``check_soundfonts``; before anything is written).
     """
     cfg = load_config(params_file, list(overrides))
+    check_soundfonts(cfg)
     folder = run_folder(cfg.run.name, run_dir)
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / RUN_PARAMS

@@ -1,7 +1,9 @@
 """Data stage: NSynth-format notes in, normalised log-mel features out.
 
 - ``nsynth``: reading NSynth ``jsonwav`` folders: metadata table, filters, instrument-disjoint splits, wav decoding.
-- ``render``: GM synthesis of the embedded default dataset into NSynth layout (the only meaning of "render").
+- ``render``: GM synthesis of the embedded default dataset into NSynth layout (the only meaning of "render"),
+  from one SoundFont or several.
+- ``soundfonts``: where a SoundFont name points, the Debian package of a missing one, a source's name prefix.
 - ``features``: the log-mel representation (batched torch STFT, librosa filterbank, dB) and its inverse.
 - ``cache``: the on-disk feature cache, keyed by the feature parameters and the input files.
 - ``shards``: the feature cache built in slices by several processes, and their merge into the same cache.

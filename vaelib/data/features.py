@@ -3,7 +3,7 @@
 Forward: batched torch STFT -> power -> librosa mel filterbank -> dB against the reference ->
 clipped to [-top_db, 0] -> normalised to [-1, 1] -> padded/cropped to ``frames``.
 Inverse: normalised log-mel -> dB -> power mel -> linear spectrogram (librosa's NNLS mel
-inversion) -> audio by Griffin-Lim.
+inversion, or the filterbank's pseudo-inverse) -> audio by Griffin-Lim.
 """
 
 from __future__ import annotations

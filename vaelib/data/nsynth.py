@@ -24,6 +24,7 @@ from vaelib.io import file_in_the_way
 
 __all__ = [
     "SCHEMA_FIELDS",
+    "SOURCE_FIELDS",
     "INT_FIELDS",
     "QUALITIES",
     "SPLITS",
@@ -48,6 +49,9 @@ QUALITIES = (
 INT_FIELDS = ("note", "instrument", "instrument_family", "instrument_source", "pitch", "velocity", "sample_rate")
 STR_FIELDS = ("note_str", "instrument_str", "instrument_family_str", "instrument_source_str")
 SCHEMA_FIELDS = INT_FIELDS + STR_FIELDS + ("qualities", "qualities_str")
+# Fields beyond NSynth's that vaelib's renders write: the source SoundFont's file name and the GM program.
+# Read when a dataset has them (a column each); a note without one reads "" / -1.
+SOURCE_FIELDS = {"soundfont": "", "program": -1}
 FULL_SCALE = 32767 / 32768  # the largest positive 16-bit sample: a sample this loud or louder is at the rail
 CLIP_RUN = 3  # consecutive samples at the rail that mark a file clipped (one peak at 0 dBFS is not clipping)
 
@@ -94,8 +98,9 @@ def read_examples(split_dir: str | Path) -> pd.DataFrame:
 
     Returns
     -------
-    DataFrame, one row per note sorted by ``note_str``, columns ``SCHEMA_FIELDS`` plus ``path``
-    (the wav's expected location; existence is checked when it is read).
+    DataFrame, one row per note sorted by ``note_str``, columns ``SCHEMA_FIELDS``, then each of
+    ``SOURCE_FIELDS`` that some note of the file has, then ``path`` (the wav's expected location;
+    existence is checked when it is read). Other extra fields are ignored.
 
     Raises
     ------
@@ -150,11 +155,25 @@ def read_examples(split_dir: str | Path) -> pd.DataFrame:
                 known = "" if row[f] in names else f", not one of {list(names)}"
                 raise DataError(f"{where} field {f!r}: {row[f]!r}{known}; expected {expected!r} "
                                 f"for {id_field} {row[id_field]}")
+        if "soundfont" in entry:
+            if not isinstance(entry["soundfont"], str):
+                raise DataError(f"{where} field 'soundfont': expected a file name, got {entry['soundfont']!r}")
+            row["soundfont"] = entry["soundfont"]
+        if "program" in entry:
+            row["program"] = _as_int(entry["program"], f"{where} field 'program'")
+            if not 0 <= row["program"] <= 127:
+                raise DataError(f"{where} field 'program': {row['program']} is not a GM program (0-127)")
         row["path"] = str(split_dir / "audio" / f"{key}.wav")
         rows.append(row)
     if not rows:
         raise DataError(f"{path}: holds no notes")
-    df = pd.DataFrame(rows, columns=list(SCHEMA_FIELDS) + ["path"])
+    extra = [f for f in SOURCE_FIELDS if any(f in r for r in rows)]
+    for r in rows:
+        for f in extra:
+            r.setdefault(f, SOURCE_FIELDS[f])
+    df = pd.DataFrame(rows, columns=list(SCHEMA_FIELDS) + extra + ["path"])
+    if "program" in extra:
+        df["program"] = df["program"].astype("int64")
     for f in INT_FIELDS:
         df[f] = df[f].astype("int64")
     return df.sort_values("note_str", kind="stable").reset_index(drop=True)
@@ -232,11 +251,45 @@ def _subsample(df: pd.DataFrame, max_notes: int, seed: int) -> pd.DataFrame:
     return df.sample(n=max_notes, random_state=seed).sort_values("note_str").reset_index(drop=True)
 
 
+def held_out_soundfonts(df: pd.DataFrame, names: tuple[str, ...], *, root: Path) -> np.ndarray:
+    """Which notes come from the SoundFonts ``names`` (``data.test_soundfonts``), [shape=(notes,)] bool.
+
+    Raises
+    ------
+    ParameterError
+        The dataset records no ``soundfont`` (not a vaelib render), a name is none of its sources, or
+        every note would be held out.
+    DataError
+        An instrument has notes from a held-out SoundFont and from another (the test split would share
+        an instrument with train).
+    """
+    if not names:
+        return np.zeros(len(df), dtype=bool)
+    if "soundfont" not in df.columns:
+        raise ParameterError(f"data.test_soundfonts {list(names)}: {root} records no `soundfont` per note (it was "
+                             "not rendered by vaelib from several SoundFonts); leave data.test_soundfonts empty")
+    sources = sorted(set(df["soundfont"]) - {""})
+    unknown = [n for n in names if n not in sources]
+    if unknown:
+        raise ParameterError(f"data.test_soundfonts: {unknown} is not a source of {root} (its sources: {sources})")
+    held = df["soundfont"].isin(names).to_numpy()
+    if held.all():
+        raise ParameterError(f"data.test_soundfonts {list(names)}: every note of {root} comes from them, "
+                             "leaving nothing to train on")
+    shared = sorted(set(df.loc[held, "instrument_str"]) & set(df.loc[~held, "instrument_str"]))
+    if shared:
+        raise DataError(f"{root}: instrument(s) {shared[:5]} have notes from a held-out SoundFont and from another; "
+                        "a held-out SoundFont needs instrument names of its own")
+    return held
+
+
 def load_dataset(cfg: DataConfig, *, seed: int = 0, root: str | Path | None = None) -> pd.DataFrame:
     """Read, filter and split an NSynth-layout dataset.
 
     When the root holds ``nsynth-train``/``nsynth-valid``/``nsynth-test`` those are NSynth's own
     instrument-disjoint splits; otherwise the root is one split folder, split by instrument here.
+    Either way the notes of ``cfg.test_soundfonts`` all go to test (:func:`held_out_soundfonts`);
+    in one folder the other notes are split by instrument among themselves.
 
     Returns
     -------
@@ -262,10 +315,18 @@ def load_dataset(cfg: DataConfig, *, seed: int = 0, root: str | Path | None = No
             part = _subsample(part, cfg.max_notes, seed)
             parts.append(part.assign(split=split))
         df = pd.concat(parts, ignore_index=True)
+        for f, missing in SOURCE_FIELDS.items():  # split folders of which only some record the field
+            if f in df.columns:
+                df[f] = df[f].fillna(missing).astype(type(missing))
+        df.loc[held_out_soundfonts(df, cfg.test_soundfonts, root=root), "split"] = "test"
     else:
         df, _ = filter_examples(read_examples(root), **filters)
-        df = df.assign(split=split_by_instrument(df, seed=seed, valid_fraction=cfg.valid_fraction,
-                                                 test_fraction=cfg.test_fraction))
+        held = held_out_soundfonts(df, cfg.test_soundfonts, root=root)
+        split = pd.Series("test", index=df.index, name="split")
+        kept = df[~held]
+        split[~held] = split_by_instrument(kept, seed=seed, valid_fraction=cfg.valid_fraction,
+                                           test_fraction=cfg.test_fraction)
+        df = df.assign(split=split)
         if cfg.max_notes:
             df = pd.concat([_subsample(g, cfg.max_notes, seed) for _, g in df.groupby("split", sort=True)],
                            ignore_index=True)

@@ -22,7 +22,7 @@ from pathlib import Path
 from vaelib.config import Config, resolve_path
 from vaelib.data.cache import FeatureCache, build_feature_cache, check_cache_folder
 from vaelib.data.nsynth import SPLITS, load_dataset
-from vaelib.data.render import render_dataset
+from vaelib.data.render import check_rendered, render_dataset
 from vaelib.data.shards import ShardResult, build_shard, merge_shards
 from vaelib.exceptions import DataError
 from vaelib.io import file_in_the_way, os_error_text
@@ -97,14 +97,17 @@ def ensure_dataset(cfg: Config, *, show_progress: bool = True,
 
     ``before_render`` is called once every check of ``data.root`` has passed, just before a render
     (:func:`prepare_features` checks the feature cache folder there); not when nothing is rendered.
+    An existing ``data.root`` that vaelib rendered from other SoundFonts than ``render.soundfont``
+    names is refused while ``render.enabled``: a render is keyed by its sources, and reading the old
+    one would train on other notes than the params describe.
 
     Raises
     ------
     DataError
         The folder is missing and rendering is off; a file stands where ``data.root`` or a parent of
         it should be a folder; a folder whose name ``data.root`` reads as a typo of holds a dataset
-        ("did you mean"; render there on purpose with ``vaelib render --out``); the rendering cannot
-        write its folder.
+        ("did you mean"; render there on purpose with ``vaelib render --out``); ``data.root`` was
+        rendered from other SoundFonts; the rendering cannot write its folder.
     """
     root = resolve_path(cfg.data.root)
     blocker = file_in_the_way(root)
@@ -112,6 +115,9 @@ def ensure_dataset(cfg: Config, *, show_progress: bool = True,
         raise DataError(f"{root}: {blocker} is a file, not a folder (data.root={cfg.data.root!r}); "
                         "set data.root to a dataset folder")
     if root.exists():
+        if cfg.render.enabled:
+            check_rendered(root, cfg.render, asked_by="render.soundfont", folder_key="data.root",
+                           hint="or set render.enabled: false to read it as it is")
         return
     if not cfg.render.enabled:
         raise DataError(f"{root}: dataset folder not found (data.root={cfg.data.root!r}) "

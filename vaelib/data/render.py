@@ -1,11 +1,15 @@
 """Render the embedded default dataset: General MIDI programs played note by note into NSynth layout.
 
 Each GM program of a SoundFont is one instrument; its family and source follow the table in
-``docs/data.md``. Every note is 4 s at 16 kHz: the key held for 3 s, then released.
+``docs/data.md``. Every note is 4 s at 16 kHz: the key held for 3 s, then released. Several
+SoundFonts (``render.soundfont`` as a list) render into one dataset: each program of each source is an
+instrument, named with its source's prefix (``vaelib.data.soundfonts.source_prefix``), and every note
+records its ``soundfont`` (file name) and GM ``program``.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -17,12 +21,15 @@ import numpy as np
 import soundfile as sf
 from tqdm import tqdm
 
-from vaelib.config import NSYNTH_FAMILIES, NSYNTH_SOURCES, RenderConfig, resolve_path
+from vaelib.config import NSYNTH_FAMILIES, NSYNTH_SOURCES, RenderConfig, section_hash
 from vaelib.data.nsynth import QUALITIES
+from vaelib.data.soundfonts import default_soundfont, resolve_soundfonts, source_names, source_prefix
 from vaelib.exceptions import DataError, ParameterError
 from vaelib.io import atomic_write_json
 
-__all__ = ["GM_FAMILY_SOURCE", "default_soundfont", "render_note", "render_dataset", "note_qualities"]
+__all__ = ["GM_FAMILY_SOURCE", "RENDER_SUMMARY", "default_soundfont", "render_note", "render_dataset", "note_qualities",
+           "render_programs", "render_settings", "settings_key", "instrument_programs", "rendered_summary",
+           "rendered_sources", "check_rendered"]
 
 log = logging.getLogger(__name__)
 
@@ -51,16 +58,7 @@ def _table() -> dict[int, tuple[str, str]]:
 
 
 GM_FAMILY_SOURCE: dict[int, tuple[str, str]] = dict(sorted(_table().items()))
-
-
-def default_soundfont() -> Path:
-    """``TimGM6mb.sf2``, the GM SoundFont shipped inside the pretty_midi wheel."""
-    import pretty_midi
-
-    path = Path(pretty_midi.__file__).parent / "TimGM6mb.sf2"
-    if not path.is_file():
-        raise DataError(f"{path}: TimGM6mb.sf2 not found in the pretty_midi package; pass render.soundfont")
-    return path
+RENDER_SUMMARY = "render_summary.json"  # written beside examples.json by every render
 
 
 def _instrument_names(programs: list[int]) -> dict[int, str]:
@@ -73,6 +71,73 @@ def _instrument_names(programs: list[int]) -> dict[int, str]:
         counters[(fam, src)] = idx + 1
         names[prog] = f"{fam}_{src}_{idx:03d}"
     return names
+
+
+def render_programs(cfg: RenderConfig) -> list[int]:
+    """The GM programs ``cfg`` renders, sorted (``render.programs``, or every mapped one when empty).
+
+    Raises
+    ------
+    ParameterError
+        A program is not in ``GM_FAMILY_SOURCE``.
+    """
+    programs = sorted(set(cfg.programs)) if cfg.programs else list(GM_FAMILY_SOURCE)
+    unknown = [p for p in programs if p not in GM_FAMILY_SOURCE]
+    if unknown:
+        raise ParameterError(f"render.programs {unknown}: not in the GM -> NSynth family table "
+                             f"(allowed: {sorted(GM_FAMILY_SOURCE)})")
+    return programs
+
+
+def _source_prefixes(fonts: list[str]) -> list[str | None]:
+    """The instrument-name prefix of every source file name: None for a render of one source, whose names
+    stay NSynth's ``<family>_<source>_<index>``.
+
+    Raises
+    ------
+    ParameterError
+        Two file names give one prefix.
+    """
+    if len(fonts) == 1:
+        return [None]
+    prefixes = [source_prefix(f) for f in fonts]
+    twice = sorted({p for p in prefixes if prefixes.count(p) > 1})
+    if twice:
+        clash = [f for f, p in zip(fonts, prefixes) if p in twice]
+        raise ParameterError(f"render.soundfont {clash}: these file names give one instrument prefix {twice}; "
+                             "rename one of the files")
+    return list(prefixes)
+
+
+def _prefixed(prefix: str | None, name: str) -> str:
+    return f"{prefix}_{name}" if prefix else name
+
+
+def instrument_programs(cfg: RenderConfig) -> dict[str, int]:
+    """``instrument_str`` -> GM program of every instrument ``cfg`` renders (no file is read).
+
+    A dataset rendered before notes recorded their ``program`` is named by the same rule, so this
+    recovers its programs from the render settings it was made with.
+    """
+    programs = render_programs(cfg)
+    base = _instrument_names(programs)
+    fonts = source_names(cfg.soundfont)
+    return {_prefixed(prefix, base[prog]): prog for prefix in _source_prefixes(fonts) for prog in programs}
+
+
+def render_settings(cfg: RenderConfig) -> dict:
+    """What a render's notes depend on: the sources' file names, programs, pitches, velocities, levels.
+    Not ``enabled`` or ``workers``, which change whether and how fast a render runs, not what it makes."""
+    return {
+        "soundfonts": source_names(cfg.soundfont), "programs": render_programs(cfg),
+        "pitches": list(range(cfg.pitch_min, cfg.pitch_max + 1, cfg.pitch_step)),
+        "velocities": sorted(cfg.velocities), "silence_db": cfg.silence_db, "gain_db": cfg.gain_db,
+    }
+
+
+def settings_key(cfg: RenderConfig) -> str:
+    """A short hash of :func:`render_settings`, naming a folder rendered with them."""
+    return section_hash(extra=render_settings(cfg), length=10)
 
 
 def render_note(synth, channel: int, pitch: int, velocity: int, *, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
@@ -128,6 +193,8 @@ def _render_program(args: tuple) -> list[dict]:
 
     synth = tinysoundfont.Synth(gain=gain_db, samplerate=SAMPLE_RATE)
     sfid = synth.sfload(str(sf_path))
+    if synth.sfpreset_name(sfid, 0, prog) is None:
+        return [{"missing_program": prog, "soundfont": Path(sf_path).name}]
     synth.program_select(0, sfid, 0, prog)
     fam, src = GM_FAMILY_SOURCE[prog]
     entries = []
@@ -154,6 +221,7 @@ def _render_program(args: tuple) -> list[dict]:
             quals = note_qualities(audio)
             entries.append({
                 "note_str": note_str, "dropped": False, "instrument_str": name, "program": prog,
+                "soundfont": Path(sf_path).name,
                 "instrument_family_str": fam, "instrument_source_str": src,
                 "pitch": pitch, "velocity": vel, "qualities": quals, "limited_peak": peak if limited else None,
             })
@@ -161,44 +229,42 @@ def _render_program(args: tuple) -> list[dict]:
 
 
 def render_dataset(cfg: RenderConfig, out_dir: str | Path, *, show_progress: bool = True) -> dict:
-    """Render the GM programs of ``cfg`` into an NSynth split folder ``out_dir``.
+    """Render the GM programs of every SoundFont of ``cfg`` into one NSynth split folder ``out_dir``.
 
     The dataset is built in a temporary sibling folder and renamed into place when complete, so an
     interrupted render never leaves a half dataset at ``out_dir``. Same inputs give byte-identical
     files: each program renders in a fresh synth, and ``examples.json`` is written with sorted keys.
+    A program a SoundFont has no preset for is left out, with a warning, and listed in the summary.
 
     Returns
     -------
-    Summary: notes written, notes dropped as near-silent, instruments, SoundFont path.
+    Summary: notes written, notes dropped as near-silent, instruments, SoundFont path(s), settings.
 
     Raises
     ------
     ParameterError
-        ``out_dir`` exists, a program is not in the GM mapping, or the SoundFont is not .sf2/.sf3.
+        ``out_dir`` exists, a program is not in the GM mapping, a SoundFont is not .sf2/.sf3 or is
+        missing (naming the Debian package of a known one), two sources share a file name or prefix.
     """
     out_dir = Path(out_dir)
     if out_dir.exists():
         raise ParameterError(f"{out_dir}: already exists; remove it to render again")
-    sf_path = Path(resolve_path(cfg.soundfont)) if cfg.soundfont else default_soundfont()
-    if sf_path.suffix.lower() not in (".sf2", ".sf3"):
-        raise ParameterError(f"render.soundfont {sf_path}: expected a .sf2 or .sf3 file")
-    if not sf_path.is_file():
-        raise ParameterError(f"render.soundfont {sf_path}: file not found")
-    programs = list(cfg.programs) or list(GM_FAMILY_SOURCE)
-    unknown = [p for p in programs if p not in GM_FAMILY_SOURCE]
-    if unknown:
-        raise ParameterError(f"render.programs {unknown}: not in the GM -> NSynth family table "
-                             f"(allowed: {sorted(GM_FAMILY_SOURCE)})")
+    sf_paths = resolve_soundfonts(cfg.soundfont)
+    names_twice = sorted({p.name for p in sf_paths if [q.name for q in sf_paths].count(p.name) > 1})
+    if names_twice:
+        raise ParameterError(f"render.soundfont: {names_twice} given twice; every source needs its own file name")
+    programs = render_programs(cfg)
+    prefixes = _source_prefixes([p.name for p in sf_paths])
     pitches = list(range(cfg.pitch_min, cfg.pitch_max + 1, cfg.pitch_step))
     velocities = sorted(cfg.velocities)
-    names = _instrument_names(programs)
+    base = _instrument_names(programs)
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
         (tmp / "audio").mkdir()
-        jobs = [(sf_path, p, names[p], pitches, velocities, cfg.silence_db, cfg.gain_db, tmp / "audio")
-                for p in sorted(programs)]
+        jobs = [(sf_path, p, _prefixed(prefix, base[p]), pitches, velocities, cfg.silence_db, cfg.gain_db,
+                 tmp / "audio") for sf_path, prefix in zip(sf_paths, prefixes) for p in programs]
         results: list[list[dict]] = []
         bar = tqdm(total=len(jobs) * len(pitches) * len(velocities), desc="render", unit="note",
                    disable=not show_progress)
@@ -206,41 +272,105 @@ def render_dataset(cfg: RenderConfig, out_dir: str | Path, *, show_progress: boo
             with ProcessPoolExecutor(max_workers=min(cfg.workers, os.cpu_count() or 1)) as pool:
                 for res in pool.map(_render_program, jobs):
                     results.append(res)
-                    bar.update(len(res))
+                    bar.update(len(pitches) * len(velocities))
         else:
             for job in jobs:
                 results.append(_render_program(job))
-                bar.update(len(results[-1]))
+                bar.update(len(pitches) * len(velocities))
         bar.close()
-        examples, dropped = _examples_json(results, programs)
+        missing: dict[str, list[int]] = {}
+        for res in results:
+            for e in res:
+                if "missing_program" in e:
+                    missing.setdefault(e["soundfont"], []).append(e["missing_program"])
+        for font, progs in missing.items():
+            log.warning("%s has no preset for GM program(s) %s (bank 0): left out", font, progs)
+        examples, dropped = _examples_json(results)
         limited = {e["note_str"]: round(e["limited_peak"], 3) for r in results for e in r
-                   if not e["dropped"] and e["limited_peak"] is not None}
+                   if not e.get("dropped", True) and e["limited_peak"] is not None}
         if limited:
             log.warning("%d notes would have clipped (peaks up to %.2f) and were scaled to a peak of %.2f",
                         len(limited), max(limited.values()), MAX_PEAK)
         atomic_write_json(tmp / "examples.json", examples)
         summary = {
-            "soundfont": str(sf_path), "notes": len(examples), "dropped_silent": len(dropped),
-            "instruments": len(programs), "pitches": pitches, "velocities": velocities,
-            "scaled_to_avoid_clipping": len(limited),
+            **({"soundfont": str(sf_paths[0])} if len(sf_paths) == 1 else {}),  # the key of one-source summaries
+            "soundfonts": [str(p) for p in sf_paths],
+            "notes": len(examples), "dropped_silent": len(dropped),
+            "instruments": len(jobs) - sum(len(v) for v in missing.values()), "pitches": pitches,
+            "velocities": velocities, "scaled_to_avoid_clipping": len(limited),
+            "missing_programs": missing, "settings": render_settings(cfg),
         }
-        atomic_write_json(tmp / "render_summary.json",
+        atomic_write_json(tmp / RENDER_SUMMARY,
                           {**summary, "dropped_notes": dropped, "scaled_notes_peaks": limited})
         os.replace(tmp, out_dir)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
-    log.info("rendered %d notes of %d instruments into %s; %d near-silent notes dropped",
-             summary["notes"], summary["instruments"], out_dir, summary["dropped_silent"])
+    log.info("rendered %d notes of %d instruments from %d SoundFont(s) into %s; %d near-silent notes dropped",
+             summary["notes"], summary["instruments"], len(sf_paths), out_dir, summary["dropped_silent"])
     return summary
 
 
-def _examples_json(results: list[list[dict]], programs: list[int]) -> tuple[dict, list[str]]:
-    instrument_ids = {p: i for i, p in enumerate(sorted(programs))}
+def rendered_summary(root: str | Path) -> dict | None:
+    """The render summary of a dataset folder, or None when vaelib did not render it (or it is unreadable)."""
+    path = Path(root) / RENDER_SUMMARY
+    if not path.is_file():
+        return None
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    return raw if isinstance(raw, dict) else None
+
+
+def rendered_sources(summary: dict) -> list[str]:
+    """The SoundFont file names a render summary records (one ``soundfont`` path in earlier summaries)."""
+    fonts = summary.get("soundfonts") or summary.get("soundfont") or []
+    return [Path(f).name for f in ([fonts] if isinstance(fonts, str) else fonts)]
+
+
+def check_rendered(root: str | Path, cfg: RenderConfig, *, asked_by: str, folder_key: str, hint: str = "",
+                   strict: bool = False) -> None:
+    """Refuse a dataset vaelib rendered from other SoundFonts than ``cfg`` names (or, with ``strict``,
+    with other settings, when its summary records them). A folder without a render summary passes.
+
+    Parameters
+    ----------
+    asked_by, folder_key : the parameters that name the sources and the folder, for the message.
+    hint : a last clause of the message (another way out).
+
+    Raises
+    ------
+    DataError
+        Naming the folder, what it was rendered from and what the params ask for.
+    """
+    summary = rendered_summary(root)
+    if summary is None:
+        return
+    have, want = rendered_sources(summary), source_names(cfg.soundfont)
+    tail = f"; {hint}" if hint else ""
+    if have and have != want:
+        raise DataError(f"{root}: rendered from {have}, but {asked_by} names {want}: set {folder_key} to another "
+                        f"folder (a render is keyed by its sources), or remove this one to render it again{tail}")
+    recorded, settings = summary.get("settings"), render_settings(cfg)
+    if strict and isinstance(recorded, dict) and recorded != settings:
+        differ = sorted(k for k in set(recorded) | set(settings) if recorded.get(k) != settings.get(k))
+        raise DataError(f"{root}: rendered with other render settings than the run's (they differ in {differ}): "
+                        f"set {folder_key} to another folder, or remove this one to render it again{tail}")
+
+
+def _examples_json(results: list[list[dict]]) -> tuple[dict, list[str]]:
+    """Every kept note as an NSynth entry (plus ``soundfont`` and ``program``); the dropped notes' names.
+    ``results`` holds one list per (source, program) job in source then program order: the instrument id
+    counts those jobs, so one source's ids are those a render of it alone gives."""
     examples: dict[str, dict] = {}
     dropped: list[str] = []
     note_id = 0
+    instrument = -1
     for entries in results:
+        if entries and "missing_program" in entries[0]:
+            continue
+        instrument += 1
         for e in entries:
             if e["dropped"]:
                 dropped.append(e["note_str"])
@@ -248,7 +378,7 @@ def _examples_json(results: list[list[dict]], programs: list[int]) -> tuple[dict
             examples[e["note_str"]] = {
                 "note": note_id,
                 "note_str": e["note_str"],
-                "instrument": instrument_ids[e["program"]],
+                "instrument": instrument,
                 "instrument_str": e["instrument_str"],
                 "instrument_family": NSYNTH_FAMILIES.index(e["instrument_family_str"]),
                 "instrument_family_str": e["instrument_family_str"],
@@ -259,6 +389,8 @@ def _examples_json(results: list[list[dict]], programs: list[int]) -> tuple[dict
                 "sample_rate": SAMPLE_RATE,
                 "qualities": e["qualities"],
                 "qualities_str": [q for q, f in zip(QUALITIES, e["qualities"]) if f],
+                "soundfont": e["soundfont"],
+                "program": e["program"],
             }
             note_id += 1
     return examples, dropped

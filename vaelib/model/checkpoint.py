@@ -47,6 +47,9 @@ CHECKPOINT_FORMAT = 1
 _REQUIRED_KEYS = ("format", "config", "model")  # what load_model and the commands read
 # Training parameters that change where or how fast a run goes, not what it computes.
 _RUNTIME_ONLY = {"device": "auto", "num_threads": 0, "checkpoint_dir": ""}
+# Data parameters added after runs were first keyed, with the value that leaves the data as it was: at that
+# value they are left out of the key, so the runs trained before them keep their folders.
+_DATA_ADDED_OFF = {"test_soundfonts": []}
 # Training parameters that change where or how fast a run goes and came after the runs the hash names: left
 # out of it, so that those runs keep their folders.
 _UNHASHED = ("data", "prefetch")
@@ -61,10 +64,12 @@ def checkpoint_dir(cfg: Config, cache_key: str) -> Path:
     ``train.device``, ``train.num_threads``, ``train.checkpoint_dir``, ``train.data``, ``train.prefetch``
     and the feature cache's ``batch_size``, ``workers`` and ``cache_dir`` are left out of the hash: they
     change where the run goes or how fast, not what it computes. ``train.shuffle_block`` and
-    ``train.shuffle_window`` are left out while the block order is off (``shuffle_block`` 0), so a run
-    keeps the folder it had before they existed.
+    ``train.shuffle_window`` are left out while the block order is off (``shuffle_block`` 0), and
+    ``data.test_soundfonts`` while empty, so a run keeps the folder it had before they existed (the split
+    that ``data.test_soundfonts`` makes is in the cache key anyway).
     """
-    key = section_hash(cfg.model, _hashed_train(cfg), cfg.data, extra={
+    data = {k: v for k, v in config_to_dict(cfg.data).items() if _DATA_ADDED_OFF.get(k, object()) != v}
+    key = section_hash(cfg.model, _hashed_train(cfg), data, extra={
         "features": feature_representation(cfg.features), "seed": cfg.run.seed, "cache": cache_key})
     return resolve_path(cfg.train.checkpoint_dir) / key
 

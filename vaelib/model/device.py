@@ -68,6 +68,9 @@ def set_threads(num_threads: int) -> int:
     return n
 
 
+ISA_LIMIT_VARS = ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY")
+
+
 def machine_info() -> dict:
     """CPU model, cores, bf16 flags, torch version and GPU name, for benchmark records."""
     model = platform.processor() or "unknown"
@@ -86,4 +89,7 @@ def machine_info() -> dict:
         "torch": torch.__version__,
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "platform": platform.platform(),
+        # what torch was allowed to use, which may be less than the CPU has (an AVX2 run on an AVX-512 CPU)
+        "isa_limits": {k: os.environ[k] for k in ISA_LIMIT_VARS if k in os.environ},
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
     }

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from vaelib.analysis.run import RUN_PARAMS, TRAIN_RECORD
 from vaelib.config import PROJECT_ROOT, REPORTS_DIR, Config, config_to_dict, load_config, project_relative, save_config
+from vaelib.data.soundfonts import check_soundfonts
 from vaelib.exceptions import VaelibError
 from vaelib.io import HOST, OWNER_TAG, UMASK, atomic_write_json, atomic_write_text, owner_gone
 from vaelib.report.html import notebook_to_html, run_index_html, runs_index_html
@@ -214,12 +215,16 @@ def run_pipeline(params_file: str | os.PathLike, overrides: list[str] | tuple[st
     ------
     ConfigError
         Before anything runs, when the params are invalid.
+    ParameterError, DataError
+        Before anything runs, when a SoundFont or transfer folder the params name is missing (the
+        message names the Debian package of a known SoundFont).
     PipelineError
         When a notebook fails: names the notebook and the cell; earlier reports stay as they were.
     """
     params_file = Path(params_file).resolve()
     overrides = list(overrides)
     cfg: Config = load_config(params_file, overrides)
+    check_soundfonts(cfg)
     keep_code = cfg.report.keep_code if keep_code is None else keep_code
     missing = [n for n in cfg.report.notebooks if not (NOTEBOOKS_DIR / f"{n}.ipynb").is_file()]
     if missing:

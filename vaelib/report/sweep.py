@@ -9,6 +9,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 
 from vaelib.config import REPORTS_DIR, load_config
+from vaelib.data.soundfonts import check_soundfonts
 from vaelib.exceptions import ConfigError
 from vaelib.io import atomic_write_text
 from vaelib.report.html import flatten_metrics, png_data_uri, sweep_index_html
@@ -33,6 +34,7 @@ def run_sweep(params_files: list[str | Path], overrides: list[str] = (), *, repo
     names: dict[str, Path] = {}
     for path in params_files:
         cfg = load_config(path, overrides)
+        check_soundfonts(cfg)  # every experiment's files, before the first one runs
         if cfg.run.name in names:
             raise ConfigError(f"{path}: run.name {cfg.run.name!r} is also the name of {names[cfg.run.name]}")
         names[cfg.run.name] = Path(path)
