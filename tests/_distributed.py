@@ -1,4 +1,5 @@
-"""Helpers of the data-parallel tests: a free port, and the function each spawned rank runs."""
+"""Helpers of the data-parallel tests: their skip mark and tiny model, a free port, and the function each
+spawned rank runs."""
 
 from __future__ import annotations
 
@@ -7,6 +8,17 @@ import os
 import signal
 import socket
 from pathlib import Path
+
+import pytest
+import torch.distributed as dist
+
+needs_gloo = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()),
+                                reason="this torch has no gloo backend: data-parallel training on the CPU needs it")
+
+# A model and log-mel small enough for a few epochs of several processes in seconds, in fp32 (bf16 rounding
+# would differ between one process and several).
+TINY_MODEL = ["features.n_mels=16", "features.frames=16", "model.channels=[4,8,8]", "model.latent_dim=4",
+              "train.batch_size=16", "train.num_threads=1", "train.bf16=false", "train.warmup_steps=4"]
 
 
 def free_port() -> int:

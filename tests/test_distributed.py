@@ -13,9 +13,8 @@ import json
 import numpy as np
 import pytest
 import torch
-import torch.distributed as dist
 import torch.multiprocessing as mp
-from _distributed import free_port, run_jobs
+from _distributed import TINY_MODEL, free_port, needs_gloo, run_jobs
 
 from vaelib.config import PROJECT_ROOT, load_config
 from vaelib.data.synthetic import build_synthetic_cache
@@ -24,14 +23,11 @@ from vaelib.model.distributed import GlobalBatchNorm2d, Ranks, convert_batchnorm
 from vaelib.model.train import HISTORY_COLUMNS, train
 from vaelib.model.vae import ConvVAE
 
-pytestmark = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()),
-                                reason="this torch has no gloo backend: data-parallel training on the CPU needs it")
+pytestmark = needs_gloo
 
 SMOKE = PROJECT_ROOT / "params" / "smoke.yaml"
 # 90 train notes, global batches of 16 (the last of 10): 6 steps an epoch, each rank 8 notes (5 in the last).
-TINY = ["features.n_mels=16", "features.frames=16", "model.channels=[4,8,8]", "model.latent_dim=4",
-        "train.epochs=3", "train.batch_size=16", "train.num_threads=1", "train.patience=10", "train.bf16=false",
-        "train.warmup_steps=4"]
+TINY = [*TINY_MODEL, "train.epochs=3", "train.patience=10"]
 RTOL, ATOL = 1e-5, 1e-6
 CURVE = [c for c in HISTORY_COLUMNS if c != "seconds"]
 

@@ -11,22 +11,17 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pytest
-import torch.distributed as dist
-from _distributed import free_port
+from _distributed import TINY_MODEL, free_port, needs_gloo
 
 from vaelib.cli import main
 from vaelib.config import PROJECT_ROOT, load_config
 from vaelib.data.synthetic import build_synthetic_cache
 from vaelib.model.train import HISTORY_COLUMNS
 
-pytestmark = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()),
-                                reason="this torch has no gloo backend: data-parallel training on the CPU needs it")
+pytestmark = needs_gloo
 
 SMOKE = PROJECT_ROOT / "params" / "smoke.yaml"
-TINY = ["features.n_mels=16", "features.frames=16", "model.channels=[4,8,8]", "model.latent_dim=4",
-        "train.epochs=2", "train.batch_size=16", "train.num_threads=1", "train.bf16=false", "train.warmup_steps=4",
-        "train.data=stream"]
+TINY = [*TINY_MODEL, "train.epochs=2", "train.data=stream"]
 
 
 def test_torchrun_trains_the_run_of_one_process(tmp_path, capsys):
