@@ -32,14 +32,17 @@ import time
 from pathlib import Path
 
 import librosa
+import numba
 import numpy as np
 import torch
 
 from vaelib.config import PROJECT_ROOT, DataConfig, FeatureConfig, RenderConfig, load_config, project_relative
 from vaelib.data.cache import build_feature_cache
+from vaelib.data.features import _power
 from vaelib.data.nsynth import load_dataset
 from vaelib.data.render import GM_FAMILY_SOURCE, render_dataset
 from vaelib.io import atomic_write_json
+from vaelib.model.device import machine_info
 
 RESULTS = Path(__file__).resolve().parent / "results" / "preprocess.json"
 # Three programs of each of the 11 families (first three in the GM table): 33 instruments.
@@ -49,14 +52,40 @@ TARGET_NOTES_PER_S = 1500.0
 TARGET_SPEEDUP = 5.0
 
 
-def cpu_model() -> str:
+def spectrum_ab(cfg: FeatureConfig, *, repeats: int = 5, calls: int = 200) -> dict:
+    """Per-note milliseconds of the STFT's steps after the window, old way and new way side by side:
+    rfft into a preallocated ``out=`` (torch computes into a temporary and copies) against a fresh
+    result, and |X|^2 by torch's two passes against the compiled kernel. Rounds alternate; best kept."""
+    frames = torch.from_numpy(np.random.default_rng(0).normal(size=(cfg.frames, cfg.n_fft)).astype(np.float32))
+    spec_out = torch.empty(cfg.frames, cfg.n_fft // 2 + 1, dtype=torch.complex64)
+    power = torch.empty(cfg.frames, cfg.n_fft // 2 + 1)
+    spec = torch.fft.rfft(frames)
+
+    def torch_power() -> None:
+        re_im = torch.view_as_real(spec.clone()).square_()
+        torch.add(re_im[..., 0], re_im[..., 1], out=power)
+
+    def compiled_power() -> None:
+        _power(spec.clone(), out=power)
+
+    ways = {"rfft_out": lambda: torch.fft.rfft(frames, out=spec_out), "rfft_fresh": lambda: torch.fft.rfft(frames),
+            "power_torch_two_passes": torch_power, "power_compiled": compiled_power}
+    best = {k: float("inf") for k in ways}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in the cache build: one thread per worker
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+        for _ in range(repeats):
+            for name, fn in ways.items():
+                fn()
+                t0 = time.perf_counter()
+                for _ in range(calls):
+                    fn()
+                best[name] = min(best[name], (time.perf_counter() - t0) / calls * 1e3)
+    finally:
+        torch.set_num_threads(threads)
+    out = {f"{k}_ms_per_note": round(v, 4) for k, v in best.items()}
+    out["note"] = "power timings include a clone of the spectrum (both ways alike)"
+    return out
 
 
 def librosa_baseline(paths: list[str], cfg: FeatureConfig, out_dir: Path) -> float:
@@ -142,9 +171,9 @@ def main() -> None:
             "features": {k: v for k, v in dataclasses.asdict(feat_cfg).items() if k != "cache_dir"},
             "dataset": {"programs": list(PROGRAMS), "instruments": summary["instruments"],
                         "dropped_silent": summary["dropped_silent"], "render_seconds": round(render_s, 2)},
-            "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                        "torch": torch.__version__, "librosa": librosa.__version__, "numpy": np.__version__,
-                        "python": platform.python_version(), "platform": platform.platform()},
+            "steps_ab": spectrum_ab(features),
+            "machine": {**machine_info(), "librosa": librosa.__version__, "numba": numba.__version__,
+                        "numpy": np.__version__, "python": platform.python_version()},
         }
     finally:
         shutil.rmtree(work, ignore_errors=True)

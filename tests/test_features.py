@@ -12,6 +12,7 @@ import torch
 from vaelib.config import FeatureConfig
 from vaelib.data.features import (
     LogMelWorkspace,
+    _power,
     feature_shape,
     inverse_log_mel,
     log_mel,
@@ -232,3 +233,16 @@ def test_workspace_is_not_reused_across_filterbanks():
     fresh = log_mel_batch(ys, cfg=sparse)
     assert (fresh[:, 0, 5:10] == -1).all()
     torch.testing.assert_close(log_mel_batch(ys, cfg=sparse, workspace=ws), fresh, atol=0, rtol=0)
+
+
+def test_compiled_power_equals_torch_power_and_the_fallback():
+    # the CPU kernel and the path other devices (and non-contiguous spectra) take give |X|^2 alike
+    spec = torch.fft.rfft(torch.from_numpy(harmonic(220.0)[: 125 * 512].reshape(125, 512)))
+    expected = spec.abs().square()
+    out = torch.empty(spec.shape)
+    _power(spec, out=out)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6)
+    strided = torch.empty(spec.shape[1], spec.shape[0]).T  # not contiguous: torch's ops
+    _power(spec.clone(), out=strided)
+    torch.testing.assert_close(strided, expected, rtol=1e-5, atol=1e-6)
+    assert not torch.equal(out, torch.zeros_like(out))

@@ -1,4 +1,4 @@
-"""Fill numba's on-disk caches of librosa, UMAP and pynndescent once, at install (``make venv``).
+"""Fill numba's on-disk caches of vaelib, librosa, UMAP and pynndescent once, at install (``make venv``).
 
 Those libraries compile many numba kernels on first use and cache them beside their sources
 (``cache=True``). In a new environment the first process to use them pays the compilation (the first
@@ -20,15 +20,19 @@ __all__ = ["warm_numba_caches", "cached_kernels"]
 
 
 def warm_numba_caches() -> float:
-    """Run librosa's resampler and Griffin-Lim and a UMAP fit and transform (the paths vaelib takes) on
-    tiny inputs; return the seconds it took."""
+    """Run the log-mel, librosa's resampler and Griffin-Lim and a UMAP fit and transform (the paths vaelib
+    takes) on tiny inputs; return the seconds it took."""
     t0 = time.perf_counter()
     import librosa
+    import torch
 
     from vaelib.analysis.latent import project_umap
+    from vaelib.config import FeatureConfig
+    from vaelib.data.features import log_mel_batch
 
     rng = np.random.default_rng(0)
     y = rng.normal(size=22050).astype(np.float32)
+    log_mel_batch(torch.from_numpy(y[None, :16000].copy()), cfg=FeatureConfig(duration_s=1.0, frames=8))
     librosa.resample(y, orig_sr=22050, target_sr=16000)  # librosa.core.audio compiles its kernels on import
     librosa.griffinlim(np.abs(librosa.stft(y[:4096], n_fft=256)), n_iter=2, n_fft=256)
     x = rng.normal(size=(64, 8)).astype(np.float32)
@@ -42,8 +46,10 @@ def cached_kernels() -> dict[str, int]:
     import librosa
     import pynndescent
 
+    import vaelib
+
     return {pkg.__name__: sum(1 for _ in Path(pkg.__file__).parent.rglob("__pycache__/*.nbi"))
-            for pkg in (librosa, pynndescent)}
+            for pkg in (vaelib, librosa, pynndescent)}
 
 
 if __name__ == "__main__":

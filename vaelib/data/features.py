@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 
 import librosa
+import numba
 import numpy as np
 import torch
 
@@ -113,9 +114,10 @@ class LogMelWorkspace:
         bins = half + 1
         # The pad columns are zeroed once and never written: they are the STFT's constant padding.
         self.padded = torch.zeros(max_batch, n_samples + 2 * half, device=device)
-        # one note's worth: the window, FFT and power passes run note by note (see log_mel_batch)
+        # one note's worth: the window, FFT and power passes run note by note (see log_mel_batch). No
+        # spectrum buffer: torch's rfft with out= computes into a temporary and copies it over (a whole
+        # pass more than the fresh tensor it returns without one).
         self.frames = torch.empty(self.n_frames, cfg.n_fft, device=device)
-        self.spec = torch.empty(self.n_frames, bins, dtype=torch.complex64, device=device)
         self.power = torch.empty(max_batch, self.n_frames, bins, device=device)
         # Bands that read no FFT bin are never written and stay 0 (-> the AMIN floor).
         self.mel = torch.zeros(max_batch, cfg.n_mels, self.n_frames, device=device)
@@ -128,6 +130,28 @@ class LogMelWorkspace:
     def fits(self, audio: torch.Tensor, cfg: FeatureConfig) -> bool:
         return (audio.shape[0] <= self.max_batch and audio.shape[1] == self.n_samples
                 and audio.device == self.padded.device and self.cfg_key == _workspace_key(cfg))
+
+
+@numba.njit(nogil=True, cache=True)
+def _power_kernel(re_im: np.ndarray, out: np.ndarray) -> None:  # pragma: no cover - compiled
+    frames, bins = out.shape
+    for t in range(frames):
+        for k in range(bins):
+            out[t, k] = re_im[t, k, 0] * re_im[t, k, 0] + re_im[t, k, 1] * re_im[t, k, 1]
+
+
+def _power(spec: torch.Tensor, *, out: torch.Tensor) -> None:
+    """``out = |spec|^2`` for a (frames, bins) complex64 spectrum.
+
+    On the CPU one compiled pass reads each bin once; torch needs two (square in place, then add the
+    halves), about 1.6x the time (docs/benchmarks.md). Other devices keep torch's ops.
+    """
+    re_im = torch.view_as_real(spec)
+    if spec.device.type == "cpu" and re_im.is_contiguous() and out.is_contiguous():
+        _power_kernel(re_im.numpy(), out.numpy())
+        return
+    re_im = re_im.square_()  # in place: the spectrum is not needed again
+    torch.add(re_im[..., 0], re_im[..., 1], out=out)
 
 
 def log_mel_batch(audio: torch.Tensor, *, cfg: FeatureConfig,
@@ -160,9 +184,8 @@ def log_mel_batch(audio: torch.Tensor, *, cfg: FeatureConfig,
     # Note by note through one note-sized frames/spectrum buffer, which stays in cache from pass to pass and
     # note to note; a whole batch's would spill out of it (see docs/benchmarks.md).
     for i in range(b):
-        spec = torch.fft.rfft(torch.mul(framed[i], ws.window, out=ws.frames), out=ws.spec)  # (T, bins)
-        re_im = torch.view_as_real(spec).square_()  # in place: the spectrum is not needed again
-        torch.add(re_im[..., 0], re_im[..., 1], out=ws.power[i])  # re^2 + im^2: one pass, not mul + addcmul
+        spec = torch.fft.rfft(torch.mul(framed[i], ws.window, out=ws.frames))  # (T, bins)
+        _power(spec, out=ws.power[i])
     power = ws.power[:b].transpose(1, 2)  # (B, bins, T) view
     mel = ws.mel[:b]
     for b0, c0, c1, w in _band_blocks(cfg.sample_rate, cfg.n_fft, cfg.n_mels, cfg.fmin, cfg.fmax, _htk(cfg)):
