@@ -13,6 +13,7 @@ from vaelib.analysis.latent import (
     encode_features,
     latent_matrix,
     project_pca,
+    project_umap,
     reconstruct,
 )
 from vaelib.exceptions import ParameterError
@@ -119,3 +120,21 @@ def test_transform_each_matches_one_transform_per_set():
     for got, points in zip(proj.transform_each(sets), sets, strict=True):
         np.testing.assert_allclose(got, proj.transform(points), rtol=1e-5, atol=1e-6)
     assert proj.transform_each([]) == []
+
+
+def test_umap_kernels_are_cached_on_disk_and_the_map_is_reproducible():
+    from pathlib import Path
+
+    import umap.layouts
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(60, 6)).astype(np.float32)
+    a = project_umap(x, n_neighbors=5, min_dist=0.1, seed=0)
+    b = project_umap(x, n_neighbors=5, min_dist=0.1, seed=0)
+    np.testing.assert_array_equal(a.coords, b.coords)
+    np.testing.assert_array_equal(a.transform(x[:3]), b.transform(x[:3]))
+    # the layout epoch kernel ran above; umap-learn leaves it uncached, here it is in numba's on-disk
+    # index for the next process to load instead of compiling
+    epoch = umap.layouts._nb_optimize_layout_euclidean_single_epoch
+    assert epoch.stats.cache_hits or epoch.stats.cache_misses
+    assert Path(epoch._cache._cache_file._index_path).is_file()

@@ -7,12 +7,16 @@ points off the data (interpolation paths) can be placed on the same map.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
 import logging
+import sys
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pandas as pd
@@ -267,18 +271,54 @@ def project_umap(x: np.ndarray, *, n_neighbors: int, min_dist: float, seed: int)
     ----------
     x : [shape=(notes, dims)]; ``n_neighbors`` is capped at ``notes - 1``.
     """
-    with warnings.catch_warnings():
-        # umap imports tqdm.auto, which warns in a kernel without ipywidgets; the reports need no widget.
-        warnings.filterwarnings("ignore", message="IProgress not found")
-        import umap
-
+    umap = _umap()
     x = np.asarray(x, dtype=np.float32)
     if x.ndim != 2 or len(x) < 4:
         raise ParameterError(f"x: expected shape (notes >= 4, dims), got {x.shape}")
     reducer = umap.UMAP(n_components=2, n_neighbors=min(n_neighbors, len(x) - 1), min_dist=min_dist,
                         random_state=seed, n_jobs=1)
-    coords = reducer.fit_transform(x)
-    return Projection("umap", np.asarray(coords), lambda z: np.asarray(reducer.transform(np.asarray(z, np.float32))))
+    with _uncacheable_kernels_quiet():
+        coords = reducer.fit_transform(x)
+
+    def transform(z: np.ndarray) -> np.ndarray:
+        with _uncacheable_kernels_quiet():
+            return np.asarray(reducer.transform(np.asarray(z, np.float32)))
+
+    return Projection("umap", np.asarray(coords), transform)
+
+
+@functools.cache
+def _umap() -> ModuleType:
+    """umap, with numba's on-disk cache turned on for the kernels of umap-learn and pynndescent that lack it.
+
+    umap-learn compiles its layout, embedding and transform kernels without ``cache=True`` (and
+    pynndescent some of its own), so every process that fits and transforms a map spent more than a
+    minute compiling them on 2 cores, for the same machine code each time. Cached, a later process
+    loads them: same coordinates, the compilation paid once (at install: ``vaelib.cli.jit_cache``;
+    figures in docs/benchmarks.md). The cache is keyed by the source file, so an upgrade recompiles.
+    """
+    with warnings.catch_warnings():
+        # umap imports tqdm.auto, which warns in a kernel without ipywidgets; the reports need no widget.
+        warnings.filterwarnings("ignore", message="IProgress not found")
+        import umap
+    import pynndescent
+    from numba.core.caching import NullCache
+    from numba.core.dispatcher import Dispatcher
+
+    for pkg in (umap, pynndescent):
+        for module in [m for name, m in list(sys.modules.items()) if name.startswith(pkg.__name__ + ".")]:
+            for obj in list(vars(module).values()):
+                if isinstance(obj, Dispatcher) and isinstance(obj._cache, NullCache):
+                    obj.enable_caching()
+    return umap
+
+
+@contextlib.contextmanager
+def _uncacheable_kernels_quiet():
+    # two of pynndescent's kernels read global arrays and cannot be cached; numba says so at each compile
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Cannot cache compiled function")
+        yield
 
 
 def maps_of_mu(mu: np.ndarray, *, is_train: np.ndarray, cfg: AnalysisConfig, seed: int) -> dict[str, Projection]:

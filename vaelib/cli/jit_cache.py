@@ -1,10 +1,10 @@
 """Fill numba's on-disk caches of vaelib, librosa, UMAP and pynndescent once, at install (``make venv``).
 
 Those libraries compile many numba kernels on first use and cache them beside their sources
-(``cache=True``). In a new environment the first process to use them pays the compilation (the first
-test run, or the first report, would). Running each code path that vaelib uses once, on tiny inputs,
-writes the caches, so later processes only load them. UMAP's own layout kernels are not cached by
-umap-learn: every process compiles those (see ``analysis.umap``; timings in docs/benchmarks.md).
+(``cache=True``; umap-learn's own kernels are given the cache by ``vaelib.analysis.latent``). In a new
+environment the first process to use them pays the compilation (the first test run, or the first
+report, would). Running each code path that vaelib uses once, on tiny inputs, writes the caches, so
+later processes only load them (timings in docs/benchmarks.md).
 
 Usage: ``python -m vaelib.cli.jit_cache``
 """
@@ -45,11 +45,12 @@ def cached_kernels() -> dict[str, int]:
     """Numba cache index files on disk per package (what a later process loads instead of compiling)."""
     import librosa
     import pynndescent
+    import umap
 
     import vaelib
 
     return {pkg.__name__: sum(1 for _ in Path(pkg.__file__).parent.rglob("__pycache__/*.nbi"))
-            for pkg in (vaelib, librosa, pynndescent)}
+            for pkg in (vaelib, librosa, umap, pynndescent)}
 
 
 if __name__ == "__main__":
