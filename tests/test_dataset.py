@@ -179,6 +179,26 @@ def test_test_soundfonts_hold_out_exactly_their_notes(make_split):
     assert set(plain.loc[plain["soundfont"] == "C.sf2", "split"]) == {"train", "valid", "test"}
 
 
+def test_split_by_program_holds_a_program_out_of_every_soundfont(make_split):
+    root = _sources_split(make_split)
+    base = DataConfig(root=str(root), valid_fraction=0.2, test_fraction=0.34, split_by="program")
+    df = load_dataset(base, seed=0)
+    # each program is one split in all three banks; every family keeps one in train, one in valid, one in test
+    assert (df.groupby("program")["split"].nunique() == 1).all()
+    assert df.groupby("program")["soundfont"].nunique().eq(3).all()
+    per_family = df.drop_duplicates("program").groupby("instrument_family_str")["split"].apply(sorted)
+    assert per_family.tolist() == [["test", "train", "valid"]] * 3
+    # a held-out SoundFont still takes all its notes to test; the rest is split by program
+    held = load_dataset(dataclasses.replace(base, test_soundfonts=("C.sf2",)), seed=0)
+    rest = held[held["soundfont"] != "C.sf2"]
+    assert (rest.groupby("program")["split"].nunique() == 1).all() and set(rest["split"]) == {"train", "valid", "test"}
+    assert (held.loc[held["soundfont"] == "C.sf2", "split"] == "test").all()
+    # NSynth's own metadata records no program: refused with what to set instead
+    with pytest.raises(ParameterError, match="data.split_by 'program'"):
+        split_by_instrument(df.drop(columns="program"), seed=0, valid_fraction=0.2, test_fraction=0.34,
+                            by="program")
+
+
 def test_test_soundfonts_must_name_a_source(make_split, tmp_path, fixtures_dir):
     root = _sources_split(make_split)
     with pytest.raises(ParameterError, match=r"data.test_soundfonts: \['D.sf2'\] is not a source of .*"

@@ -100,6 +100,10 @@ class DataConfig:
     valid_fraction: float = _f(0.125, "share of instruments held out for validation "
                                "(only when the root has no NSynth split folders)", lo=0.0, hi=0.5)
     test_fraction: float = _f(0.25, "share of instruments held out for test", lo=0.0, hi=0.5)
+    split_by: str = _f("instrument", "what the split holds out (when the root has no NSynth split folders): "
+                       "'instrument', or 'program': every instrument of a GM program, from every SoundFont of "
+                       "a multi-source render, in one split, so a held-out program is unheard in any bank",
+                       choices=("instrument", "program"))
     resample: bool = _f(True, "resample wavs of another rate (with a warning) instead of refusing them")
     max_notes: int = _f(0, "keep at most this many notes per split, chosen by seed (0: all)", lo=0)
     test_soundfonts: tuple[str, ...] = _f((), "SoundFont file names (the `soundfont` field of a multi-source render, "

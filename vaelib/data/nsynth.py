@@ -218,22 +218,37 @@ def filter_examples(
 
 
 def split_by_instrument(
-    df: pd.DataFrame, *, seed: int, valid_fraction: float, test_fraction: float
+    df: pd.DataFrame, *, seed: int, valid_fraction: float, test_fraction: float, by: str = "instrument"
 ) -> pd.Series:
     """Assign every instrument to one of train/valid/test, by family, from one seed.
 
     Within each family the instruments are shuffled and about ``test_fraction`` and
     ``valid_fraction`` of them held out, always leaving at least one in train, so no family
-    is missing from training and no instrument appears in two splits.
+    is missing from training and no instrument appears in two splits. With ``by='program'`` the
+    unit is the GM program (the ``program`` field of vaelib's renders): the instruments of one
+    program, from every SoundFont, share a split.
 
     Returns
     -------
     Series of split names aligned with ``df``.
+
+    Raises
+    ------
+    ParameterError
+        ``by='program'`` on a dataset that records no GM program per note.
     """
+    key = "instrument_str"
+    if by == "program":
+        if "program" not in df.columns or (df["program"] < 0).any():
+            raise ParameterError("data.split_by 'program': the dataset records no GM program for every note (only "
+                                 "vaelib's renders of SoundFonts do); use data.split_by 'instrument'")
+        key = "program"
+    elif by != "instrument":
+        raise ParameterError(f"data.split_by: expected 'instrument' or 'program', got {by!r}")
     rng = np.random.default_rng(seed)
-    assignment: dict[str, str] = {}
+    assignment: dict = {}
     for _family, group in df.groupby("instrument_family_str", sort=True):
-        names = np.array(sorted(group["instrument_str"].unique()))
+        names = np.array(sorted(group[key].unique()))
         rng.shuffle(names)
         n = len(names)
         n_test = int(round(n * test_fraction)) if n >= 3 else 0
@@ -242,7 +257,7 @@ def split_by_instrument(
             n_valid = max(0, n - 1 - n_test)
         for i, name in enumerate(names):
             assignment[name] = "test" if i < n_test else "valid" if i < n_test + n_valid else "train"
-    return df["instrument_str"].map(assignment).rename("split")
+    return df[key].map(assignment).rename("split")
 
 
 def _subsample(df: pd.DataFrame, max_notes: int, seed: int) -> pd.DataFrame:
@@ -325,7 +340,7 @@ def load_dataset(cfg: DataConfig, *, seed: int = 0, root: str | Path | None = No
         split = pd.Series("test", index=df.index, name="split")
         kept = df[~held]
         split[~held] = split_by_instrument(kept, seed=seed, valid_fraction=cfg.valid_fraction,
-                                           test_fraction=cfg.test_fraction)
+                                           test_fraction=cfg.test_fraction, by=cfg.split_by)
         df = df.assign(split=split)
         if cfg.max_notes:
             df = pd.concat([_subsample(g, cfg.max_notes, seed) for _, g in df.groupby("split", sort=True)],

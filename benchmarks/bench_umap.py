@@ -1,0 +1,116 @@
+"""The UMAP map of a run in a new process: umap-learn as it ships against vaelib's cached kernels.
+
+umap-learn compiles its layout, embedding and transform kernels with numba without an on-disk cache,
+so every process that draws a map (04, 05, ``vaelib encode``, each test kernel) compiled them anew.
+``vaelib.analysis.latent.project_umap`` turns numba's cache on for them (filled at install by
+``vaelib.cli.jit_cache``). Each round starts two fresh Python processes, one per way, in alternating
+order, and times in each the import, ``fit_transform`` of the points and one ``transform`` of 50 of them
+(what placing a path costs); the coordinates of both ways must be equal. The best round of each is kept.
+
+The points are mu of a run (``--embeddings``, an ``embeddings.parquet`` of 04) or, by default, 10,800
+seeded points in 32 dimensions around 11 centres (the default run's size: 10,797 notes, latent 32).
+
+Writes ``benchmarks/results/umap.json`` (``--out``) with the machine and the load average.
+
+Usage: ``python benchmarks/bench_umap.py [--embeddings reports/default/embeddings.parquet] [--rounds 3]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from vaelib.config import PROJECT_ROOT
+from vaelib.io import atomic_write_json
+from vaelib.model.device import machine_info
+
+OUT = PROJECT_ROOT / "benchmarks" / "results" / "umap.json"
+
+# One process: import, fit, transform, timed; the coordinates saved for the comparison.
+CHILD = r"""
+import sys, time, json, warnings
+import numpy as np
+way, points, coords_out = sys.argv[1:4]
+x = np.load(points)
+t0 = time.perf_counter()
+if way == "cached":
+    from vaelib.analysis.latent import project_umap
+else:
+    warnings.filterwarnings("ignore", message="IProgress not found")
+    import umap
+t1 = time.perf_counter()
+if way == "cached":
+    p = project_umap(x, n_neighbors=15, min_dist=0.1, seed=0)
+    coords, transform = p.coords, p.transform
+else:
+    reducer = umap.UMAP(n_components=2, n_neighbors=15, min_dist=0.1, random_state=0, n_jobs=1)
+    coords, transform = reducer.fit_transform(x), reducer.transform
+t2 = time.perf_counter()
+transform(x[:50])
+t3 = time.perf_counter()
+np.save(coords_out, np.asarray(coords))
+print(json.dumps({"import_s": t1 - t0, "fit_s": t2 - t1, "transform_50_s": t3 - t2, "total_s": t3 - t0}))
+"""
+
+
+def points(embeddings: Path | None) -> tuple[np.ndarray, str]:
+    if embeddings is not None:
+        import pandas as pd
+
+        table = pd.read_parquet(embeddings)
+        cols = [c for c in table.columns if c.startswith("mu_")]
+        return table[cols].to_numpy(np.float32), str(embeddings)
+    rng = np.random.default_rng(0)
+    centres = rng.normal(scale=3.0, size=(11, 32))
+    x = centres[rng.integers(0, 11, size=10_800)] + rng.normal(size=(10_800, 32))
+    return x.astype(np.float32), "10,800 seeded points in 32 dimensions around 11 centres"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--embeddings", type=Path, default=None, help="an embeddings.parquet of 04 (default: synthetic)")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--out", type=Path, default=OUT)
+    args = ap.parse_args()
+    x, what = points(args.embeddings)
+    runs: dict[str, list[dict]] = {"as_shipped": [], "cached": []}
+    with tempfile.TemporaryDirectory(prefix="bench_umap_") as tmp:
+        np.save(Path(tmp) / "x.npy", x)
+        for r in range(args.rounds):
+            order = ["as_shipped", "cached"] if r % 2 == 0 else ["cached", "as_shipped"]
+            for way in order:
+                out = subprocess.run([sys.executable, "-c", CHILD, way, str(Path(tmp) / "x.npy"),
+                                      str(Path(tmp) / f"{way}.npy")], capture_output=True, text=True, check=True,
+                                     cwd=PROJECT_ROOT)
+                runs[way].append(json.loads(out.stdout.strip().splitlines()[-1]))
+                print(way, runs[way][-1], flush=True)
+        equal = bool(np.array_equal(np.load(Path(tmp) / "as_shipped.npy"), np.load(Path(tmp) / "cached.npy")))
+    best = {way: min(rs, key=lambda d: d["total_s"]) for way, rs in runs.items()}
+    result = {
+        "points": what, "shape": list(x.shape),
+        "best": {way: {k: round(v, 2) for k, v in d.items()} for way, d in best.items()},
+        "all_rounds": {way: [{k: round(v, 2) for k, v in d.items()} for d in rs] for way, rs in runs.items()},
+        "speedup_total": round(best["as_shipped"]["total_s"] / best["cached"]["total_s"], 2),
+        "coordinates_equal": equal,
+        "measured": "fresh Python process per way and round, alternating order: import, fit_transform, "
+                    "transform of 50 points; best round of each",
+        "load_average": list(os.getloadavg()),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "machine": machine_info(),
+    }
+    atomic_write_json(args.out, result)
+    print(json.dumps({k: result[k] for k in ("best", "speedup_total", "coordinates_equal")}, indent=2))
+    if not equal:
+        raise SystemExit("the cached kernels gave other coordinates than umap-learn as shipped")
+
+
+if __name__ == "__main__":
+    main()
