@@ -436,3 +436,15 @@ def test_read_wav_missing_or_unreadable_named(tmp_path):
     junk.write_bytes(b"not a wav at all")
     with pytest.raises(DataError, match=r"junk\.wav: unreadable wav"):
         read_wav(junk)
+
+
+def test_split_by_at_instrument_keeps_the_run_folders_of_before_it_existed():
+    from vaelib.config import PROJECT_ROOT, load_config
+    from vaelib.model.checkpoint import checkpoint_dir
+
+    # the folder names these params had (with this cache key) before data.split_by was added
+    for params, name in [("default.yaml", "f70f059bc09e"), ("plain.yaml", "364313432d6b")]:
+        cfg = load_config(PROJECT_ROOT / "params" / params)
+        assert checkpoint_dir(cfg, "0123456789abcdef").name == name
+        by_program = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, split_by="program"))
+        assert checkpoint_dir(by_program, "0123456789abcdef").name != name

@@ -49,7 +49,7 @@ _REQUIRED_KEYS = ("format", "config", "model")  # what load_model and the comman
 _RUNTIME_ONLY = {"device": "auto", "num_threads": 0, "checkpoint_dir": ""}
 # Data parameters added after runs were first keyed, with the value that leaves the data as it was: at that
 # value they are left out of the key, so the runs trained before them keep their folders.
-_DATA_ADDED_OFF = {"test_soundfonts": []}
+_DATA_ADDED_OFF = {"test_soundfonts": [], "split_by": "instrument"}
 # Training parameters that change where or how fast a run goes and came after the runs the hash names: left
 # out of it, so that those runs keep their folders.
 _UNHASHED = ("data", "prefetch")
@@ -65,8 +65,8 @@ def checkpoint_dir(cfg: Config, cache_key: str) -> Path:
     and the feature cache's ``batch_size``, ``workers`` and ``cache_dir`` are left out of the hash: they
     change where the run goes or how fast, not what it computes. ``train.shuffle_block`` and
     ``train.shuffle_window`` are left out while the block order is off (``shuffle_block`` 0), and
-    ``data.test_soundfonts`` while empty, so a run keeps the folder it had before they existed (the split
-    that ``data.test_soundfonts`` makes is in the cache key anyway).
+    ``data.test_soundfonts`` while empty and ``data.split_by`` while 'instrument', so a run keeps the folder
+    it had before they existed (the split they make is in the cache key anyway).
     """
     data = {k: v for k, v in config_to_dict(cfg.data).items() if _DATA_ADDED_OFF.get(k, object()) != v}
     key = section_hash(cfg.model, _hashed_train(cfg), data, extra={
