@@ -38,7 +38,7 @@ import torch
 
 from vaelib.config import PROJECT_ROOT, DataConfig, FeatureConfig, RenderConfig, load_config, project_relative
 from vaelib.data.cache import build_feature_cache
-from vaelib.data.features import _power
+from vaelib.data.features import _power, _power_torch
 from vaelib.data.nsynth import load_dataset
 from vaelib.data.render import GM_FAMILY_SOURCE, render_dataset
 from vaelib.io import atomic_write_json
@@ -62,8 +62,7 @@ def spectrum_ab(cfg: FeatureConfig, *, repeats: int = 5, calls: int = 200) -> di
     spec = torch.fft.rfft(frames)
 
     def torch_power() -> None:
-        re_im = torch.view_as_real(spec.clone()).square_()
-        torch.add(re_im[..., 0], re_im[..., 1], out=power)
+        _power_torch(spec.clone(), out=power)
 
     def compiled_power() -> None:
         _power(spec.clone(), out=power)

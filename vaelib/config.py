@@ -44,6 +44,7 @@ __all__ = [
     "parse_override",
     "section_hash",
     "MEL_SCALES",
+    "SPLIT_UNITS",
     "MEL_INVERSES",
     "FEATURE_RUNTIME_ONLY",
     "feature_representation",
@@ -87,6 +88,9 @@ class RunConfig:
     seed: int = _f(0, "seed for splits, initialisation, batching and UMAP", lo=0)
 
 
+SPLIT_UNITS = ("instrument", "program")  # what data.split_by holds out of the train split
+
+
 @dataclass(frozen=True)
 class DataConfig:
     root: str = _f("data/gm_default", "NSynth-layout root (relative to the project, or absolute; "
@@ -103,7 +107,7 @@ class DataConfig:
     split_by: str = _f("instrument", "what the split holds out (when the root has no NSynth split folders): "
                        "'instrument', or 'program': every instrument of a GM program, from every SoundFont of "
                        "a multi-source render, in one split, so a held-out program is unheard in any bank",
-                       choices=("instrument", "program"))
+                       choices=SPLIT_UNITS)
     resample: bool = _f(True, "resample wavs of another rate (with a warning) instead of refusing them")
     max_notes: int = _f(0, "keep at most this many notes per split, chosen by seed (0: all)", lo=0)
     test_soundfonts: tuple[str, ...] = _f((), "SoundFont file names (the `soundfont` field of a multi-source render, "

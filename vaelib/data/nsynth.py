@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import soundfile as sf
 
-from vaelib.config import NSYNTH_FAMILIES, NSYNTH_SOURCES, DataConfig, resolve_path
+from vaelib.config import NSYNTH_FAMILIES, NSYNTH_SOURCES, SPLIT_UNITS, DataConfig, resolve_path
 from vaelib.exceptions import DataError, ParameterError
 from vaelib.io import file_in_the_way
 
@@ -243,8 +243,8 @@ def split_by_instrument(
             raise ParameterError("data.split_by 'program': the dataset records no GM program for every note (only "
                                  "vaelib's renders of SoundFonts do); use data.split_by 'instrument'")
         key = "program"
-    elif by != "instrument":
-        raise ParameterError(f"data.split_by: expected 'instrument' or 'program', got {by!r}")
+    elif by not in SPLIT_UNITS:
+        raise ParameterError(f"data.split_by: expected one of {SPLIT_UNITS}, got {by!r}")
     rng = np.random.default_rng(seed)
     assignment: dict = {}
     for _family, group in df.groupby("instrument_family_str", sort=True):
