@@ -30,6 +30,7 @@ SMOKE = PROJECT_ROOT / "params" / "smoke.yaml"
 TINY = [*TINY_MODEL, "train.epochs=3", "train.patience=10"]
 RTOL, ATOL = 1e-5, 1e-6
 CURVE = [c for c in HISTORY_COLUMNS if c != "seconds"]
+AUGMENT = ("train.augment_detune=20", "train.augment_tilt=2", "train.augment_eq=6", "train.augment_reverb=0.5")
 
 
 def _overrides(root, ckpt: str, *extra: str) -> list[str]:
@@ -43,8 +44,10 @@ def runs(tmp_path_factory):
     cfg = load_config(SMOKE, _overrides(root, "one"))
     cache = build_synthetic_cache(cfg.features, (90, 12, 0), per_instrument=20, show_progress=False)
     one = train(cfg, cache, show_progress=False)
+    one_aug = train(load_config(SMOKE, _overrides(root, "one_aug", *AUGMENT)), cache, show_progress=False)
     jobs = [
         {"name": "plain", "overrides": _overrides(root, "two")},
+        {"name": "augmented", "overrides": _overrides(root, "two_aug", *AUGMENT)},
         # rank 1 alone is asked to stop, in epoch 2 before its batch 3; then the run is resumed
         {"name": "stopped", "overrides": _overrides(root, "resumed"), "interrupt": [1, 8]},
         {"name": "resumed", "overrides": _overrides(root, "resumed"), "resume": True},
@@ -57,7 +60,7 @@ def runs(tmp_path_factory):
     mp.spawn(run_jobs, args=(2, free_port(), str(cache.path), jobs, str(out)), nprocs=2, join=True)
     got = {(job["name"], r): json.loads((out / f"{job['name']}.{r}.json").read_text())
            for job in jobs for r in (0, 1)}
-    return root, one, got
+    return root, one, got, one_aug
 
 
 def _curve(history: dict) -> np.ndarray:
@@ -65,7 +68,7 @@ def _curve(history: dict) -> np.ndarray:
 
 
 def test_two_processes_give_the_loss_curve_of_one(runs):
-    root, one, got = runs
+    root, one, got, _ = runs
     for rank in (0, 1):
         np.testing.assert_allclose(_curve(got["plain", rank]["history"]), _curve(one.history.to_dict("list")),
                                    rtol=RTOL, atol=ATOL)
@@ -78,8 +81,16 @@ def test_two_processes_give_the_loss_curve_of_one(runs):
     ConvVAE(load_config(SMOKE, TINY).model, n_mels=16, frames=16).load_state_dict(b["model"])  # the plain model's keys
 
 
+def test_each_rank_augments_its_notes_as_one_process_does(runs):
+    _, one, got, one_aug = runs
+    assert not np.allclose(_curve(one_aug.history.to_dict("list")), _curve(one.history.to_dict("list")))
+    for rank in (0, 1):
+        np.testing.assert_allclose(_curve(got["augmented", rank]["history"]), _curve(one_aug.history.to_dict("list")),
+                                   rtol=RTOL, atol=ATOL)
+
+
 def test_rank_0_alone_writes(runs):
-    _, _, got = runs
+    _, _, got, _ = runs
     assert got["plain", 1]["writes"] == []
     writes = got["plain", 0]["writes"]
     assert writes[0] == "config.yaml" and writes.count("last.pt") == 3 and writes.count("history.csv") == 3
@@ -87,7 +98,7 @@ def test_rank_0_alone_writes(runs):
 
 
 def test_a_stop_on_one_rank_stops_both_and_resume_continues_the_run(runs):
-    _, _, got = runs
+    _, _, got, _ = runs
     assert got["stopped", 0].get("interrupted") and got["stopped", 1].get("interrupted")
     assert got["stopped", 0]["writes"].count("last.pt") == 2 and got["stopped", 1]["writes"] == []  # epoch 1, stop
     for rank in (0, 1):
@@ -96,7 +107,7 @@ def test_a_stop_on_one_rank_stops_both_and_resume_continues_the_run(runs):
 
 
 def test_early_stopping_is_decided_once_for_both_ranks(runs):
-    _, _, got = runs
+    _, _, got, _ = runs
     for rank in (0, 1):
         res = got["early", rank]
         assert res["stopped_early"] and res["history"]["epoch"] == [1, 2, 3]

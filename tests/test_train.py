@@ -23,6 +23,7 @@ from vaelib.config import PROJECT_ROOT, load_config
 from vaelib.data.cache import FeatureCache
 from vaelib.data.prepare import prepare_features
 from vaelib.exceptions import CheckpointError, ParameterError, TrainingError
+from vaelib.model.augment import Augmenter
 from vaelib.model.checkpoint import checkpoint_dir, find_checkpoint, load_checkpoint, load_model
 from vaelib.model.progress import EarlyStopping, EpochProgress, RandomStreams
 from vaelib.model.train import HISTORY_COLUMNS, train
@@ -248,6 +249,29 @@ def test_cosine_lr_follows_the_schedule_and_resumes_exactly(work, cache, monkeyp
     _assert_same_history(res.history, ref.history)
 
 
+AUGMENT = ("train.augment_detune=20", "train.augment_tilt=2", "train.augment_eq=6", "train.augment_reverb=0.5")
+
+
+def test_augmentation_changes_training_is_reproducible_and_resumes_exactly(work, cache, monkeypatch, reference):
+    root, ds = work
+    cfg = _cfg(root, ds, ckpt="ckpt_aug_ref", extra=AUGMENT)
+    assert checkpoint_dir(cfg, "k") != checkpoint_dir(reference[0], "k")
+    calls = []
+    real_call = Augmenter.__call__
+    monkeypatch.setattr(Augmenter, "__call__", lambda self, x, u: calls.append(len(x)) or real_call(self, x, u))
+    ref = train(cfg, cache, show_progress=False)
+    monkeypatch.undo()
+    assert calls == [16, 16, 16, 8] * 4  # every training batch, and no validation batch
+    h, plain = ref.history, reference[1].history
+    assert not np.allclose(h["train_recon"], plain["train_recon"])  # the batches were changed
+    again = train(_cfg(root, ds, ckpt="ckpt_aug_again", extra=AUGMENT), cache, show_progress=False)
+    _assert_same_history(again.history, h)
+    for at_step in (5, 7):  # inside an epoch and at its end
+        res = _interrupt_then_resume(_cfg(root, ds, ckpt=f"ckpt_aug_resume_{at_step}", extra=AUGMENT), cache,
+                                     monkeypatch, at_step)
+        _assert_same_history(res.history, h)
+
+
 def test_checkpoint_from_before_a_new_model_key_still_matches(reference, tmp_path):
     cfg, ref = reference
     ckpt = torch.load(ref.best_path, weights_only=True)
@@ -313,13 +337,19 @@ def test_random_streams_round_trip_their_state():
     streams = RandomStreams(3, torch.device("cpu"))
     state = streams.state_dict()
     first = (torch.rand(3), np.random.rand(), torch.rand(2, generator=streams.batch),
-             torch.randn(2, generator=streams.noise))
+             torch.randn(2, generator=streams.noise), torch.rand(2, generator=streams.augment))
     other = RandomStreams(99, torch.device("cpu"))
     other.load_state_dict(state)
     again = (torch.rand(3), np.random.rand(), torch.rand(2, generator=other.batch),
-             torch.randn(2, generator=other.noise))
+             torch.randn(2, generator=other.noise), torch.rand(2, generator=other.augment))
     assert torch.equal(first[0], again[0]) and first[1] == again[1]
-    assert torch.equal(first[2], again[2]) and torch.equal(first[3], again[3])
+    assert torch.equal(first[2], again[2]) and torch.equal(first[3], again[3]) and torch.equal(first[4], again[4])
+    assert not torch.equal(first[2], first[4])  # the augmentation has a stream of its own
+    del state["augment"]  # a checkpoint from before the augmentation: its stream stays where the seed put it
+    fresh = RandomStreams(99, torch.device("cpu"))
+    fresh.load_state_dict(state)
+    seeded = RandomStreams(99, torch.device("cpu")).augment
+    assert torch.equal(torch.rand(2, generator=fresh.augment), torch.rand(2, generator=seeded))
     assert not torch.equal(first[2], first[3])  # the batch and noise streams are distinct
 
 

@@ -216,6 +216,19 @@ class TrainConfig:
     pitch_weight: float = _f(10.0, "weight of the pitch classifier's cross-entropy when model.pitch_head", lo=0.0)
     pitch_order: float = _f(0.0, "weight of the AR-VAE term ordering the last latent dimension by pitch (0: off)",
                             lo=0.0)
+    # recording-chain augmentation (vaelib/model/augment.py, docs/method.md): each drawn per note and step
+    augment_detune: float = _f(0.0, "largest detune of a training note, in cents (uniform in +-this; 0: off)",
+                               lo=0.0, hi=100.0)
+    augment_tilt: float = _f(0.0, "largest spectral tilt of a training note around 1 kHz, in dB per octave "
+                             "(uniform in +-this; 0: off)", lo=0.0, hi=12.0)
+    augment_eq: float = _f(0.0, "largest gain of a one-octave bell at a random centre, in dB (uniform in +-this; "
+                           "0: off)", lo=0.0, hi=24.0)
+    augment_reverb: float = _f(0.0, "share of training notes given an exponential reverb tail (0: off)",
+                               lo=0.0, hi=1.0)
+    augment_rt60: float = _f(1.0, "longest reverberation time (s, 60 dB of decay) of the tail, drawn uniformly "
+                             "from 0.2 s up to it", lo=0.2, hi=10.0)
+    augment_gain: float = _f(0.0, "largest gain of a training note, in dB (uniform in +-this; 0: off); only with "
+                             "features.ref 'fixed': under 'max' every note's peak is 0 dB", lo=0.0, hi=40.0)
     device: str = _f("auto", "auto (cuda, mps, cpu in that order), cuda, mps or cpu",
                      choices=("auto", "cuda", "mps", "cpu"))
     bf16: bool = _f(True, "bf16 autocast where the hardware runs it fast")
@@ -450,6 +463,9 @@ def _cross_checks(cfg: Config) -> None:
     if cfg.train.notes_per_instrument and cfg.train.batch_size % cfg.train.notes_per_instrument:
         raise ConfigError(f"train.batch_size ({cfg.train.batch_size}) must be a multiple of "
                           f"train.notes_per_instrument ({cfg.train.notes_per_instrument}): batches hold whole groups")
+    if cfg.train.augment_gain and cfg.features.ref == "max":
+        raise ConfigError(f"train.augment_gain ({cfg.train.augment_gain}) changes nothing with features.ref 'max', "
+                          "which puts every note's peak at 0 dB: set it to 0, or features.ref to 'fixed'")
     for pair in cfg.analysis.interp_pairs:
         interp_pair_sides(pair, where="analysis.interp_pairs")
     _check_soundfont_params(cfg)

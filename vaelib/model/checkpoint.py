@@ -55,7 +55,9 @@ _DATA_ADDED_OFF = {"test_soundfonts": [], "split_by": "instrument"}
 _UNHASHED = ("data", "prefetch")
 # Parameters that came after those runs, left out of the hash while they are off (their runs compute what
 # runs before them did): (key, the value that turns them off, keys that only matter when they are on).
-_UNHASHED_WHEN_OFF = (("shuffle_block", 0, ("shuffle_window",)),)
+_UNHASHED_WHEN_OFF = (("shuffle_block", 0, ("shuffle_window",)), ("augment_detune", 0.0, ()),
+                      ("augment_tilt", 0.0, ()), ("augment_eq", 0.0, ()), ("augment_reverb", 0.0, ("augment_rt60",)),
+                      ("augment_gain", 0.0, ()))
 
 
 def checkpoint_dir(cfg: Config, cache_key: str) -> Path:
@@ -64,7 +66,8 @@ def checkpoint_dir(cfg: Config, cache_key: str) -> Path:
     ``train.device``, ``train.num_threads``, ``train.checkpoint_dir``, ``train.data``, ``train.prefetch``
     and the feature cache's ``batch_size``, ``workers`` and ``cache_dir`` are left out of the hash: they
     change where the run goes or how fast, not what it computes. ``train.shuffle_block`` and
-    ``train.shuffle_window`` are left out while the block order is off (``shuffle_block`` 0), and
+    ``train.shuffle_window`` are left out while the block order is off (``shuffle_block`` 0), the
+    ``train.augment_*`` fields while each is 0 (``augment_rt60`` while ``augment_reverb`` is), and
     ``data.test_soundfonts`` while empty and ``data.split_by`` while 'instrument', so a run keeps the folder
     it had before they existed (the split they make is in the cache key anyway).
     """
@@ -86,12 +89,13 @@ def _hashed_train(cfg: Config) -> dict:
     return train
 
 
-def rng_state(batch_gen: torch.Generator, noise_gen: torch.Generator) -> dict:
+def rng_state(batch_gen: torch.Generator, noise_gen: torch.Generator, augment_gen: torch.Generator) -> dict:
     np_state = np.random.get_state()
     state = {
         "torch": torch.get_rng_state(),
         "batch": batch_gen.get_state(),
         "noise": noise_gen.get_state(),
+        "augment": augment_gen.get_state(),
         # numpy's legacy global state as plain types, so weights_only loading accepts it
         "numpy": {"name": np_state[0], "keys": torch.from_numpy(np_state[1].astype(np.int64)),
                   "pos": int(np_state[2]), "has_gauss": int(np_state[3]), "gauss": float(np_state[4])},
@@ -101,10 +105,13 @@ def rng_state(batch_gen: torch.Generator, noise_gen: torch.Generator) -> dict:
     return state
 
 
-def set_rng_state(state: dict, batch_gen: torch.Generator, noise_gen: torch.Generator) -> None:
+def set_rng_state(state: dict, batch_gen: torch.Generator, noise_gen: torch.Generator,
+                  augment_gen: torch.Generator) -> None:
     torch.set_rng_state(state["torch"])
     batch_gen.set_state(state["batch"])
     noise_gen.set_state(state["noise"])
+    if "augment" in state:  # saved before augmentation existed: its runs never drew from it
+        augment_gen.set_state(state["augment"])
     n = state["numpy"]
     np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
     if "cuda" in state and torch.cuda.is_available():

@@ -25,8 +25,9 @@ class RandomStreams:
     """Every random draw of a training run, seeded from one seed.
 
     torch's and numpy's global generators (weight initialisation) are seeded on construction, so
-    the model is built after it; ``batch`` draws the epochs' note orders on the CPU and ``noise``
-    the reparameterization noise on ``device``.
+    the model is built after it; ``batch`` draws the epochs' note orders on the CPU, ``noise``
+    the reparameterization noise on ``device`` and ``augment`` the recording-chain augmentation's
+    settings of every note (:mod:`vaelib.model.augment`) on the CPU.
 
     Parameters
     ----------
@@ -40,13 +41,14 @@ class RandomStreams:
         np.random.seed(seed)
         self.batch = torch.Generator().manual_seed(seed)
         self.noise = torch.Generator(device=device).manual_seed(seed + 1)
+        self.augment = torch.Generator().manual_seed(seed + 3)  # seed + 2 draws the validation noise
 
     def state_dict(self) -> dict:
         """The states of all of them (:func:`vaelib.model.checkpoint.rng_state`)."""
-        return rng_state(self.batch, self.noise)
+        return rng_state(self.batch, self.noise, self.augment)
 
     def load_state_dict(self, state: Mapping) -> None:
-        set_rng_state(state, self.batch, self.noise)
+        set_rng_state(state, self.batch, self.noise, self.augment)
 
 
 class EarlyStopping:

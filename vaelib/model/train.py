@@ -50,6 +50,7 @@ from vaelib.config import Config, TrainConfig, config_to_dict, save_config
 from vaelib.data.cache import FeatureCache
 from vaelib.exceptions import CheckpointError, TrainingError
 from vaelib.io import atomic_write_text
+from vaelib.model.augment import Augmenter
 from vaelib.model.checkpoint import (
     CHECKPOINT_FORMAT,
     RunLock,
@@ -474,6 +475,7 @@ def _fit(cfg: Config, cache: FeatureCache, run_dir: Path, *, resume: bool, retra
     # data
     data = ranks.together(lambda: _load_data(cache, tc, device, ranks))
     pitched = cfg.model.pitch_conditioning
+    augment = Augmenter.from_config(cfg, device)
 
     # model, optimiser, random streams and the state that must survive a resume
     streams = RandomStreams(cfg.run.seed, device)  # seeds the initialisation, so before the model
@@ -515,6 +517,9 @@ def _fit(cfg: Config, cache: FeatureCache, run_dir: Path, *, resume: bool, retra
                     n_batch = min(data.batch_size, len(perm) - b * data.batch_size)
                     idx = batch_positions(perm, b, batch_size=data.batch_size, part=part).to(device)
                     xb, pb = batches.get(b), data.pitch[idx]
+                    if augment is not None:  # drawn for the whole batch, so each process takes its notes' rows
+                        draws = augment.draw(n_batch, streams.augment)
+                        xb = augment(xb, draws if part is None else draws[slice(*part(n_batch))])
                     # schedules: pure functions of the step, so a resumed run continues them
                     beta = beta_at(step, cfg=tc)
                     lr = lr_at(step, cfg=tc, total_steps=tc.epochs * data.n_batches)
