@@ -54,6 +54,7 @@ benchmarks: $(STAMP) ## run benchmarks/*.py, writing benchmarks/results/*.json
 	$(PY) benchmarks/bench_preprocess.py --params params/plain.yaml --out benchmarks/results/preprocess_plain.json
 	$(PY) benchmarks/bench_train.py --skip-channels
 	$(PY) benchmarks/bench_train.py --params params/plain.yaml --out benchmarks/results/train_plain.json
+	$(PY) benchmarks/bench_augment.py
 
 sweep: $(STAMP) ## run the planned experiments of params/experiments/ and their comparison report
 	$(VENV)/bin/vaelib sweep params/experiments/*.yaml
