@@ -23,6 +23,7 @@ __all__ = [
     "log_mel_batch",
     "LogMelWorkspace",
     "log_mel",
+    "normalize_db",
     "normalized_to_db",
     "mel_frequencies",
     "mel_spacing_hz",
@@ -196,14 +197,9 @@ def log_mel_batch(audio: torch.Tensor, *, cfg: FeatureConfig,
     for b0, c0, c1, w in _band_blocks(cfg.sample_rate, cfg.n_fft, cfg.n_mels, cfg.fmin, cfg.fmax, _htk(cfg)):
         mel[:, b0:b0 + w.shape[0]] = torch.matmul(w.to(audio.device), power[:, c0:c1])
     db = mel.clamp_min(AMIN).log10_().mul_(10.0)  # the first op copies: the result owns its memory
-    if cfg.ref == "max":
-        # A digitally silent note sits at the AMIN floor everywhere; against its own maximum it would
-        # read as full scale (+1, as librosa's ref=np.max gives). Measured against 0 dB it is silence (-1).
-        ref_db = db.amax(dim=(1, 2), keepdim=True)
-        ref_db = torch.where(ref_db <= SILENT_DB, torch.zeros_like(ref_db), ref_db)
-    else:
-        ref_db = torch.full_like(db[:, :1, :1], 10.0 * np.log10(max(cfg.ref_power, AMIN)))
-    x = db.sub_(ref_db).clamp_(-cfg.top_db, 0.0).div_(cfg.top_db / 2.0).add_(1.0)
+    if cfg.ref != "max":
+        db = db.sub_(torch.full_like(db[:, :1, :1], 10.0 * np.log10(max(cfg.ref_power, AMIN))))
+    x = normalize_db(db, cfg=cfg)
     if x.shape[-1] < cfg.frames:
         x = torch.nn.functional.pad(x, (0, cfg.frames - x.shape[-1]), value=-1.0)
     return x.unsqueeze(1)
@@ -213,6 +209,21 @@ def log_mel(audio: np.ndarray, *, cfg: FeatureConfig) -> np.ndarray:
     """Normalised log-mel of one note, [shape=(1, n_mels, frames)] float32 (see ``log_mel_batch``)."""
     x = torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32)).reshape(1, -1)
     return log_mel_batch(x, cfg=cfg)[0].numpy()
+
+
+def normalize_db(db: torch.Tensor, *, cfg: FeatureConfig, silent_db: float = SILENT_DB) -> torch.Tensor:
+    """dB of notes (``[..., n_mels, frames]``, relative to ``cfg.ref_power`` under ``ref='fixed'``) to the
+    normalised log-mel, in place: under ``ref='max'`` each note's peak to 0 dB, then clipped to
+    [-top_db, 0] and scaled to [-1, 1].
+
+    A note at or below ``silent_db`` everywhere (digital silence at the power floor) keeps 0 dB as its
+    reference: against its own maximum it would read as full scale (+1, as librosa's ref=np.max gives);
+    measured against 0 dB it is silence (-1).
+    """
+    if cfg.ref == "max":
+        peak = db.amax(dim=(-2, -1), keepdim=True)
+        db = db.sub_(torch.where(peak <= silent_db, torch.zeros_like(peak), peak))
+    return db.clamp_(-cfg.top_db, 0.0).div_(cfg.top_db / 2.0).add_(1.0)
 
 
 def normalized_to_db(x: np.ndarray, *, cfg: FeatureConfig) -> np.ndarray:

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from vaelib.config import Config, FeatureConfig, TrainConfig
-from vaelib.data.features import mel_frequencies
+from vaelib.data.features import mel_frequencies, normalize_db
 
 __all__ = ["Augmenter", "augment_on", "N_DRAWS", "WET_DB", "RT60_MIN_S", "BELL_SD_OCTAVES"]
 
@@ -41,6 +41,8 @@ WET_DB = (-20.0, -6.0)
 RT60_MIN_S = 0.2
 BELL_SD_OCTAVES = 0.5
 _TILT_CENTRE_HZ = 1000.0
+_FLOOR_POWER = 1e-30  # the cache's floor maps to no power; any EQ of it stays far below -top_db
+_SILENT_DB = 10.0 * math.log10(_FLOOR_POWER) + 1e-3
 
 
 def augment_on(tc: TrainConfig) -> bool:
@@ -62,7 +64,9 @@ class Augmenter:
         self.tc, self.fc, self.device = tc, fc, torch.device(device)
         centres = mel_frequencies(fc)
         self._log_f = torch.as_tensor(np.log(centres), dtype=torch.float64, device=self.device)
-        self._octaves = torch.as_tensor(np.log2(centres / _TILT_CENTRE_HZ), dtype=torch.float32, device=self.device)
+        octaves = np.log2(centres / _TILT_CENTRE_HZ)
+        self._octaves = torch.as_tensor(octaves, dtype=torch.float32, device=self.device)
+        self._octave_span = (float(self._octaves[0]), float(self._octaves[-1]))  # where a bell's centre is drawn
         self._frame_s = fc.hop_length / fc.sample_rate
         lag = torch.arange(fc.frames, device=self.device)
         self._lag = (lag[None, :] - lag[:, None]).float()  # [source frame, frame] -> frames after the sound
@@ -95,9 +99,8 @@ class Augmenter:
             raise ValueError(f"augmentation draws {tuple(u.shape)} do not match a batch of {x.shape[0]} notes")
         u = u.to(device=x.device, dtype=torch.float32)
         signed = 2.0 * u - 1.0
-        half = fc.top_db / 2.0
         xf = x.float()
-        db = (xf - 1.0) * half
+        db = (xf - 1.0) * (fc.top_db / 2.0)
         power = torch.where(xf <= -1.0 + 1e-6, torch.zeros_like(db), torch.pow(10.0, db / 10.0))
         if tc.augment_detune:
             power = self._detune(power, signed[:, 0] * tc.augment_detune)
@@ -105,7 +108,7 @@ class Augmenter:
         if tc.augment_tilt:
             gain_db = gain_db + (signed[:, 1] * tc.augment_tilt)[:, None, None, None] * self._octaves[:, None]
         if tc.augment_eq:
-            lo, hi = float(self._octaves[0]), float(self._octaves[-1])
+            lo, hi = self._octave_span
             centre = lo + u[:, 3] * (hi - lo)
             bell = torch.exp(-0.5 * ((self._octaves[None, :] - centre[:, None]) / BELL_SD_OCTAVES) ** 2)
             gain_db = gain_db + ((signed[:, 2] * tc.augment_eq)[:, None] * bell)[:, None, :, None]
@@ -115,12 +118,7 @@ class Augmenter:
             power = power * torch.pow(10.0, gain_db / 10.0)
         if tc.augment_reverb:
             power = self._reverb(power, on=u[:, 4] < tc.augment_reverb, u_rt60=u[:, 5], u_wet=u[:, 6])
-        db = 10.0 * torch.log10(power.clamp_min(1e-30))
-        if fc.ref == "max":
-            peak = db.flatten(1).amax(dim=1)
-            # a digitally silent note has no peak to move: it stays silent
-            db = db - torch.where(peak > -300.0, peak, torch.zeros_like(peak))[:, None, None, None]
-        out = db.clamp_(-fc.top_db, 0.0).div_(half).add_(1.0)
+        out = normalize_db(10.0 * torch.log10(power.clamp_min(_FLOOR_POWER)), cfg=fc, silent_db=_SILENT_DB)
         if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
             out = out.contiguous(memory_format=torch.channels_last)
         return out
