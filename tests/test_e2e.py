@@ -49,6 +49,22 @@ def test_smoke_run_writes_every_report_and_metric(smoke_run):
     assert (run_dir / "params.yaml").is_file()
 
 
+def test_05_maps_the_points_of_04_with_the_umap_fit_of_04(smoke_run):
+    """04 stores its UMAP of mu in features.cache_dir/maps; 05 (and 06, vaelib encode) map the same mu, so
+    the store holds that one map, named by the digest of 04's mu: a 05 that encoded other bits or fitted
+    again would have added another."""
+    import pandas as pd
+
+    from vaelib.analysis.latent import _umap_key, latent_matrix, map_store
+
+    cfg = smoke_run["cfg"]
+    assert cfg.analysis.umap
+    mu = latent_matrix(pd.read_parquet(smoke_run["run_dir"] / "embeddings.parquet"))
+    key = _umap_key(mu, min(cfg.analysis.umap_neighbors, len(mu) - 1), cfg.analysis.umap_min_dist, cfg.run.seed)
+    stored = sorted(p.name for p in map_store(cfg).glob("umap-*.pkl"))
+    assert stored == [f"umap-{key}.pkl"]
+
+
 def test_progress_bars_reach_the_notebook_but_not_the_report(smoke_run):
     nb = json.loads((smoke_run["run_dir"] / "02_train.ipynb").read_text())
     stderr = "".join("".join(o.get("text", "")) for c in nb["cells"] if c["cell_type"] == "code"

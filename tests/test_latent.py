@@ -138,3 +138,54 @@ def test_umap_kernels_are_cached_on_disk_and_the_map_is_reproducible():
     epoch = umap.layouts._nb_optimize_layout_euclidean_single_epoch
     assert epoch.stats.cache_hits or epoch.stats.cache_misses
     assert Path(epoch._cache._cache_file._index_path).is_file()
+
+
+def _points(seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).normal(size=(60, 6)).astype(np.float32)
+
+
+def test_a_stored_umap_map_is_read_back_not_fitted_again(tmp_path, monkeypatch):
+    import umap
+
+    x = _points(4)
+    fitted = project_umap(x, n_neighbors=5, min_dist=0.1, seed=0, store=tmp_path)
+    assert len(list(tmp_path.glob("umap-*.pkl"))) == 1
+
+    def no_fit(*args, **kwargs):
+        raise AssertionError("the stored map was fitted again")
+
+    monkeypatch.setattr(umap.UMAP, "fit_transform", no_fit)
+    read = project_umap(x, n_neighbors=5, min_dist=0.1, seed=0, store=tmp_path)
+    np.testing.assert_array_equal(read.coords, fitted.coords)
+    np.testing.assert_array_equal(read.transform(x[:3] + 0.01), fitted.transform(x[:3] + 0.01))
+    # other points, or other settings, are other maps: they are fitted (here: refused by the patch)
+    for points, neighbors, seed in ((_points(5), 5, 0), (x, 6, 0), (x, 5, 1)):
+        with pytest.raises(AssertionError, match="fitted again"):
+            project_umap(points, n_neighbors=neighbors, min_dist=0.1, seed=seed, store=tmp_path)
+
+
+def test_a_stored_map_equals_a_fresh_fit(tmp_path):
+    x = _points(6)
+    project_umap(x, n_neighbors=5, min_dist=0.1, seed=0, store=tmp_path)
+    read = project_umap(x, n_neighbors=5, min_dist=0.1, seed=0, store=tmp_path)
+    fresh = project_umap(x, n_neighbors=5, min_dist=0.1, seed=0)
+    np.testing.assert_array_equal(read.coords, fresh.coords)
+
+
+def test_an_unreadable_stored_map_is_fitted_again_and_replaced(tmp_path):
+    x = _points(7)
+    first = project_umap(x, n_neighbors=5, min_dist=0.1, seed=0, store=tmp_path)
+    (path,) = tmp_path.glob("umap-*.pkl")
+    path.write_bytes(b"truncated")
+    with pytest.warns(UserWarning, match=r"umap-.*\.pkl: stored UMAP map unreadable.*fitting it again"):
+        again = project_umap(x, n_neighbors=5, min_dist=0.1, seed=0, store=tmp_path)
+    np.testing.assert_array_equal(again.coords, first.coords)
+    assert path.stat().st_size > 1000  # the refit replaced the broken file
+
+
+def test_a_store_that_cannot_be_written_warns_and_still_maps(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.warns(UserWarning, match="could not store the fitted UMAP map"):
+        proj = project_umap(_points(8), n_neighbors=5, min_dist=0.1, seed=0, store=blocker / "maps")
+    assert proj.coords.shape == (60, 2)

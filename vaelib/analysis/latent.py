@@ -10,7 +10,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import hashlib
 import logging
+import pickle
 import sys
 import warnings
 from collections.abc import Callable
@@ -41,6 +43,7 @@ __all__ = [
     "Projection",
     "project_pca",
     "project_umap",
+    "map_store",
 ]
 
 log = logging.getLogger(__name__)
@@ -264,27 +267,86 @@ def project_pca(x: np.ndarray, *, fit_mask: np.ndarray | None = None, seed: int 
     return Projection("pca", pca.transform(x), pca.transform, (float(ratio[0]), float(ratio[1])))
 
 
-def project_umap(x: np.ndarray, *, n_neighbors: int, min_dist: float, seed: int) -> Projection:
+def project_umap(x: np.ndarray, *, n_neighbors: int, min_dist: float, seed: int,
+                 store: Path | None = None) -> Projection:
     """UMAP to 2-D with a fixed seed (single-threaded, hence reproducible).
 
     Parameters
     ----------
     x : [shape=(notes, dims)]; ``n_neighbors`` is capped at ``notes - 1``.
+    store : folder of fitted maps (``map_store``), or None. A map of the same points and settings
+        fitted before (by 04, for 05, 06 and ``vaelib encode``, which map the same mu) is read from
+        it instead of fitted again, and a new fit is saved there: the same coordinates and
+        ``transform`` either way, without the fit's half a minute or more per map of the default run.
     """
     umap = _umap()
     x = np.asarray(x, dtype=np.float32)
     if x.ndim != 2 or len(x) < 4:
         raise ParameterError(f"x: expected shape (notes >= 4, dims), got {x.shape}")
-    reducer = umap.UMAP(n_components=2, n_neighbors=min(n_neighbors, len(x) - 1), min_dist=min_dist,
-                        random_state=seed, n_jobs=1)
-    with _uncacheable_kernels_quiet():
-        coords = reducer.fit_transform(x)
+    n_neighbors = min(n_neighbors, len(x) - 1)
+    path = None if store is None else Path(store) / f"umap-{_umap_key(x, n_neighbors, min_dist, seed)}.pkl"
+    fitted = _read_fitted(path) if path is not None else None
+    if fitted is None:
+        reducer = umap.UMAP(n_components=2, n_neighbors=n_neighbors, min_dist=min_dist, random_state=seed, n_jobs=1)
+        with _uncacheable_kernels_quiet():
+            coords = np.asarray(reducer.fit_transform(x))
+        if path is not None:
+            _save_fitted(path, coords, reducer)
+    else:
+        coords, reducer = fitted
 
     def transform(z: np.ndarray) -> np.ndarray:
         with _uncacheable_kernels_quiet():
             return np.asarray(reducer.transform(np.asarray(z, np.float32)))
 
-    return Projection("umap", np.asarray(coords), transform)
+    return Projection("umap", coords, transform)
+
+
+MAP_STORE = "maps"  # under features.cache_dir
+_MAP_FORMAT = 1  # bump when what a stored map holds changes
+
+
+def map_store(cfg: Config) -> Path:
+    """The folder of fitted UMAP maps: ``maps/`` in ``features.cache_dir``, beside the feature caches it
+    is derived from; each file is named by a digest of the points and settings, so any run may share it."""
+    from vaelib.config import resolve_path
+
+    return resolve_path(cfg.features.cache_dir) / MAP_STORE
+
+
+def _umap_key(x: np.ndarray, n_neighbors: int, min_dist: float, seed: int) -> str:
+    import pynndescent
+    import umap
+
+    h = hashlib.sha256()
+    h.update(repr((_MAP_FORMAT, x.shape, str(x.dtype), n_neighbors, float(min_dist), seed,
+                   umap.__version__, pynndescent.__version__, np.__version__)).encode())
+    h.update(np.ascontiguousarray(x).data)
+    return h.hexdigest()[:20]
+
+
+def _read_fitted(path: Path) -> tuple[np.ndarray, object] | None:
+    if not path.is_file():
+        return None
+    try:
+        with path.open("rb") as f:
+            coords, reducer = pickle.load(f)  # a file this module wrote, named by the digest of its input
+        return np.asarray(coords), reducer
+    except Exception as exc:  # a truncated or foreign file: fit again and overwrite it
+        warnings.warn(f"{path}: stored UMAP map unreadable ({type(exc).__name__}: {exc}); fitting it again",
+                      stacklevel=3)
+        return None
+
+
+def _save_fitted(path: Path, coords: np.ndarray, reducer: object) -> None:
+    from vaelib.io import atomic_path
+
+    try:
+        with atomic_path(path, suffix=".pkl") as tmp, open(tmp, "wb") as f:
+            pickle.dump((coords, reducer), f, protocol=pickle.HIGHEST_PROTOCOL)
+    except OSError as exc:  # a read-only cache costs the next map a fit, not this run
+        warnings.warn(f"{path}: could not store the fitted UMAP map ({exc}); the next map of these points fits "
+                      "it again", stacklevel=3)
 
 
 @functools.cache
@@ -321,9 +383,12 @@ def _uncacheable_kernels_quiet():
         yield
 
 
-def maps_of_mu(mu: np.ndarray, *, is_train: np.ndarray, cfg: AnalysisConfig, seed: int) -> dict[str, Projection]:
-    """The 2-D maps of 04: PCA fitted on the train notes, and UMAP unless ``cfg.umap`` is false."""
+def maps_of_mu(mu: np.ndarray, *, is_train: np.ndarray, cfg: AnalysisConfig, seed: int,
+               store: Path | None = None) -> dict[str, Projection]:
+    """The 2-D maps of 04: PCA fitted on the train notes, and UMAP unless ``cfg.umap`` is false (read from
+    ``store`` when these points were mapped before, see ``project_umap``)."""
     maps = {"PCA": project_pca(mu, fit_mask=is_train, seed=seed)}
     if cfg.umap:
-        maps["UMAP"] = project_umap(mu, n_neighbors=cfg.umap_neighbors, min_dist=cfg.umap_min_dist, seed=seed)
+        maps["UMAP"] = project_umap(mu, n_neighbors=cfg.umap_neighbors, min_dist=cfg.umap_min_dist, seed=seed,
+                                    store=store)
     return maps

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from vaelib.analysis.interpolate import choose_pairs, interpolate_pairs, summarize_paths
-from vaelib.analysis.latent import Projection, embed, latent_matrix, maps_of_mu
+from vaelib.analysis.latent import Projection, embed, latent_matrix, map_store, maps_of_mu
 from vaelib.analysis.probes import (
     cv_probes,
     midi_hz,
@@ -123,7 +123,8 @@ def embed_run(run: TrainedRun, *, out: Path, show_progress: bool = True) -> Late
 
 def map_latent_space(space: LatentSpace, run: TrainedRun) -> dict[str, Projection]:
     """PCA (fitted on the train notes) and, unless ``analysis.umap`` is false, UMAP of mu."""
-    space.projections = maps_of_mu(space.mu, is_train=space.is_train, cfg=run.cfg.analysis, seed=run.cfg.run.seed)
+    space.projections = maps_of_mu(space.mu, is_train=space.is_train, cfg=run.cfg.analysis, seed=run.cfg.run.seed,
+                                   store=map_store(run.cfg))
     return space.projections
 
 

@@ -522,7 +522,7 @@ def _map_sounds(run, mu: np.ndarray, meta: pd.DataFrame, positions: np.ndarray, 
 
 def _projections(mu: np.ndarray, is_train: np.ndarray, cfg: Config) -> tuple[dict, dict, dict, int | None]:
     """The maps of mu (as 04 draws them) and of its timbre dimensions: projections, labels, axis titles."""
-    from vaelib.analysis.latent import maps_of_mu
+    from vaelib.analysis.latent import map_store, maps_of_mu
 
     seed, k = cfg.run.seed, timbre_dims(cfg)
     sets = {"": (mu, "mu")}
@@ -530,7 +530,7 @@ def _projections(mu: np.ndarray, is_train: np.ndarray, cfg: Config) -> tuple[dic
         sets["timbre_"] = (mu[:, :k], f"mu[:, :{k}], the timbre dimensions")
     projections, labels, axes = {}, {}, {}
     for prefix, (x, what) in sets.items():
-        for name, proj in maps_of_mu(x, is_train=is_train, cfg=cfg.analysis, seed=seed).items():
+        for name, proj in maps_of_mu(x, is_train=is_train, cfg=cfg.analysis, seed=seed, store=map_store(cfg)).items():
             key = prefix + name.lower()
             projections[key] = proj
             labels[key] = f"{name} of {what}"
