@@ -5,10 +5,10 @@ so every process that draws a map (04, 05, ``vaelib encode``, each test kernel) 
 ``vaelib.analysis.latent.project_umap`` turns numba's cache on for them (filled at install by
 ``vaelib.cli.jit_cache``). Each round starts two fresh Python processes, one per way, in alternating
 order, and times in each the import, ``fit_transform`` of the points and one ``transform`` of 50 of them
-(what placing a path costs); the coordinates of both ways must be equal. The best round of each is kept.
-A third way, **stored**, is what 05, 06 and ``vaelib encode`` do after 04 has mapped the same mu: the fitted
-map read from ``features.cache_dir/maps`` (``project_umap(store=...)``), filled by one process before
-the rounds; its coordinates must equal the others'.
+(what placing a path costs); the coordinates and the transformed points of both ways must be equal.
+The best round of each is kept. A third way, **stored**, is what 05 and ``vaelib encode`` do after 04
+has mapped the same mu: the fitted map read from ``features.cache_dir/maps`` (``project_umap(store=...)``),
+filled by one process before the rounds; its figures must equal the others' too.
 
 The points are mu of a run (``--embeddings``, an ``embeddings.parquet`` of 04) or, by default, 10,800
 seeded points in 32 dimensions around 11 centres (the default run's size: 10,797 notes, latent 32).
@@ -57,9 +57,9 @@ else:
     reducer = umap.UMAP(n_components=2, n_neighbors=15, min_dist=0.1, random_state=0, n_jobs=1)
     coords, transform = reducer.fit_transform(x), reducer.transform
 t2 = time.perf_counter()
-transform(x[:50])
+placed = transform(x[:50] + 0.01)
 t3 = time.perf_counter()
-np.save(coords_out, np.asarray(coords))
+np.savez(coords_out, coords=np.asarray(coords), placed=np.asarray(placed))
 print(json.dumps({"import_s": t1 - t0, "fit_s": t2 - t1, "transform_50_s": t3 - t2, "total_s": t3 - t0}))
 """
 
@@ -94,15 +94,17 @@ def main() -> None:
                                  text=True, check=True, cwd=PROJECT_ROOT)
             return json.loads(out.stdout.strip().splitlines()[-1])
 
-        store_fill = child("stored", "fill.npy")
+        store_fill = child("stored", "fill.npz")
+        (stored_file,) = (Path(tmp) / "maps").glob("umap-*.pkl")
+        stored_bytes = stored_file.stat().st_size
         print("store filled", store_fill, flush=True)
         for r in range(args.rounds):
             order = ["as_shipped", "cached", "stored"] if r % 2 == 0 else ["stored", "cached", "as_shipped"]
             for way in order:
-                runs[way].append(child(way, f"{way}.npy"))
+                runs[way].append(child(way, f"{way}.npz"))
                 print(way, runs[way][-1], flush=True)
-        coords = [np.load(Path(tmp) / f"{way}.npy") for way in ("as_shipped", "cached", "stored", "fill")]
-        equal = all(np.array_equal(coords[0], c) for c in coords[1:])
+        outs = [np.load(Path(tmp) / f"{way}.npz") for way in ("as_shipped", "cached", "stored", "fill")]
+        equal = all(np.array_equal(outs[0][k], o[k]) for o in outs[1:] for k in ("coords", "placed"))
     best = {way: min(rs, key=lambda d: d["total_s"]) for way, rs in runs.items()}
     result = {
         "points": what, "shape": list(x.shape),
@@ -111,7 +113,8 @@ def main() -> None:
         "speedup_total": round(best["as_shipped"]["total_s"] / best["cached"]["total_s"], 2),
         "speedup_stored_over_cached": round(best["cached"]["total_s"] / best["stored"]["total_s"], 2),
         "store_fill": {k: round(v, 2) for k, v in store_fill.items()},
-        "coordinates_equal": equal,
+        "stored_map_bytes": stored_bytes,
+        "coordinates_equal": equal,  # the map's and the 50 transformed points', every way and process
         "measured": "fresh Python process per way and round, alternating order: import, fit_transform (stored: "
                     "the fitted map read from the store), transform of 50 points; best round of each",
         "load_average": list(os.getloadavg()),

@@ -50,19 +50,26 @@ def test_smoke_run_writes_every_report_and_metric(smoke_run):
 
 
 def test_05_maps_the_points_of_04_with_the_umap_fit_of_04(smoke_run):
-    """04 stores its UMAP of mu in features.cache_dir/maps; 05 (and 06, vaelib encode) map the same mu, so
-    the store holds that one map, named by the digest of 04's mu: a 05 that encoded other bits or fitted
-    again would have added another."""
+    """04 stores its UMAP of mu in features.cache_dir/maps; 05 maps the same mu and reads that fit: the
+    store holds one map, named by the digest of 04's mu and written before 05 started, and 05 says it
+    read it (a 05 that encoded other bits would have added another map)."""
+    import datetime
+
     import pandas as pd
 
-    from vaelib.analysis.latent import _umap_key, latent_matrix, map_store
+    from vaelib.analysis.latent import latent_matrix
+    from vaelib.analysis.map_store import map_store, umap_key
 
-    cfg = smoke_run["cfg"]
+    cfg, run_dir = smoke_run["cfg"], smoke_run["run_dir"]
     assert cfg.analysis.umap
-    mu = latent_matrix(pd.read_parquet(smoke_run["run_dir"] / "embeddings.parquet"))
-    key = _umap_key(mu, min(cfg.analysis.umap_neighbors, len(mu) - 1), cfg.analysis.umap_min_dist, cfg.run.seed)
-    stored = sorted(p.name for p in map_store(cfg).glob("umap-*.pkl"))
-    assert stored == [f"umap-{key}.pkl"]
+    mu = latent_matrix(pd.read_parquet(run_dir / "embeddings.parquet"))
+    key = umap_key(mu, min(cfg.analysis.umap_neighbors, len(mu) - 1), cfg.analysis.umap_min_dist, cfg.run.seed)
+    stored = sorted(map_store(cfg).glob("umap-*.pkl"))
+    assert [p.name for p in stored] == [f"umap-{key[:20]}.pkl"]
+    nb05 = json.loads((run_dir / "05_listening.ipynb").read_text())
+    started = datetime.datetime.fromisoformat(nb05["metadata"]["papermill"]["start_time"]).timestamp()
+    assert stored[0].stat().st_mtime < started
+    assert json.loads((run_dir / "listening.json").read_text())["map_umap_read_from_store"] == ["umap"]
 
 
 def test_progress_bars_reach_the_notebook_but_not_the_report(smoke_run):

@@ -140,52 +140,105 @@ def test_umap_kernels_are_cached_on_disk_and_the_map_is_reproducible():
     assert Path(epoch._cache._cache_file._index_path).is_file()
 
 
+
 def _points(seed: int) -> np.ndarray:
     return np.random.default_rng(seed).normal(size=(60, 6)).astype(np.float32)
 
 
-def test_a_stored_umap_map_is_read_back_not_fitted_again(tmp_path, monkeypatch):
+def _no_fit(monkeypatch):
     import umap
-
-    x = _points(4)
-    fitted = project_umap(x, n_neighbors=5, min_dist=0.1, seed=0, store=tmp_path)
-    assert len(list(tmp_path.glob("umap-*.pkl"))) == 1
 
     def no_fit(*args, **kwargs):
         raise AssertionError("the stored map was fitted again")
 
     monkeypatch.setattr(umap.UMAP, "fit_transform", no_fit)
-    read = project_umap(x, n_neighbors=5, min_dist=0.1, seed=0, store=tmp_path)
-    np.testing.assert_array_equal(read.coords, fitted.coords)
-    np.testing.assert_array_equal(read.transform(x[:3] + 0.01), fitted.transform(x[:3] + 0.01))
-    # other points, or other settings, are other maps: they are fitted (here: refused by the patch)
-    for points, neighbors, seed in ((_points(5), 5, 0), (x, 6, 0), (x, 5, 1)):
+
+
+def test_a_stored_umap_map_is_read_back_not_fitted_again(tmp_path, monkeypatch):
+    x = _points(4)
+    fitted = project_umap(x, n_neighbors=5, min_dist=0.1, seed=0, store=tmp_path)
+    (path,) = tmp_path.glob("umap-*.pkl")
+    assert path.stat().st_mode & 0o777 == 0o600
+    _no_fit(monkeypatch)
+    for same in (x, x.astype(np.float64), np.asfortranarray(x)):  # the same points in another layout
+        read = project_umap(same, n_neighbors=5, min_dist=0.1, seed=0, store=tmp_path)
+        np.testing.assert_array_equal(read.coords, fitted.coords)
+        np.testing.assert_array_equal(read.transform(x[:3] + 0.01), fitted.transform(x[:3] + 0.01))
+    # other points, or any other setting, are another map: fitted (here: refused by the patch)
+    for points, neighbors, min_dist, seed in ((_points(5), 5, 0.1, 0), (x, 6, 0.1, 0), (x, 5, 0.2, 0),
+                                              (x, 5, 0.1, 1)):
         with pytest.raises(AssertionError, match="fitted again"):
-            project_umap(points, n_neighbors=neighbors, min_dist=0.1, seed=seed, store=tmp_path)
+            project_umap(points, n_neighbors=neighbors, min_dist=min_dist, seed=seed, store=tmp_path)
 
 
-def test_a_stored_map_equals_a_fresh_fit(tmp_path):
-    x = _points(6)
-    project_umap(x, n_neighbors=5, min_dist=0.1, seed=0, store=tmp_path)
-    read = project_umap(x, n_neighbors=5, min_dist=0.1, seed=0, store=tmp_path)
-    fresh = project_umap(x, n_neighbors=5, min_dist=0.1, seed=0)
-    np.testing.assert_array_equal(read.coords, fresh.coords)
+def test_the_key_follows_the_libraries_that_shape_the_fit(monkeypatch):
+    import numba
+
+    from vaelib.analysis.map_store import umap_key
+
+    x = _points(4)
+    before = umap_key(x, 5, 0.1, 0)
+    assert umap_key(x.astype(np.float64), 5, 0.1, 0) == before
+    monkeypatch.setattr(numba, "__version__", "0.0.0")
+    assert umap_key(x, 5, 0.1, 0) != before
 
 
 def test_an_unreadable_stored_map_is_fitted_again_and_replaced(tmp_path):
     x = _points(7)
     first = project_umap(x, n_neighbors=5, min_dist=0.1, seed=0, store=tmp_path)
     (path,) = tmp_path.glob("umap-*.pkl")
+    good = path.read_bytes()
     path.write_bytes(b"truncated")
     with pytest.warns(UserWarning, match=r"umap-.*\.pkl: stored UMAP map unreadable.*fitting it again"):
         again = project_umap(x, n_neighbors=5, min_dist=0.1, seed=0, store=tmp_path)
     np.testing.assert_array_equal(again.coords, first.coords)
-    assert path.stat().st_size > 1000  # the refit replaced the broken file
+    assert path.read_bytes() == good  # the refit replaced the broken file
 
 
-def test_a_store_that_cannot_be_written_warns_and_still_maps(tmp_path):
+def test_a_map_others_may_write_is_not_unpickled(tmp_path, monkeypatch):
+    import pickle
+
+    x = _points(9)
+    project_umap(x, n_neighbors=5, min_dist=0.1, seed=0, store=tmp_path)
+    (path,) = tmp_path.glob("umap-*.pkl")
+    path.chmod(0o666)
+    monkeypatch.setattr(pickle, "load", lambda f: pytest.fail("a group-writable pickle was loaded"))
+    with pytest.warns(UserWarning, match="not read .*writable by nobody else"):
+        proj = project_umap(x, n_neighbors=5, min_dist=0.1, seed=0, store=tmp_path)
+    assert proj.coords.shape == (60, 2) and path.stat().st_mode & 0o777 == 0o600  # replaced by this user's
+
+
+def test_a_file_holding_another_fit_is_not_used(tmp_path):
+    a, b = _points(10), _points(11)
+    project_umap(a, n_neighbors=5, min_dist=0.1, seed=0, store=tmp_path)
+    (path_a,) = tmp_path.glob("umap-*.pkl")
+    data = path_a.read_bytes()
+    fresh_b = project_umap(b, n_neighbors=5, min_dist=0.1, seed=0)
+    assert list(tmp_path.glob("umap-*.pkl")) == [path_a]  # no store given: nothing written
+    project_umap(b, n_neighbors=5, min_dist=0.1, seed=0, store=tmp_path)
+    (path_b,) = [p for p in tmp_path.glob("umap-*.pkl") if p != path_a]
+    path_b.write_bytes(data)  # b's file now holds a's fit
+    path_b.chmod(0o600)
+    with pytest.warns(UserWarning, match="holds another fit"):
+        read_b = project_umap(b, n_neighbors=5, min_dist=0.1, seed=0, store=tmp_path)
+    np.testing.assert_array_equal(read_b.coords, fresh_b.coords)
+
+
+def test_a_store_that_cannot_take_the_map_still_maps(tmp_path, monkeypatch, caplog):
+    import logging
+
+    from vaelib.analysis import map_store
+
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
-    with pytest.warns(UserWarning, match="could not store the fitted UMAP map"):
+    with caplog.at_level(logging.INFO, logger="vaelib.analysis.map_store"):
         proj = project_umap(_points(8), n_neighbors=5, min_dist=0.1, seed=0, store=blocker / "maps")
-    assert proj.coords.shape == (60, 2)
+    assert proj.coords.shape == (60, 2) and "UMAP map not stored" in caplog.text
+
+    def unpicklable(*args, **kwargs):
+        raise TypeError("cannot pickle this reducer")
+
+    monkeypatch.setattr(map_store, "_dumps", unpicklable)
+    with pytest.warns(UserWarning, match="could not be pickled .*cannot pickle this reducer"):
+        proj = project_umap(_points(8), n_neighbors=5, min_dist=0.1, seed=0, store=tmp_path / "maps")
+    assert proj.coords.shape == (60, 2) and not list((tmp_path / "maps").glob("*"))

@@ -35,10 +35,11 @@ log = logging.getLogger(__name__)
 
 
 @contextmanager
-def atomic_path(target: str | os.PathLike, *, suffix: str = ""):
+def atomic_path(target: str | os.PathLike, *, suffix: str = "", mode: int | None = None):
     """Yield a temporary path beside ``target``; on a clean exit it replaces ``target``.
 
     On an exception (or KeyboardInterrupt) the temporary file is removed and ``target`` is untouched.
+    ``target`` gets ``mode``, or (None) the mode the umask gives a new file.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -57,7 +58,7 @@ def atomic_path(target: str | os.PathLike, *, suffix: str = ""):
             code = exc.errno if exc.errno is not None else _errno_in(str(exc))
             raise OSError(code, exc.strerror or str(exc), str(target)) from exc
         # mkstemp creates 0600; a report or cache file should read like any file the user writes.
-        os.chmod(tmp_path, 0o666 & ~UMASK)
+        os.chmod(tmp_path, 0o666 & ~UMASK if mode is None else mode)
         os.replace(tmp_path, target)
     finally:
         if tmp_path.exists():

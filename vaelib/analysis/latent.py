@@ -10,9 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import hashlib
 import logging
-import pickle
 import sys
 import warnings
 from collections.abc import Callable
@@ -43,7 +41,6 @@ __all__ = [
     "Projection",
     "project_pca",
     "project_umap",
-    "map_store",
 ]
 
 log = logging.getLogger(__name__)
@@ -241,6 +238,7 @@ class Projection:
     coords: np.ndarray  # (notes, 2)
     transform: Callable[[np.ndarray], np.ndarray]
     explained: tuple[float, float] | None = None  # PCA's explained variance ratios
+    stored: bool = False  # a UMAP fit read back from the map store, not fitted in this call
 
     def transform_each(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
         """``transform`` of several point sets in one call (UMAP's transform has a large fixed cost)."""
@@ -274,24 +272,27 @@ def project_umap(x: np.ndarray, *, n_neighbors: int, min_dist: float, seed: int,
     Parameters
     ----------
     x : [shape=(notes, dims)]; ``n_neighbors`` is capped at ``notes - 1``.
-    store : folder of fitted maps (``map_store``), or None. A map of the same points and settings
-        fitted before (by 04, for 05, 06 and ``vaelib encode``, which map the same mu) is read from
-        it instead of fitted again, and a new fit is saved there: the same coordinates and
-        ``transform`` either way, without the fit's half a minute or more per map of the default run.
+    store : folder of fitted maps (``vaelib.analysis.map_store``), or None. A map of the same points
+        and settings fitted before (by 04, for 05 and ``vaelib encode``, which map the same mu) is read
+        from it instead of fitted again, and a new fit is stored there: the same coordinates and
+        ``transform`` either way, without the fit (about 15 s for the default run's 10,797 notes on 2 cores).
     """
+    from vaelib.analysis.map_store import read_fitted, save_fitted, umap_key
+
     umap = _umap()
     x = np.asarray(x, dtype=np.float32)
     if x.ndim != 2 or len(x) < 4:
         raise ParameterError(f"x: expected shape (notes >= 4, dims), got {x.shape}")
     n_neighbors = min(n_neighbors, len(x) - 1)
-    path = None if store is None else Path(store) / f"umap-{_umap_key(x, n_neighbors, min_dist, seed)}.pkl"
-    fitted = _read_fitted(path) if path is not None else None
+    key = None if store is None else umap_key(x, n_neighbors, min_dist, seed)
+    path = None if store is None else Path(store) / f"umap-{key[:20]}.pkl"
+    fitted = None if path is None else read_fitted(path, key, len(x))
     if fitted is None:
         reducer = umap.UMAP(n_components=2, n_neighbors=n_neighbors, min_dist=min_dist, random_state=seed, n_jobs=1)
         with _uncacheable_kernels_quiet():
             coords = np.asarray(reducer.fit_transform(x))
         if path is not None:
-            _save_fitted(path, coords, reducer)
+            save_fitted(path, key, coords, reducer)
     else:
         coords, reducer = fitted
 
@@ -299,54 +300,7 @@ def project_umap(x: np.ndarray, *, n_neighbors: int, min_dist: float, seed: int,
         with _uncacheable_kernels_quiet():
             return np.asarray(reducer.transform(np.asarray(z, np.float32)))
 
-    return Projection("umap", coords, transform)
-
-
-MAP_STORE = "maps"  # under features.cache_dir
-_MAP_FORMAT = 1  # bump when what a stored map holds changes
-
-
-def map_store(cfg: Config) -> Path:
-    """The folder of fitted UMAP maps: ``maps/`` in ``features.cache_dir``, beside the feature caches it
-    is derived from; each file is named by a digest of the points and settings, so any run may share it."""
-    from vaelib.config import resolve_path
-
-    return resolve_path(cfg.features.cache_dir) / MAP_STORE
-
-
-def _umap_key(x: np.ndarray, n_neighbors: int, min_dist: float, seed: int) -> str:
-    import pynndescent
-    import umap
-
-    h = hashlib.sha256()
-    h.update(repr((_MAP_FORMAT, x.shape, str(x.dtype), n_neighbors, float(min_dist), seed,
-                   umap.__version__, pynndescent.__version__, np.__version__)).encode())
-    h.update(np.ascontiguousarray(x).data)
-    return h.hexdigest()[:20]
-
-
-def _read_fitted(path: Path) -> tuple[np.ndarray, object] | None:
-    if not path.is_file():
-        return None
-    try:
-        with path.open("rb") as f:
-            coords, reducer = pickle.load(f)  # a file this module wrote, named by the digest of its input
-        return np.asarray(coords), reducer
-    except Exception as exc:  # a truncated or foreign file: fit again and overwrite it
-        warnings.warn(f"{path}: stored UMAP map unreadable ({type(exc).__name__}: {exc}); fitting it again",
-                      stacklevel=3)
-        return None
-
-
-def _save_fitted(path: Path, coords: np.ndarray, reducer: object) -> None:
-    from vaelib.io import atomic_path
-
-    try:
-        with atomic_path(path, suffix=".pkl") as tmp, open(tmp, "wb") as f:
-            pickle.dump((coords, reducer), f, protocol=pickle.HIGHEST_PROTOCOL)
-    except OSError as exc:  # a read-only cache costs the next map a fit, not this run
-        warnings.warn(f"{path}: could not store the fitted UMAP map ({exc}); the next map of these points fits "
-                      "it again", stacklevel=3)
+    return Projection("umap", coords, transform, stored=fitted is not None)
 
 
 @functools.cache

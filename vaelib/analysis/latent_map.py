@@ -11,7 +11,8 @@ import numpy as np
 import pandas as pd
 
 from vaelib.analysis.interpolate import choose_pairs, interpolate_pairs, summarize_paths
-from vaelib.analysis.latent import Projection, embed, latent_matrix, map_store, maps_of_mu
+from vaelib.analysis.latent import Projection, embed, latent_matrix, maps_of_mu
+from vaelib.analysis.map_store import map_store
 from vaelib.analysis.probes import (
     cv_probes,
     midi_hz,

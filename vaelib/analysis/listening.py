@@ -437,6 +437,7 @@ class ListeningMap:
     n_iter: int
     timbre_dims: int | None
     placed: PlacedSounds | None = None  # sounds from outside the run, drawn as stars
+    stored_maps: tuple[str, ...] = ()  # map keys whose UMAP fit was read from the map store (04's), not refitted
     context_family: np.ndarray | None = None  # [shape=(all notes,)] colours the context by family; None: grey
 
     @property
@@ -522,7 +523,8 @@ def _map_sounds(run, mu: np.ndarray, meta: pd.DataFrame, positions: np.ndarray, 
 
 def _projections(mu: np.ndarray, is_train: np.ndarray, cfg: Config) -> tuple[dict, dict, dict, int | None]:
     """The maps of mu (as 04 draws them) and of its timbre dimensions: projections, labels, axis titles."""
-    from vaelib.analysis.latent import map_store, maps_of_mu
+    from vaelib.analysis.latent import maps_of_mu
+    from vaelib.analysis.map_store import map_store
 
     seed, k = cfg.run.seed, timbre_dims(cfg)
     sets = {"": (mu, "mu")}
@@ -597,7 +599,8 @@ def listening_map(run, listening: Listening) -> ListeningMap:
         test_available=available, left_out=left_out,
         audio_bytes=path_bytes + int(notes["original"].str.len().sum() + notes["reconstruction"].str.len().sum()),
         budget_bytes=budget, seconds_per_note=float(np.mean(timing)) if timing else 0.0,
-        n_iter=a.map_griffin_lim_iters, timbre_dims=k)
+        n_iter=a.map_griffin_lim_iters, timbre_dims=k,
+        stored_maps=tuple(key for key, p in projections.items() if p.stored))
 
 
 def _note_columns(meta: pd.DataFrame) -> list[str]:
@@ -750,6 +753,7 @@ def listening_metrics(listening: Listening, *, out_dir: Path, cfg: FeatureConfig
             "map_left_out": m.left_out,
             "map_path_steps": int(len(m.paths)),
             "map_maps": list(m.labels),
+            "map_umap_read_from_store": list(m.stored_maps),
             "map_timbre_dims": m.timbre_dims,
             "map_audio_bytes": m.audio_bytes,
             "map_budget_bytes": m.budget_bytes,
