@@ -242,3 +242,70 @@ def test_a_store_that_cannot_take_the_map_still_maps(tmp_path, monkeypatch, capl
     with pytest.warns(UserWarning, match="could not be pickled .*cannot pickle this reducer"):
         proj = project_umap(_points(8), n_neighbors=5, min_dist=0.1, seed=0, store=tmp_path / "maps")
     assert proj.coords.shape == (60, 2) and not list((tmp_path / "maps").glob("*"))
+
+
+def _trained_run(smoke_dataset, tmp_path_factory, folder: str = "latents"):
+    from vaelib.analysis.run import TrainedRun
+    from vaelib.model.checkpoint import load_model
+
+    run = trained_smoke(smoke_dataset, tmp_path_factory.getbasetemp() / "analysis")
+    model, ckpt = load_model(run["checkpoint"], cfg=run["cfg"])
+    return TrainedRun(cfg=run["cfg"], run_dir=tmp_path_factory.mktemp(folder), cache=run["cache"],
+                      checkpoint=run["checkpoint"], model=model, ckpt=ckpt)
+
+
+def test_a_runs_latents_are_encoded_once_and_read_back_equal(smoke_dataset, tmp_path_factory, monkeypatch):
+    import dataclasses
+    import shutil
+
+    from vaelib.analysis import latent
+    from vaelib.analysis.latent_cache import latents_path, run_latents
+
+    run = _trained_run(smoke_dataset, tmp_path_factory)
+    path = latents_path(run)
+    path.unlink(missing_ok=True)
+    expected = encode_features(run.model, run.cache.features)
+    mu, logvar = run_latents(run)
+    assert path.is_file()
+    np.testing.assert_array_equal(mu, expected[0])
+    np.testing.assert_array_equal(logvar, expected[1])
+
+    monkeypatch.setattr(latent, "encode_features", lambda *a, **k: pytest.fail("encoded again"))
+    again = run_latents(run)
+    np.testing.assert_array_equal(again[0], mu)
+    np.testing.assert_array_equal(again[1], logvar)
+
+    # another checkpoint file (the same model saved again, one byte more) is another set of latents
+    other = tmp_path_factory.mktemp("other_ckpt") / "best.pt"
+    shutil.copy(run.checkpoint, other)
+    with open(other, "ab") as f:
+        f.write(b"\0")
+    assert latents_path(dataclasses.replace(run, checkpoint=other)) != path
+
+
+def test_unreadable_or_unwritable_latents_are_encoded_again(smoke_dataset, tmp_path_factory, caplog):
+    import dataclasses
+    import logging
+
+    from vaelib.analysis.latent_cache import latents_path, run_latents
+
+    run = _trained_run(smoke_dataset, tmp_path_factory, "latents_bad")
+    expected = encode_features(run.model, run.cache.features)[0]
+    path = latents_path(run)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"not an npz")
+    with caplog.at_level(logging.INFO, logger="vaelib.analysis.latent_cache"):
+        mu, _ = run_latents(run)
+    np.testing.assert_array_equal(mu, expected)
+    assert f"{path}: unreadable" in caplog.text
+    with np.load(path) as z:  # replaced by a good file
+        np.testing.assert_array_equal(z["mu"], expected)
+
+    blocker = tmp_path_factory.mktemp("latents_blocked") / "file"
+    blocker.write_text("not a folder")
+    blocked = dataclasses.replace(run, cfg=dataclasses.replace(
+        run.cfg, features=dataclasses.replace(run.cfg.features, cache_dir=str(blocker / "cache"))))
+    with caplog.at_level(logging.INFO, logger="vaelib.analysis.latent_cache"):
+        mu, _ = run_latents(blocked)
+    np.testing.assert_array_equal(mu, expected)
+    assert "latents not stored" in caplog.text

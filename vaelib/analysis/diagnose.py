@@ -13,7 +13,8 @@ import numpy as np
 import pandas as pd
 
 from vaelib.analysis import diagnostics as dg
-from vaelib.analysis.latent import decode_latents, decoder_pitch, encode_features
+from vaelib.analysis.latent import decode_latents, decoder_pitch
+from vaelib.analysis.latent_cache import run_latents
 from vaelib.analysis.run import TrainedRun
 from vaelib.analysis.targets import evaluate_targets
 
@@ -52,7 +53,7 @@ class Diagnosis:
 def diagnose(run: TrainedRun) -> Diagnosis:
     """Encode every note of ``run`` and measure its latent space and reconstructions."""
     cfg, cache = run.cfg, run.cache
-    mu_all, logvar_all = encode_features(run.model, cache.features)
+    mu_all, logvar_all = run_latents(run)
     is_test = (cache.meta["split"] == "test").to_numpy()
     test_x, test_meta = cache.split("test")
     train_x, train_meta = cache.split("train")

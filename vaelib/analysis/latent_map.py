@@ -11,7 +11,8 @@ import numpy as np
 import pandas as pd
 
 from vaelib.analysis.interpolate import choose_pairs, interpolate_pairs, summarize_paths
-from vaelib.analysis.latent import Projection, embed, latent_matrix, maps_of_mu
+from vaelib.analysis.latent import Projection, embedding_table, latent_matrix, maps_of_mu
+from vaelib.analysis.latent_cache import run_latents
 from vaelib.analysis.map_store import map_store
 from vaelib.analysis.probes import (
     cv_probes,
@@ -114,9 +115,17 @@ class Interpolations:
                 f"{s['interp_centroid_min_rel_diff']:.0%}.")
 
 
-def embed_run(run: TrainedRun, *, out: Path, show_progress: bool = True) -> LatentSpace:
-    """Encode every note of the run (``vaelib embed``, written to ``out``) and map mu in 2-D."""
-    table = embed(run.checkpoint, None, cfg=run.cfg, out=out, show_progress=show_progress)
+def embed_run(run: TrainedRun, *, out: Path) -> LatentSpace:
+    """Every note of the run encoded (``run_latents``: once for 03, 04 and 05), the table ``vaelib embed``
+    writes for the run written to ``out`` (atomically; its folder checked before the work)."""
+    from vaelib.io import atomic_path, writable_folder
+
+    out = Path(out)
+    writable_folder(out.parent)
+    mu, logvar = run_latents(run)
+    table = embedding_table(run.cache.meta, mu, logvar)
+    with atomic_path(out, suffix=".parquet") as tmp:
+        table.to_parquet(tmp, index=False)
     mu = latent_matrix(table)
     split = table["split"].to_numpy()
     return LatentSpace(table=table, mu=mu, split=split, projections={})

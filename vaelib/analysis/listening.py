@@ -217,6 +217,7 @@ def listen(run, *, out_dir: Path) -> Listening:
     """
     from vaelib.analysis.interpolate import choose_pairs, interpolate_pairs
     from vaelib.analysis.latent import decode_latents, decoder_pitch, encode_features
+    from vaelib.analysis.latent_cache import run_latents
 
     cfg, cache, model = run.cfg, run.cache, run.model
     a, sr, seed = cfg.analysis, cfg.features.sample_rate, cfg.run.seed
@@ -239,7 +240,7 @@ def listen(run, *, out_dir: Path) -> Listening:
     n = len(names)
     clips = [c for pair in zip(clips[:n], clips[n:]) for c in pair]
 
-    mu_all, _ = encode_features(model, cache.features)
+    mu_all, _ = run_latents(run)
     choices, skipped = choose_pairs(cache.meta, a.interp_pairs, pitch=a.interp_pitch, velocity=a.interp_velocity)
     if not choices:
         raise ParameterError(f"analysis.interp_pairs: no interpolation pair can be formed ({'; '.join(skipped)})")
