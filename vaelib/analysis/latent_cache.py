@@ -47,7 +47,8 @@ def latents_path(run) -> Path:
 def run_latents(run) -> tuple[np.ndarray, np.ndarray]:
     """mu and logvar [shape=(notes, latent_dim)] float32 of every note of ``run.cache``, in its row order:
     read from ``latents_path(run)`` when another notebook of the run encoded them, else encoded (the
-    same numbers, computed by ``encode_features``) and written there for the next. A run whose model is
+    same numbers, computed by ``encode_features``) and written there for the next. ``run`` is a
+    ``TrainedRun`` or anything with its ``cfg``, ``cache``, ``model`` and ``checkpoint``; a run whose model is
     not a checkpoint file (``run.checkpoint`` missing or None, a model built in code) is encoded each time."""
     from vaelib.analysis.latent import encode_features
     from vaelib.io import atomic_path

@@ -58,6 +58,8 @@ def _output(path: Path, flag: str, suffix: str) -> Path:
 
 
 def cmd_encode(args: argparse.Namespace) -> int:
+    from types import SimpleNamespace
+
     from vaelib.analysis.encode import (
         encode_sounds,
         find_sounds,
@@ -67,7 +69,8 @@ def cmd_encode(args: argparse.Namespace) -> int:
         sounds_table,
         write_sounds_table,
     )
-    from vaelib.analysis.latent import checkpoint_config, encode_features
+    from vaelib.analysis.latent import checkpoint_config
+    from vaelib.analysis.latent_cache import run_latents
     from vaelib.analysis.listening import placed_map
     from vaelib.data.prepare import prepare_features
     from vaelib.io import atomic_path
@@ -96,7 +99,8 @@ def cmd_encode(args: argparse.Namespace) -> int:
     run_cfg = dataclasses.replace(cfg, features=features, model=trained.model, train=trained.train)
     cache = prepare_features(run_cfg, show_progress=not args.quiet)
     _, mu, logvar = encode_sounds(model, sounds, cfg=features)
-    run_mu, _ = encode_features(model, cache.features)
+    # the run's notes as 05 encoded them (read back when it did), so the map of 05 is read back too
+    run_mu, _ = run_latents(SimpleNamespace(cfg=run_cfg, cache=cache, model=model, checkpoint=Path(checkpoint)))
     projection, points = place_on_map(run_mu, mu, seed=cfg.run.seed)
     rows, distances = nearest_notes(run_mu, mu, k=1)
     table = sounds_table(sounds, mu, logvar)
