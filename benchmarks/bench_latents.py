@@ -13,19 +13,17 @@ Usage: ``python benchmarks/bench_latents.py [--run default] [--rounds 3]``
 from __future__ import annotations
 
 import argparse
-import datetime
-import os
 import time
 from pathlib import Path
 
 import numpy as np
+from _record import conditions
 
 from vaelib.analysis.latent import encode_features
 from vaelib.analysis.latent_cache import latents_path, run_latents
 from vaelib.analysis.run import load_trained_run
 from vaelib.config import PROJECT_ROOT
 from vaelib.io import atomic_write_json
-from vaelib.model.device import machine_info
 
 OUT = PROJECT_ROOT / "benchmarks" / "results" / "latents.json"
 
@@ -56,9 +54,7 @@ def main() -> None:
         "rounds": rounds, "stored_bytes": latents_path(run).stat().st_size, "equal": True,
         "measured": "one process, alternating: encode_features over the run's cache, then run_latents reading "
                     "the stored file; best round of each",
-        "load_average": list(os.getloadavg()),
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "machine": machine_info(),
+        **conditions(),
     }
     atomic_write_json(args.out, result)
     print(result["best"])

@@ -21,19 +21,17 @@ Usage: ``python benchmarks/bench_umap.py [--embeddings reports/default/embedding
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import os
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
+from _record import conditions
 
 from vaelib.config import PROJECT_ROOT
 from vaelib.io import atomic_write_json
-from vaelib.model.device import machine_info
 
 OUT = PROJECT_ROOT / "benchmarks" / "results" / "umap.json"
 
@@ -117,9 +115,7 @@ def main() -> None:
         "coordinates_equal": equal,  # the map's and the 50 transformed points', every way and process
         "measured": "fresh Python process per way and round, alternating order: import, fit_transform (stored: "
                     "the fitted map read from the store), transform of 50 points; best round of each",
-        "load_average": list(os.getloadavg()),
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "machine": machine_info(),
+        **conditions(),
     }
     atomic_write_json(args.out, result)
     print(json.dumps({k: result[k] for k in ("best", "speedup_total", "speedup_stored_over_cached",

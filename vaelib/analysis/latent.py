@@ -35,6 +35,7 @@ __all__ = [
     "held_out_reconstructions",
     "decoder_pitch",
     "embedding_table",
+    "write_embedding_table",
     "latent_matrix",
     "checkpoint_config",
     "embed",
@@ -162,6 +163,17 @@ def embedding_table(meta: pd.DataFrame, mu: np.ndarray, logvar: np.ndarray) -> p
     return pd.concat([table, lat], axis=1)
 
 
+def write_embedding_table(meta: pd.DataFrame, mu: np.ndarray, logvar: np.ndarray, out: Path) -> pd.DataFrame:
+    """``embedding_table`` of the notes, written to ``out`` as Parquet (atomically); returns the table."""
+    from vaelib.io import atomic_path
+
+    table = embedding_table(meta, mu, logvar)
+    with atomic_path(out, suffix=".parquet") as tmp:
+        table.to_parquet(tmp, index=False)
+    log.info("embedded %d notes (latent %d) into %s", len(table), mu.shape[1], out)
+    return table
+
+
 def latent_matrix(table: pd.DataFrame, *, prefix: str = "mu") -> np.ndarray:
     """The ``mu`` (or ``logvar``) columns of an embedding table, [shape=(notes, latent_dim)] float32."""
     cols = [c for c in table.columns if c.startswith(f"{prefix}_") and c[len(prefix) + 1:].isdigit()]
@@ -206,7 +218,7 @@ def embed(checkpoint: str | Path, dataset_root: str | Path | None, *, cfg: Confi
     """
     from vaelib.data.cache import build_feature_cache
     from vaelib.data.nsynth import load_dataset
-    from vaelib.io import atomic_path, writable_folder
+    from vaelib.io import writable_folder
     from vaelib.model.checkpoint import load_model, model_differences
 
     out = Path(out)
@@ -223,11 +235,7 @@ def embed(checkpoint: str | Path, dataset_root: str | Path | None, *, cfg: Confi
     df = load_dataset(cfg.data, seed=cfg.run.seed, root=dataset_root)
     cache = build_feature_cache(df, features_cfg, resample=cfg.data.resample, show_progress=show_progress)
     mu, logvar = encode_features(model, cache.features, device=device)
-    table = embedding_table(cache.meta, mu, logvar)
-    with atomic_path(out, suffix=".parquet") as tmp:
-        table.to_parquet(tmp, index=False)
-    log.info("embedded %d notes (latent %d) into %s", len(table), mu.shape[1], out)
-    return table
+    return write_embedding_table(cache.meta, mu, logvar, out)
 
 
 @dataclass
@@ -284,9 +292,11 @@ def project_umap(x: np.ndarray, *, n_neighbors: int, min_dist: float, seed: int,
     if x.ndim != 2 or len(x) < 4:
         raise ParameterError(f"x: expected shape (notes >= 4, dims), got {x.shape}")
     n_neighbors = min(n_neighbors, len(x) - 1)
-    key = None if store is None else umap_key(x, n_neighbors, min_dist, seed)
-    path = None if store is None else Path(store) / f"umap-{key[:20]}.pkl"
-    fitted = None if path is None else read_fitted(path, key, len(x))
+    path = fitted = None
+    if store is not None:
+        key = umap_key(x, n_neighbors, min_dist, seed)
+        path = Path(store) / f"umap-{key[:20]}.pkl"
+        fitted = read_fitted(path, key, len(x))
     if fitted is None:
         reducer = umap.UMAP(n_components=2, n_neighbors=n_neighbors, min_dist=min_dist, random_state=seed, n_jobs=1)
         with _uncacheable_kernels_quiet():

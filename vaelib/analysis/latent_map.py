@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from vaelib.analysis.interpolate import choose_pairs, interpolate_pairs, summarize_paths
-from vaelib.analysis.latent import Projection, embedding_table, latent_matrix, maps_of_mu
+from vaelib.analysis.latent import Projection, maps_of_mu, write_embedding_table
 from vaelib.analysis.latent_cache import run_latents
 from vaelib.analysis.map_store import map_store
 from vaelib.analysis.probes import (
@@ -118,15 +118,12 @@ class Interpolations:
 def embed_run(run: TrainedRun, *, out: Path) -> LatentSpace:
     """Every note of the run encoded (``run_latents``: once for 03, 04 and 05), the table ``vaelib embed``
     writes for the run written to ``out`` (atomically; its folder checked before the work)."""
-    from vaelib.io import atomic_path, writable_folder
+    from vaelib.io import writable_folder
 
     out = Path(out)
     writable_folder(out.parent)
     mu, logvar = run_latents(run)
-    table = embedding_table(run.cache.meta, mu, logvar)
-    with atomic_path(out, suffix=".parquet") as tmp:
-        table.to_parquet(tmp, index=False)
-    mu = latent_matrix(table)
+    table = write_embedding_table(run.cache.meta, mu, logvar, out)
     split = table["split"].to_numpy()
     return LatentSpace(table=table, mu=mu, split=split, projections={})
 

@@ -527,13 +527,13 @@ def _projections(mu: np.ndarray, is_train: np.ndarray, cfg: Config) -> tuple[dic
     from vaelib.analysis.latent import maps_of_mu
     from vaelib.analysis.map_store import map_store
 
-    seed, k = cfg.run.seed, timbre_dims(cfg)
+    seed, k, store = cfg.run.seed, timbre_dims(cfg), map_store(cfg)
     sets = {"": (mu, "mu")}
     if k is not None:
         sets["timbre_"] = (mu[:, :k], f"mu[:, :{k}], the timbre dimensions")
     projections, labels, axes = {}, {}, {}
     for prefix, (x, what) in sets.items():
-        for name, proj in maps_of_mu(x, is_train=is_train, cfg=cfg.analysis, seed=seed, store=map_store(cfg)).items():
+        for name, proj in maps_of_mu(x, is_train=is_train, cfg=cfg.analysis, seed=seed, store=store).items():
             key = prefix + name.lower()
             projections[key] = proj
             labels[key] = f"{name} of {what}"

@@ -74,11 +74,11 @@ def read_fitted(path: Path, key: str, n_points: int) -> tuple[np.ndarray, object
         trusted = _trusted(path)
     except (FileNotFoundError, NotADirectoryError):
         return None
+    if not trusted:
+        warnings.warn(f"{path}: stored UMAP map not read (it must be this user's and writable by nobody "
+                      "else); fitting it again", stacklevel=3)
+        return None
     try:
-        if not trusted:
-            warnings.warn(f"{path}: stored UMAP map not read (it must be this user's and writable by nobody "
-                          "else); fitting it again", stacklevel=3)
-            return None
         with path.open("rb") as f:
             stored = pickle.load(f)
     except FileNotFoundError:  # removed since the stat
