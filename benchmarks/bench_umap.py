@@ -1,14 +1,19 @@
-"""The UMAP map of a run in a new process: umap-learn as it ships against vaelib's cached kernels.
+"""The UMAP map of a run in a new process: umap-learn as it ships against vaelib's ``project_umap``.
 
 umap-learn compiles its layout, embedding and transform kernels with numba without an on-disk cache,
-so every process that draws a map (04, 05, ``vaelib encode``, each test kernel) compiled them anew.
-``vaelib.analysis.latent.project_umap`` turns numba's cache on for them (filled at install by
-``vaelib.cli.jit_cache``). Each round starts two fresh Python processes, one per way, in alternating
-order, and times in each the import, ``fit_transform`` of the points and one ``transform`` of 50 of them
-(what placing a path costs); the coordinates and the transformed points of both ways must be equal.
-The best round of each is kept. A third way, **stored**, is what 05 and ``vaelib encode`` do after 04
-has mapped the same mu: the fitted map read from ``features.cache_dir/maps`` (``project_umap(store=...)``),
-filled by one process before the rounds; its figures must equal the others' too.
+so every process that draws a map (04, 05, ``vaelib encode``, each test kernel) compiled them anew, and
+from 4,096 points it finds the neighbours with pynndescent's NN-descent (approximate, with kernels of
+its own to compile in a new environment). ``vaelib.analysis.latent.project_umap`` turns numba's cache on
+for umap-learn's kernels (filled at install by ``vaelib.cli.jit_cache``) and gives the fit exact
+neighbours (``vaelib.analysis.neighbours``) up to 50,000 points. Each round starts one fresh Python
+process per way, in alternating order, and times in each the import, ``fit_transform`` of the points and
+one ``transform`` of 50 of them (what placing a path costs). A third way, **stored**, is what 05 and
+``vaelib encode`` do after 04 has mapped the same mu: the fitted map read from ``features.cache_dir/maps``
+(``project_umap(store=...)``), filled by one process before the rounds. The coordinates and transformed
+points of ``project_umap``, every process and the stored map must be equal to the bit; umap-learn's own
+map is drawn on other (approximate) neighbours, so for both maps the benchmark records the
+trustworthiness (scikit-learn, 15 neighbours: how far the map's neighbourhoods are the data's) and the
+share of each point's 15 nearest map neighbours that the two maps have in common.
 
 The points are mu of a run (``--embeddings``, an ``embeddings.parquet`` of 04) or, by default, 10,800
 seeded points in 32 dimensions around 11 centres (the default run's size: 10,797 notes, latent 32).
@@ -75,6 +80,21 @@ def points(embeddings: Path | None) -> tuple[np.ndarray, str]:
     return x.astype(np.float32), "10,800 seeded points in 32 dimensions around 11 centres"
 
 
+def map_quality(x: np.ndarray, shipped: np.ndarray, ours: np.ndarray, k: int = 15) -> dict:
+    """Trustworthiness of each map and the share of map neighbours the two have in common."""
+    from sklearn.manifold import trustworthiness
+    from sklearn.neighbors import NearestNeighbors
+
+    def map_neighbours(coords: np.ndarray) -> np.ndarray:
+        return NearestNeighbors(n_neighbors=k + 1).fit(coords).kneighbors(coords, return_distance=False)[:, 1:]
+
+    a, b = map_neighbours(shipped), map_neighbours(ours)
+    shared = np.mean([len(np.intersect1d(ra, rb)) / k for ra, rb in zip(a, b, strict=True)])
+    return {"trustworthiness_as_shipped": round(float(trustworthiness(x, shipped, n_neighbors=k)), 4),
+            "trustworthiness_project_umap": round(float(trustworthiness(x, ours, n_neighbors=k)), 4),
+            "shared_map_neighbours": round(float(shared), 3), "k": k}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--embeddings", type=Path, default=None, help="an embeddings.parquet of 04 (default: synthetic)")
@@ -101,8 +121,11 @@ def main() -> None:
             for way in order:
                 runs[way].append(child(way, f"{way}.npz"))
                 print(way, runs[way][-1], flush=True)
-        outs = [np.load(Path(tmp) / f"{way}.npz") for way in ("as_shipped", "cached", "stored", "fill")]
-        equal = all(np.array_equal(outs[0][k], o[k]) for o in outs[1:] for k in ("coords", "placed"))
+        outs = {way: dict(np.load(Path(tmp) / f"{way}.npz")) for way in ("as_shipped", "cached", "stored", "fill")}
+        equal = all(np.array_equal(outs["cached"][k], outs[way][k]) for way in ("stored", "fill")
+                    for k in ("coords", "placed"))
+    quality = map_quality(x, outs["as_shipped"]["coords"], outs["cached"]["coords"])
+    print("map quality", quality, flush=True)
     best = {way: min(rs, key=lambda d: d["total_s"]) for way, rs in runs.items()}
     result = {
         "points": what, "shape": list(x.shape),
@@ -112,16 +135,17 @@ def main() -> None:
         "speedup_stored_over_cached": round(best["cached"]["total_s"] / best["stored"]["total_s"], 2),
         "store_fill": {k: round(v, 2) for k, v in store_fill.items()},
         "stored_map_bytes": stored_bytes,
-        "coordinates_equal": equal,  # the map's and the 50 transformed points', every way and process
+        "coordinates_equal": equal,  # the map's and the 50 transformed points', project_umap's processes and store
+        "map_quality": quality,
         "measured": "fresh Python process per way and round, alternating order: import, fit_transform (stored: "
                     "the fitted map read from the store), transform of 50 points; best round of each",
         **conditions(),
     }
     atomic_write_json(args.out, result)
     print(json.dumps({k: result[k] for k in ("best", "speedup_total", "speedup_stored_over_cached",
-                                             "coordinates_equal")}, indent=2))
+                                             "coordinates_equal", "map_quality")}, indent=2))
     if not equal:
-        raise SystemExit("the cached kernels or the stored map gave other coordinates than umap-learn as shipped")
+        raise SystemExit("project_umap gave other coordinates in another process or from the store")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 - ``latent``: encoding notes, decoding latents, the embedding table (``vaelib embed``), 2-D maps of mu.
 - ``map_store``: fitted UMAP maps kept on disk, so a run's notebooks fit each map of mu once.
+- ``neighbours``: exact nearest neighbours for UMAP's graph and its transform, in place of NN-descent.
 - ``latent_cache``: mu and logvar of every note of a run, encoded once for 03, 04 and 05.
 - ``diagnostics``: latent statistics, KL, active units, posterior collapse, reconstruction against PCA.
 - ``probes``: family, source and pitch probes on unseen instruments, against a PCA baseline.

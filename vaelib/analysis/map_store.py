@@ -31,7 +31,7 @@ __all__ = ["MAP_STORE", "map_store", "umap_key", "read_fitted", "save_fitted"]
 log = logging.getLogger(__name__)
 
 MAP_STORE = "maps"  # under features.cache_dir
-_FORMAT = 2  # bump when what a stored map holds changes
+_FORMAT = 3  # bump when what a stored map holds or how it is fitted changes
 
 
 def map_store(cfg: Config) -> Path:

@@ -35,8 +35,8 @@ def warm_numba_caches() -> float:
     log_mel_batch(torch.from_numpy(y[None, :16000].copy()), cfg=FeatureConfig(duration_s=1.0, frames=8))
     librosa.resample(y, orig_sr=22050, target_sr=16000)  # librosa.core.audio compiles its kernels on import
     librosa.griffinlim(np.abs(librosa.stft(y[:4096], n_fft=256)), n_iter=2, n_fft=256)
-    # Below 4,096 points umap-learn takes exact neighbours; NN-descent's kernels above that are compiled (and
-    # then cached) by the first large map instead: a fit of that size here costs more than it saves.
+    # The neighbours come from vaelib.analysis.neighbours up to 50,000 points, so NN-descent's kernels are
+    # compiled (and then cached) only by a first map larger than that, not here.
     x = rng.normal(size=(64, 8)).astype(np.float32)
     projection = project_umap(x, n_neighbors=5, min_dist=0.1, seed=0)
     projection.transform(x[:4])

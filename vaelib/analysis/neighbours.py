@@ -1,0 +1,67 @@
+"""Exact Euclidean nearest neighbours for UMAP's graph, by blocked matrix products.
+
+umap-learn finds the neighbours of 4,096 points or more with pynndescent's NN-descent, whose numba
+kernels take about a minute to compile on 2 cores in a new environment (04's first fit and 05's first
+transform each paid a part), and whose neighbours are approximate and drawn at random. Up to
+``EXACT_MAX_POINTS`` the exact neighbours cost well under a second for the latent sizes of this project
+(a few matrix products in float64); ``ExactIndex`` stands in for NN-descent's search index in
+``transform``, so a fitted map places new points against the same exact neighbours.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["EXACT_MAX_POINTS", "ExactIndex", "exact_neighbours"]
+
+# Above this many points the all-pairs products grow quadratically (NSynth-train's 289,205 notes would
+# be ~2.7 TFLOP at 32 dimensions); NN-descent is left to umap-learn there.
+EXACT_MAX_POINTS = 50_000
+_BLOCK_BYTES = 64 * 2**20  # one block of squared distances, float64
+
+
+def exact_neighbours(queries: np.ndarray, data: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` nearest rows of ``data`` to each row of ``queries``, nearest first.
+
+    Parameters
+    ----------
+    queries : [shape=(m, d)]; data : [shape=(n, d)], n >= k.
+
+    Returns
+    -------
+    indices : [shape=(m, k)] int32 into ``data``; distances : [shape=(m, k)] float32, Euclidean.
+    A query that is a row of ``data`` has itself first (distance 0), as NN-descent's graph does; equal
+    distances are ordered by index. No randomness: the result depends on the points only.
+    """
+    q = np.asarray(queries, dtype=np.float64)
+    x = np.asarray(data, dtype=np.float64)
+    if q.ndim != 2 or x.ndim != 2 or q.shape[1] != x.shape[1]:
+        raise ValueError(f"exact_neighbours: queries {q.shape} and data {x.shape} must be (m, d) and (n, d)")
+    if not 1 <= k <= len(x):
+        raise ValueError(f"exact_neighbours: k={k} must be between 1 and the {len(x)} data points")
+    x_sq = np.einsum("ij,ij->i", x, x)
+    rows = max(1, _BLOCK_BYTES // (8 * len(x)))
+    indices = np.empty((len(q), k), dtype=np.int32)
+    distances = np.empty((len(q), k), dtype=np.float32)
+    for start in range(0, len(q), rows):
+        block = q[start:start + rows]
+        d2 = np.einsum("ij,ij->i", block, block)[:, None] + x_sq[None, :] - 2.0 * (block @ x.T)
+        near = np.argpartition(d2, k - 1, axis=1)[:, :k] if k < len(x) else np.tile(np.arange(len(x)), (len(block), 1))
+        # Rounding of the expanded square is ~1e-16 of the norms; the k chosen are measured again exactly.
+        exact = np.sqrt(((block[:, None, :] - x[near]) ** 2).sum(axis=2))
+        order = np.lexsort((near, exact), axis=1)
+        indices[start:start + rows] = np.take_along_axis(near, order, axis=1)
+        distances[start:start + rows] = np.take_along_axis(exact, order, axis=1)
+    return indices, distances
+
+
+class ExactIndex:
+    """What umap-learn's ``transform`` asks of a search index (``query`` and ``_angular_trees``), exact."""
+
+    _angular_trees = False  # read by umap-learn's transform to choose NN-descent's epsilon, unused here
+
+    def __init__(self, data: np.ndarray) -> None:
+        self._raw_data = np.ascontiguousarray(data, dtype=np.float32)
+
+    def query(self, queries: np.ndarray, k: int = 10, epsilon: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
+        return exact_neighbours(queries, self._raw_data, k)
