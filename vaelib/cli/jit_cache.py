@@ -20,8 +20,8 @@ __all__ = ["warm_numba_caches", "cached_kernels"]
 
 
 def warm_numba_caches() -> float:
-    """Run the log-mel, librosa's resampler and Griffin-Lim and a UMAP fit and transform (the paths vaelib
-    takes) on tiny inputs; return the seconds it took."""
+    """Run the log-mel, librosa's resampler and a UMAP fit and transform (the paths vaelib takes) on tiny
+    inputs; return the seconds it took."""
     t0 = time.perf_counter()
     import librosa
     import torch
@@ -34,7 +34,6 @@ def warm_numba_caches() -> float:
     y = rng.normal(size=22050).astype(np.float32)
     log_mel_batch(torch.from_numpy(y[None, :16000].copy()), cfg=FeatureConfig(duration_s=1.0, frames=8))
     librosa.resample(y, orig_sr=22050, target_sr=16000)  # librosa.core.audio compiles its kernels on import
-    librosa.griffinlim(np.abs(librosa.stft(y[:4096], n_fft=256)), n_iter=2, n_fft=256)
     # The neighbours come from vaelib.analysis.neighbours up to 50,000 points, so NN-descent's kernels are
     # compiled (and then cached) only by a first map larger than that, not here.
     x = rng.normal(size=(64, 8)).astype(np.float32)

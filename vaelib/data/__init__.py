@@ -5,6 +5,7 @@
   from one SoundFont or several.
 - ``soundfonts``: where a SoundFont name points, the Debian package of a missing one, a source's name prefix.
 - ``features``: the log-mel representation (batched torch STFT, librosa filterbank, dB) and its inverse.
+- ``griffin_lim``: phase reconstruction of an STFT magnitude (librosa's fast Griffin-Lim, in torch).
 - ``cache``: the on-disk feature cache, keyed by the feature parameters and the input files.
 - ``shards``: the feature cache built in slices by several processes, and their merge into the same cache.
 - ``synthetic``: a feature cache of any size (NSynth-train's shape included) written without audio.

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from vaelib.config import MEL_INVERSES, MEL_SCALES, FeatureConfig
+from vaelib.data.griffin_lim import griffin_lim
 from vaelib.exceptions import ParameterError
 
 __all__ = [
@@ -276,9 +277,7 @@ def inverse_log_mel(x: np.ndarray, *, cfg: FeatureConfig, n_iter: int = 64, seed
     n_stft = 1 + length // cfg.hop_length
     if stft_mag.shape[1] < n_stft:
         stft_mag = np.pad(stft_mag, ((0, 0), (0, n_stft - stft_mag.shape[1])), mode="edge")
-    audio = librosa.griffinlim(
-        stft_mag, n_iter=n_iter, hop_length=cfg.hop_length, n_fft=cfg.n_fft, center=True,
-        length=length, random_state=np.random.default_rng(seed))
+    audio = griffin_lim(stft_mag, n_iter=n_iter, n_fft=cfg.n_fft, hop_length=cfg.hop_length, length=length, seed=seed)
     peak = float(np.abs(audio).max())
     if peak > 0:
         audio = audio * (0.9 / peak)

@@ -1,0 +1,89 @@
+"""Griffin-Lim per note: ``librosa.griffinlim`` against vaelib's torch implementation (``vaelib.data.griffin_lim``).
+
+05_listening inverts every clip it plays (its notes, their reconstructions, the interpolation steps and
+the listening map's few hundred reconstructions) by Griffin-Lim, one note at a time. Both ways invert
+the same magnitudes (the pseudo-inverse mel of test notes of the default features, or of seeded noise
+shaped like them when the default dataset is not built), alternating per round, same thread count; the
+best round of each is kept, and the waveforms of the two are compared.
+
+Writes ``benchmarks/results/griffin_lim.json`` (``--out``) with the machine and the load average.
+
+Usage: ``python benchmarks/bench_griffin_lim.py [--notes 16] [--iters 32] [--rounds 3]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import librosa
+import numpy as np
+from _record import conditions
+
+from vaelib.config import PROJECT_ROOT, load_config, resolve_path
+from vaelib.data.features import _mel_pinv, normalized_to_db
+from vaelib.data.griffin_lim import griffin_lim
+from vaelib.io import atomic_write_json
+
+OUT = PROJECT_ROOT / "benchmarks" / "results" / "griffin_lim.json"
+
+
+def magnitudes(n: int) -> tuple[np.ndarray, str]:
+    """[shape=(n, n_fft // 2 + 1, frames + 1)] linear magnitudes as ``inverse_log_mel`` hands them over."""
+    cfg = load_config(PROJECT_ROOT / "params" / "default.yaml")
+    f = cfg.features
+    if resolve_path(cfg.data.root).is_dir():
+        from vaelib.data.prepare import prepare_features
+
+        x, _ = prepare_features(cfg, show_progress=False).split("test")
+        x, what = np.asarray(x[:n, 0], np.float32), f"{n} test notes of the default dataset"
+    else:
+        x = np.random.default_rng(0).uniform(-1, 1, size=(n, f.n_mels, f.frames)).astype(np.float32)
+        what = f"{n} seeded uniform log-mels (default dataset not rendered)"
+    power = librosa.db_to_power(normalized_to_db(x, cfg=f))
+    mag = np.sqrt(np.maximum(np.einsum("fm,bmt->bft", _mel_pinv(f), power), 0.0)).astype(np.float32)
+    return np.pad(mag, ((0, 0), (0, 0), (0, 1)), mode="edge"), what
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--notes", type=int, default=16)
+    ap.add_argument("--iters", type=int, default=32, help="iterations (05's map takes 32, its clips 64)")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--out", type=Path, default=OUT)
+    args = ap.parse_args()
+    f = load_config(PROJECT_ROOT / "params" / "default.yaml").features
+    mags, what = magnitudes(args.notes)
+    length = f.frames * f.hop_length
+    ways = {
+        "librosa": lambda m: librosa.griffinlim(m, n_iter=args.iters, hop_length=f.hop_length, n_fft=f.n_fft,
+                                                center=True, length=length, random_state=np.random.default_rng(0)),
+        "torch": lambda m: griffin_lim(m, n_iter=args.iters, n_fft=f.n_fft, hop_length=f.hop_length, length=length),
+    }
+    seconds: dict[str, list[float]] = {way: [] for way in ways}
+    audio: dict[str, np.ndarray] = {}
+    for r in range(args.rounds):
+        for way in (list(ways) if r % 2 == 0 else list(reversed(ways))):
+            t0 = time.perf_counter()
+            audio[way] = np.stack([ways[way](m) for m in mags])
+            seconds[way].append((time.perf_counter() - t0) / len(mags))
+            print(way, f"{seconds[way][-1] * 1e3:.1f} ms a note", flush=True)
+    best = {way: min(s) for way, s in seconds.items()}
+    diff = audio["torch"] - audio["librosa"]
+    result = {
+        "magnitudes": what, "iterations": args.iters, "n_fft": f.n_fft, "hop_length": f.hop_length,
+        "samples": length, "best_ms_per_note": {w: round(s * 1e3, 2) for w, s in best.items()},
+        "all_rounds_ms_per_note": {w: [round(x * 1e3, 2) for x in s] for w, s in seconds.items()},
+        "speedup": round(best["librosa"] / best["torch"], 2),
+        "relative_l2_difference": float(np.linalg.norm(diff) / np.linalg.norm(audio["librosa"])),
+        "max_abs_difference": float(np.abs(diff).max()),
+        **conditions(),
+    }
+    atomic_write_json(args.out, result)
+    print(json.dumps({k: result[k] for k in ("best_ms_per_note", "speedup", "relative_l2_difference")}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
