@@ -266,7 +266,9 @@ def inverse_log_mel(x: np.ndarray, *, cfg: FeatureConfig, n_iter: int = 64, seed
         raise ParameterError(f"mel_inverse: expected one of {MEL_INVERSES}, got {mel_inverse!r}")
     power_mel = librosa.db_to_power(normalized_to_db(x, cfg=cfg))
     if mel_inverse == "pinv":
-        stft_mag = np.sqrt(np.maximum(_mel_pinv(cfg) @ power_mel, 0.0))
+        # in torch, not NumPy: OpenBLAS's threads spin on after a NumPy product and, on 2 cores, held the
+        # FFTs of the Griffin-Lim that follows to about half speed
+        stft_mag = torch.from_numpy(_mel_pinv(cfg)).matmul(torch.from_numpy(power_mel)).clamp_(min=0.0).sqrt_().numpy()
     else:
         stft_mag = librosa.feature.inverse.mel_to_stft(
             power_mel, sr=cfg.sample_rate, n_fft=cfg.n_fft, power=2.0, fmin=cfg.fmin, fmax=cfg.fmax,
