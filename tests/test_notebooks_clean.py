@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 
 import pytest
 
@@ -53,6 +54,16 @@ def test_notebook_is_clean(name):
     nb = json.loads((PROJECT_ROOT / name).read_text())
     found = problems(nb)
     assert not found, f"{name}: {'; '.join(found)} (run .venv/bin/nbstripout {name})"
+
+
+@pytest.mark.parametrize("name", committed_notebooks())
+def test_notebook_is_in_the_form_the_git_filter_gives(name):
+    """`make venv` installs nbstripout as git's clean filter: a committed notebook in another form (cell ids
+    not renumbered, say) reads as modified in every fresh clone, and each run then records a dirty commit."""
+    text = (PROJECT_ROOT / name).read_text()
+    out = subprocess.run([sys.executable, "-m", "nbstripout", "-t"], input=text, capture_output=True, text=True,
+                         check=True, timeout=60).stdout
+    assert out == text, f"{name} differs from nbstripout's output: run .venv/bin/nbstripout {name}"
 
 
 def test_checker_catches_outputs_and_missing_tag():
