@@ -17,7 +17,7 @@ $(STAMP): requirements.lock pyproject.toml
 	# --no-deps: the lock is complete, and tinysoundfont's pyaudio (live playback only) does not build here.
 	$(PY) -m pip install -q --no-deps -r requirements.lock
 	$(PY) -m pip install -q --no-deps -e .
-	# numba kernels of vaelib, librosa, umap-learn and pynndescent compiled once into their caches (~95 s on 2 cores), not in the first test or report
+	# numba kernels of vaelib, librosa, umap-learn and pynndescent compiled once into their caches (~40 s on 2 cores), not in the first test or report
 	$(PY) -m vaelib.cli.jit_cache
 	$(VENV)/bin/nbstripout --install --attributes .gitattributes 2>/dev/null || true
 	$(PY) -m ipykernel install --prefix $(VENV) --name python3 >/dev/null
