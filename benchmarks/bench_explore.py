@@ -1,7 +1,7 @@
 """Latency of one explorer update (decode one latent vector, then its audio by Griffin-Lim) on this CPU.
 
 * **update**: :func:`vaelib.analysis.explore.decode_point`, the decoder of the ``--params`` model
-  (default: ``params/default.yaml``, 4 levels 32-64-128-256, latent 32) on one latent vector, then
+  (default: ``params/default.yaml``, 4 levels 16-32-64-128, latent 32) on one latent vector, then
   :func:`vaelib.analysis.explore.fast_inversion` with ``explore.DEFAULT_GL_ITERS`` iterations; decode and
   Griffin-Lim are timed apart, ``--repeats`` times after a warm-up, each at a new latent vector. The
   weights are the finished training of the params when its feature cache and checkpoint exist, else
@@ -209,8 +209,8 @@ def main() -> None:
         **{k: v for k, v in widget.items() if k != "repeats"},
         "widget_repeats": widget["repeats"],
         "target": {"update_seconds_max": 1.0},
-        "cpu_seconds_note": "process CPU seconds of each part, summed over the threads it ran on (NumPy's FFT "
-                            "and BLAS inside Griffin-Lim, torch_threads for the decoder where not DECODE_THREADS)",
+        "cpu_seconds_note": "process CPU seconds of each part, summed over the threads it ran on (torch's FFT "
+                            "threads inside Griffin-Lim, torch_threads for the decoder where not DECODE_THREADS)",
         "model": {"channels": list(cfg.model.channels), "depth": cfg.model.depth, "latent_dim": cfg.model.latent_dim,
                   "params_count": count_parameters(model), "weights": weights},
         "features": {"n_fft": cfg.features.n_fft, "hop_length": cfg.features.hop_length,
