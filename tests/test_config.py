@@ -52,16 +52,23 @@ def test_every_params_file_loads_and_the_experiments_change_the_plain_model(monk
         names.add(cfg.run.name)
     assert {"depth4", "family_contrast", "timbre_pitch_split"} <= names
     assert load_config(PROJECT_ROOT / "params" / "experiments" / "depth4.yaml").train == plain.train
-    # the transfer run is the default run scored on other SoundFonts: same training, data and features
+    # the wide network is the default's with twice the channels, nothing else
+    wide = load_config(PROJECT_ROOT / "params" / "wide.yaml")
+    assert wide.model.channels == tuple(2 * c for c in default.model.channels) == (32, 64, 128, 256)
+    assert dataclasses.replace(wide.model, channels=default.model.channels) == default.model
+    assert (wide.train, wide.data, wide.features, wide.render) == (default.train, default.data, default.features,
+                                                                   default.render)
+    # the transfer run is the wide network's run (whose figures docs/results.md gives) scored on other
+    # SoundFonts: same training, data and features
     transfer = load_config(PROJECT_ROOT / "params" / "transfer.yaml")
     assert (transfer.model, transfer.train, transfer.data, transfer.features, transfer.render) == (
-        default.model, default.train, default.data, default.features, default.render)
+        wide.model, wide.train, wide.data, wide.features, wide.render)
     assert [t.soundfont for t in transfer.analysis.transfer][0] == "FluidR3_GM.sf2"
     assert len({t.name for t in transfer.analysis.transfer}) == len(transfer.analysis.transfer) >= 2
     sources = load_config(PROJECT_ROOT / "params" / "sources.yaml")
     assert sources.render.soundfont[:2] == ("TimGM6mb.sf2", "FluidR3_GM.sf2")
     assert sources.data.test_soundfonts == sources.render.soundfont[2:]
-    assert sources.data.root != default.data.root and sources.model == default.model
+    assert sources.data.root != default.data.root and sources.model == wide.model
 
 
 def test_config_is_frozen():

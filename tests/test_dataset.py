@@ -442,8 +442,9 @@ def test_split_by_at_instrument_keeps_the_run_folders_of_before_it_existed():
     from vaelib.config import PROJECT_ROOT, load_config
     from vaelib.model.checkpoint import checkpoint_dir
 
-    # the folder names these params had (with this cache key) before data.split_by was added
-    for params, name in [("default.yaml", "f70f059bc09e"), ("plain.yaml", "364313432d6b")]:
+    # the folder names these params had (with this cache key) before data.split_by was added (wide.yaml
+    # is the default's config of then)
+    for params, name in [("wide.yaml", "f70f059bc09e"), ("plain.yaml", "364313432d6b")]:
         cfg = load_config(PROJECT_ROOT / "params" / params)
         assert checkpoint_dir(cfg, "0123456789abcdef").name == name
         by_program = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, split_by="program"))
