@@ -23,7 +23,7 @@ import numpy as np
 from _record import conditions
 
 from vaelib.config import PROJECT_ROOT, load_config, resolve_path
-from vaelib.data.features import _mel_pinv, normalized_to_db
+from vaelib.data.features import log_mel_to_magnitude
 from vaelib.data.griffin_lim import griffin_lim
 from vaelib.io import atomic_write_json
 
@@ -38,13 +38,11 @@ def magnitudes(n: int) -> tuple[np.ndarray, str]:
         from vaelib.data.prepare import prepare_features
 
         x, _ = prepare_features(cfg, show_progress=False).split("test")
-        x, what = np.asarray(x[:n, 0], np.float32), f"{n} test notes of the default dataset"
+        x, what = np.asarray(x[:n], np.float32), f"{n} test notes of the default dataset"
     else:
-        x = np.random.default_rng(0).uniform(-1, 1, size=(n, f.n_mels, f.frames)).astype(np.float32)
+        x = np.random.default_rng(0).uniform(-1, 1, size=(n, 1, f.n_mels, f.frames)).astype(np.float32)
         what = f"{n} seeded uniform log-mels (default dataset not rendered)"
-    power = librosa.db_to_power(normalized_to_db(x, cfg=f))
-    mag = np.sqrt(np.maximum(np.einsum("fm,bmt->bft", _mel_pinv(f), power), 0.0)).astype(np.float32)
-    return np.pad(mag, ((0, 0), (0, 0), (0, 1)), mode="edge"), what
+    return np.stack([log_mel_to_magnitude(xi, cfg=f, mel_inverse="pinv") for xi in x]), what
 
 
 def main() -> None:

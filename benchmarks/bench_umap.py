@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 from _record import conditions
 
-from vaelib.config import PROJECT_ROOT
+from vaelib.config import PROJECT_ROOT, project_relative
 from vaelib.io import atomic_write_json
 
 OUT = PROJECT_ROOT / "benchmarks" / "results" / "umap.json"
@@ -73,17 +73,28 @@ def points(embeddings: Path | None) -> tuple[np.ndarray, str]:
 
         table = pd.read_parquet(embeddings)
         cols = [c for c in table.columns if c.startswith("mu_")]
-        return table[cols].to_numpy(np.float32), str(embeddings)
+        named = project_relative(embeddings)
+        if Path(named).is_absolute():  # outside the project: its name only
+            named = Path(embeddings).name
+        return table[cols].to_numpy(np.float32), named
     rng = np.random.default_rng(0)
     centres = rng.normal(scale=3.0, size=(11, 32))
     x = centres[rng.integers(0, 11, size=10_800)] + rng.normal(size=(10_800, 32))
     return x.astype(np.float32), "10,800 seeded points in 32 dimensions around 11 centres"
 
 
+QUALITY_MAX_POINTS = 20_000  # trustworthiness holds n x n distances and their ranks: a seeded sample above
+
+
 def map_quality(x: np.ndarray, shipped: np.ndarray, ours: np.ndarray, k: int = 15) -> dict:
-    """Trustworthiness of each map and the share of map neighbours the two have in common."""
+    """Trustworthiness of each map and the share of map neighbours the two have in common (on a seeded
+    sample of ``QUALITY_MAX_POINTS`` points when there are more)."""
     from sklearn.manifold import trustworthiness
     from sklearn.neighbors import NearestNeighbors
+
+    if len(x) > QUALITY_MAX_POINTS:
+        keep = np.sort(np.random.default_rng(0).choice(len(x), QUALITY_MAX_POINTS, replace=False))
+        x, shipped, ours = x[keep], shipped[keep], ours[keep]
 
     def map_neighbours(coords: np.ndarray) -> np.ndarray:
         return NearestNeighbors(n_neighbors=k + 1).fit(coords).kneighbors(coords, return_distance=False)[:, 1:]
@@ -92,7 +103,7 @@ def map_quality(x: np.ndarray, shipped: np.ndarray, ours: np.ndarray, k: int = 1
     shared = np.mean([len(np.intersect1d(ra, rb)) / k for ra, rb in zip(a, b, strict=True)])
     return {"trustworthiness_as_shipped": round(float(trustworthiness(x, shipped, n_neighbors=k)), 4),
             "trustworthiness_project_umap": round(float(trustworthiness(x, ours, n_neighbors=k)), 4),
-            "shared_map_neighbours": round(float(shared), 3), "k": k}
+            "shared_map_neighbours": round(float(shared), 3), "k": k, "points": len(x)}
 
 
 def main() -> None:

@@ -44,7 +44,15 @@ def test_more_iterations_bring_the_magnitude_closer_and_the_seed_fixes_the_resul
 
 
 def test_bad_inputs_are_refused():
-    with pytest.raises(ParameterError, match=r"magnitude: expected shape \(257, frames\)"):
-        griffin_lim(np.zeros((100, 10)), n_iter=2, n_fft=N_FFT, hop_length=HOP, length=1000)
+    ok = np.zeros((257, 8))  # 1 + 1000 // 128 frames
+    with pytest.raises(ParameterError, match=r"magnitude: expected shape \(257, 8\) for 1000 samples at hop 128, "
+                                             r"got \(100, 8\)"):
+        griffin_lim(np.zeros((100, 8)), n_iter=2, n_fft=N_FFT, hop_length=HOP, length=1000)
+    with pytest.raises(ParameterError, match=r"got \(257, 26\)"):
+        griffin_lim(np.zeros((257, 26)), n_iter=2, n_fft=N_FFT, hop_length=HOP, length=1000)
     with pytest.raises(ParameterError, match="n_iter: expected >= 1"):
-        griffin_lim(np.zeros((257, 10)), n_iter=0, n_fft=N_FFT, hop_length=HOP, length=1000)
+        griffin_lim(ok, n_iter=0, n_fft=N_FFT, hop_length=HOP, length=1000)
+    for momentum in (-1.0, 1.5):
+        with pytest.raises(ParameterError, match="momentum: expected a value in"):
+            griffin_lim(ok, n_iter=2, n_fft=N_FFT, hop_length=HOP, length=1000, momentum=momentum)
+    assert griffin_lim(ok, n_iter=2, n_fft=N_FFT, hop_length=HOP, length=1000).shape == (1000,)

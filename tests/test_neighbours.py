@@ -9,8 +9,9 @@ import pytest
 from sklearn.neighbors import NearestNeighbors
 
 from vaelib.analysis import neighbours
-from vaelib.analysis.latent import project_umap
-from vaelib.analysis.neighbours import ExactIndex, exact_neighbours
+from vaelib.analysis.latent import UMAP_EXACT_MIN_POINTS, _exact_knn, project_umap
+from vaelib.analysis.neighbours import EXACT_MAX_POINTS, ExactIndex, exact_neighbours
+from vaelib.exceptions import ParameterError
 
 
 def _clusters(n: int, *, centres: int = 5, dims: int = 8, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -43,12 +44,35 @@ def test_each_point_is_its_own_first_neighbour_and_ties_go_by_index():
     np.testing.assert_allclose(exact_neighbours(far, far, 2)[1][:, 1], [1, 1, 1, 1, np.hypot(4, 5)], rtol=1e-6)
 
 
+def test_copies_of_a_point_share_distance_zero_in_index_order():
+    x = np.array([[0.0, 0], [3, 0], [0.0, 0], [0.0, 0], [9, 9]], np.float32)
+    idx, dist = exact_neighbours(x, x, 3)
+    for row in (0, 2, 3):
+        np.testing.assert_array_equal(idx[row], [0, 2, 3])
+        np.testing.assert_array_equal(dist[row], 0)
+
+
 def test_exact_neighbours_refuse_what_they_cannot_answer():
     x = np.zeros((4, 2))
-    with pytest.raises(ValueError, match="k=5 must be between 1 and the 4 data points"):
-        exact_neighbours(x, x, 5)
-    with pytest.raises(ValueError, match=r"queries \(3, 3\) and data \(4, 2\)"):
+    for k in (5, 0, 2.0, True):
+        with pytest.raises(ParameterError, match=f"k must be an integer between 1 and the 4 data points, got {k!r}"):
+            exact_neighbours(x, x, k)
+    with pytest.raises(ParameterError, match=r"queries \(3, 3\) and data \(4, 2\)"):
         exact_neighbours(np.zeros((3, 3)), x, 2)
+
+
+def test_exact_neighbours_are_taken_from_umaps_threshold_up_to_the_cap(monkeypatch):
+    assert UMAP_EXACT_MIN_POINTS == 4096 < EXACT_MAX_POINTS
+    monkeypatch.setattr(neighbours, "EXACT_MAX_POINTS", UMAP_EXACT_MIN_POINTS + 4)  # the cap, at a size a test affords
+    cap = neighbours.EXACT_MAX_POINTS
+    for n, exact in [(UMAP_EXACT_MIN_POINTS - 1, False), (UMAP_EXACT_MIN_POINTS, True), (cap, True), (cap + 1, False)]:
+        x = np.zeros((n, 1), np.float32)
+        x[:, 0] = np.arange(n)
+        knn = _exact_knn(x, 3)
+        assert (knn[0] is not None) == exact, n
+        if exact:
+            np.testing.assert_array_equal(knn[0][5], [5, 4, 6])  # itself, then the lower index of a tie
+            assert isinstance(knn[2], ExactIndex)
 
 
 def test_a_large_umap_map_takes_exact_neighbours_not_nn_descent(monkeypatch):
@@ -76,6 +100,17 @@ def test_a_large_umap_map_takes_exact_neighbours_not_nn_descent(monkeypatch):
     np.testing.assert_array_equal(near, labels[:20])
     again = project_umap(x, n_neighbors=10, min_dist=0.1, seed=0)
     np.testing.assert_array_equal(again.coords, p.coords)
+
+
+def test_a_stored_large_map_places_points_as_the_fitted_one(tmp_path):
+    """The map store pickles the reducer with its ExactIndex: read back, it transforms as the fit did."""
+    x, labels = _clusters(4_200, seed=3)
+    fitted = project_umap(x, n_neighbors=10, min_dist=0.1, seed=0, store=tmp_path)
+    read = project_umap(x, n_neighbors=10, min_dist=0.1, seed=0, store=tmp_path)
+    assert not fitted.stored and read.stored and len(list(tmp_path.glob("umap-*.pkl"))) == 1
+    np.testing.assert_array_equal(read.coords, fitted.coords)
+    z = x[labels == 2][:10] + 0.05
+    np.testing.assert_array_equal(read.transform(z), fitted.transform(z))
 
 
 def test_the_exact_index_survives_a_pickle_round_trip():

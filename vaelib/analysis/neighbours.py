@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from vaelib.exceptions import ParameterError
+
 __all__ = ["EXACT_MAX_POINTS", "ExactIndex", "exact_neighbours"]
 
 # Above this many points the all-pairs products grow quadratically (NSynth-train's 289,205 notes would
@@ -30,22 +32,37 @@ def exact_neighbours(queries: np.ndarray, data: np.ndarray, k: int) -> tuple[np.
     Returns
     -------
     indices : [shape=(m, k)] int32 into ``data``; distances : [shape=(m, k)] float32, Euclidean.
-    A query that is a row of ``data`` has itself first (distance 0), as NN-descent's graph does; equal
-    distances are ordered by index. No randomness: the result depends on the points only.
+    A query that is a row of ``data`` comes first in its own row (distance 0), as in NN-descent's graph,
+    unless ``data`` holds the same point several times (then the copies share distance 0, in index order;
+    umap-learn drops a point's own edge wherever it sits). Among the ``k`` chosen, equal distances are in
+    index order; which of several points tied at the k-th distance is chosen is fixed by the points but not
+    by index. No randomness: the result depends on the points only.
+
+    Raises
+    ------
+    ParameterError
+        When the shapes do not match or ``k`` is not an integer between 1 and the number of data points.
     """
     q = np.asarray(queries, dtype=np.float64)
     x = np.asarray(data, dtype=np.float64)
     if q.ndim != 2 or x.ndim != 2 or q.shape[1] != x.shape[1]:
-        raise ValueError(f"exact_neighbours: queries {q.shape} and data {x.shape} must be (m, d) and (n, d)")
-    if not 1 <= k <= len(x):
-        raise ValueError(f"exact_neighbours: k={k} must be between 1 and the {len(x)} data points")
+        raise ParameterError(f"exact_neighbours: queries {q.shape} and data {x.shape} must be (m, d) and (n, d)")
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= len(x):
+        raise ParameterError(f"exact_neighbours: k must be an integer between 1 and the {len(x)} data points, "
+                             f"got {k!r}")
+    k = int(k)
     x_sq = np.einsum("ij,ij->i", x, x)
-    rows = max(1, _BLOCK_BYTES // (8 * len(x)))
+    # a block's squared distances (rows x n) and its gathered neighbours (rows x k x d), float64, each
+    # within _BLOCK_BYTES; argpartition's int64 indices are one more rows x n
+    rows = max(1, _BLOCK_BYTES // (8 * max(len(x), k * x.shape[1])))
     indices = np.empty((len(q), k), dtype=np.int32)
     distances = np.empty((len(q), k), dtype=np.float32)
     for start in range(0, len(q), rows):
         block = q[start:start + rows]
-        d2 = np.einsum("ij,ij->i", block, block)[:, None] + x_sq[None, :] - 2.0 * (block @ x.T)
+        d2 = block @ x.T
+        d2 *= -2.0
+        d2 += x_sq[None, :]
+        d2 += np.einsum("ij,ij->i", block, block)[:, None]
         near = np.argpartition(d2, k - 1, axis=1)[:, :k] if k < len(x) else np.tile(np.arange(len(x)), (len(block), 1))
         # Rounding of the expanded square is ~1e-16 of the norms; the k chosen are measured again exactly.
         exact = np.sqrt(((block[:, None, :] - x[near]) ** 2).sum(axis=2))
@@ -65,3 +82,8 @@ class ExactIndex:
 
     def query(self, queries: np.ndarray, k: int = 10, epsilon: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
         return exact_neighbours(queries, self._raw_data, k)
+
+    def prepare(self) -> None:
+        """What umap-learn's ``UMAP.update`` calls first: not supported, say so rather than fail on an attribute."""
+        raise NotImplementedError("UMAP.update: a map built on exact neighbours cannot be updated; fit it again "
+                                  "on all the points")

@@ -83,7 +83,7 @@ class _Constant:
 def _serial_blas() -> threadpool_limits:
     """One BLAS thread while probes fit and predict. Their products are small (notes x 32 dimensions against
     32 x classes): OpenBLAS's second thread costs more in hand-offs and spinning than it computes, and on 2
-    cores the probes of the default run took 22.7 s with it and 9.8 s without."""
+    cores the probes of the default run took 22.7 s with it and 10.4 s without."""
     return threadpool_limits(limits=1, user_api="blas")
 
 

@@ -29,6 +29,7 @@ __all__ = [
     "mel_frequencies",
     "mel_spacing_hz",
     "inverse_log_mel",
+    "log_mel_to_magnitude",
     "feature_shape",
 ]
 
@@ -238,15 +239,12 @@ def _mel_pinv(cfg: FeatureConfig) -> np.ndarray:
     return np.linalg.pinv(mel_filterbank(cfg)).astype(np.float32)
 
 
-def inverse_log_mel(x: np.ndarray, *, cfg: FeatureConfig, n_iter: int = 64, seed: int = 0,
-                    mel_inverse: str = "nnls") -> np.ndarray:
-    """Audio from a normalised log-mel: dB -> power mel -> linear magnitude -> Griffin-Lim.
+def log_mel_to_magnitude(x: np.ndarray, *, cfg: FeatureConfig, mel_inverse: str = "nnls") -> np.ndarray:
+    """The linear STFT magnitude a normalised log-mel stands for: dB -> power mel -> linear frequency.
 
     Parameters
     ----------
     x : [shape=(1, n_mels, frames) or (n_mels, frames)] normalised log-mel.
-    n_iter : Griffin-Lim iterations.
-    seed : seeds Griffin-Lim's random initial phase, so the output is reproducible.
     mel_inverse : how the mel power goes back to linear frequency. ``"nnls"``: librosa's non-negative
         least squares (``mel_to_stft``), ``"pinv"``: the filterbank's pseudo-inverse, clipped at 0, a
         matrix product that costs a fraction of the solve for the same error where the note is
@@ -254,8 +252,8 @@ def inverse_log_mel(x: np.ndarray, *, cfg: FeatureConfig, n_iter: int = 64, seed
 
     Returns
     -------
-    [shape=(frames * hop_length,)] float32 waveform, peak-normalised to 0.9 (the dB reference
-    with ``ref='max'`` carries no absolute level).
+    [shape=(n_fft // 2 + 1, 1 + frames * hop_length // hop_length)] float32: the frames of a centred STFT
+    of the note's samples, the cropped last frame given back as a copy of the one before it.
     """
     x = np.asarray(x, dtype=np.float32)
     if x.ndim == 3:
@@ -273,13 +271,33 @@ def inverse_log_mel(x: np.ndarray, *, cfg: FeatureConfig, n_iter: int = 64, seed
         stft_mag = librosa.feature.inverse.mel_to_stft(
             power_mel, sr=cfg.sample_rate, n_fft=cfg.n_fft, power=2.0, fmin=cfg.fmin, fmax=cfg.fmax,
             htk=_htk(cfg))
-    length = cfg.frames * cfg.hop_length
     # A centred STFT of `length` samples has 1 + length // hop frames (129 for 128 kept): Griffin-Lim
     # re-analyses its estimate at that size, so the magnitude gets the cropped last frame back (edge copy).
-    n_stft = 1 + length // cfg.hop_length
+    n_stft = 1 + cfg.frames * cfg.hop_length // cfg.hop_length
     if stft_mag.shape[1] < n_stft:
         stft_mag = np.pad(stft_mag, ((0, 0), (0, n_stft - stft_mag.shape[1])), mode="edge")
-    audio = griffin_lim(stft_mag, n_iter=n_iter, n_fft=cfg.n_fft, hop_length=cfg.hop_length, length=length, seed=seed)
+    return np.asarray(stft_mag, np.float32)
+
+
+def inverse_log_mel(x: np.ndarray, *, cfg: FeatureConfig, n_iter: int = 64, seed: int = 0,
+                    mel_inverse: str = "nnls") -> np.ndarray:
+    """Audio from a normalised log-mel: ``log_mel_to_magnitude``, then Griffin-Lim.
+
+    Parameters
+    ----------
+    x : [shape=(1, n_mels, frames) or (n_mels, frames)] normalised log-mel.
+    n_iter : Griffin-Lim iterations.
+    seed : seeds Griffin-Lim's random initial phase, so the output is reproducible.
+    mel_inverse : see ``log_mel_to_magnitude``.
+
+    Returns
+    -------
+    [shape=(frames * hop_length,)] float32 waveform, peak-normalised to 0.9 (the dB reference
+    with ``ref='max'`` carries no absolute level).
+    """
+    stft_mag = log_mel_to_magnitude(x, cfg=cfg, mel_inverse=mel_inverse)
+    audio = griffin_lim(stft_mag, n_iter=n_iter, n_fft=cfg.n_fft, hop_length=cfg.hop_length,
+                        length=cfg.frames * cfg.hop_length, seed=seed)
     peak = float(np.abs(audio).max())
     if peak > 0:
         audio = audio * (0.9 / peak)

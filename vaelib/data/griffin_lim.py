@@ -26,7 +26,7 @@ def griffin_lim(magnitude: np.ndarray, *, n_iter: int, n_fft: int, hop_length: i
 
     Parameters
     ----------
-    magnitude : [shape=(n_fft // 2 + 1, frames)] non-negative linear STFT magnitude.
+    magnitude : [shape=(n_fft // 2 + 1, 1 + length // hop_length)] non-negative linear STFT magnitude.
     n_iter : iterations (>= 1); hop_length, n_fft : of the STFT; length : samples returned.
     seed : seeds the random initial phase, so the output is reproducible.
 
@@ -35,10 +35,15 @@ def griffin_lim(magnitude: np.ndarray, *, n_iter: int, n_fft: int, hop_length: i
     [shape=(length,)] float32 waveform.
     """
     mag = np.asarray(magnitude, np.float32)
-    if mag.ndim != 2 or mag.shape[0] != n_fft // 2 + 1:
-        raise ParameterError(f"magnitude: expected shape ({n_fft // 2 + 1}, frames), got {mag.shape}")
+    frames = 1 + length // hop_length  # what a centred STFT of `length` samples has
+    if mag.shape != (n_fft // 2 + 1, frames):
+        raise ParameterError(f"magnitude: expected shape ({n_fft // 2 + 1}, {frames}) for {length} samples at hop "
+                             f"{hop_length}, got {mag.shape}")
     if n_iter < 1:
         raise ParameterError(f"n_iter: expected >= 1, got {n_iter}")
+    if not 0 <= momentum <= 1:
+        raise ParameterError(f"momentum: expected a value in [0, 1] (librosa's range without its instability "
+                             f"warning), got {momentum}")
     rng = np.random.default_rng(seed)
     angles = torch.from_numpy(np.exp(2j * np.pi * rng.random(size=mag.shape)).astype(np.complex64))
     mag_t = torch.from_numpy(mag)
