@@ -9,8 +9,14 @@ import pytest
 from sklearn.neighbors import NearestNeighbors
 
 from vaelib.analysis import neighbours
-from vaelib.analysis.latent import UMAP_EXACT_MIN_POINTS, _exact_knn, project_umap
-from vaelib.analysis.neighbours import EXACT_MAX_POINTS, ExactIndex, exact_neighbours
+from vaelib.analysis.latent import project_umap
+from vaelib.analysis.neighbours import (
+    EXACT_MAX_POINTS,
+    UMAP_EXACT_MIN_POINTS,
+    ExactIndex,
+    exact_neighbours,
+    umap_precomputed_knn,
+)
 from vaelib.exceptions import ParameterError
 
 
@@ -68,7 +74,7 @@ def test_exact_neighbours_are_taken_from_umaps_threshold_up_to_the_cap(monkeypat
     for n, exact in [(UMAP_EXACT_MIN_POINTS - 1, False), (UMAP_EXACT_MIN_POINTS, True), (cap, True), (cap + 1, False)]:
         x = np.zeros((n, 1), np.float32)
         x[:, 0] = np.arange(n)
-        knn = _exact_knn(x, 3)
+        knn = umap_precomputed_knn(x, 3)
         assert (knn[0] is not None) == exact, n
         if exact:
             np.testing.assert_array_equal(knn[0][5], [5, 4, 6])  # itself, then the lower index of a tie

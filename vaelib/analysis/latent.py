@@ -50,7 +50,6 @@ log = logging.getLogger(__name__)
 META_COLUMNS = ("note_str", "pitch", "velocity", "instrument_str", "instrument_family_str",
                 "instrument_source_str", "soundfont", "program", "split")
 DEFAULT_BATCH = 128
-UMAP_EXACT_MIN_POINTS = 4096  # below it umap-learn computes all pairwise distances itself
 
 
 def _check_features(features: np.ndarray) -> None:
@@ -287,6 +286,7 @@ def project_umap(x: np.ndarray, *, n_neighbors: int, min_dist: float, seed: int,
         ``transform`` either way, without the fit (about 15 s for the default run's 10,797 notes on 2 cores).
     """
     from vaelib.analysis.map_store import read_fitted, save_fitted, umap_key
+    from vaelib.analysis.neighbours import umap_precomputed_knn
 
     umap = _umap()
     x = np.asarray(x, dtype=np.float32)
@@ -300,7 +300,7 @@ def project_umap(x: np.ndarray, *, n_neighbors: int, min_dist: float, seed: int,
         fitted = read_fitted(path, key, len(x))
     if fitted is None:
         reducer = umap.UMAP(n_components=2, n_neighbors=n_neighbors, min_dist=min_dist, random_state=seed, n_jobs=1,
-                            precomputed_knn=_exact_knn(x, n_neighbors))
+                            precomputed_knn=umap_precomputed_knn(x, n_neighbors))
         with _uncacheable_kernels_quiet():
             coords = np.asarray(reducer.fit_transform(x))
         if path is not None:
@@ -313,16 +313,6 @@ def project_umap(x: np.ndarray, *, n_neighbors: int, min_dist: float, seed: int,
             return np.asarray(reducer.transform(np.asarray(z, np.float32)))
 
     return Projection("umap", coords, transform, stored=fitted is not None)
-
-
-def _exact_knn(x: np.ndarray, n_neighbors: int) -> tuple:
-    """UMAP's ``precomputed_knn``: exact neighbours and their index (``vaelib.analysis.neighbours``) from 4,096
-    points, where umap-learn would take NN-descent, up to ``EXACT_MAX_POINTS``; below and above, its own."""
-    from vaelib.analysis.neighbours import EXACT_MAX_POINTS, ExactIndex, exact_neighbours
-
-    if not UMAP_EXACT_MIN_POINTS <= len(x) <= EXACT_MAX_POINTS:
-        return (None, None, None)
-    return (*exact_neighbours(x, x, n_neighbors), ExactIndex(x))
 
 
 @functools.cache

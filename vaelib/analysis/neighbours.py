@@ -14,11 +14,12 @@ import numpy as np
 
 from vaelib.exceptions import ParameterError
 
-__all__ = ["EXACT_MAX_POINTS", "ExactIndex", "exact_neighbours"]
+__all__ = ["UMAP_EXACT_MIN_POINTS", "EXACT_MAX_POINTS", "ExactIndex", "exact_neighbours", "umap_precomputed_knn"]
 
 # Above this many points the all-pairs products grow quadratically (NSynth-train's 289,205 notes would
 # be ~2.7 TFLOP at 32 dimensions); NN-descent is left to umap-learn there.
 EXACT_MAX_POINTS = 50_000
+UMAP_EXACT_MIN_POINTS = 4096  # below it umap-learn computes all pairwise distances itself
 _BLOCK_BYTES = 64 * 2**20  # one block of squared distances, float64
 
 
@@ -87,3 +88,12 @@ class ExactIndex:
         """What umap-learn's ``UMAP.update`` calls first: not supported, say so rather than fail on an attribute."""
         raise NotImplementedError("UMAP.update: a map built on exact neighbours cannot be updated; fit it again "
                                   "on all the points")
+
+
+def umap_precomputed_knn(x: np.ndarray, n_neighbors: int) -> tuple:
+    """umap-learn's ``precomputed_knn`` for the points ``x``: exact neighbours and their ``ExactIndex`` from
+    ``UMAP_EXACT_MIN_POINTS`` points, where umap-learn would take NN-descent, up to ``EXACT_MAX_POINTS``;
+    below and above, ``(None, None, None)`` (umap-learn's own)."""
+    if not UMAP_EXACT_MIN_POINTS <= len(x) <= EXACT_MAX_POINTS:
+        return (None, None, None)
+    return (*exact_neighbours(x, x, n_neighbors), ExactIndex(x))
