@@ -30,9 +30,8 @@ from vaelib.io import atomic_write_json
 OUT = PROJECT_ROOT / "benchmarks" / "results" / "griffin_lim.json"
 
 
-def magnitudes(n: int) -> tuple[np.ndarray, str]:
+def magnitudes(cfg, n: int) -> tuple[np.ndarray, str]:
     """[shape=(n, n_fft // 2 + 1, frames + 1)] linear magnitudes as ``inverse_log_mel`` hands them over."""
-    cfg = load_config(PROJECT_ROOT / "params" / "default.yaml")
     f = cfg.features
     if resolve_path(cfg.data.root).is_dir():
         from vaelib.data.prepare import prepare_features
@@ -52,8 +51,9 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args()
-    f = load_config(PROJECT_ROOT / "params" / "default.yaml").features
-    mags, what = magnitudes(args.notes)
+    cfg = load_config(PROJECT_ROOT / "params" / "default.yaml")
+    f = cfg.features
+    mags, what = magnitudes(cfg, args.notes)
     length = f.frames * f.hop_length
     ways = {
         "librosa": lambda m: librosa.griffinlim(m, n_iter=args.iters, hop_length=f.hop_length, n_fft=f.n_fft,

@@ -122,13 +122,13 @@ class FittedProbes:
             raise ParameterError(f"score: features of shape {np.shape(x_eval)}, the probes were fitted on {self.dims}"
                                  " dimensions")
         out: dict[str, float] = {}
-        for (target, kind), model in self.models.items():
-            y_eval = meta_eval[PROBE_TARGETS[target]].to_numpy()
-            with _serial_blas():
+        with _serial_blas():
+            for (target, kind), model in self.models.items():
+                y_eval = meta_eval[PROBE_TARGETS[target]].to_numpy()
                 pred = model.predict(x_eval)
-            out[f"{target}_{kind}"] = accuracy(y_eval, pred)
-            if target == "pitch":
-                out[f"pitch1_{kind}"] = accuracy(y_eval, pred, tolerance=1)
+                out[f"{target}_{kind}"] = accuracy(y_eval, pred)
+                if target == "pitch":
+                    out[f"pitch1_{kind}"] = accuracy(y_eval, pred, tolerance=1)
         return {k: out[k] for k in PROBE_KEYS}
 
 

@@ -252,8 +252,8 @@ def log_mel_to_magnitude(x: np.ndarray, *, cfg: FeatureConfig, mel_inverse: str 
 
     Returns
     -------
-    [shape=(n_fft // 2 + 1, 1 + frames * hop_length // hop_length)] float32: the frames of a centred STFT
-    of the note's samples, the cropped last frame given back as a copy of the one before it.
+    [shape=(n_fft // 2 + 1, frames + 1)] float32: the frames of a centred STFT of the note's
+    ``frames * hop_length`` samples, the cropped last frame given back as a copy of the one before it.
     """
     x = np.asarray(x, dtype=np.float32)
     if x.ndim == 3:
@@ -271,9 +271,9 @@ def log_mel_to_magnitude(x: np.ndarray, *, cfg: FeatureConfig, mel_inverse: str 
         stft_mag = librosa.feature.inverse.mel_to_stft(
             power_mel, sr=cfg.sample_rate, n_fft=cfg.n_fft, power=2.0, fmin=cfg.fmin, fmax=cfg.fmax,
             htk=_htk(cfg))
-    # A centred STFT of `length` samples has 1 + length // hop frames (129 for 128 kept): Griffin-Lim
+    # A centred STFT of frames * hop samples has frames + 1 frames (129 for 128 kept): Griffin-Lim
     # re-analyses its estimate at that size, so the magnitude gets the cropped last frame back (edge copy).
-    n_stft = 1 + cfg.frames * cfg.hop_length // cfg.hop_length
+    n_stft = cfg.frames + 1
     if stft_mag.shape[1] < n_stft:
         stft_mag = np.pad(stft_mag, ((0, 0), (0, n_stft - stft_mag.shape[1])), mode="edge")
     return np.asarray(stft_mag, np.float32)

@@ -59,4 +59,4 @@ def griffin_lim(magnitude: np.ndarray, *, n_iter: int, n_fft: int, hop_length: i
             angles = rebuilt - (momentum / (1 + momentum)) * previous
             angles = angles / (angles.abs() + tiny)
         audio = torch.istft(mag_t * angles, n_fft, hop_length, window=window, center=True, length=length)
-    return audio.numpy().astype(np.float32)
+    return audio.numpy()  # float32: the magnitude is, and so is every transform of it
