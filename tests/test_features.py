@@ -15,6 +15,7 @@ from vaelib.data.features import (
     _power,
     feature_shape,
     inverse_log_mel,
+    inverse_log_mels,
     log_mel,
     log_mel_batch,
     mel_filterbank,
@@ -157,6 +158,21 @@ def test_inverse_log_mel_round_trip(cfg):
     other = log_mel(np.random.default_rng(0).standard_normal(4 * SR).astype(np.float32) * 0.1, cfg=cfg)
     assert np.abs(back - x).mean() < 0.3 * np.abs(other - x).mean()
     np.testing.assert_array_equal(audio, inverse_log_mel(x[0], cfg=cfg, n_iter=16, seed=0))
+
+
+def test_inverse_log_mels_in_batches_give_each_note_what_it_gets_alone():
+    # 6 notes: a batch of GRIFFIN_LIM_BATCH and a short one; a silent note stays silent, not NaN
+    notes = [harmonic(f) for f in (110.0, 220.0, 330.0, 440.0, 550.0)] + [np.zeros(4 * SR, np.float32)]
+    x = np.stack([log_mel(y, cfg=HTK) for y in notes])
+    together = inverse_log_mels(x, cfg=HTK, n_iter=4, seed=3, mel_inverse="pinv")
+    assert together.shape == (6, 128 * 500) and together.dtype == np.float32
+    for xi, out in zip(x, together):
+        alone = inverse_log_mel(xi, cfg=HTK, n_iter=4, seed=3, mel_inverse="pinv")
+        np.testing.assert_allclose(out, alone, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(np.abs(together[:5]).max(axis=1), 0.9, atol=1e-6)
+    assert np.isfinite(together).all()
+    with pytest.raises(ParameterError, match=r"x: expected shape \(notes, 1, 80, 128\)"):
+        inverse_log_mels(x[0, 0], cfg=HTK)
 
 
 def _dense_log_mel(y: torch.Tensor, cfg) -> torch.Tensor:

@@ -6,7 +6,9 @@ import librosa
 import numpy as np
 import pytest
 
-from vaelib.data.griffin_lim import griffin_lim
+import torch
+
+from vaelib.data.griffin_lim import _InverseSTFT, griffin_lim
 from vaelib.exceptions import ParameterError
 
 SR, N_FFT, HOP = 16_000, 512, 128
@@ -45,8 +47,8 @@ def test_more_iterations_bring_the_magnitude_closer_and_the_seed_fixes_the_resul
 
 def test_bad_inputs_are_refused():
     ok = np.zeros((257, 8))  # 1 + 1000 // 128 frames
-    with pytest.raises(ParameterError, match=r"magnitude: expected shape \(257, 8\) for 1000 samples at hop 128, "
-                                             r"got \(100, 8\)"):
+    with pytest.raises(ParameterError, match=r"magnitude: expected shape \(257, 8\) or \(notes, 257, 8\) for 1000 "
+                                             r"samples at hop 128, got \(100, 8\)"):
         griffin_lim(np.zeros((100, 8)), n_iter=2, n_fft=N_FFT, hop_length=HOP, length=1000)
     with pytest.raises(ParameterError, match=r"got \(257, 26\)"):
         griffin_lim(np.zeros((257, 26)), n_iter=2, n_fft=N_FFT, hop_length=HOP, length=1000)
@@ -56,3 +58,28 @@ def test_bad_inputs_are_refused():
         with pytest.raises(ParameterError, match="momentum: expected a value in"):
             griffin_lim(ok, n_iter=2, n_fft=N_FFT, hop_length=HOP, length=1000, momentum=momentum)
     assert griffin_lim(ok, n_iter=2, n_fft=N_FFT, hop_length=HOP, length=1000).shape == (1000,)
+    with pytest.raises(ParameterError, match="hop_length 512 leaves gaps between windows of n_fft 512"):
+        griffin_lim(np.zeros((257, 3)), n_iter=1, n_fft=N_FFT, hop_length=N_FFT, length=1024)
+
+
+@pytest.mark.parametrize(("n_fft", "hop", "length"), [(2048, 500, 64_000), (512, 128, 8001), (400, 160, 16_000),
+                                                      (512, 512 // 3, 3000)])
+def test_the_inverse_stft_is_torchs(n_fft, hop, length):
+    frames = 1 + length // hop
+    spec = torch.randn(3, n_fft // 2 + 1, frames, dtype=torch.complex64, generator=torch.Generator().manual_seed(0))
+    window = torch.hann_window(n_fft)
+    ref = torch.istft(spec, n_fft, hop, window=window, center=True, length=length)
+    ours = _InverseSTFT(n_fft=n_fft, hop_length=hop, frames=frames, length=length, window=window)(spec)
+    assert ours.shape == ref.shape == (3, length)
+    assert float((ours - ref).norm() / ref.norm()) < 1e-6
+
+
+def test_several_notes_at_once_give_each_note_its_own_result():
+    y = _tone()
+    mags = np.stack([np.abs(librosa.stft(g * y, n_fft=N_FFT, hop_length=HOP)) for g in (1.0, 0.3, 0.0)])
+    together = griffin_lim(mags, n_iter=8, n_fft=N_FFT, hop_length=HOP, length=len(y), seed=5)
+    assert together.shape == (3, len(y)) and together.dtype == np.float32
+    for mag, out in zip(mags, together):
+        alone = griffin_lim(mag, n_iter=8, n_fft=N_FFT, hop_length=HOP, length=len(y), seed=5)
+        np.testing.assert_allclose(out, alone, rtol=0, atol=1e-6 * max(1.0, float(np.abs(alone).max())))
+    assert not together[2].any()  # silence stays silent

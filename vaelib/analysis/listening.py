@@ -30,7 +30,7 @@ import soundfile as sf
 
 from vaelib.analysis.interpolate import PATH_METHODS, PairChoice
 from vaelib.config import Config, FeatureConfig
-from vaelib.data.features import inverse_log_mel, log_mel, normalized_to_db
+from vaelib.data.features import GRIFFIN_LIM_BATCH, inverse_log_mels, log_mel, normalized_to_db
 from vaelib.exceptions import DataError, ParameterError
 from vaelib.io import atomic_path
 
@@ -59,7 +59,7 @@ def invert_to_audio(x: np.ndarray, *, cfg: FeatureConfig, n_iter: int, seed: int
     x = np.asarray(x, np.float32)
     if x.ndim != 4:
         raise ParameterError(f"x: expected shape (notes, 1, n_mels, frames), got {x.shape}")
-    return np.stack([inverse_log_mel(xi, cfg=cfg, n_iter=n_iter, seed=seed, mel_inverse=mel_inverse) for xi in x])
+    return inverse_log_mels(x, cfg=cfg, n_iter=n_iter, seed=seed, mel_inverse=mel_inverse)
 
 
 def roundtrip_mae_db(x: np.ndarray, audio: np.ndarray, *, cfg: FeatureConfig,
@@ -498,18 +498,25 @@ def _wav_paths(cfg: Config, meta: pd.DataFrame) -> np.ndarray:
     return paths.to_numpy()
 
 
-def _griffin_lim_uri(x: np.ndarray, cfg: Config, timing: list[float]) -> str:
-    """One decoded log-mel [shape=(1, n_mels, frames)] as an MP3 data URI; its Griffin-Lim seconds go to ``timing``."""
+def _griffin_lim_uris(x: np.ndarray, cfg: Config, timing: list[float]) -> list[str]:
+    """Decoded log-mels [shape=(notes, 1, n_mels, frames)] as MP3 data URIs; each note's share of the
+    Griffin-Lim seconds goes to ``timing``."""
     t0 = time.perf_counter()
-    audio = invert_to_audio(x[None], cfg=cfg.features, n_iter=cfg.analysis.map_griffin_lim_iters, seed=cfg.run.seed,
-                            mel_inverse=cfg.analysis.mel_inversion)[0]
-    timing.append(time.perf_counter() - t0)
-    return audio_data_uri(audio, sample_rate=cfg.features.sample_rate)
+    audio = invert_to_audio(x, cfg=cfg.features, n_iter=cfg.analysis.map_griffin_lim_iters, seed=cfg.run.seed,
+                            mel_inverse=cfg.analysis.mel_inversion)
+    timing.extend([(time.perf_counter() - t0) / len(x)] * len(x))
+    return [audio_data_uri(a, sample_rate=cfg.features.sample_rate) for a in audio]
+
+
+def _griffin_lim_uri(x: np.ndarray, cfg: Config, timing: list[float]) -> str:
+    """One decoded log-mel [shape=(1, n_mels, frames)] as an MP3 data URI (see ``_griffin_lim_uris``)."""
+    return _griffin_lim_uris(x[None], cfg, timing)[0]
 
 
 def _map_sounds(run, mu: np.ndarray, meta: pd.DataFrame, positions: np.ndarray, wavs: np.ndarray,
                 timing: list[float]) -> Iterator[tuple[int, str, str]]:
-    """(row, recording URI, reconstruction URI) of each note, made lazily; Griffin-Lim seconds go to ``timing``."""
+    """(row, recording URI, reconstruction URI) of each note, made lazily (Griffin-Lim ``GRIFFIN_LIM_BATCH``
+    notes at a time); Griffin-Lim seconds go to ``timing``."""
     from vaelib.analysis.latent import decode_latents, decoder_pitch
 
     cfg = run.cfg
@@ -517,9 +524,10 @@ def _map_sounds(run, mu: np.ndarray, meta: pd.DataFrame, positions: np.ndarray, 
     for start in range(0, len(positions), MAP_CHUNK):
         chunk = positions[start:start + MAP_CHUNK]
         decoded = decode_latents(run.model, mu[chunk], pitch=decoder_pitch(meta.iloc[chunk], cfg=cfg))
-        for pos, x in zip(chunk, decoded):
-            reconstruction = _griffin_lim_uri(x, cfg, timing)
-            yield int(pos), audio_data_uri(_recording(wavs[pos], cfg), sample_rate=sr), reconstruction
+        for g in range(0, len(chunk), GRIFFIN_LIM_BATCH):
+            reconstructions = _griffin_lim_uris(decoded[g:g + GRIFFIN_LIM_BATCH], cfg, timing)
+            for pos, reconstruction in zip(chunk[g:g + GRIFFIN_LIM_BATCH], reconstructions):
+                yield int(pos), audio_data_uri(_recording(wavs[pos], cfg), sample_rate=sr), reconstruction
 
 
 def _projections(mu: np.ndarray, is_train: np.ndarray, cfg: Config) -> tuple[dict, dict, dict, int | None]:

@@ -29,6 +29,7 @@ __all__ = [
     "mel_frequencies",
     "mel_spacing_hz",
     "inverse_log_mel",
+    "inverse_log_mels",
     "log_mel_to_magnitude",
     "feature_shape",
 ]
@@ -43,6 +44,9 @@ def _filterbank_cached(sr: int, n_fft: int, n_mels: int, fmin: float, fmax: floa
     return fb.astype(np.float32)
 
 
+# Griffin-Lim on 4 notes at once ran about a fifth faster a note than on one on 2 cores (more notes: no
+# faster, their spectra leave the cache); bench_griffin_lim measures it
+GRIFFIN_LIM_BATCH = 4
 BAND_GROUP = 5  # mel bands per block of the filterbank product (see _band_blocks)
 
 
@@ -295,10 +299,28 @@ def inverse_log_mel(x: np.ndarray, *, cfg: FeatureConfig, n_iter: int = 64, seed
     [shape=(frames * hop_length,)] float32 waveform, peak-normalised to 0.9 (the dB reference
     with ``ref='max'`` carries no absolute level).
     """
-    stft_mag = log_mel_to_magnitude(x, cfg=cfg, mel_inverse=mel_inverse)
-    audio = griffin_lim(stft_mag, n_iter=n_iter, n_fft=cfg.n_fft, hop_length=cfg.hop_length,
-                        length=cfg.frames * cfg.hop_length, seed=seed)
-    peak = float(np.abs(audio).max())
-    if peak > 0:
-        audio = audio * (0.9 / peak)
-    return audio.astype(np.float32)
+    return inverse_log_mels(np.asarray(x)[None], cfg=cfg, n_iter=n_iter, seed=seed, mel_inverse=mel_inverse)[0]
+
+
+def inverse_log_mels(x: np.ndarray, *, cfg: FeatureConfig, n_iter: int = 64, seed: int = 0,
+                     mel_inverse: str = "nnls") -> np.ndarray:
+    """``inverse_log_mel`` of several notes [shape=(notes, 1, n_mels, frames) or (notes, n_mels, frames)],
+    Griffin-Lim run on ``GRIFFIN_LIM_BATCH`` notes at a time; each note's audio is what it gets alone.
+
+    Returns
+    -------
+    [shape=(notes, frames * hop_length)] float32 waveforms, each peak-normalised to 0.9.
+    """
+    x = np.asarray(x, dtype=np.float32)
+    if x.ndim not in (3, 4):
+        raise ParameterError(f"x: expected shape (notes, 1, {cfg.n_mels}, {cfg.frames}), got {x.shape}")
+    length = cfg.frames * cfg.hop_length
+    out = np.empty((len(x), length), np.float32)
+    for start in range(0, len(x), GRIFFIN_LIM_BATCH):
+        mags = np.stack([log_mel_to_magnitude(xi, cfg=cfg, mel_inverse=mel_inverse)
+                         for xi in x[start:start + GRIFFIN_LIM_BATCH]])
+        out[start:start + len(mags)] = griffin_lim(mags, n_iter=n_iter, n_fft=cfg.n_fft, hop_length=cfg.hop_length,
+                                                   length=length, seed=seed)
+    peak = np.abs(out).max(axis=1, keepdims=True).astype(np.float64)
+    out *= np.where(peak > 0, 0.9 / np.where(peak > 0, peak, 1.0), 1.0).astype(np.float32)
+    return out

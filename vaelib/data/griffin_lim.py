@@ -1,14 +1,19 @@
 """Griffin-Lim phase reconstruction in torch: librosa's fast Griffin-Lim (Perraudin et al. 2013), same steps.
 
 ``librosa.griffinlim`` spends most of its time outside the FFTs, in per-frame NumPy work of its STFT and
-overlap-add; ``torch.stft`` and ``torch.istft`` run the same transforms three times faster on 2 cores
-for one 4-s note (`benchmarks/bench_griffin_lim.py`). The iteration, the momentum, the initial phase
-(drawn from ``numpy.random.default_rng(seed)`` exactly as librosa draws it), the periodic Hann window,
-the zero padding of the centred frames and the output length are librosa's, so the waveforms agree with
-``librosa.griffinlim`` to float32 rounding (a test compares them).
+overlap-add; torch runs the same transforms several times faster on 2 cores (`benchmarks/bench_griffin_lim.py`).
+The iteration, the momentum, the initial phase (drawn from ``numpy.random.default_rng(seed)`` exactly as
+librosa draws it), the periodic Hann window, the zero padding of the centred frames and the output length
+are librosa's, so the waveforms agree with ``librosa.griffinlim`` to float32 rounding (a test compares them).
+
+The inverse STFT is not ``torch.istft``: that recomputes the window's overlap-add envelope and checks it on
+every call, which cost more than its FFTs for a 4-s note. :class:`_InverseSTFT` computes the envelope once
+per call of :func:`griffin_lim` and overlap-adds with a few shifted slice additions.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import torch
@@ -18,45 +23,91 @@ from vaelib.exceptions import ParameterError
 __all__ = ["griffin_lim", "MOMENTUM"]
 
 MOMENTUM = 0.99  # librosa's default: the "fast" Griffin-Lim
+_NOLA_TINY = 1e-11  # torch.istft's floor for the window envelope (the NOLA condition)
+
+
+class _InverseSTFT:
+    """The inverse of a centred, Hann-windowed STFT of ``frames`` frames, cut to ``length`` samples.
+
+    Equal to ``torch.istft(..., center=True, length=length)`` to float32 rounding: frames by ``irfft``,
+    windowed, overlap-added, divided by the summed squared window and the centre padding removed.
+    """
+
+    def __init__(self, *, n_fft: int, hop_length: int, frames: int, length: int, window: torch.Tensor) -> None:
+        self.n_fft, self.hop, self.frames, self.length = n_fft, hop_length, frames, length
+        self.window = window
+        # Each frame, zero-padded to `blocks` hops, adds block j of itself to output block t + j.
+        self.blocks = math.ceil(n_fft / hop_length)
+        envelope = self._overlap_add(window.square().expand(frames, n_fft))
+        start = n_fft // 2
+        kept = envelope[start:start + length]
+        if kept.numel() and float(kept.abs().min()) < _NOLA_TINY:
+            raise ParameterError(f"hop_length {hop_length} leaves gaps between windows of n_fft {n_fft} "
+                                 "(the overlap-add is not invertible); use a hop of at most n_fft")
+        self.start = start
+        self.inv_envelope = 1.0 / kept
+
+    def _overlap_add(self, frames: torch.Tensor) -> torch.Tensor:
+        """[shape=(..., frames, n_fft)] -> [shape=(..., n_fft + hop * (frames - 1))] summed at hop steps."""
+        lead, (t, n) = frames.shape[:-2], frames.shape[-2:]
+        padded = torch.nn.functional.pad(frames, (0, self.blocks * self.hop - n)).reshape(
+            *lead, t, self.blocks, self.hop)
+        out = frames.new_zeros(*lead, t + self.blocks - 1, self.hop)
+        for j in range(self.blocks):
+            out[..., j:j + t, :] += padded[..., j, :]
+        return out.reshape(*lead, -1)[..., :self.n_fft + self.hop * (t - 1)]
+
+    def __call__(self, spec: torch.Tensor) -> torch.Tensor:
+        """[shape=(..., n_fft // 2 + 1, frames)] complex -> [shape=(..., length)] real."""
+        frames = torch.fft.irfft(spec.transpose(-1, -2), n=self.n_fft) * self.window  # (..., frames, n_fft)
+        audio = self._overlap_add(frames)[..., self.start:self.start + self.length]
+        if audio.shape[-1] < self.length:  # torch.istft pads a `length` past the last frame with zeros
+            audio = torch.nn.functional.pad(audio, (0, self.length - audio.shape[-1]))
+            return audio * torch.nn.functional.pad(self.inv_envelope, (0, self.length - len(self.inv_envelope)))
+        return audio * self.inv_envelope
 
 
 def griffin_lim(magnitude: np.ndarray, *, n_iter: int, n_fft: int, hop_length: int, length: int,
                 seed: int = 0, momentum: float = MOMENTUM) -> np.ndarray:
-    """A waveform whose centred STFT magnitude approaches ``magnitude``.
+    """A waveform whose centred STFT magnitude approaches ``magnitude``, for one note or several at once.
 
     Parameters
     ----------
-    magnitude : [shape=(n_fft // 2 + 1, 1 + length // hop_length)] non-negative linear STFT magnitude.
+    magnitude : [shape=(n_fft // 2 + 1, 1 + length // hop_length)] non-negative linear STFT magnitude, or
+        [shape=(notes, n_fft // 2 + 1, 1 + length // hop_length)]: each note is inverted as if alone (the same
+        initial phase, the same result).
     n_iter : iterations (>= 1); hop_length, n_fft : of the STFT; length : samples returned.
     seed : seeds the random initial phase, so the output is reproducible.
 
     Returns
     -------
-    [shape=(length,)] float32 waveform.
+    [shape=(length,)] float32 waveform, or [shape=(notes, length)].
     """
     mag = np.asarray(magnitude, np.float32)
     frames = 1 + length // hop_length  # what a centred STFT of `length` samples has
-    if mag.shape != (n_fft // 2 + 1, frames):
-        raise ParameterError(f"magnitude: expected shape ({n_fft // 2 + 1}, {frames}) for {length} samples at hop "
-                             f"{hop_length}, got {mag.shape}")
+    if mag.ndim not in (2, 3) or mag.shape[-2:] != (n_fft // 2 + 1, frames):
+        raise ParameterError(f"magnitude: expected shape ({n_fft // 2 + 1}, {frames}) or (notes, {n_fft // 2 + 1}, "
+                             f"{frames}) for {length} samples at hop {hop_length}, got {mag.shape}")
     if n_iter < 1:
         raise ParameterError(f"n_iter: expected >= 1, got {n_iter}")
     if not 0 <= momentum <= 1:
         raise ParameterError(f"momentum: expected a value in [0, 1] (librosa's range without its instability "
                              f"warning), got {momentum}")
     rng = np.random.default_rng(seed)
-    angles = torch.from_numpy(np.exp(2j * np.pi * rng.random(size=mag.shape)).astype(np.complex64))
+    angles = torch.from_numpy(np.exp(2j * np.pi * rng.random(size=mag.shape[-2:])).astype(np.complex64))
     mag_t = torch.from_numpy(mag)
+    angles = angles.expand(mag_t.shape).clone()
     window = torch.hann_window(n_fft)
+    istft = _InverseSTFT(n_fft=n_fft, hop_length=hop_length, frames=frames, length=length, window=window)
     tiny = torch.finfo(torch.float32).tiny
     rebuilt = torch.zeros_like(angles)
     with torch.no_grad():
         for _ in range(n_iter):
             previous = rebuilt
-            inverse = torch.istft(mag_t * angles, n_fft, hop_length, window=window, center=True, length=length)
+            inverse = istft(mag_t * angles)
             rebuilt = torch.stft(inverse, n_fft, hop_length, window=window, center=True, pad_mode="constant",
                                  return_complex=True)
             angles = rebuilt - (momentum / (1 + momentum)) * previous
             angles = angles / (angles.abs() + tiny)
-        audio = torch.istft(mag_t * angles, n_fft, hop_length, window=window, center=True, length=length)
+        audio = istft(mag_t * angles)
     return audio.numpy()  # float32: the magnitude is, and so is every transform of it
