@@ -5,7 +5,6 @@ from __future__ import annotations
 import librosa
 import numpy as np
 import pytest
-
 import torch
 
 from vaelib.data.griffin_lim import _InverseSTFT, griffin_lim
