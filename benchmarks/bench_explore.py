@@ -1,7 +1,7 @@
 """Latency of one explorer update (decode one latent vector, then its audio by Griffin-Lim) on this CPU.
 
 * **update**: :func:`vaelib.analysis.explore.decode_point`, the decoder of the ``--params`` model
-  (default: ``params/default.yaml``, 4 levels 16-32-64-128, latent 32) on one latent vector, then
+  (default: ``params/default.yaml``, the default network, latent 32) on one latent vector, then
   :func:`vaelib.analysis.explore.fast_inversion` with ``explore.DEFAULT_GL_ITERS`` iterations; decode and
   Griffin-Lim are timed apart, ``--repeats`` times after a warm-up, each at a new latent vector. The
   weights are the finished training of the params when its feature cache and checkpoint exist, else

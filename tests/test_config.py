@@ -52,12 +52,17 @@ def test_every_params_file_loads_and_the_experiments_change_the_plain_model(monk
         names.add(cfg.run.name)
     assert {"depth4", "family_contrast", "timbre_pitch_split"} <= names
     assert load_config(PROJECT_ROOT / "params" / "experiments" / "depth4.yaml").train == plain.train
-    # the wide network is the default's with twice the channels, nothing else
+    # the default: the narrow full-resolution levels, 14 epochs on a cosine (docs/results.md, "Fewer epochs")
+    assert default.model.channels == (8, 16, 64, 128)
+    assert (default.train.epochs, default.train.lr_schedule) == (14, "cosine")
+    # the wide network is the default's with 32-64-128-256 channels, trained as the default was before the
+    # cosine (20 epochs at a constant rate), nothing else
     wide = load_config(PROJECT_ROOT / "params" / "wide.yaml")
-    assert wide.model.channels == tuple(2 * c for c in default.model.channels) == (32, 64, 128, 256)
+    assert wide.model.channels == (32, 64, 128, 256)
     assert dataclasses.replace(wide.model, channels=default.model.channels) == default.model
-    assert (wide.train, wide.data, wide.features, wide.render) == (default.train, default.data, default.features,
-                                                                   default.render)
+    assert (wide.train.epochs, wide.train.lr_schedule) == (20, "constant")
+    assert dataclasses.replace(wide.train, epochs=14, lr_schedule="cosine") == default.train
+    assert (wide.data, wide.features, wide.render) == (default.data, default.features, default.render)
     # the transfer run is the wide network's run (whose figures docs/results.md gives) scored on other
     # SoundFonts: same training, data and features
     transfer = load_config(PROJECT_ROOT / "params" / "transfer.yaml")

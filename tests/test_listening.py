@@ -15,6 +15,7 @@ from _fixtures_analysis import synthetic_meta
 from vaelib.analysis.listening import (
     Listening,
     audio_data_uri,
+    audio_data_uris,
     choose_listening_notes,
     choose_map_notes,
     encode_mp3,
@@ -125,6 +126,17 @@ def test_mp3_round_trip_keeps_rate_length_and_spectrum():
     for bad in (np.zeros((2, 10), np.float32), np.array([np.nan], np.float32), np.zeros(0, np.float32)):
         with pytest.raises(ParameterError, match="audio"):
             encode_mp3(bad, sample_rate=16000)
+
+
+def test_mp3_uris_of_many_clips_are_each_clips_own_in_order():
+    clips = [harmonic_note(f) for f in (220.0, 330.0, 440.0, 550.0, 660.0)]
+    uris = audio_data_uris(clips, sample_rate=16000)
+    assert uris == [audio_data_uri(c, sample_rate=16000) for c in clips]  # threads change neither bytes nor order
+    assert len(set(uris)) == len(clips)
+    assert audio_data_uris([], sample_rate=16000) == []
+    assert audio_data_uris(clips[:1], sample_rate=16000) == uris[:1]
+    with pytest.raises(ParameterError, match="audio"):  # a bad clip among good ones is still refused
+        audio_data_uris([clips[0], np.array([np.nan], np.float32)], sample_rate=16000)
 
 
 def test_one_velocity_takes_the_nearest_velocity_of_each_instrument_and_pitch():

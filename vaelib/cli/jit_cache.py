@@ -11,22 +11,21 @@ Usage: ``python -m vaelib.cli.jit_cache``
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["warm_numba_caches", "cached_kernels"]
+__all__ = ["warm_numba_caches", "warm_features", "warm_umap", "cached_kernels"]
 
 
-def warm_numba_caches() -> float:
-    """Run the log-mel, librosa's resampler and a UMAP fit and transform (the paths vaelib takes) on tiny
-    inputs; return the seconds it took."""
-    t0 = time.perf_counter()
+def warm_features() -> None:
+    """Compile the kernels of the feature path: vaelib's log-mel and librosa's resampler."""
     import librosa
     import torch
 
-    from vaelib.analysis.latent import project_umap
     from vaelib.config import FeatureConfig
     from vaelib.data.features import log_mel_batch
 
@@ -34,11 +33,39 @@ def warm_numba_caches() -> float:
     y = rng.normal(size=22050).astype(np.float32)
     log_mel_batch(torch.from_numpy(y[None, :16000].copy()), cfg=FeatureConfig(duration_s=1.0, frames=8))
     librosa.resample(y, orig_sr=22050, target_sr=16000)  # librosa.core.audio compiles its kernels on import
+
+
+def warm_umap() -> None:
+    """Compile the kernels of a UMAP fit and transform (umap-learn's, and pynndescent's that its import builds)."""
+    from vaelib.analysis.latent import project_umap
+
     # The neighbours come from vaelib.analysis.neighbours up to 50,000 points, so NN-descent's kernels are
     # compiled (and then cached) only by a first map larger than that, not here.
-    x = rng.normal(size=(64, 8)).astype(np.float32)
+    x = np.random.default_rng(0).normal(size=(64, 8)).astype(np.float32)
     projection = project_umap(x, n_neighbors=5, min_dist=0.1, seed=0)
     projection.transform(x[:4])
+
+
+def warm_numba_caches() -> float:
+    """Run the log-mel, librosa's resampler and a UMAP fit and transform (the paths vaelib takes) on tiny
+    inputs; return the seconds it took.
+
+    numba compiles on one core, and the two paths share no kernel: the UMAP half runs in a second
+    process beside this one, so on two cores the warm-up takes about as long as its longer half.
+
+    Raises
+    ------
+    RuntimeError
+        When the UMAP half fails (its traceback is on stderr).
+    """
+    t0 = time.perf_counter()
+    umap_half = subprocess.Popen([sys.executable, "-c", "from vaelib.cli.jit_cache import warm_umap; warm_umap()"])
+    try:
+        warm_features()
+    finally:
+        code = umap_half.wait()
+    if code:
+        raise RuntimeError(f"the UMAP half of the numba warm-up failed (exit status {code}; its traceback above)")
     return time.perf_counter() - t0
 
 

@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt
 from IPython.display import HTML
 from matplotlib.figure import Figure
 
-from vaelib.analysis.listening import Clip, Listening, audio_data_uri
+from vaelib.analysis.listening import Clip, Listening, audio_data_uris
 from vaelib.config import FeatureConfig
 from vaelib.report.plots.common import grouped_bars, spectrogram_rows
 
@@ -35,27 +35,28 @@ def roundtrip_figure(listening: Listening) -> Figure:
     return fig
 
 
-def _player(clip: Clip, *, sample_rate: int, width: str = "300px") -> str:
-    uri = audio_data_uri(clip.audio, sample_rate=sample_rate)
+def _player(uri: str, *, width: str = "300px") -> str:
     return f"<audio controls preload='none' style='width:{width}' src='{uri}'></audio>"
 
 
 def players(clips: list[Clip], *, sample_rate: int) -> HTML:
     """A table of audio players (embedded, so the HTML report plays on its own): label, kind, round-trip dB."""
+    uris = audio_data_uris([c.audio for c in clips], sample_rate=sample_rate)
     rows = "".join(
         f"<tr><td>{html.escape(c.label)}</td><td>{html.escape(c.kind)}</td><td>{c.mae_db:.1f} dB</td>"
-        f"<td>{_player(c, sample_rate=sample_rate)}</td></tr>" for c in clips)
+        f"<td>{_player(uri)}</td></tr>" for c, uri in zip(clips, uris))
     return HTML("<table><tr><th>sound</th><th>kind</th><th>round trip</th><th>listen</th></tr>" + rows + "</table>")
 
 
 def walk_players(listening: Listening) -> HTML:
     """Every walk of ``listening``: its pair and method, all its steps back to back, then each step alone;
     then the pairs that could not be formed. Names are HTML-escaped (they come from metadata)."""
-    sr = listening.sample_rate
+    clips = [c for w in listening.walks for c in (w.sequence, *w.steps)]
+    uris = iter(audio_data_uris([c.audio for c in clips], sample_rate=listening.sample_rate))
     rows = "".join(
-        f"<tr><td>{w.text}</td><td>{_player(w.sequence, sample_rate=sr, width='240px')}</td><td>"
+        f"<tr><td>{w.text}</td><td>{_player(next(uris), width='240px')}</td><td>"
         + "".join(f"<div style='display:inline-block;margin:2px'><small>{html.escape(c.label)}</small><br>"
-                  f"{_player(c, sample_rate=sr, width='150px')}</div>" for c in w.steps)
+                  f"{_player(next(uris), width='150px')}</div>" for c in w.steps)
         + "</td></tr>" for w in listening.walks)
     skipped = "".join(f"<li>{html.escape(s)}</li>" for s in listening.skipped)
     return HTML("<table><tr><th>path</th><th>all steps</th><th>each step</th></tr>" + rows + "</table>"
