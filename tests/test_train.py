@@ -295,9 +295,26 @@ def test_checkpoint_from_before_a_new_model_key_still_matches(reference, tmp_pat
         load_model(old, cfg=cfg)
 
 
+def test_program_labels_are_one_class_across_soundfonts_and_need_programs(cache):
+    _, meta = cache.split("train")
+    assert (meta["program"] >= 0).all()  # a render records each note's GM program
+    # two banks' renderings of one program: one class, whatever the instrument id
+    two_banks = dataclasses.replace(cache, meta=cache.meta.copy())
+    first = two_banks.meta.index[two_banks.meta["split"].to_numpy() == "train"][:2]
+    two_banks.meta.loc[first, "program"] = 7
+    two_banks.meta.loc[first, "instrument"] = [100, 200]
+    classes = vtrain.contrast_classes(two_banks, "program", torch.device("cpu")).tolist()
+    assert classes[0] == classes[1] == 7
+    # NSynth's own notes carry no program (-1): the term refuses them, naming the setting
+    no_program = dataclasses.replace(cache, meta=cache.meta.assign(program=-1))
+    with pytest.raises(ParameterError, match=r"contrast_labels 'program'.*no GM program"):
+        vtrain.contrast_classes(no_program, "program", torch.device("cpu"))
+    assert vtrain.contrast_classes(no_program, "family", torch.device("cpu")).shape == (len(meta),)
+
+
 def test_family_labels_change_what_the_contrast_term_groups(work, cache, monkeypatch):
     feats, meta = cache.split("train")
-    for kind, column in (("instrument", "instrument"), ("family", "instrument_family")):
+    for kind, column in (("instrument", "instrument"), ("family", "instrument_family"), ("program", "program")):
         classes = vtrain.contrast_classes(cache, kind, torch.device("cpu"))
         np.testing.assert_array_equal(classes.numpy(), meta[column].to_numpy())  # row by row
     root, ds = work

@@ -48,7 +48,7 @@ import torch
 
 from vaelib.config import Config, TrainConfig, config_to_dict, save_config
 from vaelib.data.cache import FeatureCache
-from vaelib.exceptions import CheckpointError, TrainingError
+from vaelib.exceptions import CheckpointError, ParameterError, TrainingError
 from vaelib.io import atomic_write_text
 from vaelib.model.augment import Augmenter
 from vaelib.model.checkpoint import (
@@ -245,9 +245,19 @@ def _stream_rows(cache: FeatureCache, tc: TrainConfig,
 
 def contrast_classes(cache: FeatureCache, kind: str, device: torch.device) -> torch.Tensor:
     """Class id of every train note for the contrastive term, in the row order of ``cache.split("train")``:
-    its ``instrument`` or its ``instrument_family``."""
-    column = {"instrument": "instrument", "family": "instrument_family"}[kind]
+    its ``instrument``, its ``instrument_family`` or its GM ``program`` (one class for a program in every
+    SoundFont of a multi-source render, so the term pulls the banks' renderings of it together).
+
+    Raises
+    ------
+    ParameterError
+        ``program`` on a dataset that records no GM program for every train note (NSynth's own notes).
+    """
+    column = {"instrument": "instrument", "family": "instrument_family", "program": "program"}[kind]
     rows = cache.meta["split"].to_numpy() == "train"  # the mask cache.split uses
+    if column not in cache.meta.columns or (cache.meta.loc[rows, column] < 0).any():
+        raise ParameterError(f"train.contrast_labels {kind!r}: the dataset of {cache.path} records no GM program for "
+                             "every train note (only vaelib's renders of SoundFonts do); use 'instrument' or 'family'")
     return torch.tensor(cache.meta.loc[rows, column].to_numpy(dtype=np.int64), device=device)
 
 
