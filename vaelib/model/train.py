@@ -255,7 +255,7 @@ def contrast_classes(cache: FeatureCache, kind: str, device: torch.device) -> to
     """
     column = {"instrument": "instrument", "family": "instrument_family", "program": "program"}[kind]
     rows = cache.meta["split"].to_numpy() == "train"  # the mask cache.split uses
-    if column not in cache.meta.columns or (cache.meta.loc[rows, column] < 0).any():
+    if kind == "program" and (column not in cache.meta.columns or (cache.meta.loc[rows, column] < 0).any()):
         raise ParameterError(f"train.contrast_labels {kind!r}: the dataset of {cache.path} records no GM program for "
                              "every train note (only vaelib's renders of SoundFonts do); use 'instrument' or 'family'")
     return torch.tensor(cache.meta.loc[rows, column].to_numpy(dtype=np.int64), device=device)
