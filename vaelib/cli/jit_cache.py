@@ -22,16 +22,18 @@ __all__ = ["warm_numba_caches", "warm_features", "warm_umap", "cached_kernels"]
 
 
 def warm_features() -> None:
-    """Compile the kernels of the feature path: vaelib's log-mel and librosa's resampler."""
+    """Compile the kernels of the feature path: vaelib's log-mel and Griffin-Lim, and librosa's resampler."""
     import librosa
     import torch
 
     from vaelib.config import FeatureConfig
     from vaelib.data.features import log_mel_batch
+    from vaelib.data.griffin_lim import griffin_lim
 
     rng = np.random.default_rng(0)
     y = rng.normal(size=22050).astype(np.float32)
     log_mel_batch(torch.from_numpy(y[None, :16000].copy()), cfg=FeatureConfig(duration_s=1.0, frames=8))
+    griffin_lim(np.ones((65, 5), np.float32), n_iter=1, n_fft=128, hop_length=32, length=128)
     librosa.resample(y, orig_sr=22050, target_sr=16000)  # librosa.core.audio compiles its kernels on import
 
 
