@@ -7,6 +7,7 @@ and a legend or colour bar where there is more than one series.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -16,12 +17,14 @@ from matplotlib.figure import Figure
 
 from vaelib.config import FeatureConfig
 from vaelib.data.features import mel_frequencies, normalized_to_db
+from vaelib.io import atomic_path
 
 # Titles carry instrument and note names from metadata; a '$' in one must print, not start mathtext
 # (which fails on an unbalanced one).
 plt.rcParams["text.parse_math"] = False
 
 __all__ = [
+    "save_and_show",
     "histograms",
     "bars_per_dim",
     "grouped_bars",
@@ -33,6 +36,23 @@ __all__ = [
 ]
 
 SPLIT_MARKERS = {"train": "o", "valid": "s", "test": "^"}
+
+
+def save_and_show(fig: Figure, path: str | Path, *, dpi: int) -> None:
+    """Write ``fig`` to ``path`` as PNG (atomically), show that PNG in the notebook and close the figure.
+
+    The figure is drawn once: ``savefig`` and then ``plt.show()`` drew it twice, and a figure of many
+    axes spends seconds in its layout at every draw (docs/benchmarks.md). Shown at the width the
+    inline backend would give it (``figure.dpi`` pixels an inch).
+    """
+    from IPython.display import Image, display
+
+    path = Path(path)
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi)
+    width = int(round(fig.get_size_inches()[0] * plt.rcParams["figure.dpi"]))
+    plt.close(fig)
+    display(Image(filename=str(path), width=width))
 
 
 def histograms(ax: Axes, series: Mapping[str, np.ndarray], *, bins: int = 40, title: str, xlabel: str,
