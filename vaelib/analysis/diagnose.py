@@ -15,6 +15,7 @@ import pandas as pd
 from vaelib.analysis import diagnostics as dg
 from vaelib.analysis.latent import decode_latents, decoder_pitch
 from vaelib.analysis.latent_cache import run_latents
+from vaelib.analysis.pca_store import pca_store, spectrogram_pca
 from vaelib.analysis.run import TrainedRun
 from vaelib.analysis.targets import evaluate_targets
 
@@ -65,7 +66,8 @@ def diagnose(run: TrainedRun) -> Diagnosis:
                  for label, column in (("instrument", "instrument_str"), ("family", "instrument_family_str"))}
     d = cfg.model.latent_dim
     vae_mse = dg.recon_mse(test_x, x_hat)
-    pca_mse, pca_hat = dg.pca_recon_mse(train_x, test_x, n_components=d, seed=cfg.run.seed)
+    pca = spectrogram_pca(train_x, n_components=d, seed=cfg.run.seed, store=pca_store(cfg))
+    pca_mse, pca_hat = dg.pca_recon_mse(train_x, test_x, n_components=d, seed=cfg.run.seed, pca=pca)
     by_family = dg.mse_by_group({"VAE": vae_mse, f"PCA-{d}": pca_mse}, test_meta["instrument_family_str"].to_numpy())
     examples = test_meta.reset_index().groupby("instrument_family_str").first()["index"].to_numpy()
     return Diagnosis(

@@ -159,7 +159,11 @@ def fit_spectrogram_pca(train: np.ndarray, *, n_components: int, seed: int = 0) 
         raise ParameterError(f"n_components: {n_components} is outside [1, {min(len(train), n_dims)}] "
                              f"for {len(train)} train notes")
     flat = np.asarray(train, np.float32).reshape(len(train), -1)
-    return PCA(n_components=n_components, svd_solver="randomized", random_state=seed).fit(flat)
+    pca = PCA(n_components=n_components, svd_solver="randomized", random_state=seed).fit(flat)
+    # The fit leaves a strided view into its SVD; products with it round differently from products with
+    # the same numbers laid out in order, as a PCA read back from vaelib.analysis.pca_store has them.
+    pca.components_ = np.ascontiguousarray(pca.components_)
+    return pca
 
 
 def pca_transform(pca: PCA, data: np.ndarray, *, chunk: int = 1024) -> np.ndarray:
@@ -177,19 +181,22 @@ def pca_transform(pca: PCA, data: np.ndarray, *, chunk: int = 1024) -> np.ndarra
 
 
 def pca_recon_mse(train: np.ndarray, test: np.ndarray, *, n_components: int,
-                  seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+                  seed: int = 0, pca: PCA | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The linear baseline: PCA with ``n_components`` fitted on the flattened train notes.
 
     Parameters
     ----------
     train, test : [shape=(notes, 1, n_mels, frames)] normalised log-mel.
+    pca : that PCA already fitted (``fit_spectrogram_pca``, or read back by ``vaelib.analysis.pca_store``);
+        fitted here when None.
 
     Returns
     -------
     mse : [shape=(test notes,)] per-note reconstruction MSE of ``test``.
     x_hat : [shape=test.shape] float32, the PCA reconstructions (not clipped).
     """
-    pca = fit_spectrogram_pca(train, n_components=n_components, seed=seed)
+    if pca is None:
+        pca = fit_spectrogram_pca(train, n_components=n_components, seed=seed)
     x_hat = pca.inverse_transform(pca_transform(pca, test)).reshape(test.shape).astype(np.float32)
     return recon_mse(test, x_hat), x_hat
 

@@ -14,6 +14,7 @@ from vaelib.analysis.interpolate import choose_pairs, interpolate_pairs, summari
 from vaelib.analysis.latent import Projection, maps_of_mu, write_embedding_table
 from vaelib.analysis.latent_cache import run_latents
 from vaelib.analysis.map_store import map_store
+from vaelib.analysis.pca_store import pca_store
 from vaelib.analysis.probes import (
     cv_probes,
     midi_hz,
@@ -146,7 +147,8 @@ def probe_latent_space(space: LatentSpace, run: TrainedRun) -> tuple[dict[str, n
     cfg, cache = run.cfg, run.cache
     train_x, _ = cache.split("train")
     features = {"mu": space.mu,
-                "pca": pca_features(train_x, cache.features, n_components=cfg.model.latent_dim, seed=cfg.run.seed)}
+                "pca": pca_features(train_x, cache.features, n_components=cfg.model.latent_dim, seed=cfg.run.seed,
+                                    store=pca_store(cfg))}
     tr, te, table = space.is_train, space.is_test, space.table
     probes = {name: score_probes(f[tr], table[tr], f[te], table[te], knn_k=cfg.analysis.knn_k, seed=cfg.run.seed)
               for name, f in features.items()}

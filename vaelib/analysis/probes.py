@@ -9,6 +9,7 @@ semitone as right.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -19,7 +20,8 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
-from vaelib.analysis.diagnostics import fit_spectrogram_pca, pca_transform
+from vaelib.analysis.diagnostics import pca_transform
+from vaelib.analysis.pca_store import spectrogram_pca
 from vaelib.exceptions import ParameterError
 
 __all__ = [
@@ -184,18 +186,20 @@ def cv_probes(x: np.ndarray, meta: pd.DataFrame, *, groups: np.ndarray, n_folds:
             for k, v in per_fold.items()}
 
 
-def pca_features(fit: np.ndarray, data: np.ndarray, *, n_components: int, seed: int = 0) -> np.ndarray:
+def pca_features(fit: np.ndarray, data: np.ndarray, *, n_components: int, seed: int = 0,
+                 store: Path | None = None) -> np.ndarray:
     """The baseline features: PCA coefficients of the flattened spectrograms, axes fitted on ``fit``.
 
     Parameters
     ----------
     fit, data : [shape=(notes, 1, n_mels, frames)] spectrograms.
+    store : folder of fitted PCAs to read the fit from or add it to (``vaelib.analysis.pca_store``).
 
     Returns
     -------
     [shape=(len(data), n_components)] float32
     """
-    return pca_transform(fit_spectrogram_pca(fit, n_components=n_components, seed=seed), data)
+    return pca_transform(spectrogram_pca(fit, n_components=n_components, seed=seed, store=store), data)
 
 
 def probe_table(results: dict[str, dict], *, cv: dict[str, dict] | None = None) -> pd.DataFrame:

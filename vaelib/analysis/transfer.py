@@ -28,9 +28,10 @@ import pandas as pd
 import torch
 from sklearn.decomposition import PCA
 
-from vaelib.analysis.diagnostics import fit_spectrogram_pca, pca_transform, recon_mse
+from vaelib.analysis.diagnostics import pca_transform, recon_mse
 from vaelib.analysis.latent import decode_latents, encode_features
 from vaelib.analysis.latent_map import LatentSpace, markdown_escape
+from vaelib.analysis.pca_store import pca_store, spectrogram_pca
 from vaelib.analysis.probes import FittedProbes, fit_probes
 from vaelib.analysis.run import TrainedRun
 from vaelib.config import Config, TransferSet, project_relative, resolve_path
@@ -127,7 +128,7 @@ def _markdown_table(table: pd.DataFrame) -> str:
 
 
 def fit_reference(train_x: np.ndarray, train_meta: pd.DataFrame, train_mu: np.ndarray, *, n_components: int,
-                  knn_k: int, seed: int = 0) -> Reference:
+                  knn_k: int, seed: int = 0, store: Path | None = None) -> Reference:
     """Fit the PCA baseline and every probe, on mu and on PCA, on the train notes.
 
     Parameters
@@ -136,11 +137,12 @@ def fit_reference(train_x: np.ndarray, train_meta: pd.DataFrame, train_mu: np.nd
     train_meta : its metadata (the columns of ``PROBE_TARGETS``).
     train_mu : [shape=(notes, latent_dim)] its mu.
     n_components : PCA components, the latent dimensions.
+    store : folder of fitted PCAs to read the fit from or add it to (``vaelib.analysis.pca_store``).
     """
     if not len(train_x) == len(train_meta) == len(train_mu):
         raise ParameterError(f"fit_reference: {len(train_x)} spectrograms, {len(train_meta)} rows and "
                              f"{len(train_mu)} mu for the train notes")
-    pca = fit_spectrogram_pca(train_x, n_components=n_components, seed=seed)
+    pca = spectrogram_pca(train_x, n_components=n_components, seed=seed, store=store)
     probes = {"mu": fit_probes(train_mu, train_meta, knn_k=knn_k, seed=seed),
               "pca": fit_probes(pca_transform(pca, train_x), train_meta, knn_k=knn_k, seed=seed)}
     return Reference(pca=pca, probes=probes, n_train_notes=len(train_x))
@@ -336,7 +338,7 @@ def evaluate_transfer(space: LatentSpace, run: TrainedRun, *, show_progress: boo
     is_train = (meta["split"] == "train").to_numpy()
     train_x, train_meta = run.cache.split("train")
     reference = fit_reference(train_x, train_meta, mu[is_train], n_components=cfg.model.latent_dim,
-                              knn_k=cfg.analysis.knn_k, seed=cfg.run.seed)
+                              knn_k=cfg.analysis.knn_k, seed=cfg.run.seed, store=pca_store(cfg))
     del train_x
     cond = cfg.model.pitch_conditioning
     test_x, test_meta = run.cache.split("test")
