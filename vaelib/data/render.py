@@ -157,7 +157,9 @@ def render_note(synth, channel: int, pitch: int, velocity: int, *, sample_rate: 
     synth.sounds_off()
     synth.generate(sample_rate // 10)
     stereo = np.concatenate([held, tail]).reshape(-1, 2)
-    return stereo.mean(axis=1).astype(np.float32)
+    # (left + right) / 2 in float32, the bits of stereo.mean(axis=1), which reduced pair by pair at 25x the
+    # time: a third of the render
+    return (stereo[:, 0] + stereo[:, 1]) * np.float32(0.5)
 
 
 def _frame_rms_db(audio: np.ndarray, frame: int = 400) -> np.ndarray:
