@@ -12,6 +12,7 @@ import pytest
 from vaelib.config import PROJECT_ROOT
 from vaelib.data.cache import FeatureCache
 from vaelib.data.summary import count_table, dataset_summary, example_per_family, feature_stats
+from vaelib.exceptions import DataError
 
 matplotlib.use("Agg")
 NOTEBOOK = PROJECT_ROOT / "notebooks" / "01_preprocess.ipynb"
@@ -96,3 +97,16 @@ def test_notebook_01_on_smoke_params(smoke_run):
     assert stats["render"]["notes"] == 168 and stats["render"]["instruments"] == 12
     for png in ("01_counts.png", "01_pitch_velocity.png", "01_family_spectrograms.png"):
         assert (out_dir / png).stat().st_size > 10_000, png
+
+
+def test_feature_stats_carry_a_nan_to_its_split_and_refuse_other_dtypes():
+    meta = _meta()
+    feats = np.zeros((len(meta), 1, 4, 5), np.float16)
+    first_test = int(np.flatnonzero((meta["split"] == "test").to_numpy())[0])
+    feats[first_test, 0, 1, 1] = np.nan
+    stats = feature_stats(FeatureCache(path=PROJECT_ROOT, features=feats, meta=meta, manifest={}))
+    assert np.isnan(stats.loc["test", "mean"]) and np.isnan(stats.loc["test", "min"])
+    assert np.isnan(stats.loc["all", "max"])
+    assert stats.loc["train", "mean"] == 0.0 and stats.loc["train", "std"] == 0.0
+    with pytest.raises(DataError, match="features of dtype float32, expected float16"):
+        feature_stats(FeatureCache(path=PROJECT_ROOT, features=feats.astype(np.float32), meta=meta, manifest={}))
