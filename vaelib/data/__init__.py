@@ -4,6 +4,7 @@
 - ``render``: GM synthesis of the embedded default dataset into NSynth layout (the only meaning of "render"),
   from one SoundFont or several.
 - ``soundfonts``: where a SoundFont name points, the Debian package of a missing one, a source's name prefix.
+- ``fm_soundfont``: the project's own GM SoundFont of two-operator FM patches, written on first use.
 - ``features``: the log-mel representation (batched torch STFT, librosa filterbank, dB) and its inverse.
 - ``griffin_lim``: phase reconstruction of an STFT magnitude (librosa's fast Griffin-Lim, in torch).
 - ``cache``: the on-disk feature cache, keyed by the feature parameters and the input files.

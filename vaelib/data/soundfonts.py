@@ -3,8 +3,10 @@
 ``render.soundfont`` and ``analysis.transfer[].soundfont`` accept a path (relative to the project,
 or absolute, ``$VARS`` expanded) or a bare file name. A bare name is looked up, in order: the project
 folder; ``TimGM6mb.sf2``, the SoundFont shipped inside the pretty_midi wheel (the default source);
-the Debian location of a name in ``DEBIAN_SOUNDFONTS``. A missing file is a ``ParameterError`` naming
-it, with the ``apt-get install`` that provides it when Debian packages it.
+``vaelib_fm.sf2``, the project's own FM synthesis bank (``vaelib.data.fm_soundfont``), written into
+``data/soundfonts/`` on first use; the Debian location of a name in ``DEBIAN_SOUNDFONTS``. A missing
+file is a ``ParameterError`` naming it, with the ``apt-get install`` that provides it when Debian
+packages it.
 
 With more than one source, every instrument name of a render starts with its source's prefix
 (:func:`source_prefix`): the SoundFont's file name without its suffix, lower-cased, letters and
@@ -18,6 +20,7 @@ import re
 from pathlib import Path
 
 from vaelib.config import SOUNDFONT_SUFFIXES, Config, resolve_path, soundfont_list
+from vaelib.data.fm_soundfont import FM_SOUNDFONT, ensure_fm_soundfont
 from vaelib.exceptions import DataError, ParameterError
 
 __all__ = ["BUNDLED_SOUNDFONT", "DEBIAN_SOUNDFONTS", "default_soundfont", "debian_package", "resolve_soundfont",
@@ -86,6 +89,8 @@ def resolve_soundfont(spec: str, *, where: str = "render.soundfont") -> Path:
         return path
     if bare and given.name == BUNDLED_SOUNDFONT:
         return default_soundfont()
+    if bare and given.name == FM_SOUNDFONT:
+        return ensure_fm_soundfont()
     debian = _debian_path(given.name) if bare else None
     if debian is not None and debian.is_file():
         return debian

@@ -1,0 +1,197 @@
+"""A General MIDI SoundFont of FM synthesis patches, written by the project: a source unlike sampled banks.
+
+Every program of the GM -> NSynth family table (``vaelib.data.render.GM_FAMILY_SOURCE``) is one preset
+whose samples are two-operator FM tones (a sine carrier phase-modulated by a sine), one per octave from
+C1 to C7, each played over the six semitones either side of its root. The family sets the patch: the
+modulator's ratio to the carrier, the modulation index and how it moves (a piano's brightness decays, a
+brass note brightens as it swells), the amplitude envelope and, for sustained families, a loop over
+whole periods of the steady tone with the synth's vibrato. Each program draws its own variation of its
+family's patch from a seeded generator, so two programs of a family differ as GM presets do.
+
+The file is written once into ``data/soundfonts/`` when a run names :data:`FM_SOUNDFONT` (``render.soundfont``
+or ``analysis.transfer[].soundfont``) and read like any SoundFont after that. It is meant for training
+and testing a timbre space on FM timbres other than those of the one FM GM bank Debian ships (the OPL3
+bank), not as a musical instrument.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from vaelib.config import resolve_path
+from vaelib.io import atomic_path
+
+__all__ = ["FM_SOUNDFONT", "FM_FOLDER", "FmPatch", "fm_patch", "fm_tone", "fm_soundfont_bytes", "ensure_fm_soundfont"]
+
+FM_SOUNDFONT = "vaelib_fm.sf2"  # the bare name a run gives; written on first use into FM_FOLDER
+FM_FOLDER = "data/soundfonts"
+SAMPLE_RATE = 22_050
+ROOTS = tuple(range(24, 97, 12))  # C1 .. C7, one sample each
+DECAY_S = 3.0  # a struck or plucked tone's sample: longer than the 3 s a rendered note is held
+ATTACK_REGION_S = 0.5  # a sustained tone's attack, before its loop
+LOOP_S = 0.25
+SEED = 20_240_601
+
+# NSynth family -> (modulator ratios to choose from, peak index, steady index, index time constant (s),
+# amplitude attack (s), amplitude decay time constant (s) or None when sustained, vibrato depth (cents))
+_FAMILY = {
+    "keyboard": ((1.0, 2.0), 3.5, 0.8, 0.6, 0.003, 1.2, 0),
+    "mallet": ((3.5, 4.0, 2.76), 4.0, 0.0, 0.15, 0.002, 0.6, 0),
+    "guitar": ((1.0, 3.0), 5.0, 0.5, 0.3, 0.002, 0.9, 0),
+    "bass": ((1.0, 0.5), 2.5, 0.6, 0.4, 0.004, 1.0, 0),
+    "organ": ((1.0, 2.0, 3.0), 2.0, 2.0, 1.0, 0.01, None, 0),
+    "string": ((1.0,), 0.5, 2.5, 0.25, 0.15, None, 15),
+    "brass": ((1.0,), 0.5, 3.5, 0.06, 0.06, None, 8),
+    "reed": ((2.0, 3.0), 1.0, 2.5, 0.05, 0.03, None, 5),
+    "flute": ((1.0,), 0.3, 0.8, 0.08, 0.06, None, 12),
+    "synth_lead": ((1.0, 0.5, 2.0), 7.0, 6.0, 0.1, 0.005, None, 0),
+    "vocal": ((1.0,), 0.3, 1.0, 0.1, 0.1, None, 20),
+}
+
+
+@dataclass(frozen=True)
+class FmPatch:
+    """One program's patch: ``ratio`` (modulator / carrier frequency), the index from ``index_peak`` to
+    ``index_steady`` with time constant ``index_tau`` (s), amplitude ``attack`` (s) and ``decay`` (s, None:
+    sustained), the synth's ``vibrato`` (cents) and a little breath ``noise`` (flutes)."""
+
+    family: str
+    ratio: float
+    index_peak: float
+    index_steady: float
+    index_tau: float
+    attack: float
+    decay: float | None
+    vibrato: int
+    noise: float
+
+    @property
+    def sustained(self) -> bool:
+        return self.decay is None
+
+
+def fm_patch(program: int, family: str, *, seed: int = SEED) -> FmPatch:
+    """The patch of one GM program: its family's, varied by a generator seeded with the program."""
+    ratios, peak, steady, tau, attack, decay, vibrato = _FAMILY[family]
+    rng = np.random.default_rng([seed, program])
+    vary = lambda lo, hi: float(rng.uniform(lo, hi))  # noqa: E731 - one draw, in a fixed order
+    ratio = float(ratios[int(rng.integers(len(ratios)))])
+    return FmPatch(family=family, ratio=ratio, index_peak=peak * vary(0.7, 1.3), index_steady=steady * vary(0.7, 1.3),
+                   index_tau=tau * vary(0.7, 1.4), attack=attack * vary(0.8, 1.5),
+                   decay=None if decay is None else decay * vary(0.7, 1.4), vibrato=vibrato,
+                   noise=0.03 * vary(0.5, 1.5) if family == "flute" else 0.0)
+
+
+def fm_tone(patch: FmPatch, root: int, *, sample_rate: int = SAMPLE_RATE) -> tuple[np.ndarray, int, int]:
+    """One sample of a patch at MIDI note ``root``: int16 samples, and the loop's start and end (0, 0:
+    none). A sustained tone's loop is a whole number of periods of its steady state, which the tone
+    reaches before the loop: the frequency is nudged (by under a cent) so that the periods fit samples."""
+    f0 = 440.0 * 2.0 ** ((root - 69) / 12)
+    rng = np.random.default_rng([SEED, root, int(patch.ratio * 100), int(patch.index_peak * 1000)])
+    if patch.sustained:
+        start = int(ATTACK_REGION_S * sample_rate)
+        periods = max(1, round(LOOP_S * f0))
+        loop = round(periods * sample_rate / f0)
+        f0 = periods * sample_rate / loop
+        n = start + loop + 64  # the synth reads past the loop end: the tone goes on
+    else:
+        start = loop = 0
+        n = int(DECAY_S * sample_rate)
+    t = np.arange(n) / sample_rate
+    settle = np.exp(-t / patch.index_tau)
+    index = patch.index_steady + (patch.index_peak - patch.index_steady) * settle
+    amp = np.minimum(t / patch.attack, 1.0)
+    if patch.sustained:
+        index[start:] = patch.index_steady  # exactly periodic from the loop on
+    else:
+        amp *= np.exp(-t / patch.decay)
+    # integer ratios keep the tone harmonic; the mallets' inharmonic ones are only ever played unlooped
+    tone = np.sin(2 * np.pi * f0 * t + index * np.sin(2 * np.pi * patch.ratio * f0 * t)) * amp
+    if patch.noise:
+        tone[:start or n] += patch.noise * amp[:start or n] * rng.standard_normal(start or n)
+    pcm = np.round(np.clip(tone * 0.8, -1, 1) * 32767).astype(np.int16)
+    return pcm, start, start + loop
+
+
+def _chunk(tag: bytes, data: bytes) -> bytes:
+    if len(data) % 2:
+        data += b"\0"
+    return tag + struct.pack("<I", len(data)) + data
+
+
+def _list(tag: bytes, *chunks: bytes) -> bytes:
+    return _chunk(b"LIST", tag + b"".join(chunks))
+
+
+def _name(text: str) -> bytes:
+    return text.encode("ascii")[:19].ljust(20, b"\0")
+
+
+def _timecents(seconds: float) -> int:
+    return int(round(1200 * np.log2(max(seconds, 0.001))))
+
+
+def fm_soundfont_bytes(*, seed: int = SEED) -> bytes:
+    """The SoundFont 2 file: one preset (bank 0, its GM program) and one instrument per program of the
+    family table, one sample per root of ``ROOTS``."""
+    from vaelib.data.render import GM_FAMILY_SOURCE
+
+    samples, shdr, inst, ibag, igen, phdr, pbag, pgen = [], b"", b"", b"", b"", b"", b"", b""
+    offset, n_ibag, n_igen, n_samples = 0, 0, 0, 0
+    for i, (program, (family, _)) in enumerate(GM_FAMILY_SOURCE.items()):
+        patch = fm_patch(program, family, seed=seed)
+        inst += _name(f"fm{program:03d}_{family}") + struct.pack("<H", n_ibag)
+        for j, root in enumerate(ROOTS):
+            pcm, loop_start, loop_end = fm_tone(patch, root)
+            samples.append(pcm.tobytes() + b"\0" * 92)  # 46 zero points after every sample
+            shdr += _name(f"p{program:03d}r{root:03d}") + struct.pack(
+                "<IIIIIBbHH", offset, offset + len(pcm), offset + loop_start, offset + loop_end, SAMPLE_RATE, root, 0,
+                0, 1)
+            offset += len(pcm) + 46
+            lo = 0 if j == 0 else root - 6
+            hi = 127 if j == len(ROOTS) - 1 else root + 5
+            gens = [(43, struct.pack("<BB", lo, hi))]
+            if patch.sustained:
+                gens += [(54, struct.pack("<h", 1)), (38, struct.pack("<h", _timecents(0.25)))]
+                if patch.vibrato:
+                    gens += [(6, struct.pack("<h", patch.vibrato)), (24, struct.pack("<h", -686)),  # 5.5 Hz
+                             (23, struct.pack("<h", _timecents(0.3)))]
+            else:
+                gens += [(38, struct.pack("<h", _timecents(0.3)))]
+            gens += [(53, struct.pack("<H", n_samples))]
+            ibag += struct.pack("<HH", n_igen, 0)
+            igen += b"".join(struct.pack("<H", op) + amount for op, amount in gens)
+            n_igen += len(gens)
+            n_ibag += 1
+            n_samples += 1
+        phdr += _name(f"FM {family} {program}") + struct.pack("<HHHIII", program, 0, i, 0, 0, 0)
+        pbag += struct.pack("<HH", i, 0)
+        pgen += struct.pack("<Hh", 41, i)
+    n_presets = len(GM_FAMILY_SOURCE)
+    phdr += _name("EOP") + struct.pack("<HHHIII", 0, 0, n_presets, 0, 0, 0)
+    pbag += struct.pack("<HH", n_presets, 0)
+    inst += _name("EOI") + struct.pack("<H", n_ibag)
+    ibag += struct.pack("<HH", n_igen, 0)
+    shdr += _name("EOS") + struct.pack("<IIIIIBbHH", 0, 0, 0, 0, 0, 0, 0, 0, 0)
+    info = _list(b"INFO", _chunk(b"ifil", struct.pack("<HH", 2, 1)), _chunk(b"isng", b"EMU8000\0"),
+                 _chunk(b"INAM", b"vaelib FM GM\0"))
+    sdta = _list(b"sdta", _chunk(b"smpl", b"".join(samples)))
+    pdta = _list(b"pdta", _chunk(b"phdr", phdr), _chunk(b"pbag", pbag), _chunk(b"pmod", b"\0" * 10),
+                 _chunk(b"pgen", pgen + b"\0" * 4), _chunk(b"inst", inst), _chunk(b"ibag", ibag),
+                 _chunk(b"imod", b"\0" * 10), _chunk(b"igen", igen + b"\0" * 4), _chunk(b"shdr", shdr))
+    body = b"sfbk" + info + sdta + pdta
+    return b"RIFF" + struct.pack("<I", len(body)) + body
+
+
+def ensure_fm_soundfont() -> Path:
+    """``data/soundfonts/vaelib_fm.sf2``, written (atomically) when it is not there yet."""
+    path = resolve_path(FM_FOLDER) / FM_SOUNDFONT
+    if not path.is_file():
+        data = fm_soundfont_bytes()
+        with atomic_path(path, suffix=".sf2") as tmp:
+            tmp.write_bytes(data)
+    return path
