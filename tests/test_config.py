@@ -74,6 +74,12 @@ def test_every_params_file_loads_and_the_experiments_change_the_plain_model(monk
     assert sources.render.soundfont[:2] == ("TimGM6mb.sf2", "FluidR3_GM.sf2")
     assert sources.data.test_soundfonts == sources.render.soundfont[2:]
     assert sources.data.root != default.data.root and sources.model == wide.model
+    # the FM training is the default model's, on TimGM6mb and the project's FM bank, programs held out
+    fm = load_config(PROJECT_ROOT / "params" / "fm.yaml")
+    assert (fm.model, fm.train, fm.features) == (default.model, default.train, default.features)
+    assert fm.render.soundfont == ("TimGM6mb.sf2", "vaelib_fm.sf2") and fm.data.split_by == "program"
+    assert fm.data.root not in (default.data.root, sources.data.root)
+    assert [t.soundfont for t in fm.analysis.transfer] == ["sf_GMbank.sf2", "OPL-3_FM_128M.sf2"]
 
 
 def test_config_is_frozen():
