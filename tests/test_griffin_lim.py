@@ -57,6 +57,11 @@ def test_bad_inputs_are_refused():
         with pytest.raises(ParameterError, match="momentum: expected a value in"):
             griffin_lim(ok, n_iter=2, n_fft=N_FFT, hop_length=HOP, length=1000, momentum=momentum)
     assert griffin_lim(ok, n_iter=2, n_fft=N_FFT, hop_length=HOP, length=1000).shape == (1000,)
+    # an odd n_fft re-analyses a length that is a multiple of the hop into one frame fewer than the magnitude's
+    with pytest.raises(ParameterError, match="the STFT of the estimate has 100 frames against the magnitude's 101"):
+        griffin_lim(np.ones((3, 201, 101), np.float32), n_iter=2, n_fft=401, hop_length=160, length=16_000)
+    odd = griffin_lim(np.ones((201, 101), np.float32), n_iter=2, n_fft=401, hop_length=160, length=16_001)
+    assert odd.shape == (16_001,) and np.isfinite(odd).all()
     with pytest.raises(ParameterError, match="hop_length 512 leaves gaps between windows of n_fft 512"):
         griffin_lim(np.zeros((257, 3)), n_iter=1, n_fft=N_FFT, hop_length=N_FFT, length=1024)
 
@@ -82,3 +87,15 @@ def test_several_notes_at_once_give_each_note_its_own_result():
         alone = griffin_lim(mag, n_iter=8, n_fft=N_FFT, hop_length=HOP, length=len(y), seed=5)
         np.testing.assert_allclose(out, alone, rtol=0, atol=1e-6 * max(1.0, float(np.abs(alone).max())))
     assert not together[2].any()  # silence stays silent
+
+
+def test_the_compiled_step_refuses_spectra_that_do_not_fit_its_magnitude():
+    from vaelib.data.griffin_lim import _project
+
+    mag = np.ones((4, 5), np.float32)
+    fits = torch.zeros(4, 5, dtype=torch.complex64)
+    _project(fits, fits.clone(), mag, keep=np.float32(0.5), out=fits.clone())
+    for rebuilt, out in ((torch.zeros(3, 5, dtype=torch.complex64), fits.clone()),
+                         (fits, torch.zeros(5, 4, dtype=torch.complex64).T)):
+        with pytest.raises(ValueError, match="spectra of shapes"):
+            _project(rebuilt, fits, mag, keep=np.float32(0.5), out=out)

@@ -62,6 +62,9 @@ def test_a_truncated_or_foreign_file_is_fitted_again_and_replaced(tmp_path, monk
     np.savez(path, key=np.array("another key"), **{n: getattr(other, n) for n in (*ps._ARRAYS, *ps._NUMBERS)})
     with pytest.warns(UserWarning, match="holds another fit"):
         ps.spectrogram_pca(train, n_components=5, seed=3, store=tmp_path)
+    path.write_bytes(b"")  # a file left empty
+    with pytest.warns(UserWarning, match="stored PCA unreadable"):
+        ps.spectrogram_pca(train, n_components=5, seed=3, store=tmp_path)
     _no_fit(monkeypatch)
     ps.spectrogram_pca(train, n_components=5, seed=3, store=tmp_path)  # replaced by the good fit again
 

@@ -96,6 +96,10 @@ def _project(rebuilt: torch.Tensor, previous: torch.Tensor, mag: np.ndarray, *, 
 
     One thread: the pass is bound by memory, and a second thread did not shorten it between torch's FFTs.
     """
+    if not rebuilt.shape == previous.shape == out.shape or not out.is_contiguous() or rebuilt.numel() != mag.size:
+        # the kernel reads and writes without bounds checks, and writes into `out` through a view
+        raise ValueError(f"spectra of shapes {tuple(rebuilt.shape)}, {tuple(previous.shape)}, {tuple(out.shape)} "
+                         f"for a magnitude of {mag.shape}")
     r, p, o = (torch.view_as_real(t).reshape(-1, mag.shape[1], 2).numpy() for t in (rebuilt, previous, out))
     _project_kernel(r, p, mag, keep, np.float32(torch.finfo(torch.float32).tiny), o)
 
@@ -121,6 +125,11 @@ def griffin_lim(magnitude: np.ndarray, *, n_iter: int, n_fft: int, hop_length: i
     if mag.ndim not in (2, 3) or mag.shape[-2:] != (n_fft // 2 + 1, frames):
         raise ParameterError(f"magnitude: expected shape ({n_fft // 2 + 1}, {frames}) or (notes, {n_fft // 2 + 1}, "
                              f"{frames}) for {length} samples at hop {hop_length}, got {mag.shape}")
+    reanalysed = 1 + (length - n_fft % 2) // hop_length  # frames of the STFT of the estimate, as torch frames it
+    if reanalysed != frames:
+        raise ParameterError(f"n_fft {n_fft}, hop_length {hop_length}, length {length}: the STFT of the estimate has "
+                             f"{reanalysed} frames against the magnitude's {frames} (an odd n_fft with a length "
+                             "that is a multiple of the hop); use an even n_fft or another length")
     if n_iter < 1:
         raise ParameterError(f"n_iter: expected >= 1, got {n_iter}")
     if not 0 <= momentum <= 1:

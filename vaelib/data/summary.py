@@ -83,12 +83,14 @@ def dataset_summary(meta: pd.DataFrame) -> dict:
 _F16_VALUES = np.arange(1 << 16, dtype=np.uint16).view(np.float16).astype(np.float64)
 
 
-def feature_stats(cache: FeatureCache, *, chunk: int = 4096) -> pd.DataFrame:
+def feature_stats(cache: FeatureCache, *, chunk: int = 1024) -> pd.DataFrame:
     """Min, max, mean and standard deviation of the normalised features, per split and over all.
 
     Reads the memory-mapped array in chunks and counts each split's float16 values by their bit pattern
-    (one integer pass); the statistics come from the 65,536 counts, so the whole cache never sits in
-    memory and no pass converts it to float64 (which took 3.7 s for the default cache's 110 M cells).
+    (``np.bincount``, which takes the chunk as int64: 84 MB for 1,024 notes of the default features); the
+    statistics come from the 65,536 counts, so the whole cache never sits in memory and no float64 copy
+    of it is made (which took 3.7 s for the default cache's 110 M cells). A -0.0 and a +0.0 are told apart
+    by their bits: with both present, the max reads -0.0.
 
     Returns
     -------
