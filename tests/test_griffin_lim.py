@@ -99,3 +99,13 @@ def test_the_compiled_step_refuses_spectra_that_do_not_fit_its_magnitude():
                          (fits, torch.zeros(5, 4, dtype=torch.complex64).T)):
         with pytest.raises(ValueError, match="spectra of shapes"):
             _project(rebuilt, fits, mag, keep=np.float32(0.5), out=out)
+
+
+@pytest.mark.parametrize("scale", [1e-12, 1e-20, 1e-22])
+def test_tiny_magnitudes_keep_their_phase(scale):
+    # the squares of such spectra underflow float32: the phase must still be normalised as librosa does
+    y = _tone()
+    mag = np.abs(librosa.stft(y, n_fft=N_FFT, hop_length=HOP)).astype(np.float32)
+    ours = griffin_lim(mag * np.float32(scale), n_iter=4, n_fft=N_FFT, hop_length=HOP, length=len(y), seed=1)
+    ref = griffin_lim(mag, n_iter=4, n_fft=N_FFT, hop_length=HOP, length=len(y), seed=1) * np.float32(scale)
+    assert np.linalg.norm(ours - ref) / np.linalg.norm(ref) < 1e-3

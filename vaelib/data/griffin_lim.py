@@ -30,6 +30,7 @@ __all__ = ["griffin_lim", "MOMENTUM"]
 
 MOMENTUM = 0.99  # librosa's default: the "fast" Griffin-Lim
 _NOLA_TINY = 1e-11  # torch.istft's floor for the window envelope (the NOLA condition)
+_SQUARES_UNDERFLOW = np.float32(1e-30)  # below it re * re + im * im has lost bits to float32's underflow
 
 
 class _InverseSTFT:
@@ -85,7 +86,12 @@ def _project_kernel(rebuilt: np.ndarray, previous: np.ndarray, mag: np.ndarray, 
         for k in range(bins):
             re = rebuilt[r, k, 0] - keep * previous[r, k, 0]
             im = rebuilt[r, k, 1] - keep * previous[r, k, 1]
-            scale = mag[r, k] / (np.sqrt(re * re + im * im) + tiny)
+            squares = re * re + im * im
+            if squares < _SQUARES_UNDERFLOW:  # rare: squares near float32's underflow, the norm from float64's
+                norm = np.float32(np.sqrt(np.float64(re) ** 2 + np.float64(im) ** 2))
+            else:
+                norm = np.sqrt(squares)
+            scale = mag[r, k] / (norm + tiny)
             out[r, k, 0] = re * scale
             out[r, k, 1] = im * scale
 
