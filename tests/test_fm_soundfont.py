@@ -9,6 +9,7 @@ import tinysoundfont
 import vaelib.data.fm_soundfont as fm
 from vaelib.data.render import GM_FAMILY_SOURCE, SAMPLE_RATE, render_note
 from vaelib.data.soundfonts import resolve_soundfont
+from vaelib.exceptions import DataError
 
 ONE_PER_FAMILY = {}
 for _program, (_family, _) in GM_FAMILY_SOURCE.items():
@@ -76,3 +77,17 @@ def test_its_bare_name_writes_it_once_into_the_project(tmp_path, monkeypatch):
     stamp = path.stat().st_mtime_ns
     assert resolve_soundfont(fm.FM_SOUNDFONT) == path and path.stat().st_mtime_ns == stamp
     assert [p.name for p in path.parent.iterdir()] == [fm.FM_SOUNDFONT]  # no temp file left
+    good = path.read_bytes()
+    assert fm.FORMAT.encode() in good[:100]
+    # written by another version of the generator (or cut short): written again, not played
+    for stale in (good.replace(fm.FORMAT.encode(), b"vaelib FM GM 0", 1), good[:1000]):
+        path.write_bytes(stale)
+        assert resolve_soundfont(fm.FM_SOUNDFONT) == path and path.read_bytes() == good
+
+
+def test_a_folder_that_cannot_take_it_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setattr(fm, "resolve_path", lambda p: tmp_path / p)
+    (tmp_path / "data").mkdir()
+    (tmp_path / fm.FM_FOLDER).write_text("a file where the folder would be")
+    with pytest.raises(DataError, match=r"soundfonts/vaelib_fm.sf2: could not write the project's FM SoundFont"):
+        resolve_soundfont(fm.FM_SOUNDFONT)

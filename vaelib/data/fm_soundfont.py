@@ -23,9 +23,11 @@ from pathlib import Path
 import numpy as np
 
 from vaelib.config import resolve_path
+from vaelib.exceptions import DataError
 from vaelib.io import atomic_path
 
-__all__ = ["FM_SOUNDFONT", "FM_FOLDER", "FmPatch", "fm_patch", "fm_tone", "fm_soundfont_bytes", "ensure_fm_soundfont"]
+__all__ = ["FM_SOUNDFONT", "FM_FOLDER", "FORMAT", "FmPatch", "fm_patch", "fm_tone", "fm_header", "fm_soundfont_bytes",
+           "ensure_fm_soundfont"]
 
 FM_SOUNDFONT = "vaelib_fm.sf2"  # the bare name a run gives; written on first use into FM_FOLDER
 FM_FOLDER = "data/soundfonts"
@@ -35,6 +37,10 @@ DECAY_S = 3.0  # a struck or plucked tone's sample: longer than the 3 s a render
 ATTACK_REGION_S = 0.5  # a sustained tone's attack, before its loop
 LOOP_S = 0.25
 SEED = 20_240_601
+# Written into the file's INFO chunk and checked on every use: a file written by another version of this
+# generator (or edited) is written again, so one commit renders one bank on every machine. Bump it with
+# any change to what the generator writes.
+FORMAT = "vaelib FM GM 1"
 
 # NSynth family -> (modulator ratios to choose from, peak index, steady index, index time constant (s),
 # amplitude attack (s), amplitude decay time constant (s) or None when sustained, vibrato depth (cents))
@@ -177,8 +183,7 @@ def fm_soundfont_bytes(*, seed: int = SEED) -> bytes:
     inst += _name("EOI") + struct.pack("<H", n_ibag)
     ibag += struct.pack("<HH", n_igen, 0)
     shdr += _name("EOS") + struct.pack("<IIIIIBbHH", 0, 0, 0, 0, 0, 0, 0, 0, 0)
-    info = _list(b"INFO", _chunk(b"ifil", struct.pack("<HH", 2, 1)), _chunk(b"isng", b"EMU8000\0"),
-                 _chunk(b"INAM", b"vaelib FM GM\0"))
+    info = _info(seed)
     sdta = _list(b"sdta", _chunk(b"smpl", b"".join(samples)))
     pdta = _list(b"pdta", _chunk(b"phdr", phdr), _chunk(b"pbag", pbag), _chunk(b"pmod", b"\0" * 10),
                  _chunk(b"pgen", pgen + b"\0" * 4), _chunk(b"inst", inst), _chunk(b"ibag", ibag),
@@ -187,11 +192,51 @@ def fm_soundfont_bytes(*, seed: int = SEED) -> bytes:
     return b"RIFF" + struct.pack("<I", len(body)) + body
 
 
+def _format_tag(seed: int) -> bytes:
+    return f"{FORMAT} seed {seed}".encode("ascii") + b"\0"
+
+
+def _written_by_this_version(path: Path) -> bool:
+    """Whether ``path`` starts as this generator's file does (its header up to the end of the INAM tag) and
+    is as long as its RIFF header says (not cut short)."""
+    head = fm_header()
+    try:
+        with path.open("rb") as f:
+            found = f.read(len(head))
+        size = path.stat().st_size
+    except OSError:
+        return False
+    return (len(found) == len(head) and found[:4] == head[:4] and found[8:] == head[8:]
+            and struct.unpack("<I", found[4:8])[0] == size - 8)
+
+
+def _info(seed: int) -> bytes:
+    return _list(b"INFO", _chunk(b"ifil", struct.pack("<HH", 2, 1)), _chunk(b"isng", b"EMU8000\0"),
+                 _chunk(b"INAM", _format_tag(seed)))
+
+
+def fm_header(*, seed: int = SEED) -> bytes:
+    """The first bytes of the file: the RIFF header (its size left 0) and the INFO chunk, which names the
+    generator's format and seed."""
+    return b"RIFF" + b"\0" * 4 + b"sfbk" + _info(seed)
+
+
 def ensure_fm_soundfont() -> Path:
-    """``data/soundfonts/vaelib_fm.sf2``, written (atomically) when it is not there yet."""
+    """``data/soundfonts/vaelib_fm.sf2``, written (atomically) when it is not there or was written by another
+    version of the generator.
+
+    Raises
+    ------
+    DataError
+        The folder cannot take the file (read-only, a file in its way, the disk full).
+    """
     path = resolve_path(FM_FOLDER) / FM_SOUNDFONT
-    if not path.is_file():
+    if not (path.is_file() and _written_by_this_version(path)):
         data = fm_soundfont_bytes()
-        with atomic_path(path, suffix=".sf2") as tmp:
-            tmp.write_bytes(data)
+        try:
+            with atomic_path(path, suffix=".sf2") as tmp:
+                tmp.write_bytes(data)
+        except OSError as exc:
+            raise DataError(f"{path}: could not write the project's FM SoundFont ({exc.strerror or exc}); "
+                            f"make {path.parent} writable or give another SoundFont") from exc
     return path
