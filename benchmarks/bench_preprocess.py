@@ -55,7 +55,11 @@ TARGET_SPEEDUP = 5.0
 def spectrum_ab(cfg: FeatureConfig, *, repeats: int = 5, calls: int = 200) -> dict:
     """Per-note milliseconds of the STFT's steps after the window, old way and new way side by side:
     rfft into a preallocated ``out=`` (torch computes into a temporary and copies) against a fresh
-    result, and |X|^2 by torch's two passes against the compiled kernel. Rounds alternate; best kept."""
+    result, and |X|^2 by torch's two passes against the compiled kernel. Rounds alternate; best kept.
+    Beside torch's rfft (MKL's on x86), SciPy's (pocketfft, one worker): the FFT backend the cache could
+    take on a CPU where MKL's is slow, with the largest difference of its spectrum relative to the peak."""
+    import scipy.fft
+
     frames = torch.from_numpy(np.random.default_rng(0).normal(size=(cfg.frames, cfg.n_fft)).astype(np.float32))
     spec_out = torch.empty(cfg.frames, cfg.n_fft // 2 + 1, dtype=torch.complex64)
     power = torch.empty(cfg.frames, cfg.n_fft // 2 + 1)
@@ -67,7 +71,9 @@ def spectrum_ab(cfg: FeatureConfig, *, repeats: int = 5, calls: int = 200) -> di
     def compiled_power() -> None:
         _power(spec.clone(), out=power)
 
+    frames_np = frames.numpy()
     ways = {"rfft_out": lambda: torch.fft.rfft(frames, out=spec_out), "rfft_fresh": lambda: torch.fft.rfft(frames),
+            "rfft_scipy": lambda: scipy.fft.rfft(frames_np, workers=1),
             "power_torch_two_passes": torch_power, "power_compiled": compiled_power}
     best = {k: float("inf") for k in ways}
     threads = torch.get_num_threads()
@@ -83,6 +89,8 @@ def spectrum_ab(cfg: FeatureConfig, *, repeats: int = 5, calls: int = 200) -> di
     finally:
         torch.set_num_threads(threads)
     out = {f"{k}_ms_per_note": round(v, 4) for k, v in best.items()}
+    out["rfft_scipy_max_difference_vs_peak"] = float(
+        np.abs(scipy.fft.rfft(frames_np, workers=1) - spec.numpy()).max() / np.abs(spec.numpy()).max())
     out["note"] = "power timings include a clone of the spectrum (both ways alike)"
     return out
 
