@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -33,14 +34,18 @@ FM_SOUNDFONT = "vaelib_fm.sf2"  # the bare name a run gives; written on first us
 FM_FOLDER = "data/soundfonts"
 SAMPLE_RATE = 22_050
 ROOTS = tuple(range(24, 97, 12))  # C1 .. C7, one sample each
-DECAY_S = 3.0  # a struck or plucked tone's sample: longer than the 3 s a rendered note is held
+ZONE_UP = 5  # semitones a sample is played above its root (the zone of root - 6 .. root + 5)
+# a struck or plucked tone's sample: a rendered note's 3 s held and 0.3 s of release, played ZONE_UP
+# semitones fast, so that no note runs out of sample before it is released
+DECAY_S = 4.5
+RENDER_BAND_HZ = 7_000.0  # sidebands kept below this: the project renders at 16 kHz, and the synth does not filter
 ATTACK_REGION_S = 0.5  # a sustained tone's attack, before its loop
 LOOP_S = 0.25
 SEED = 20_240_601
 # Written into the file's INFO chunk and checked on every use: a file written by another version of this
 # generator (or edited) is written again, so one commit renders one bank on every machine. Bump it with
 # any change to what the generator writes.
-FORMAT = "vaelib FM GM 1"
+FORMAT = "vaelib FM GM 2"
 
 # NSynth family -> (modulator ratios to choose from, peak index, steady index, index time constant (s),
 # amplitude attack (s), amplitude decay time constant (s) or None when sustained, vibrato depth (cents))
@@ -92,15 +97,30 @@ def fm_patch(program: int, family: str, *, seed: int = SEED) -> FmPatch:
                    noise=0.03 * vary(0.5, 1.5) if family == "flute" else 0.0)
 
 
+def _band_limit(patch: FmPatch, root: int) -> float:
+    """The index at which the tone's significant sidebands (about index + 1 of them, Carson's rule) reach
+    ``RENDER_BAND_HZ`` at the top of the root's zone: higher notes get less modulation, as key scaling does."""
+    top = 440.0 * 2.0 ** ((root + ZONE_UP - 69) / 12)
+    return max(0.0, (RENDER_BAND_HZ / top - 1.0) / patch.ratio - 1.0)
+
+
+def _loop_periods(f0: float, ratio: float) -> int:
+    """Whole carrier periods in about ``LOOP_S``, a multiple of the ratio's denominator (a modulator at half
+    the carrier's frequency repeats every two carrier periods), so the loop joins both waves."""
+    step = Fraction(ratio).limit_denominator(8).denominator
+    return max(step, round(LOOP_S * f0 / step) * step)
+
+
 def fm_tone(patch: FmPatch, root: int, *, sample_rate: int = SAMPLE_RATE) -> tuple[np.ndarray, int, int]:
     """One sample of a patch at MIDI note ``root``: int16 samples, and the loop's start and end (0, 0:
     none). A sustained tone's loop is a whole number of periods of its steady state, which the tone
-    reaches before the loop: the frequency is nudged (by under a cent) so that the periods fit samples."""
+    reaches at the loop's start: the frequency is nudged (by under a cent) so that the periods fit samples.
+    The index is scaled down where its sidebands would pass ``RENDER_BAND_HZ`` (see ``_band_limit``)."""
     f0 = 440.0 * 2.0 ** ((root - 69) / 12)
     rng = np.random.default_rng([SEED, root, int(patch.ratio * 100), int(patch.index_peak * 1000)])
     if patch.sustained:
         start = int(ATTACK_REGION_S * sample_rate)
-        periods = max(1, round(LOOP_S * f0))
+        periods = _loop_periods(f0, patch.ratio)
         loop = round(periods * sample_rate / f0)
         f0 = periods * sample_rate / loop
         n = start + loop + 64  # the synth reads past the loop end: the tone goes on
@@ -109,11 +129,13 @@ def fm_tone(patch: FmPatch, root: int, *, sample_rate: int = SAMPLE_RATE) -> tup
         n = int(DECAY_S * sample_rate)
     t = np.arange(n) / sample_rate
     settle = np.exp(-t / patch.index_tau)
+    if patch.sustained:  # settled exactly at the loop's start, without a step: periodic from there on
+        at_loop = np.exp(-start / sample_rate / patch.index_tau)
+        settle = np.clip((settle - at_loop) / (1.0 - at_loop), 0.0, None)
     index = patch.index_steady + (patch.index_peak - patch.index_steady) * settle
+    index *= min(1.0, _band_limit(patch, root) / max(patch.index_peak, patch.index_steady, 1e-9))
     amp = np.minimum(t / patch.attack, 1.0)
-    if patch.sustained:
-        index[start:] = patch.index_steady  # exactly periodic from the loop on
-    else:
+    if not patch.sustained:
         amp *= np.exp(-t / patch.decay)
     # integer ratios keep the tone harmonic; the mallets' inharmonic ones are only ever played unlooped
     tone = np.sin(2 * np.pi * f0 * t + index * np.sin(2 * np.pi * patch.ratio * f0 * t)) * amp
@@ -158,8 +180,9 @@ def fm_soundfont_bytes(*, seed: int = SEED) -> bytes:
                 "<IIIIIBbHH", offset, offset + len(pcm), offset + loop_start, offset + loop_end, SAMPLE_RATE, root, 0,
                 0, 1)
             offset += len(pcm) + 46
-            lo = 0 if j == 0 else root - 6
-            hi = 127 if j == len(ROOTS) - 1 else root + 5
+            # every key has a zone; keys past C7 + ZONE_UP play the top sample faster than it was made for
+            lo = 0 if j == 0 else root - (11 - ZONE_UP)
+            hi = 127 if j == len(ROOTS) - 1 else root + ZONE_UP
             gens = [(43, struct.pack("<BB", lo, hi))]
             if patch.sustained:
                 gens += [(54, struct.pack("<h", 1)), (38, struct.pack("<h", _timecents(0.25)))]
@@ -238,5 +261,5 @@ def ensure_fm_soundfont() -> Path:
                 tmp.write_bytes(data)
         except OSError as exc:
             raise DataError(f"{path}: could not write the project's FM SoundFont ({exc.strerror or exc}); "
-                            f"make {path.parent} writable or give another SoundFont") from exc
+                            f"{path.parent} must be a writable folder, or name another SoundFont") from exc
     return path

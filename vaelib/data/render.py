@@ -22,6 +22,8 @@ import soundfile as sf
 from tqdm import tqdm
 
 from vaelib.config import NSYNTH_FAMILIES, NSYNTH_SOURCES, RenderConfig, section_hash
+from vaelib.data.fm_soundfont import FM_SOUNDFONT
+from vaelib.data.fm_soundfont import FORMAT as FM_FORMAT
 from vaelib.data.nsynth import QUALITIES
 from vaelib.data.soundfonts import default_soundfont, resolve_soundfonts, source_names, source_prefix
 from vaelib.exceptions import DataError, ParameterError
@@ -126,13 +128,19 @@ def instrument_programs(cfg: RenderConfig) -> dict[str, int]:
 
 
 def render_settings(cfg: RenderConfig) -> dict:
-    """What a render's notes depend on: the sources' file names, programs, pitches, velocities, levels.
-    Not ``enabled`` or ``workers``, which change whether and how fast a render runs, not what it makes."""
-    return {
-        "soundfonts": source_names(cfg.soundfont), "programs": render_programs(cfg),
+    """What a render's notes depend on: the sources' file names, programs, pitches, velocities, levels,
+    and (``generated``) the format of a SoundFont the project writes itself (``vaelib_fm.sf2``), whose
+    file name stays when its generator changes. Not ``enabled`` or ``workers``, which change whether and
+    how fast a render runs, not what it makes."""
+    names = source_names(cfg.soundfont)
+    settings = {
+        "soundfonts": names, "programs": render_programs(cfg),
         "pitches": list(range(cfg.pitch_min, cfg.pitch_max + 1, cfg.pitch_step)),
         "velocities": sorted(cfg.velocities), "silence_db": cfg.silence_db, "gain_db": cfg.gain_db,
     }
+    if FM_SOUNDFONT in names:  # only then: the keys of every other render stay as they were
+        settings["generated"] = {FM_SOUNDFONT: FM_FORMAT}
+    return settings
 
 
 def settings_key(cfg: RenderConfig) -> str:
@@ -355,6 +363,12 @@ def check_rendered(root: str | Path, cfg: RenderConfig, *, asked_by: str, folder
         raise DataError(f"{root}: rendered from {have}, but {asked_by} names {want}: set {folder_key} to another "
                         f"folder (a render is keyed by its sources), or remove this one to render it again{tail}")
     recorded, settings = summary.get("settings"), render_settings(cfg)
+    made = recorded.get("generated") if isinstance(recorded, dict) else None
+    if "generated" in settings and made != settings["generated"]:
+        found = made.get(FM_SOUNDFONT) if isinstance(made, dict) else None
+        raise DataError(f"{root}: rendered from another version of the project's own {FM_SOUNDFONT} "
+                        f"({found or 'its format not recorded'}; this code writes {FM_FORMAT!r}): set {folder_key} "
+                        f"to another folder, or remove this one to render it again{tail}")
     if strict and isinstance(recorded, dict) and recorded != settings:
         differ = sorted(k for k in set(recorded) | set(settings) if recorded.get(k) != settings.get(k))
         raise DataError(f"{root}: rendered with other render settings than the run's (they differ in {differ}): "
