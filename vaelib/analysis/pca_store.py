@@ -69,11 +69,9 @@ def _read(path: Path, key: str, *, n_components: int, n_features: int, seed: int
         warnings.warn(f"{path}: stored PCA unreadable ({type(exc).__name__}: {exc}); fitting it again", stacklevel=3)
         return None
     shapes_ok = (arrays["components_"].shape == (n_components, n_features) and arrays["mean_"].shape == (n_features,)
-                 and all(arrays[name].shape == (n_components,) for name in _ARRAYS[2:]))
+                 and all(arrays[name].shape == (n_components,) for name in _ARRAYS[2:])
+                 and all(arrays[name].shape == () for name in _NUMBERS))
     if str(arrays["key"]) != key or not shapes_ok:
-        warnings.warn(f"{path}: stored PCA holds another fit; fitting it again", stacklevel=3)
-        return None
-    if any(arrays[name].shape != () for name in _NUMBERS):
         warnings.warn(f"{path}: stored PCA holds another fit; fitting it again", stacklevel=3)
         return None
     pca = PCA(n_components=n_components, svd_solver="randomized", random_state=seed)

@@ -169,7 +169,7 @@ def fm_soundfont_bytes(*, seed: int = SEED) -> bytes:
     from vaelib.data.render import GM_FAMILY_SOURCE
 
     samples, shdr, inst, ibag, igen, phdr, pbag, pgen = [], b"", b"", b"", b"", b"", b"", b""
-    offset, n_ibag, n_igen, n_samples = 0, 0, 0, 0
+    offset, n_ibag, n_igen = 0, 0, 0  # one instrument zone per sample: a zone's index is its sample's
     for i, (program, (family, _)) in enumerate(GM_FAMILY_SOURCE.items()):
         patch = fm_patch(program, family, seed=seed)
         inst += _name(f"fm{program:03d}_{family}") + struct.pack("<H", n_ibag)
@@ -191,12 +191,11 @@ def fm_soundfont_bytes(*, seed: int = SEED) -> bytes:
                              (23, struct.pack("<h", _timecents(0.3)))]
             else:
                 gens += [(38, struct.pack("<h", _timecents(0.3)))]
-            gens += [(53, struct.pack("<H", n_samples))]
+            gens += [(53, struct.pack("<H", n_ibag))]
             ibag += struct.pack("<HH", n_igen, 0)
             igen += b"".join(struct.pack("<H", op) + amount for op, amount in gens)
             n_igen += len(gens)
             n_ibag += 1
-            n_samples += 1
         phdr += _name(f"FM {family} {program}") + struct.pack("<HHHIII", program, 0, i, 0, 0, 0)
         pbag += struct.pack("<HH", i, 0)
         pgen += struct.pack("<Hh", 41, i)
