@@ -150,6 +150,7 @@ def test_bad_values_refused_naming_the_key(raw, named):
         ("train.epochs=0", "train.epochs"),           # below minimum
         ("train.contrast_dims=33", "train.contrast_dims"),          # more than latent_dim (32)
         ("train.notes_per_instrument=5", "train.notes_per_instrument"),  # 64 notes are not groups of 5
+        ("train.notes_per_class=5", "train.notes_per_class"),  # the same for groups of a class
     ],
 )
 def test_bad_overrides_refused_naming_the_key(override, named):
@@ -305,3 +306,11 @@ def test_an_empty_section_keeps_its_base(tmp_path):
 def test_run_names_that_are_not_folder_names_are_refused(name):
     with pytest.raises(ConfigError, match="run.name"):
         load_config(None, [f"run.name={name}"])
+
+
+def test_notes_per_class_needs_the_contrastive_term_and_one_order():
+    with pytest.raises(ConfigError, match=r"train.notes_per_class \(4\) groups notes by the classes"):
+        load_config(None, ["train.contrast=0", "train.notes_per_class=4"])
+    with pytest.raises(ConfigError, match=r"train.notes_per_instrument \(4\) and train.notes_per_class \(4\) are 2 orders"):
+        load_config(None, ["train.contrast=1", "train.notes_per_instrument=4", "train.notes_per_class=4"])
+    assert load_config(None, ["train.contrast=1", "train.notes_per_class=4"]).train.notes_per_class == 4

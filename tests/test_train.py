@@ -24,6 +24,7 @@ from vaelib.data.cache import FeatureCache
 from vaelib.data.prepare import prepare_features
 from vaelib.exceptions import CheckpointError, ParameterError, TrainingError
 from vaelib.model.augment import Augmenter
+from vaelib.model.stream import MemoryRows
 from vaelib.model.checkpoint import checkpoint_dir, find_checkpoint, load_checkpoint, load_model
 from vaelib.model.progress import EarlyStopping, EpochProgress, RandomStreams
 from vaelib.model.train import HISTORY_COLUMNS, train
@@ -213,6 +214,25 @@ def test_instrument_grouped_order_is_a_permutation_of_whole_groups():
     again = vtrain.instrument_grouped_order(inst, 4, torch.Generator().manual_seed(0))
     assert torch.equal(order, again)  # a pure function of the generator's state
 
+
+
+def test_notes_per_class_groups_a_program_across_its_banks():
+    # 3 GM programs, each rendered by two banks (instruments 2p and 2p + 1), 12 notes per instrument
+    program = torch.arange(3).repeat_interleave(24)
+    instrument = torch.arange(6).repeat_interleave(12)
+    data = vtrain._Data(x=MemoryRows(torch.zeros(72, 1, 2, 2)), pitch=torch.zeros(72, dtype=torch.long),
+                        instrument=instrument, classes=program, x_valid=None, pitch_valid=None, batch_size=8,
+                        n_batches=9)
+    tc = load_config(None, ["train.contrast=1", "train.notes_per_class=4"]).train
+    order = vtrain._epoch_order(data, tc, torch.Generator().manual_seed(0))
+    assert sorted(order.tolist()) == list(range(72))
+    groups = order.view(-1, 4)  # 24 notes a program: whole groups of 4
+    assert (program[groups] == program[groups][:, :1]).all()
+    mixed = (instrument[groups] != instrument[groups][:, :1]).any(dim=1).float().mean()
+    assert mixed > 0.75  # a random 4 of a program's 24 notes is one bank's in 2 x C(12,4)/C(24,4) = 9.3% of groups
+    by_instrument = vtrain._epoch_order(data, load_config(None, ["train.notes_per_instrument=4"]).train,
+                                        torch.Generator().manual_seed(0))
+    assert not (instrument[by_instrument.view(-1, 4)] != instrument[by_instrument.view(-1, 4)][:, :1]).any()
 
 AUX = ("train.contrast=5", "train.contrast_dims=4", "train.notes_per_instrument=4", "train.pitch_order=5",
        "model.pitch_head=true", "train.pitch_weight=2", "train.epochs=2")  # 2 epochs of 4 steps

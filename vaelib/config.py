@@ -204,6 +204,10 @@ class TrainConfig:
     contrast_dims: int = _f(0, "leading latent dimensions the contrastive term acts on (0: all)", lo=0)
     notes_per_instrument: int = _f(0, "batches built of groups of this many notes of one instrument (0: uniform "
                                    "random batches); gives the contrastive term its positives", lo=0)
+    notes_per_class: int = _f(0, "batches built of groups of this many notes of one class of the contrastive term "
+                              "(train.contrast_labels; 0: off): with 'program', a group mixes the program's notes "
+                              "from every SoundFont, so most notes meet another bank's rendering in their batch",
+                              lo=0)
     shuffle_block: int = _f(0, "rows of the feature file kept together in the epoch's order (0: every note drawn "
                             "uniformly); blocks are shuffled, then the rows of train.shuffle_window blocks at a "
                             "time, so streaming reads whole runs of rows (docs/scale.md)", lo=0)
@@ -458,12 +462,19 @@ def _cross_checks(cfg: Config) -> None:
     if cfg.train.contrast_dims > cfg.model.latent_dim:
         raise ConfigError(f"train.contrast_dims ({cfg.train.contrast_dims}) is above model.latent_dim "
                           f"({cfg.model.latent_dim})")
-    if cfg.train.notes_per_instrument and cfg.train.shuffle_block:
-        raise ConfigError(f"train.notes_per_instrument ({cfg.train.notes_per_instrument}) and train.shuffle_block "
-                          f"({cfg.train.shuffle_block}) are two orders of the epoch's notes: set one of them to 0")
-    if cfg.train.notes_per_instrument and cfg.train.batch_size % cfg.train.notes_per_instrument:
-        raise ConfigError(f"train.batch_size ({cfg.train.batch_size}) must be a multiple of "
-                          f"train.notes_per_instrument ({cfg.train.notes_per_instrument}): batches hold whole groups")
+    orders = {key: getattr(cfg.train, key) for key in ("notes_per_instrument", "notes_per_class", "shuffle_block")}
+    chosen = [f"train.{key} ({value})" for key, value in orders.items() if value]
+    if len(chosen) > 1:
+        raise ConfigError(f"{' and '.join(chosen)} are {len(chosen)} orders of the epoch's notes: keep one, set the "
+                          "others to 0")
+    for key in ("notes_per_instrument", "notes_per_class"):
+        if orders[key] and cfg.train.batch_size % orders[key]:
+            raise ConfigError(f"train.batch_size ({cfg.train.batch_size}) must be a multiple of "
+                              f"train.{key} ({orders[key]}): batches hold whole groups")
+    if cfg.train.notes_per_class and not cfg.train.contrast:
+        raise ConfigError(f"train.notes_per_class ({cfg.train.notes_per_class}) groups notes by the classes of the "
+                          "contrastive term, which is off (train.contrast 0): set train.contrast > 0, or use "
+                          "train.notes_per_instrument")
     if cfg.train.augment_gain and cfg.features.ref == "max":
         raise ConfigError(f"train.augment_gain ({cfg.train.augment_gain}) changes nothing with features.ref 'max', "
                           "which puts every note's peak at 0 dB: set it to 0, or features.ref to 'fixed'")

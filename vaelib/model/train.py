@@ -718,10 +718,12 @@ def _restore(path: Path, cfg: Config, device: torch.device, stateful: dict[str, 
 
 def _epoch_order(data: _Data, tc: TrainConfig, gen: torch.Generator) -> torch.Tensor:
     """The epoch's order of the train notes, whichever source serves their rows: grouped by instrument when
-    ``train.notes_per_instrument``, in blocks of the file's rows when ``train.shuffle_block``
-    (:func:`vaelib.model.stream.block_order`), else uniform."""
+    ``train.notes_per_instrument``, by contrastive class when ``train.notes_per_class``, in blocks of the file's
+    rows when ``train.shuffle_block`` (:func:`vaelib.model.stream.block_order`), else uniform."""
     if tc.notes_per_instrument:
         return instrument_grouped_order(data.instrument, tc.notes_per_instrument, gen)
+    if tc.notes_per_class:
+        return instrument_grouped_order(data.classes.cpu(), tc.notes_per_class, gen)
     if tc.shuffle_block:
         return block_order(data.x.n_notes, block=tc.shuffle_block, window=tc.shuffle_window, gen=gen)
     return torch.randperm(data.x.n_notes, generator=gen)
