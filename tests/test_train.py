@@ -234,6 +234,16 @@ def test_notes_per_class_groups_a_program_across_its_banks():
                                         torch.Generator().manual_seed(0))
     assert not (instrument[by_instrument.view(-1, 4)] != instrument[by_instrument.view(-1, 4)][:, :1]).any()
 
+
+def test_notes_per_class_names_its_own_run_folder_only_when_on():
+    from vaelib.model.checkpoint import checkpoint_dir
+
+    base = load_config(PROJECT_ROOT / "params" / "default.yaml")
+    assert checkpoint_dir(base, "0123456789abcdef") == checkpoint_dir(
+        load_config(PROJECT_ROOT / "params" / "default.yaml", ["train.notes_per_class=0"]), "0123456789abcdef")
+    grouped = load_config(PROJECT_ROOT / "params" / "default.yaml", ["train.notes_per_class=4"])
+    assert checkpoint_dir(grouped, "0123456789abcdef") != checkpoint_dir(base, "0123456789abcdef")
+
 AUX = ("train.contrast=5", "train.contrast_dims=4", "train.notes_per_instrument=4", "train.pitch_order=5",
        "model.pitch_head=true", "train.pitch_weight=2", "train.epochs=2")  # 2 epochs of 4 steps
 
