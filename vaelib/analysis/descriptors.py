@@ -37,7 +37,7 @@ from sklearn.metrics import r2_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from vaelib.analysis.interpolate import mel_bandwidth, mel_centroid
+from vaelib.analysis.interpolate import band_bandwidth, band_centroid
 from vaelib.analysis.latent import Projection, decode_latents
 from vaelib.analysis.latent_map import LatentSpace
 from vaelib.analysis.run import TrainedRun
@@ -228,7 +228,7 @@ def note_descriptors(x: np.ndarray, *, cfg: FeatureConfig, onset_db: float = ONS
                      roll_percent: float = ROLL_PERCENT, chunk: int = CHUNK) -> pd.DataFrame:
     """Every descriptor of every note, in blocks of ``chunk`` notes (a float16 memmap is read block by block).
 
-    Centroid and bandwidth are ``vaelib.analysis.interpolate.mel_centroid`` and ``mel_bandwidth``; the
+    Centroid and bandwidth are those of ``vaelib.analysis.interpolate.mel_centroid`` and ``mel_bandwidth``; the
     others are the functions of this module.
 
     Parameters
@@ -251,7 +251,7 @@ def note_descriptors(x: np.ndarray, *, cfg: FeatureConfig, onset_db: float = ONS
         power = mel_power(xb, cfg=cfg)  # (B, n_mels, frames)
         bands, energy = power.sum(axis=2), power.sum(axis=1)  # (B, n_mels), (B, frames)
         blocks.append(pd.DataFrame({
-            "centroid": mel_centroid(xb, cfg=cfg), "bandwidth": mel_bandwidth(xb, cfg=cfg),
+            "centroid": band_centroid(bands, cfg=cfg), "bandwidth": band_bandwidth(bands, cfg=cfg),
             "flatness": _flatness(bands), "rolloff": _rolloff(bands, cfg, roll_percent),
             "attack": _attack(energy, cfg, onset_db, peak_db), "temporal_centroid": _temporal_centroid(energy, cfg),
         }, dtype=np.float64))

@@ -33,6 +33,8 @@ __all__ = [
     "step_ratio",
     "mel_centroid",
     "mel_bandwidth",
+    "band_centroid",
+    "band_bandwidth",
     "monotonicity",
     "path_measures",
     "summarize_paths",
@@ -226,13 +228,21 @@ def mel_centroid(x: np.ndarray, *, cfg: FeatureConfig) -> np.ndarray:
     -------
     [shape=(notes,)] Hz
     """
-    power = _band_power(x, cfg)
-    return power @ mel_frequencies(cfg) / power.sum(axis=1)
+    return band_centroid(_band_power(x, cfg), cfg=cfg)
 
 
 def mel_bandwidth(x: np.ndarray, *, cfg: FeatureConfig) -> np.ndarray:
     """Spectral bandwidth from a normalised log-mel: the power-weighted std of the band centres, [shape=(notes,)] Hz."""
-    power = _band_power(x, cfg)
+    return band_bandwidth(_band_power(x, cfg), cfg=cfg)
+
+
+def band_centroid(power: np.ndarray, *, cfg: FeatureConfig) -> np.ndarray:
+    """:func:`mel_centroid` from the power per mel band summed over frames, [shape=(notes, n_mels)]."""
+    return power @ mel_frequencies(cfg) / power.sum(axis=1)
+
+
+def band_bandwidth(power: np.ndarray, *, cfg: FeatureConfig) -> np.ndarray:
+    """:func:`mel_bandwidth` from the power per mel band summed over frames, [shape=(notes, n_mels)]."""
     freqs = mel_frequencies(cfg)
     weights = power / power.sum(axis=1, keepdims=True)
     centroid = weights @ freqs
