@@ -9,6 +9,9 @@
   saved and then drawn again for the notebook (``savefig`` + ``plt.show()``) against ``save_and_show``.
 - ``pca``: the spectrogram PCA of the train split, fitted against read back from ``pca_store``; the
   transforms compared.
+- ``descriptors``: 04's descriptors of every note, centroid and bandwidth each from its own mel power (the
+  way before, kept here as ``note_descriptors_three_powers``) against ``note_descriptors`` (one mel power
+  a block); the tables compared.
 
 The default run's cache is used when it is built (``features.cache_dir`` of params/default.yaml), else
 a seeded uniform one of the same note shape. Rounds alternate the order of the two ways; the best
@@ -38,9 +41,11 @@ import pandas as pd
 from _record import conditions
 
 import vaelib.report.plots.common as common
+import vaelib.analysis.descriptors as desc
 from vaelib.analysis.diagnostics import fit_spectrogram_pca
+from vaelib.analysis.interpolate import mel_bandwidth, mel_centroid
 from vaelib.analysis.pca_store import spectrogram_pca
-from vaelib.config import PROJECT_ROOT, load_config, resolve_path
+from vaelib.config import PROJECT_ROOT, FeatureConfig, load_config, resolve_path
 from vaelib.data.cache import FeatureCache
 from vaelib.data.summary import _ordered_splits, feature_stats
 from vaelib.io import atomic_write_json
@@ -70,6 +75,22 @@ def feature_stats_float64(cache: FeatureCache, *, chunk: int = 4096) -> pd.DataF
         rows[key] = {"n_notes": int(n // cells), "min": lo[key], "max": hi[key], "mean": mean,
                      "std": float(np.sqrt(max(s2 / n - mean**2, 0.0))), "frac_at_floor": floor / n}
     return pd.DataFrame.from_dict(rows, orient="index")
+
+
+def note_descriptors_three_powers(x: np.ndarray, cfg: FeatureConfig) -> pd.DataFrame:
+    """``note_descriptors`` as it was: ``mel_centroid`` and ``mel_bandwidth`` each converted the block's dB
+    to power again, beside the block's own ``mel_power``."""
+    blocks = []
+    for start in range(0, len(x), desc.CHUNK):
+        xb = desc._as_notes(x[start:start + desc.CHUNK], cfg)
+        power = desc.mel_power(xb, cfg=cfg)
+        bands, energy = power.sum(axis=2), power.sum(axis=1)
+        blocks.append(pd.DataFrame({
+            "centroid": mel_centroid(xb, cfg=cfg), "bandwidth": mel_bandwidth(xb, cfg=cfg),
+            "flatness": desc._flatness(bands), "rolloff": desc._rolloff(bands, cfg, desc.ROLL_PERCENT),
+            "attack": desc._attack(energy, cfg, desc.ONSET_DB, desc.PEAK_DB),
+            "temporal_centroid": desc._temporal_centroid(energy, cfg)}, dtype=np.float64))
+    return pd.concat(blocks, ignore_index=True)[list(desc.DESCRIPTORS)]
 
 
 def the_cache() -> tuple[FeatureCache, str]:
@@ -163,6 +184,13 @@ def main() -> None:
         out["pca"] = {"train_notes": len(train), "components": d, "seconds": {w: round(t, 3) for w, t in best.items()},
                       "speedup": round(best["fit"] / best["read"], 2),
                       "same_transform": bool(np.array_equal(res["fit"].transform(flat), res["read"].transform(flat)))}
+
+    features = load_config(PROJECT_ROOT / "params" / "default.yaml").features
+    best, res = pairs(args.rounds, {"three_powers": lambda: note_descriptors_three_powers(cache.features, features),
+                                    "one_power": lambda: desc.note_descriptors(cache.features, cfg=features)})
+    out["descriptors"] = {"notes": len(cache.meta), "seconds": {w: round(t, 3) for w, t in best.items()},
+                          "speedup": round(best["three_powers"] / best["one_power"], 2),
+                          "same_table": bool(res["three_powers"].equals(res["one_power"]))}
 
     result = {**out, "rounds": args.rounds, **conditions()}
     atomic_write_json(args.out, result)
