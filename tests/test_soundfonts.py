@@ -52,7 +52,7 @@ def test_bare_names_resolve(tmp_path, monkeypatch, fake_debian):
     assert resolve_soundfont("Fake_GM.sf2") == fake_debian
     # a path is a path: relative to the project, or absolute
     mine = tmp_path / "mine.sf3"
-    mine.write_bytes(b"")
+    shutil.copy(default_soundfont(), mine)
     assert resolve_soundfont(str(mine)) == mine
     assert source_names(("a/One.sf2", "Two.sf3")) == ["One.sf2", "Two.sf3"] and source_names("") == ["TimGM6mb.sf2"]
 
@@ -103,6 +103,40 @@ def test_a_run_naming_a_missing_soundfont_stops_before_any_work(tmp_path, fake_d
     cfg = load_config(SMOKE, [f"analysis.transfer=[{{name: gone, root: {tmp_path / 'gone'}}}]"])
     with pytest.raises(DataError, match=r"analysis.transfer\[0\].root \(gone\): .*gone: dataset folder not found"):
         check_soundfonts(cfg)
+
+
+def _damaged(kind: str, path: Path) -> Path:
+    whole = default_soundfont().read_bytes()
+    path.write_bytes({"empty": b"", "text": b"not a soundfont\n", "truncated": whole[:100_000],
+                      "riff_of_another_kind": b"RIFF" + whole[4:8] + b"WAVE" + whole[12:],
+                      "damaged_inside": whole[:12] + b"\0" * (len(whole) - 12)}[kind])
+    return path
+
+
+@pytest.mark.parametrize(("kind", "said"), [
+    ("empty", "the file is empty"), ("text", "not a SoundFont .*b'not a soundf"),
+    ("truncated", "truncated: its header announces 5,994,284 bytes, the file holds 100,000"),
+    ("riff_of_another_kind", "not a SoundFont .*RIFF 'sfbk' header")])
+def test_a_damaged_soundfont_is_named_before_any_work(tmp_path, kind, said):
+    from vaelib.data.render import render_dataset
+
+    bad = _damaged(kind, tmp_path / f"{kind}.sf2")
+    with pytest.raises(DataError, match=rf"analysis.transfer\[0\].soundfont \(x\) {bad}: {said}"):
+        check_soundfonts(load_config(SMOKE, [f"analysis.transfer=[{{name: x, soundfont: {bad}}}]"]))
+    with pytest.raises(DataError, match=f"render.soundfont {bad}: {said}"):
+        render_dataset(load_config(SMOKE, [f"render.soundfont={bad}"]).render, tmp_path / "out", show_progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_soundfont_damaged_past_its_header_is_named_by_the_render(tmp_path):
+    from vaelib.data.render import render_dataset
+
+    bad = _damaged("damaged_inside", tmp_path / "inside.sf2")
+    assert resolve_soundfont(str(bad)) == bad  # a whole header: only the synth can tell
+    cfg = load_config(SMOKE, [f"render.soundfont={bad}", "render.programs=[0]"]).render
+    with pytest.raises(DataError, match=f"{bad}: tinysoundfont could not read this SoundFont"):
+        render_dataset(cfg, tmp_path / "out", show_progress=False)
+    assert not (tmp_path / "out").exists()
 
 
 def test_module_names_no_missing_symbol():

@@ -16,6 +16,7 @@ or removing another source never renames the instruments of the others.
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from vaelib.data.fm_soundfont import FM_SOUNDFONT, ensure_fm_soundfont
 from vaelib.exceptions import DataError, ParameterError
 
 __all__ = ["BUNDLED_SOUNDFONT", "DEBIAN_SOUNDFONTS", "default_soundfont", "debian_package", "resolve_soundfont",
-           "resolve_soundfonts", "source_names", "source_prefix", "check_soundfonts"]
+           "check_soundfont_file", "resolve_soundfonts", "source_names", "source_prefix", "check_soundfonts"]
 
 BUNDLED_SOUNDFONT = "TimGM6mb.sf2"  # inside the pretty_midi wheel: the default source, found with pip alone
 
@@ -79,21 +80,21 @@ def resolve_soundfont(spec: str, *, where: str = "render.soundfont") -> Path:
         packages, the ``apt-get install`` that provides it.
     """
     if not spec.strip():
-        return default_soundfont()
+        return check_soundfont_file(default_soundfont(), where=where)
     given = Path(spec)
     if given.suffix.lower() not in SOUNDFONT_SUFFIXES:
         raise ParameterError(f"{where} {spec}: expected a .sf2 or .sf3 file")
     path = resolve_path(spec)
     bare = len(given.parts) == 1
     if path.is_file():
-        return path
+        return check_soundfont_file(path, where=where)
     if bare and given.name == BUNDLED_SOUNDFONT:
-        return default_soundfont()
+        return check_soundfont_file(default_soundfont(), where=where)
     if bare and given.name == FM_SOUNDFONT:
         return ensure_fm_soundfont()
     debian = _debian_path(given.name) if bare else None
     if debian is not None and debian.is_file():
-        return debian
+        return check_soundfont_file(debian, where=where)
     package = debian_package(given)
     shown = debian if debian is not None else path
     hint = ""
@@ -102,6 +103,33 @@ def resolve_soundfont(spec: str, *, where: str = "render.soundfont") -> Path:
         hint = (f" (Debian's package {package}: `apt-get install {package}` provides it)" if place == shown else
                 f" (Debian's package {package}: `apt-get install {package}` installs it as {place})")
     raise ParameterError(f"{where} {shown}: file not found{hint}")
+
+
+def check_soundfont_file(path: Path, *, where: str = "render.soundfont") -> Path:
+    """``path`` when it begins as a SoundFont does (a RIFF ``sfbk`` header) and holds every byte its header
+    announces; checked before anything is rendered, so a damaged or partly copied file is named at once.
+
+    Raises
+    ------
+    DataError
+        It cannot be read, is not a RIFF ``sfbk`` file, or is shorter than its header says (truncated).
+    """
+    try:
+        with open(path, "rb") as f:
+            head = f.read(12)
+            size = os.fstat(f.fileno()).st_size
+    except OSError as exc:
+        raise DataError(f"{where} {path}: cannot be read ({exc.strerror or exc})") from exc
+    if size == 0:
+        raise DataError(f"{where} {path}: the file is empty, not a SoundFont")
+    if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"sfbk":
+        raise DataError(f"{where} {path}: not a SoundFont (a .sf2/.sf3 file begins with a RIFF 'sfbk' header; "
+                        f"this one begins with {head[:12]!r})")
+    announced = int.from_bytes(head[4:8], "little") + 8
+    if size < announced:
+        raise DataError(f"{where} {path}: truncated: its header announces {announced:,} bytes, the file holds "
+                        f"{size:,} (an interrupted download or copy?)")
+    return path
 
 
 def resolve_soundfonts(spec: str | tuple[str, ...] | list[str], *, where: str = "render.soundfont") -> list[Path]:
