@@ -40,8 +40,8 @@ import numpy as np
 import pandas as pd
 from _record import conditions
 
-import vaelib.report.plots.common as common
 import vaelib.analysis.descriptors as desc
+import vaelib.report.plots.common as common
 from vaelib.analysis.diagnostics import fit_spectrogram_pca
 from vaelib.analysis.interpolate import mel_bandwidth, mel_centroid
 from vaelib.analysis.pca_store import spectrogram_pca

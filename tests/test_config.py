@@ -311,6 +311,6 @@ def test_run_names_that_are_not_folder_names_are_refused(name):
 def test_notes_per_class_needs_the_contrastive_term_and_one_order():
     with pytest.raises(ConfigError, match=r"train.notes_per_class \(4\) groups notes by the classes"):
         load_config(None, ["train.contrast=0", "train.notes_per_class=4"])
-    with pytest.raises(ConfigError, match=r"train.notes_per_instrument \(4\) and train.notes_per_class \(4\) are 2 orders"):
+    with pytest.raises(ConfigError, match=r"notes_per_instrument \(4\) and train.notes_per_class \(4\) are 2 orders"):
         load_config(None, ["train.contrast=1", "train.notes_per_instrument=4", "train.notes_per_class=4"])
     assert load_config(None, ["train.contrast=1", "train.notes_per_class=4"]).train.notes_per_class == 4

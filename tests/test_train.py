@@ -24,9 +24,9 @@ from vaelib.data.cache import FeatureCache
 from vaelib.data.prepare import prepare_features
 from vaelib.exceptions import CheckpointError, ParameterError, TrainingError
 from vaelib.model.augment import Augmenter
-from vaelib.model.stream import MemoryRows
 from vaelib.model.checkpoint import checkpoint_dir, find_checkpoint, load_checkpoint, load_model
 from vaelib.model.progress import EarlyStopping, EpochProgress, RandomStreams
+from vaelib.model.stream import MemoryRows
 from vaelib.model.train import HISTORY_COLUMNS, train
 from vaelib.model.vae import ConvVAE
 
@@ -340,6 +340,36 @@ def test_program_labels_are_one_class_across_soundfonts_and_need_programs(cache)
     with pytest.raises(ParameterError, match=r"contrast_labels 'program'.*no GM program"):
         vtrain.contrast_classes(no_program, "program", torch.device("cpu"))
     assert vtrain.contrast_classes(no_program, "family", torch.device("cpu")).shape == (len(meta),)
+
+
+def test_program_across_labels_carry_each_notes_soundfont(work, cache, monkeypatch):
+    rows = cache.meta["split"].to_numpy() == "train"
+    one_bank = dataclasses.replace(cache, meta=cache.meta.assign(soundfont="TimGM6mb.sf2"))
+    with pytest.raises(ParameterError, match=r"contrast_labels 'program_across'.*one SoundFont"):
+        vtrain.contrast_classes(one_bank, "program_across", torch.device("cpu"))
+    # the train notes of every other instrument from a second bank
+    banks = np.where(cache.meta["instrument"].to_numpy() % 2 == 0, "A.sf2", "B.sf2")
+    two_banks = dataclasses.replace(cache, meta=cache.meta.assign(soundfont=banks))
+    classes = vtrain.contrast_classes(two_banks, "program_across", torch.device("cpu"))
+    assert classes.shape == (rows.sum(), 2)
+    np.testing.assert_array_equal(classes[:, 0].numpy(), cache.meta.loc[rows, "program"].to_numpy())
+    np.testing.assert_array_equal(classes[:, 1].numpy() == classes[0, 1].item(), banks[rows] == banks[rows][0])
+    # training takes them, batches grouped by program too
+    root, ds = work
+    seen = []
+    real = vloss.instrument_contrast
+
+    def spy(feats, labels, **kw):
+        seen.append(labels.cpu())
+        return real(feats, labels, **kw)
+
+    monkeypatch.setattr(vloss, "instrument_contrast", spy)
+    cfg = _cfg(root, ds, ckpt="ckpt_labels_across", extra=("train.contrast=5", "train.epochs=1",
+                                                            "train.contrast_labels=program_across",
+                                                            "train.notes_per_class=4"))
+    res = train(cfg, two_banks, show_progress=False)
+    assert np.isfinite(res.history["train_contrast"].iloc[0])
+    assert all(labels.ndim == 2 and labels.shape[1] == 2 for labels in seen)
 
 
 def test_family_labels_change_what_the_contrast_term_groups(work, cache, monkeypatch):

@@ -198,9 +198,11 @@ class TrainConfig:
     contrast: float = _f(0.0, "weight of the instrument-contrastive term on mu (0: a plain beta-VAE)", lo=0.0)
     contrast_temperature: float = _f(0.1, "temperature of the instrument-contrastive term", lo=1e-3, hi=10.0)
     contrast_labels: str = _f("instrument", "classes of the contrastive term: 'instrument' (the family probes stay "
-                                            "unsupervised), 'family' (supervised by the probed label) or 'program' "
-                                            "(the GM program, one class across SoundFonts; renders only)",
-                              choices=("instrument", "family", "program"))
+                                            "unsupervised), 'family' (supervised by the probed label), 'program' "
+                                            "(the GM program, one class across SoundFonts; renders only) or "
+                                            "'program_across' (a note's positives only its program's notes from "
+                                            "other SoundFonts; its own SoundFont's neither pulled nor pushed)",
+                              choices=("instrument", "family", "program", "program_across"))
     contrast_dims: int = _f(0, "leading latent dimensions the contrastive term acts on (0: all)", lo=0)
     notes_per_instrument: int = _f(0, "batches built of groups of this many notes of one instrument (0: uniform "
                                    "random batches); gives the contrastive term its positives", lo=0)

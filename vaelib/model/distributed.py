@@ -311,7 +311,7 @@ def global_objective(x: torch.Tensor, out, model: nn.Module, *, pitch: torch.Ten
     ----------
     x : [shape=(part, 1, n_mels, frames)] this rank's notes; ``out`` the model's output on them
     model : the model itself (not its DDP wrapper): the heads the objective uses
-    pitch, classes : [shape=(part,)] int64
+    pitch, classes : [shape=(part,)] int64 (classes [shape=(part, 2)] with their SoundFont, see ``contrast_classes``)
     batch : int, notes in the global batch
 
     Returns
@@ -325,7 +325,9 @@ def global_objective(x: torch.Tensor, out, model: nn.Module, *, pitch: torch.Ten
     rows = torch.cat([recon_per_note(x, out.x_hat)[:, None], out.mu.float(), out.logvar.float()], dim=1)
     every = gather_rows(rows, counts)
     d = out.mu.shape[1]
-    labels = torch.stack([pitch, classes if classes is not None else torch.zeros_like(pitch)], dim=1)
+    plain = classes if classes is not None else torch.zeros_like(pitch)
+    labels = torch.cat([pitch[:, None], plain.view(len(pitch), -1)], dim=1)
     labels = _gather_plain(labels, counts)
+    every_class = None if classes is None else labels[:, 1] if classes.ndim == 1 else labels[:, 1:]
     return objective_from_terms(every[:, 0], every[:, 1:1 + d], every[:, 1 + d:], model, pitch=labels[:, 0],
-                                classes=labels[:, 1] if classes is not None else None, beta=beta, cfg=cfg)
+                                classes=every_class, beta=beta, cfg=cfg)

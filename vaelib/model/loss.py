@@ -197,7 +197,9 @@ def instrument_contrast(mu: torch.Tensor, labels: torch.Tensor, *, temperature: 
     ----------
     mu : [shape=(batch, dims)] what is compared: posterior means, or the part of them that training
         selects and projects (``ConvVAE.contrast_features``)
-    labels : [shape=(batch,)] integer class ids (instruments, or families)
+    labels : [shape=(batch,)] integer class ids (instruments, or families), or [shape=(batch, 2)]: class ids
+        and a group id (the SoundFont) within which a class's pairs are left out, neither positives nor
+        negatives, so the term only pulls a class together across groups
     temperature : float > 0, of the cosine similarities
 
     Returns
@@ -206,14 +208,20 @@ def instrument_contrast(mu: torch.Tensor, labels: torch.Tensor, *, temperature: 
     """
     if temperature <= 0:
         raise ParameterError(f"temperature must be > 0, got {temperature}")
-    if labels.shape != mu.shape[:1]:
-        raise ParameterError(f"labels {tuple(labels.shape)} must have one entry per row of mu {tuple(mu.shape)}")
+    if labels.shape[:1] != mu.shape[:1] or labels.ndim > 2 or (labels.ndim == 2 and labels.shape[1] != 2):
+        raise ParameterError(f"labels {tuple(labels.shape)} must have one entry (or a class and a group) per row of "
+                             f"mu {tuple(mu.shape)}")
     z = torch.nn.functional.normalize(mu.float(), dim=1)
     sim = z @ z.T / temperature  # (B, B)
-    self_mask = torch.eye(len(z), dtype=torch.bool, device=z.device)
-    sim = sim.masked_fill(self_mask, -torch.inf)
+    same = labels[:, None] == labels[None, :]
+    left_out = torch.eye(len(z), dtype=torch.bool, device=z.device)
+    if labels.ndim == 2:
+        same_class, same_group = same[..., 0], same[..., 1]
+        left_out = left_out | (same_class & same_group)
+        same = same_class
+    sim = sim.masked_fill(left_out, -torch.inf)
     log_prob = sim - torch.logsumexp(sim, dim=1, keepdim=True)
-    positive = (labels[:, None] == labels[None, :]) & ~self_mask
+    positive = same & ~left_out
     n_pos = positive.sum(dim=1)
     has = n_pos > 0
     if not bool(has.any()):

@@ -134,7 +134,7 @@ class _Data(NamedTuple):
     x: MemoryRows | StreamRows  # the train notes' features, [shape=(1, n_mels, frames)] each, batch by batch
     pitch: torch.Tensor  # [shape=(train notes,)] int64 MIDI pitch
     instrument: torch.Tensor  # [shape=(train notes,)] int64, on the CPU, where the epoch order is drawn
-    classes: torch.Tensor  # [shape=(train notes,)] int64 class ids of the contrastive term
+    classes: torch.Tensor  # [shape=(train notes,)] int64 class ids of the contrastive term ((notes, 2): and the source)
     x_valid: torch.Tensor | None  # [shape=(valid notes, 1, n_mels, frames)]; None on ranks but 0 (rank 0 evaluates)
     pitch_valid: torch.Tensor | None  # [shape=(valid notes,)]
     batch_size: int
@@ -246,19 +246,31 @@ def _stream_rows(cache: FeatureCache, tc: TrainConfig,
 def contrast_classes(cache: FeatureCache, kind: str, device: torch.device) -> torch.Tensor:
     """Class id of every train note for the contrastive term, in the row order of ``cache.split("train")``:
     its ``instrument``, its ``instrument_family`` or its GM ``program`` (one class for a program in every
-    SoundFont of a multi-source render, so the term pulls the banks' renderings of it together).
+    SoundFont of a multi-source render, so the term pulls the banks' renderings of it together); for
+    ``program_across``, [shape=(notes, 2)]: the program and the index of the note's SoundFont, whose pairs
+    of one program the term leaves out (``vaelib.model.loss.instrument_contrast``).
 
     Raises
     ------
     ParameterError
-        ``program`` on a dataset that records no GM program for every train note (NSynth's own notes).
+        ``program`` or ``program_across`` on a dataset that records no GM program for every train note
+        (NSynth's own notes); ``program_across`` on a train split of one SoundFont.
     """
-    column = {"instrument": "instrument", "family": "instrument_family", "program": "program"}[kind]
+    column = {"instrument": "instrument", "family": "instrument_family", "program": "program",
+              "program_across": "program"}[kind]
     rows = cache.meta["split"].to_numpy() == "train"  # the mask cache.split uses
-    if kind == "program" and (column not in cache.meta.columns or (cache.meta.loc[rows, column] < 0).any()):
+    if column == "program" and (column not in cache.meta.columns or (cache.meta.loc[rows, column] < 0).any()):
         raise ParameterError(f"train.contrast_labels {kind!r}: the dataset of {cache.path} records no GM program for "
                              "every train note (only vaelib's renders of SoundFonts do); use 'instrument' or 'family'")
-    return torch.tensor(cache.meta.loc[rows, column].to_numpy(dtype=np.int64), device=device)
+    classes = cache.meta.loc[rows, column].to_numpy(dtype=np.int64)
+    if kind == "program_across":
+        sources = pd.factorize(cache.meta.loc[rows, "soundfont"])[0] if "soundfont" in cache.meta.columns else []
+        if len(set(sources)) < 2:
+            raise ParameterError(f"train.contrast_labels {kind!r}: the train split of {cache.path} is rendered from "
+                                 "one SoundFont, so no program has a rendering from another; use 'program', or "
+                                 "render.soundfont with several SoundFonts")
+        classes = np.stack([classes, sources], axis=1)
+    return torch.tensor(classes, device=device)
 
 
 def instrument_grouped_order(instruments: torch.Tensor, k: int, gen: torch.Generator) -> torch.Tensor:
@@ -723,7 +735,8 @@ def _epoch_order(data: _Data, tc: TrainConfig, gen: torch.Generator) -> torch.Te
     if tc.notes_per_instrument:
         return instrument_grouped_order(data.instrument, tc.notes_per_instrument, gen)
     if tc.notes_per_class:
-        return instrument_grouped_order(data.classes.cpu(), tc.notes_per_class, gen)
+        classes = data.classes.cpu()
+        return instrument_grouped_order(classes if classes.ndim == 1 else classes[:, 0], tc.notes_per_class, gen)
     if tc.shuffle_block:
         return block_order(data.x.n_notes, block=tc.shuffle_block, window=tc.shuffle_window, gen=gen)
     return torch.randperm(data.x.n_notes, generator=gen)
