@@ -181,6 +181,11 @@ def test_the_key_follows_the_libraries_that_shape_the_fit(monkeypatch):
     assert umap_key(x.astype(np.float64), 5, 0.1, 0) == before
     monkeypatch.setattr(numba, "__version__", "0.0.0")
     assert umap_key(x, 5, 0.1, 0) != before
+    monkeypatch.undo()
+    import vaelib.analysis.map_store as ms
+
+    monkeypatch.setattr(ms, "numeric_machine", lambda: ("x86_64", ("AVX", "AVX2"), ()))  # another CPU
+    assert umap_key(x, 5, 0.1, 0) != before
 
 
 def test_an_unreadable_stored_map_is_fitted_again_and_replaced(tmp_path):

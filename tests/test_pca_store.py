@@ -49,6 +49,28 @@ def test_other_notes_or_settings_are_other_fits(tmp_path):
     assert len(list(tmp_path.glob("pca-*.npz"))) == 3
 
 
+def test_a_machine_of_other_simd_or_blas_kernels_keys_its_own_fit(monkeypatch):
+    import threadpoolctl
+    from numpy._core import _multiarray_umath
+
+    from vaelib.analysis.machine_kind import numeric_machine
+
+    train = _train()
+    here = ps.pca_key(train, n_components=5, seed=3)
+    assert numeric_machine() == numeric_machine() and ps.pca_key(train, n_components=5, seed=3) == here
+    assert numeric_machine()[2], "no BLAS found: SciPy's is always loaded"
+    # the same notes on a CPU without AVX-512 (a cache folder shared with another machine)
+    features = {**_multiarray_umath.__cpu_features__, "AVX512F": False}
+    monkeypatch.setattr(_multiarray_umath, "__cpu_features__", features)
+    assert ps.pca_key(train, n_components=5, seed=3) != here
+    monkeypatch.undo()
+    # OpenBLAS picking other kernels
+    info = threadpoolctl.threadpool_info()
+    monkeypatch.setattr(threadpoolctl, "threadpool_info",
+                        lambda: [{**p, "architecture": "Zen"} if p.get("user_api") == "blas" else p for p in info])
+    assert ps.pca_key(train, n_components=5, seed=3) != here
+
+
 def test_a_truncated_or_foreign_file_is_fitted_again_and_replaced(tmp_path, monkeypatch):
     train = _train()
     ps.spectrogram_pca(train, n_components=5, seed=3, store=tmp_path)

@@ -3,8 +3,9 @@
 04 maps every note's mu; 05 and ``vaelib encode`` map the same mu (the same model, cache and batches, so
 the same bits) and read 04's fit instead of fitting again. A map is one pickled file
 ``<features.cache_dir>/maps/umap-<digest>.pkl``, the digest taken over the points themselves, the
-settings and the versions of every library that shapes the fit, so a stored map is only ever read for
-the points and settings it was fitted on.
+settings, the versions of every library that shapes the fit and the machine (its SIMD extensions and
+BLAS kernels), so a stored map is only ever read for the points and settings it was fitted on, on a
+machine that computes the same bits.
 
 A pickle runs code when read, so a file is read only when this user owns it and nobody else may write
 it (it is written with mode 0600); any other file, a truncated one, or one that holds something else is
@@ -17,13 +18,13 @@ import hashlib
 import logging
 import os
 import pickle
-import platform
 import stat
 import warnings
 from pathlib import Path
 
 import numpy as np
 
+from vaelib.analysis.machine_kind import numeric_machine
 from vaelib.config import Config, resolve_path
 
 __all__ = ["MAP_STORE", "map_store", "umap_key", "read_fitted", "save_fitted"]
@@ -52,11 +53,12 @@ def _versions() -> tuple[str, ...]:
 
 
 def umap_key(x: np.ndarray, n_neighbors: int, min_dist: float, seed: int) -> str:
-    """Digest of a UMAP fit's input: the float32 points, the settings, the libraries and the machine."""
+    """Digest of a UMAP fit's input: the float32 points, the settings, the libraries and the machine
+    (``vaelib.analysis.machine_kind.numeric_machine``: its SIMD extensions and BLAS kernels)."""
     x = np.ascontiguousarray(x, dtype=np.float32)
     h = hashlib.sha256()
     h.update(repr((_FORMAT, x.shape, int(n_neighbors), float(min_dist), int(seed), _versions(),
-                   platform.machine())).encode())
+                   numeric_machine())).encode())
     h.update(x.data)
     return h.hexdigest()
 

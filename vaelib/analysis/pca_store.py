@@ -4,8 +4,9 @@
 PCA: the train notes' log-mels, as many components as the latent space, the run's seed. The first fit is
 stored as plain arrays (``.npz`` read without pickle, so reading one runs no code) under
 ``<features.cache_dir>/pca/pca-<digest>.npz``; the digest is taken over the spectrograms themselves, the
-settings, the versions of the libraries that shape the fit and the machine, so a stored PCA is only
-read for the notes and settings it was fitted on. A file that is unreadable, or holds arrays of other
+settings, the versions of the libraries that shape the fit and the machine (its SIMD extensions and BLAS
+kernels, ``vaelib.analysis.machine_kind``), so a stored PCA is only read for the notes and settings it was
+fitted on, on a machine that computes the same bits. A file that is unreadable, or holds arrays of other
 shapes, is fitted again and replaced.
 """
 
@@ -13,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import platform
 import warnings
 import zipfile
 from pathlib import Path
@@ -22,6 +22,7 @@ import numpy as np
 from sklearn.decomposition import PCA
 
 from vaelib.analysis.diagnostics import fit_spectrogram_pca
+from vaelib.analysis.machine_kind import numeric_machine
 from vaelib.config import Config, resolve_path
 from vaelib.io import atomic_path
 
@@ -54,7 +55,7 @@ def pca_key(train: np.ndarray, *, n_components: int, seed: int) -> str:
     x = np.ascontiguousarray(train)
     h = hashlib.sha256()
     h.update(repr((_FORMAT, x.dtype.str, x.shape, int(n_components), int(seed), _versions(),
-                   platform.machine())).encode())
+                   numeric_machine())).encode())
     h.update(memoryview(x).cast("B"))
     return h.hexdigest()
 
