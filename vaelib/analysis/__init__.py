@@ -6,6 +6,7 @@
 - ``latent_cache``: mu and logvar of every note of a run, encoded once for 03, 04 and 05.
 - ``diagnostics``: latent statistics, KL, active units, posterior collapse, reconstruction against PCA.
 - ``pca_store``: fitted spectrogram PCAs kept on disk, so 03 and 04 fit the linear baseline once.
+- ``machine_kind``: the SIMD extensions and BLAS kernels that the stores' keys name beside the libraries.
 - ``probes``: family, source and pitch probes on unseen instruments, against a PCA baseline.
 - ``interpolate``: paths between two instruments in the latent space and their continuity.
 - ``listening``: spectrograms back to audio (mel inversion, Griffin-Lim), 05's clips, the listening maps' sounds.
