@@ -44,7 +44,8 @@ def test_every_params_file_loads_and_the_experiments_change_the_plain_model(monk
     assert (default.features.n_mels, default.features.frames) == (plain.features.n_mels, plain.features.frames)
     fm, fm_program = (load_config(PROJECT_ROOT / "params" / f) for f in ("fm.yaml", "fm_program.yaml"))
     assert (fm.train.contrast_labels, fm_program.train.contrast_labels) == ("family", "program")
-    assert dataclasses.replace(fm_program.train, contrast_labels="family") == fm.train and fm_program.render == fm.render
+    assert dataclasses.replace(fm_program.train, contrast_labels="family") == fm.train
+    assert fm_program.render == fm.render and fm_program.data == fm.data
     nsynth = load_config(PROJECT_ROOT / "params" / "nsynth.yaml")
     assert nsynth.model == default.model and nsynth.train == default.train and nsynth.features == default.features
     names = set()
