@@ -133,3 +133,20 @@ def test_global_batchnorm_is_batchnorm_in_one_process_and_keeps_its_state_dict()
     gbn = convert_batchnorm(torch.nn.Sequential(torch.nn.BatchNorm2d(3)))[0]
     x = torch.randn(4, 3, 5, 5)
     assert torch.equal(bn(x), gbn(x))  # no process group: the plain module's arithmetic
+
+
+def test_labels_pack_for_the_gather_in_every_shape_and_on_an_empty_part():
+    from vaelib.model.distributed import pack_labels, unpack_labels
+
+    pitch = torch.tensor([60, 62, 64])
+    for classes in (None, torch.tensor([3, 4, 3]), torch.tensor([[3, 0], [4, 1], [3, 1]])):
+        table = pack_labels(pitch, classes)
+        assert table.shape == (3, 2 if classes is None or classes.ndim == 1 else 3)
+        got_pitch, got_classes = unpack_labels(torch.cat([table, table]), classes)  # two ranks' parts
+        assert torch.equal(got_pitch, torch.cat([pitch, pitch]))
+        assert (got_classes is None) == (classes is None)
+        if classes is not None:
+            assert torch.equal(got_classes, torch.cat([classes, classes]))
+        # a rank whose part of a short last batch is empty (more ranks than notes) still sends a table
+        empty = pack_labels(pitch[:0], None if classes is None else classes[:0])
+        assert empty.shape == (0, table.shape[1])

@@ -24,7 +24,7 @@ def numeric_machine() -> tuple:
     import scipy.linalg  # noqa: F401 - loads SciPy's BLAS, so that it is always in the list
     import threadpoolctl
 
-    umath = getattr(getattr(np, "_core", None), "_multiarray_umath", None)
+    umath = getattr(getattr(np, "_core", None) or getattr(np, "core", None), "_multiarray_umath", None)
     features = getattr(umath, "__cpu_features__", {})
     simd = tuple(sorted(name for name, on in features.items() if on))
     blas = tuple(sorted((str(p.get("internal_api", "")), str(p.get("version") or ""), str(p.get("architecture") or ""))

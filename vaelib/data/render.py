@@ -205,8 +205,9 @@ def _render_program(args: tuple) -> list[dict]:
     try:
         sfid = synth.sfload(str(sf_path))
     except RuntimeError as exc:  # tinysoundfont's only word on a file it cannot parse
-        raise DataError(f"{sf_path}: tinysoundfont could not read this SoundFont ({exc}); its header is "
-                        "whole, so its contents are damaged or in a form it does not know") from exc
+        raise DataError(f"{sf_path}: tinysoundfont could not read this SoundFont ({exc}): the file went away "
+                        "since its header was checked, or its contents are damaged or in a form it does not "
+                        "know") from exc
     if synth.sfpreset_name(sfid, 0, prog) is None:
         return [{"missing_program": prog, "soundfont": Path(sf_path).name}]
     synth.program_select(0, sfid, 0, prog)

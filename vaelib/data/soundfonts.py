@@ -78,6 +78,8 @@ def resolve_soundfont(spec: str, *, where: str = "render.soundfont") -> Path:
     ParameterError
         Not a .sf2/.sf3, or no such file; the message names the file and, for a SoundFont Debian
         packages, the ``apt-get install`` that provides it.
+    DataError
+        The file is empty, not a SoundFont or truncated (:func:`check_soundfont_file`).
     """
     if not spec.strip():
         return check_soundfont_file(default_soundfont(), where=where)
@@ -173,7 +175,8 @@ def check_soundfonts(cfg: Config) -> None:
     ParameterError
         A SoundFont is missing (with the ``apt-get install`` of a Debian one).
     DataError
-        A transfer folder without a SoundFont to render it from does not exist.
+        A transfer folder without a SoundFont to render it from does not exist, or a SoundFont is empty,
+        not a SoundFont or truncated.
     """
     if cfg.render.enabled:
         resolve_soundfonts(cfg.render.soundfont)

@@ -325,9 +325,21 @@ def global_objective(x: torch.Tensor, out, model: nn.Module, *, pitch: torch.Ten
     rows = torch.cat([recon_per_note(x, out.x_hat)[:, None], out.mu.float(), out.logvar.float()], dim=1)
     every = gather_rows(rows, counts)
     d = out.mu.shape[1]
-    plain = classes if classes is not None else torch.zeros_like(pitch)
-    labels = torch.cat([pitch[:, None], plain.view(len(pitch), -1)], dim=1)
-    labels = _gather_plain(labels, counts)
-    every_class = None if classes is None else labels[:, 1] if classes.ndim == 1 else labels[:, 1:]
-    return objective_from_terms(every[:, 0], every[:, 1:1 + d], every[:, 1 + d:], model, pitch=labels[:, 0],
+    every_pitch, every_class = unpack_labels(_gather_plain(pack_labels(pitch, classes), counts), classes)
+    return objective_from_terms(every[:, 0], every[:, 1:1 + d], every[:, 1 + d:], model, pitch=every_pitch,
                                 classes=every_class, beta=beta, cfg=cfg)
+
+
+def pack_labels(pitch: torch.Tensor, classes: torch.Tensor | None) -> torch.Tensor:
+    """The pitch and the contrastive classes of a rank's notes as one int64 table to gather:
+    [shape=(part, 2)], or (part, 3) for classes with their SoundFont; a rank's part may be empty."""
+    plain = torch.zeros_like(pitch) if classes is None else classes
+    return torch.cat([pitch[:, None], plain[:, None] if plain.ndim == 1 else plain], dim=1)
+
+
+def unpack_labels(labels: torch.Tensor, classes: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """:func:`pack_labels` undone on the gathered table: the pitches, and the classes in the shape of
+    this rank's ``classes`` (None when the contrastive term is off)."""
+    if classes is None:
+        return labels[:, 0], None
+    return labels[:, 0], labels[:, 1] if classes.ndim == 1 else labels[:, 1:]

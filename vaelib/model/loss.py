@@ -282,7 +282,8 @@ def training_objective(x: torch.Tensor, out: VAEOutput, model: ConvVAE, *, pitch
     model : ConvVAE
         Gives ``contrast_features`` and, when it has one, the pitch head.
     pitch : [shape=(batch,)] int64 MIDI pitch of each note, 0..127
-    classes : [shape=(batch,)] int64 class id of each note for the contrastive term, or None when it is off
+    classes : [shape=(batch,)] int64 class id of each note for the contrastive term ([shape=(batch, 2)]: and
+        its SoundFont, see :func:`instrument_contrast`), or None when it is off
     beta : float, >= 0, KL weight at this step (see :func:`beta_at`)
     cfg : TrainConfig
         ``free_bits``, ``contrast``, ``contrast_dims``, ``contrast_temperature``, ``pitch_weight``,
