@@ -122,12 +122,14 @@ def test_active_units():
     assert active_units(mu) == 1
 
 
-def _supcon_by_loops(mu: np.ndarray, labels: np.ndarray, temperature: float) -> float:
-    """Khosla et al. (2020) eq. 2 written as plain loops over anchors and positives."""
+def _supcon_by_loops(mu: np.ndarray, labels: np.ndarray, temperature: float, groups: np.ndarray | None = None) -> float:
+    """Khosla et al. (2020) eq. 2 written as plain loops over anchors and positives; with ``groups``, the pairs
+    of one class within one group left out of the positives and the denominator."""
     z = mu / np.linalg.norm(mu, axis=1, keepdims=True)
     losses = []
     for i in range(len(z)):
-        others = [a for a in range(len(z)) if a != i]
+        others = [a for a in range(len(z))
+                  if a != i and not (groups is not None and labels[a] == labels[i] and groups[a] == groups[i])]
         positives = [p for p in others if labels[p] == labels[i]]
         if not positives:
             continue
@@ -149,20 +151,6 @@ def test_instrument_contrast_matches_the_definition():
     assert float(got3) == pytest.approx(_supcon_by_loops(mu[:, :3], labels, 0.5), rel=1e-5)
 
 
-def _across_groups_by_loops(mu: np.ndarray, labels: np.ndarray, groups: np.ndarray, temperature: float) -> float:
-    """Eq. 2 with the pairs of one class within one group left out of the positives and the denominator."""
-    z = mu / np.linalg.norm(mu, axis=1, keepdims=True)
-    losses = []
-    for i in range(len(z)):
-        others = [a for a in range(len(z)) if a != i and not (labels[a] == labels[i] and groups[a] == groups[i])]
-        positives = [p for p in others if labels[p] == labels[i]]
-        if not positives:
-            continue
-        denom = sum(math.exp(z[i] @ z[a] / temperature) for a in others)
-        losses.append(-np.mean([math.log(math.exp(z[i] @ z[p] / temperature) / denom) for p in positives]))
-    return float(np.mean(losses))
-
-
 def test_instrument_contrast_across_groups_matches_its_definition():
     rng = np.random.default_rng(2)
     mu = rng.normal(size=(12, 5)).astype(np.float32)
@@ -170,7 +158,7 @@ def test_instrument_contrast_across_groups_matches_its_definition():
     groups = np.array([0, 0, 1, 0, 1, 1, 0, 0, 0, 1, 1, 0])  # program 2 only in group 0: no positive
     both = torch.from_numpy(np.stack([labels, groups], axis=1))
     got = float(instrument_contrast(torch.from_numpy(mu), both, temperature=0.5))
-    assert got == pytest.approx(_across_groups_by_loops(mu, labels, groups, 0.5), rel=1e-5)
+    assert got == pytest.approx(_supcon_by_loops(mu, labels, 0.5, groups), rel=1e-5)
     assert got != pytest.approx(_supcon_by_loops(mu, labels, 0.5), rel=1e-3)
     # one group: every positive is left out
     one = torch.from_numpy(np.stack([labels, np.zeros_like(labels)], axis=1))

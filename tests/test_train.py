@@ -342,6 +342,19 @@ def test_program_labels_are_one_class_across_soundfonts_and_need_programs(cache)
     assert vtrain.contrast_classes(no_program, "family", torch.device("cpu")).shape == (len(meta),)
 
 
+def _spy_on_contrast_labels(monkeypatch) -> tuple[list[torch.Tensor], object]:
+    """The labels of every call of the contrastive term, collected while it still computes; and the term."""
+    seen = []
+    real = vloss.instrument_contrast
+
+    def spy(feats, labels, **kw):
+        seen.append(labels.cpu())
+        return real(feats, labels, **kw)
+
+    monkeypatch.setattr(vloss, "instrument_contrast", spy)
+    return seen, real
+
+
 def test_program_across_labels_carry_each_notes_soundfont(work, cache, monkeypatch):
     rows = cache.meta["split"].to_numpy() == "train"
     one_bank = dataclasses.replace(cache, meta=cache.meta.assign(soundfont="TimGM6mb.sf2"))
@@ -356,14 +369,7 @@ def test_program_across_labels_carry_each_notes_soundfont(work, cache, monkeypat
     np.testing.assert_array_equal(classes[:, 1].numpy() == classes[0, 1].item(), banks[rows] == banks[rows][0])
     # training takes them, batches grouped by program too
     root, ds = work
-    seen = []
-    real = vloss.instrument_contrast
-
-    def spy(feats, labels, **kw):
-        seen.append(labels.cpu())
-        return real(feats, labels, **kw)
-
-    monkeypatch.setattr(vloss, "instrument_contrast", spy)
+    seen, real = _spy_on_contrast_labels(monkeypatch)
     cfg = _cfg(root, ds, ckpt="ckpt_labels_across", extra=("train.contrast=5", "train.epochs=1",
                                                             "train.contrast_labels=program_across",
                                                             "train.notes_per_class=4"))
@@ -386,14 +392,7 @@ def test_family_labels_change_what_the_contrast_term_groups(work, cache, monkeyp
         classes = vtrain.contrast_classes(cache, kind, torch.device("cpu"))
         np.testing.assert_array_equal(classes.numpy(), meta[column].to_numpy())  # row by row
     root, ds = work
-    seen = []
-    real = vloss.instrument_contrast
-
-    def spy(feats, labels, **kw):
-        seen.append(labels.cpu())
-        return real(feats, labels, **kw)
-
-    monkeypatch.setattr(vloss, "instrument_contrast", spy)
+    seen, real = _spy_on_contrast_labels(monkeypatch)
     cfg = _cfg(root, ds, ckpt="ckpt_labels_family",
                extra=("train.contrast=5", "train.epochs=1", "train.contrast_labels=family"))
     res = train(cfg, cache, show_progress=False)

@@ -81,22 +81,27 @@ def resolve_soundfont(spec: str, *, where: str = "render.soundfont") -> Path:
     DataError
         The file is empty, not a SoundFont or truncated (:func:`check_soundfont_file`).
     """
+    return check_soundfont_file(_locate_soundfont(spec, where), where=where)
+
+
+def _locate_soundfont(spec: str, where: str) -> Path:
+    """Where ``spec`` points (:func:`resolve_soundfont`), before its header is checked."""
     if not spec.strip():
-        return check_soundfont_file(default_soundfont(), where=where)
+        return default_soundfont()
     given = Path(spec)
     if given.suffix.lower() not in SOUNDFONT_SUFFIXES:
         raise ParameterError(f"{where} {spec}: expected a .sf2 or .sf3 file")
     path = resolve_path(spec)
     bare = len(given.parts) == 1
     if path.is_file():
-        return check_soundfont_file(path, where=where)
+        return path
     if bare and given.name == BUNDLED_SOUNDFONT:
-        return check_soundfont_file(default_soundfont(), where=where)
+        return default_soundfont()
     if bare and given.name == FM_SOUNDFONT:
         return ensure_fm_soundfont()
     debian = _debian_path(given.name) if bare else None
     if debian is not None and debian.is_file():
-        return check_soundfont_file(debian, where=where)
+        return debian
     package = debian_package(given)
     shown = debian if debian is not None else path
     hint = ""
