@@ -22,6 +22,7 @@ from vaelib.model.loss import (
     kl_per_dim,
     lr_at,
     recon_loss,
+    source_alignment,
     training_objective,
     vae_loss,
 )
@@ -239,18 +240,26 @@ def test_training_objective_with_every_term_off_is_the_vae_loss():
     assert set(parts) == {*VAE_TERMS, "pitch_ce"} and parts["pitch_ce"] > 0
 
 
+BANKS = torch.tensor([0, 1, 0, 1, 0, 1, 1, 0])  # the SoundFont of each note of _batch
+
+
 @pytest.mark.parametrize("term", AUX_TERMS)
 def test_training_objective_adds_each_term_times_its_weight(term):
     model, x, out, pitch, classes = _batch(pitch_head=term == "pitch_ce")
     weights = {"contrast": {"contrast": 3.0, "contrast_dims": 4, "contrast_temperature": 0.5},
-               "pitch_ce": {"pitch_weight": 2.5}, "pitch_order": {"pitch_order": 4.0}}[term]
+               "pitch_ce": {"pitch_weight": 2.5}, "pitch_order": {"pitch_order": 4.0},
+               "source_align": {"source_align": 6.0, "contrast_dims": 4}}[term]
     cfg = TrainConfig(free_bits=0.1, **weights)
+    if term == "source_align":
+        classes = torch.stack([classes, BANKS], dim=1)
     loss, parts = training_objective(x, out, model, pitch=pitch, classes=classes, beta=0.7, cfg=cfg)
     vae = vae_loss(x, out, beta=0.7, free_bits=0.1)
     if term == "contrast":  # the leading contrast_dims of mu, no projection head
         value, weight = instrument_contrast(out.mu[:, :4], classes, temperature=0.5), 3.0
     elif term == "pitch_ce":
         value, weight = torch.nn.functional.cross_entropy(model.pitch_scores(out.mu), pitch), 2.5
+    elif term == "source_align":  # on the leading contrast_dims of mu, not through a head
+        value, weight = source_alignment(out.mu[:, :4], BANKS), 6.0
     else:
         value, weight = attribute_order(out.mu, pitch, dim=-1), 4.0
     assert torch.equal(loss, vae.total + weight * value)
@@ -260,10 +269,17 @@ def test_training_objective_adds_each_term_times_its_weight(term):
 
 def test_training_objective_sums_all_terms_and_its_gradient_reaches_every_head():
     model, x, out, pitch, classes = _batch(pitch_head=True, contrast_head=5)
-    cfg = TrainConfig(free_bits=0.1, contrast=3.0, contrast_temperature=0.5, pitch_weight=2.5, pitch_order=4.0)
-    loss, parts = training_objective(x, out, model, pitch=pitch, classes=classes, beta=0.7, cfg=cfg)
+    cfg = TrainConfig(free_bits=0.1, contrast=3.0, contrast_temperature=0.5, pitch_weight=2.5, pitch_order=4.0,
+                      source_align=6.0)
+    loss, parts = training_objective(x, out, model, pitch=pitch, classes=torch.stack([classes, BANKS], dim=1),
+                                     beta=0.7, cfg=cfg)
     assert set(parts) == {*VAE_TERMS, *AUX_TERMS} and all(math.isfinite(v) for v in parts.values())
-    expected = (parts["total"] + 3.0 * parts["contrast"] + 2.5 * parts["pitch_ce"] + 4.0 * parts["pitch_order"])
+    # the contrastive term of family or program labels ignores the SoundFont column
+    with torch.no_grad():
+        plain = float(instrument_contrast(model.contrast_features(out.mu), classes, temperature=0.5))
+    assert parts["contrast"] == pytest.approx(plain, rel=1e-6)
+    expected = (parts["total"] + 3.0 * parts["contrast"] + 2.5 * parts["pitch_ce"] + 4.0 * parts["pitch_order"]
+                + 6.0 * parts["source_align"])
     assert loss.item() == pytest.approx(expected, rel=1e-6)
     assert loss.requires_grad and loss.dtype == torch.float32
     loss.backward()
@@ -275,6 +291,54 @@ def test_training_objective_sums_all_terms_and_its_gradient_reaches_every_head()
 
 
 def test_training_objective_needs_classes_when_the_contrast_term_is_on():
-    model, x, out, pitch, _ = _batch()
+    model, x, out, pitch, classes = _batch()
     with pytest.raises(ParameterError, match=r"classes: the contrastive term is on \(train.contrast=1.0\)"):
         training_objective(x, out, model, pitch=pitch, classes=None, beta=0.5, cfg=TrainConfig(contrast=1.0))
+    for without_banks in (None, classes):
+        with pytest.raises(ParameterError, match=r"source-alignment term is on \(train.source_align=2.0\).*SoundFont"):
+            training_objective(x, out, model, pitch=pitch, classes=without_banks, beta=0.5,
+                               cfg=TrainConfig(source_align=2.0))
+
+
+def test_source_alignment_measures_how_far_apart_the_banks_lie():
+    gen = torch.Generator().manual_seed(0)
+    feats = torch.randn(64, 16, generator=gen)
+    banks = torch.arange(64) % 2
+    alike = float(source_alignment(feats, banks))
+    apart = [float(source_alignment(feats + shift * banks[:, None], banks)) for shift in (0.5, 1.0, 3.0)]
+    assert abs(alike) < 0.03  # unbiased: near 0 for two draws of one distribution
+    assert alike < apart[0] < apart[1] < apart[2] and apart[2] > 0.5
+    # the definition: the unbiased MMD^2 with the mean of three Gaussian kernels, widths from the median
+    x = feats + banks[:, None]
+    d2 = torch.cdist(x, x) ** 2
+    width = d2[~torch.eye(64, dtype=torch.bool)].median()
+    k = sum(torch.exp(-d2 / (s * width)) for s in (0.5, 1.0, 2.0)) / 3
+    a, b = k[banks == 0][:, banks == 0], k[banks == 1][:, banks == 1]
+    pairs = 32 * 31
+    mmd = (a.sum() - a.trace()) / pairs + (b.sum() - b.trace()) / pairs - 2 * k[banks == 0][:, banks == 1].mean()
+    assert float(source_alignment(x, banks)) == pytest.approx(float(mmd), rel=1e-4)
+    # three banks: each against the other two, averaged; a bank with one note in the batch is skipped
+    three = torch.arange(64) % 3
+    assert float(source_alignment(feats + 3.0 * (three == 2)[:, None], three)) > 0.3
+    lone = banks.clone()
+    lone[0] = 7
+    assert float(source_alignment(x, lone)) == pytest.approx(float(source_alignment(x[1:], banks[1:])), rel=0.05)
+    # nothing to compare: one bank, or too few notes
+    assert float(source_alignment(feats, torch.zeros(64, dtype=torch.long))) == 0.0
+    assert float(source_alignment(feats[:3], banks[:3])) == 0.0
+    with pytest.raises(ParameterError, match="sources"):
+        source_alignment(feats, banks[:10])
+
+
+def test_source_alignment_pulls_the_banks_together_under_gradient_descent():
+    gen = torch.Generator().manual_seed(1)
+    banks = torch.arange(48) % 2
+    feats = (torch.randn(48, 8, generator=gen) + 2.0 * banks[:, None]).requires_grad_()
+    before = float(source_alignment(feats, banks))
+    opt = torch.optim.SGD([feats], lr=20.0)
+    for _ in range(100):
+        opt.zero_grad()
+        source_alignment(feats, banks).backward()
+        opt.step()
+    gap = (feats[banks == 1].mean(0) - feats[banks == 0].mean(0)).norm()
+    assert float(source_alignment(feats, banks)) < 0.1 * before and float(gap) < 0.5 * 2.0 * math.sqrt(8)

@@ -633,6 +633,31 @@ def test_an_os_error_without_a_path_names_the_atomic_target(tmp_path):
     assert (info.value.errno, info.value.filename) == (errno.ENOSPC, str(tmp_path / "z.parquet"))
 
 
+def test_a_write_killed_midway_leaves_a_temp_that_the_next_write_removes(tmp_path):
+    target = tmp_path / "store.npz"
+    target.write_text("earlier")
+    killed = textwrap.dedent(f"""
+        import os, signal
+        from vaelib.io import atomic_path
+        with atomic_path({str(target)!r}, suffix=".npz") as tmp:
+            tmp.write_text("half")
+            os.kill(os.getpid(), signal.SIGKILL)
+    """)
+    proc = subprocess.run([sys.executable, "-c", killed], cwd=PROJECT_ROOT, capture_output=True, text=True)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    (orphan,) = [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    assert target.read_text() == "earlier"  # the earlier result is intact
+    # a live writer's temp (this process) and another host's (a shared disk: it cannot be checked) are kept
+    live = tmp_path / f".store.npz.{HOST}.{os.getpid()}.abc123.npz.tmp"
+    remote = tmp_path / ".store.npz.otherhost.1.abc123.npz.tmp"
+    other_target = tmp_path / f".other.npz.{HOST}.{orphan.name.split('.')[4]}.abc123.npz.tmp"
+    for path in (live, remote, other_target):
+        path.write_text("x")
+    io_mod.atomic_write_text(target, "new")
+    assert target.read_text() == "new" and not orphan.exists()
+    assert live.exists() and remote.exists() and other_target.exists()  # only the target's orphans go
+
+
 def test_a_velocity_outside_midi_is_refused(make_split):
     k = "brass_acoustic_000-060-075"
     with pytest.raises(DataError, match=rf"{k}.*'velocity': 300 is not a MIDI velocity"):

@@ -386,6 +386,34 @@ def test_program_across_labels_carry_each_notes_soundfont(work, cache, monkeypat
     assert float(real(feats, mixed, temperature=0.1)) != pytest.approx(float(real(feats, mixed[:, 0], temperature=0.1)))
 
 
+def test_source_alignment_trains_on_each_notes_soundfont(work, cache, monkeypatch):
+    rows = cache.meta["split"].to_numpy() == "train"
+    one_bank = dataclasses.replace(cache, meta=cache.meta.assign(soundfont="TimGM6mb.sf2"))
+    with pytest.raises(ParameterError, match=r"train.source_align: the train split of .* one SoundFont"):
+        vtrain.contrast_classes(one_bank, "family", torch.device("cpu"), sources=True)
+    banks = np.where(cache.meta.groupby("instrument").cumcount().to_numpy() % 2 == 0, "A.sf2", "B.sf2")
+    two_banks = dataclasses.replace(cache, meta=cache.meta.assign(soundfont=banks))
+    classes = vtrain.contrast_classes(two_banks, "family", torch.device("cpu"), sources=True)
+    np.testing.assert_array_equal(classes[:, 0].numpy(), cache.meta.loc[rows, "instrument_family"].to_numpy())
+    np.testing.assert_array_equal(classes[:, 1].numpy() == classes[0, 1].item(), banks[rows] == banks[rows][0])
+    # training: the contrastive term gets the families alone, the alignment term is logged, the run has its
+    # own folder (and a run without it keeps the folder it had)
+    root, ds = work
+    seen, _ = _spy_on_contrast_labels(monkeypatch)
+    base = ("train.contrast=5", "train.epochs=1", "train.contrast_labels=family")
+    cfg = _cfg(root, ds, ckpt="ckpt_source_align", extra=(*base, "train.source_align=50"))
+    res = train(cfg, two_banks, show_progress=False)
+    # (unbiased, so it may fall below 0 for two halves of one set of instruments, as here; 0 only when off)
+    assert res.history["train_source_align"].iloc[0] != 0 and res.history["train_contrast"].iloc[0] > 0
+    assert all(labels.ndim == 1 for labels in seen)
+    off = _cfg(root, ds, ckpt="ckpt_source_align", extra=(*base, "train.source_align=0"))
+    assert checkpoint_dir(off, "k") == checkpoint_dir(_cfg(root, ds, ckpt="ckpt_source_align", extra=base), "k")
+    assert checkpoint_dir(cfg, "k") != checkpoint_dir(off, "k")
+    with pytest.raises(ParameterError, match="train.source_align"):
+        train(_cfg(root, ds, ckpt="ckpt_source_align_one", extra=(*base, "train.source_align=50")), one_bank,
+              show_progress=False)
+
+
 def test_family_labels_change_what_the_contrast_term_groups(work, cache, monkeypatch):
     feats, meta = cache.split("train")
     for kind, column in (("instrument", "instrument"), ("family", "instrument_family"), ("program", "program")):

@@ -206,6 +206,9 @@ class TrainConfig:
     contrast_dims: int = _f(0, "leading latent dimensions the contrastive term acts on (0: all)", lo=0)
     notes_per_instrument: int = _f(0, "batches built of groups of this many notes of one instrument (0: uniform "
                                    "random batches); gives the contrastive term its positives", lo=0)
+    source_align: float = _f(0.0, "weight of a term that makes the SoundFonts of a multi-source train split "
+                             "indistinguishable on the contrastive dimensions of mu (the maximum mean discrepancy "
+                             "between each SoundFont's notes of a batch and the others'; 0: off)", lo=0.0)
     notes_per_class: int = _f(0, "batches built of groups of this many notes of one class of the contrastive term "
                               "(train.contrast_labels; 0: off): with 'program', a group mixes the program's notes "
                               "from every SoundFont, so most notes meet another bank's rendering in their batch",

@@ -1,6 +1,7 @@
 """Atomic file writes: a temp file in the target's folder, fsynced, then renamed over the target.
 
-A reader therefore sees either the old file or the complete new one, never a partial write.
+A reader therefore sees either the old file or the complete new one, never a partial write; a writer
+killed mid-write leaves a temp file that the next write of the same target removes.
 Also the tools of work that several processes may share: an exclusive lock file (``FileLock``, and
 ``acquire_unless_unsupported`` for file systems without locks) and the owner of a folder left behind
 (``OWNER_TAG``, ``owner_gone``); and the checks of an output folder (``writable_folder``,
@@ -27,8 +28,8 @@ import numpy as np
 UMASK = os.umask(0)
 os.umask(UMASK)
 
-__all__ = ["UMASK", "atomic_path", "atomic_write_text", "atomic_write_json", "FileLock", "NO_LOCKS",
-           "acquire_unless_unsupported", "HOST", "OWNER_TAG", "pid_alive", "owner_gone", "writable_folder",
+__all__ = ["UMASK", "atomic_path", "remove_orphaned_temps", "atomic_write_text", "atomic_write_json", "FileLock",
+           "NO_LOCKS", "acquire_unless_unsupported", "HOST", "OWNER_TAG", "pid_alive", "owner_gone", "writable_folder",
            "file_in_the_way", "os_error_text"]
 
 log = logging.getLogger(__name__)
@@ -39,11 +40,15 @@ def atomic_path(target: str | os.PathLike, *, suffix: str = "", mode: int | None
     """Yield a temporary path beside ``target``; on a clean exit it replaces ``target``.
 
     On an exception (or KeyboardInterrupt) the temporary file is removed and ``target`` is untouched.
-    ``target`` gets ``mode``, or (None) the mode the umask gives a new file.
+    ``target`` gets ``mode``, or (None) the mode the umask gives a new file. The temporary file's name
+    carries its writer's host and pid, so a writer killed mid-write (SIGKILL, a lost machine) leaves a file
+    that the next write of ``target`` on that host removes (:func:`remove_orphaned_temps`).
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix + ".tmp", dir=target.parent)
+    remove_orphaned_temps(target)
+    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(target) + f"{HOST}.{os.getpid()}.", suffix=suffix + ".tmp",
+                               dir=target.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -63,6 +68,40 @@ def atomic_path(target: str | os.PathLike, *, suffix: str = "", mode: int | None
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def _temp_prefix(target: Path) -> str:
+    return f".{target.name}."
+
+
+def remove_orphaned_temps(target: str | os.PathLike) -> list[Path]:
+    """Remove the temporary files of ``target`` (:func:`atomic_path`'s) whose writer has ended on this host
+    without finishing (killed); return them. Those of a live writer, of another host and of unknown owners
+    are kept."""
+    target = Path(target)
+    prefix = _temp_prefix(target)
+    removed = []
+    try:
+        siblings = list(target.parent.iterdir())
+    except OSError:  # an unreadable folder: the write itself will say what is wrong
+        return removed
+    for path in siblings:
+        name = path.name
+        if not (name.startswith(prefix) and name.endswith(".tmp")):
+            continue
+        host, _, rest = name[len(prefix):].partition(".")
+        pid = rest.partition(".")[0]
+        if pid.isdigit() and owner_gone(host, int(pid)):
+            try:
+                path.unlink()
+            except FileNotFoundError:  # another writer removed it first
+                continue
+            except OSError as exc:
+                log.warning("could not remove %s, left by a killed write of %s: %s", path, target, exc)
+                continue
+            log.info("removed %s, left by a killed write of %s", path, target)
+            removed.append(path)
+    return removed
 
 
 def _errno_in(text: str) -> int | None:

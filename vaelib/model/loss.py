@@ -16,8 +16,9 @@ Scale of every term (all per note, averaged over the batch):
 
 What training minimises, :func:`training_objective`, adds to ``total`` the auxiliary terms that are
 on, each with its weight from ``TrainConfig``: the supervised-contrastive term
-(:func:`instrument_contrast`), the pitch head's cross-entropy, and the AR-VAE pitch-order term
-(:func:`attribute_order`).
+(:func:`instrument_contrast`), the pitch head's cross-entropy, the AR-VAE pitch-order term
+(:func:`attribute_order`), and the alignment of the SoundFonts of a multi-source train split
+(:func:`source_alignment`).
 
 Everything is computed in float32 even when the model ran under bf16 autocast.
 """
@@ -36,12 +37,13 @@ if TYPE_CHECKING:
     from vaelib.model.vae import ConvVAE, VAEOutput
 
 __all__ = ["LossParts", "kl_per_dim", "free_bits_kl", "recon_per_note", "recon_loss", "vae_loss", "vae_terms",
-           "beta_at", "lr_at", "active_units", "instrument_contrast", "attribute_order", "training_objective",
+           "beta_at", "lr_at", "active_units", "instrument_contrast", "source_alignment", "attribute_order",
+           "training_objective",
            "objective_from_terms", "VAE_TERMS", "AUX_TERMS"]
 
 ACTIVE_UNIT_THRESHOLD = 0.01  # Burda et al. 2016 (IWAE), sec. 5.2: Var_x(E_q[z_d|x]) > 0.01
 VAE_TERMS = ("recon", "kl_raw", "kl_fb", "total")  # the parts of LossParts that are logged
-AUX_TERMS = ("contrast", "pitch_ce", "pitch_order")  # the optional terms of training_objective
+AUX_TERMS = ("contrast", "pitch_ce", "pitch_order", "source_align")  # the optional terms of training_objective
 
 
 class LossParts(NamedTuple):
@@ -230,6 +232,48 @@ def instrument_contrast(mu: torch.Tensor, labels: torch.Tensor, *, temperature: 
     return -per_anchor.mean()
 
 
+def source_alignment(feats: torch.Tensor, sources: torch.Tensor, *,
+                     scales: tuple[float, ...] = (0.5, 1.0, 2.0)) -> torch.Tensor:
+    """How far apart the SoundFonts' notes of a batch lie in ``feats``: the squared maximum mean discrepancy
+    (Gretton et al. 2012, the unbiased estimate of eq. 3) between each SoundFont's notes and the others',
+    averaged over the SoundFonts that have two notes or more on each side.
+
+    The term is 0 in expectation when the banks' notes are spread alike, so minimising it asks the
+    dimensions it sees to hold what the banks share (as a domain-adversarial network does, Ganin et al. 2016,
+    without a discriminator to train); the contrastive term keeps the classes apart within that.
+
+    Parameters
+    ----------
+    feats : [shape=(batch, dims)] what is aligned (the leading ``train.contrast_dims`` of mu)
+    sources : [shape=(batch,)] int64 SoundFont index of each note
+    scales : widths of the sum of Gaussian kernels, in multiples of the batch's median squared distance
+        (a width that follows the features, so the term neither vanishes nor saturates as mu grows)
+
+    Returns
+    -------
+    scalar float32 tensor; 0 when fewer than two SoundFonts have two notes each in the batch
+    """
+    if sources.shape != feats.shape[:1]:
+        raise ParameterError(f"sources {tuple(sources.shape)} must have one entry per row of feats "
+                             f"{tuple(feats.shape)}")
+    f = feats.float()
+    sq = (f * f).sum(dim=1)
+    d2 = (sq[:, None] + sq[None, :] - 2.0 * f @ f.T).clamp_min(0.0)
+    off = ~torch.eye(len(f), dtype=torch.bool, device=f.device)
+    width = d2.detach()[off].median().clamp_min(1e-6) if len(f) > 1 else d2.new_ones(())
+    kernel = sum(torch.exp(-d2 / (s * width)) for s in scales) / len(scales)
+    terms = []
+    for bank in torch.unique(sources):
+        a, b = sources == bank, sources != bank
+        if int(a.sum()) < 2 or int(b.sum()) < 2:
+            continue
+        within = [kernel[m][:, m][off[m][:, m]].mean() for m in (a, b)]  # the diagonal left out: unbiased
+        terms.append(within[0] + within[1] - 2.0 * kernel[a][:, b].mean())
+    if not terms:
+        return feats.new_zeros((), dtype=torch.float32)
+    return torch.stack(terms).mean()
+
+
 def attribute_order(mu: torch.Tensor, attribute: torch.Tensor, *, dim: int, delta: float = 10.0) -> torch.Tensor:
     """Attribute regularization of one latent dimension (Pati & Lerch 2020, AR-VAE, eq. 3).
 
@@ -263,7 +307,7 @@ def training_objective(x: torch.Tensor, out: VAEOutput, model: ConvVAE, *, pitch
                        cfg: TrainConfig) -> tuple[torch.Tensor, dict[str, float]]:
     """The loss training minimises on one batch: the beta-VAE objective plus the auxiliary terms that are on.
 
-    ``loss = total + contrast * L_con + pitch_weight * L_ce + pitch_order * L_ord``, where
+    ``loss = total + contrast * L_con + pitch_weight * L_ce + pitch_order * L_ord + source_align * L_src``, where
 
     * ``total = recon + beta * kl_fb`` (:func:`vae_loss`, with ``cfg.free_bits``);
     * ``L_con`` is the supervised contrastive loss (Khosla et al. 2020, eq. 2) of
@@ -273,7 +317,10 @@ def training_objective(x: torch.Tensor, out: VAEOutput, model: ConvVAE, *, pitch
       supervised pitch on the latent); on when the model has a pitch head (``model.pitch_head``),
       whatever ``cfg.pitch_weight``;
     * ``L_ord`` orders the last latent dimension by ``pitch`` (Pati & Lerch 2020, AR-VAE, eq. 3;
-      :func:`attribute_order`); on when ``cfg.pitch_order > 0``.
+      :func:`attribute_order`); on when ``cfg.pitch_order > 0``;
+    * ``L_src`` is the discrepancy between the SoundFonts' notes (:func:`source_alignment`) on the leading
+      ``cfg.contrast_dims`` of mu (the dimensions the family probes read first); on when
+      ``cfg.source_align > 0``, with ``classes`` carrying each note's SoundFont.
 
     Parameters
     ----------
@@ -283,23 +330,25 @@ def training_objective(x: torch.Tensor, out: VAEOutput, model: ConvVAE, *, pitch
         Gives ``contrast_features`` and, when it has one, the pitch head.
     pitch : [shape=(batch,)] int64 MIDI pitch of each note, 0..127
     classes : [shape=(batch,)] int64 class id of each note for the contrastive term ([shape=(batch, 2)]: and
-        its SoundFont, see :func:`instrument_contrast`), or None when it is off
+        its SoundFont, for ``program_across`` labels (see :func:`instrument_contrast`) and the
+        source-alignment term), or None when both are off
     beta : float, >= 0, KL weight at this step (see :func:`beta_at`)
     cfg : TrainConfig
-        ``free_bits``, ``contrast``, ``contrast_dims``, ``contrast_temperature``, ``pitch_weight``,
-        ``pitch_order``.
+        ``free_bits``, ``contrast``, ``contrast_dims``, ``contrast_temperature``, ``contrast_labels``,
+        ``pitch_weight``, ``pitch_order``, ``source_align``.
 
     Returns
     -------
     loss : scalar float32 tensor, differentiable with respect to the model's parameters
     parts : dict of floats, per note: ``recon``, ``kl_raw``, ``kl_fb`` and ``total`` (the VAE objective
-        alone, as in :class:`LossParts`), and ``contrast``, ``pitch_ce``, ``pitch_order`` (unweighted)
+        alone, as in :class:`LossParts`), and ``contrast``, ``pitch_ce``, ``pitch_order``, ``source_align`` (unweighted)
         for exactly the terms that are on
 
     Raises
     ------
     ParameterError
-        When ``cfg.contrast > 0`` and ``classes`` is None, or on the arguments the terms reject.
+        When ``cfg.contrast > 0`` and ``classes`` is None, ``cfg.source_align > 0`` without each note's
+        SoundFont in ``classes``, or on the arguments the terms reject.
     """
     return objective_from_terms(recon_per_note(x, out.x_hat), out.mu, out.logvar, model, pitch=pitch,
                                 classes=classes, beta=beta, cfg=cfg)
@@ -314,8 +363,13 @@ def objective_from_terms(recon: torch.Tensor, mu: torch.Tensor, logvar: torch.Te
         raise ParameterError(f"classes: the contrastive term is on (train.contrast={cfg.contrast}) but got None")
     vae = vae_terms(recon, mu, logvar, beta=beta, free_bits=cfg.free_bits)
     loss, aux = vae.total, {}
+    if cfg.source_align > 0 and (classes is None or classes.ndim != 2):
+        raise ParameterError(f"classes: the source-alignment term is on (train.source_align={cfg.source_align}) "
+                             "but got no SoundFont per note (classes of shape (batch, 2))")
     if cfg.contrast > 0:
-        contrast = instrument_contrast(model.contrast_features(mu.float(), cfg.contrast_dims), classes,
+        # the SoundFont column is the term's own only for program_across; for the others it serves source_align
+        labels = classes if classes.ndim == 1 or cfg.contrast_labels == "program_across" else classes[:, 0]
+        contrast = instrument_contrast(model.contrast_features(mu.float(), cfg.contrast_dims), labels,
                                        temperature=cfg.contrast_temperature)
         loss = loss + cfg.contrast * contrast
         aux["contrast"] = contrast.detach().item()
@@ -327,4 +381,9 @@ def objective_from_terms(recon: torch.Tensor, mu: torch.Tensor, logvar: torch.Te
         order = attribute_order(mu, pitch, dim=-1)
         loss = loss + cfg.pitch_order * order
         aux["pitch_order"] = order.detach().item()
+    if cfg.source_align > 0:
+        lead = mu[:, :cfg.contrast_dims] if cfg.contrast_dims else mu
+        align = source_alignment(lead, classes[:, 1])
+        loss = loss + cfg.source_align * align
+        aux["source_align"] = align.detach().item()
     return loss, {**{k: getattr(vae, k).detach().item() for k in VAE_TERMS}, **aux}

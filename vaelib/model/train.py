@@ -104,7 +104,7 @@ RESTART_HINT = {False: "`vaelib train --retrain` (retrain=True) trains it again 
 HISTORY_COLUMNS = (
     "epoch", "step", "beta", "lr", "seconds",
     "train_recon", "train_kl_raw", "train_kl_fb", "train_total",
-    "train_contrast", "train_pitch_ce", "train_pitch_order",
+    "train_contrast", "train_pitch_ce", "train_pitch_order", "train_source_align",
     "valid_recon", "valid_kl_raw", "valid_kl_fb", "valid_total", "valid_mse",
     "mu_mean", "mu_std", "logvar_mean", "logvar_std", "active_units",
 )
@@ -201,7 +201,8 @@ def _load_data(cache: FeatureCache, tc: TrainConfig, device: torch.device, ranks
     bs = min(tc.batch_size, n)
     # Drop a last batch of one note: BatchNorm cannot normalise a single sample.
     n_batches = n // bs + (1 if n % bs > 1 else 0)
-    return _Data(rows, pitch, instrument.cpu(), contrast_classes(cache, tc.contrast_labels, device),
+    return _Data(rows, pitch, instrument.cpu(), contrast_classes(cache, tc.contrast_labels, device,
+                                                                       sources=tc.source_align > 0),
                  x_valid, pitch_valid, bs, n_batches)
 
 
@@ -243,18 +244,19 @@ def _stream_rows(cache: FeatureCache, tc: TrainConfig,
     return reader, pitch, instrument
 
 
-def contrast_classes(cache: FeatureCache, kind: str, device: torch.device) -> torch.Tensor:
+def contrast_classes(cache: FeatureCache, kind: str, device: torch.device, *, sources: bool = False) -> torch.Tensor:
     """Class id of every train note for the contrastive term, in the row order of ``cache.split("train")``:
     its ``instrument``, its ``instrument_family`` or its GM ``program`` (one class for a program in every
     SoundFont of a multi-source render, so the term pulls the banks' renderings of it together); for
-    ``program_across``, [shape=(notes, 2)]: the program and the index of the note's SoundFont, whose pairs
-    of one program the term leaves out (``vaelib.model.loss.instrument_contrast``).
+    ``program_across``, or with ``sources`` (the source-alignment term, ``train.source_align``),
+    [shape=(notes, 2)]: the class and the index of the note's SoundFont (with ``program_across``, the
+    term leaves a program's pairs from one SoundFont out: ``vaelib.model.loss.instrument_contrast``).
 
     Raises
     ------
     ParameterError
         ``program`` or ``program_across`` on a dataset that records no GM program for every train note
-        (NSynth's own notes); ``program_across`` on a train split of one SoundFont.
+        (NSynth's own notes); ``program_across`` or ``sources`` on a train split of one SoundFont.
     """
     column = {"instrument": "instrument", "family": "instrument_family", "program": "program",
               "program_across": "program"}[kind]
@@ -263,13 +265,15 @@ def contrast_classes(cache: FeatureCache, kind: str, device: torch.device) -> to
         raise ParameterError(f"train.contrast_labels {kind!r}: the dataset of {cache.path} records no GM program for "
                              "every train note (only vaelib's renders of SoundFonts do); use 'instrument' or 'family'")
     classes = cache.meta.loc[rows, column].to_numpy(dtype=np.int64)
-    if kind == "program_across":
-        sources = pd.factorize(cache.meta.loc[rows, "soundfont"])[0] if "soundfont" in cache.meta.columns else []
-        if len(set(sources)) < 2:
-            raise ParameterError(f"train.contrast_labels {kind!r}: the train split of {cache.path} is rendered from "
-                                 "one SoundFont, so no program has a rendering from another; use 'program', or "
-                                 "render.soundfont with several SoundFonts")
-        classes = np.stack([classes, sources], axis=1)
+    if kind == "program_across" or sources:
+        banks = pd.factorize(cache.meta.loc[rows, "soundfont"])[0] if "soundfont" in cache.meta.columns else []
+        if len(set(banks)) < 2:
+            setting = (f"train.contrast_labels {kind!r}" if kind == "program_across" else "train.source_align")
+            why = ("no program has a rendering from another; use 'program'" if kind == "program_across"
+                   else "there is no other SoundFont to align it with; set train.source_align 0")
+            raise ParameterError(f"{setting}: the train split of {cache.path} is rendered from one SoundFont, so "
+                                 f"{why}, or render.soundfont with several SoundFonts")
+        classes = np.stack([classes, banks], axis=1)
     return torch.tensor(classes, device=device)
 
 
