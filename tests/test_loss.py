@@ -123,14 +123,17 @@ def test_active_units():
     assert active_units(mu) == 1
 
 
-def _supcon_by_loops(mu: np.ndarray, labels: np.ndarray, temperature: float, groups: np.ndarray | None = None) -> float:
+def _supcon_by_loops(mu: np.ndarray, labels: np.ndarray, temperature: float, groups: np.ndarray | None = None,
+                     spared: np.ndarray | None = None) -> float:
     """Khosla et al. (2020) eq. 2 written as plain loops over anchors and positives; with ``groups``, the pairs
-    of one class within one group left out of the positives and the denominator."""
+    of one class within one group left out of the positives and the denominator; with ``spared``, the pairs of
+    two classes of one super-class left out of the denominator."""
     z = mu / np.linalg.norm(mu, axis=1, keepdims=True)
     losses = []
     for i in range(len(z)):
         others = [a for a in range(len(z))
-                  if a != i and not (groups is not None and labels[a] == labels[i] and groups[a] == groups[i])]
+                  if a != i and not (groups is not None and labels[a] == labels[i] and groups[a] == groups[i])
+                  and not (spared is not None and labels[a] != labels[i] and spared[a] == spared[i])]
         positives = [p for p in others if labels[p] == labels[i]]
         if not positives:
             continue
@@ -166,6 +169,26 @@ def test_instrument_contrast_across_groups_matches_its_definition():
     assert float(instrument_contrast(torch.from_numpy(mu), one, temperature=0.5)) == 0.0
     with pytest.raises(ParameterError, match="labels"):
         instrument_contrast(torch.from_numpy(mu), torch.zeros(12, 3, dtype=torch.long), temperature=0.5)
+
+
+def test_instrument_contrast_spares_the_other_classes_of_a_super_class():
+    rng = np.random.default_rng(3)
+    mu = rng.normal(size=(12, 5)).astype(np.float32)
+    programs = np.array([0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 6])
+    families = np.array([0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 3])  # programs 0-1, 2-3 and 4-5 share a family
+    got = float(instrument_contrast(torch.from_numpy(mu), torch.from_numpy(programs), temperature=0.5,
+                                    spared=torch.from_numpy(families)))
+    assert got == pytest.approx(_supcon_by_loops(mu, programs, 0.5, spared=families), rel=1e-5)
+    assert got != pytest.approx(_supcon_by_loops(mu, programs, 0.5), rel=1e-3)
+    # two programs of one family on top of each other: without the family they cost a separation the term
+    # cannot make; spared, nothing (the loss of one point per class, log(1) = 0 when the positives coincide)
+    stacked = torch.tensor([[1.0, 0.0]] * 4 + [[0.0, 1.0]] * 2)
+    two_programs, one_family = torch.tensor([0, 0, 1, 1, 2, 2]), torch.tensor([0, 0, 0, 0, 1, 1])
+    assert float(instrument_contrast(stacked, two_programs, temperature=0.1)) > 0.5
+    assert float(instrument_contrast(stacked, two_programs, temperature=0.1, spared=one_family)) < 1e-3
+    with pytest.raises(ParameterError, match="spared"):
+        instrument_contrast(torch.from_numpy(mu), torch.from_numpy(programs), temperature=0.5,
+                            spared=torch.zeros(3, dtype=torch.long))
 
 
 def test_instrument_contrast_rewards_one_region_per_instrument():
@@ -334,11 +357,11 @@ def test_source_alignment_pulls_the_banks_together_under_gradient_descent():
     gen = torch.Generator().manual_seed(1)
     banks = torch.arange(48) % 2
     feats = (torch.randn(48, 8, generator=gen) + 2.0 * banks[:, None]).requires_grad_()
-    before = float(source_alignment(feats, banks))
+    before = float(source_alignment(feats.detach(), banks))
     opt = torch.optim.SGD([feats], lr=20.0)
     for _ in range(100):
         opt.zero_grad()
         source_alignment(feats, banks).backward()
         opt.step()
-    gap = (feats[banks == 1].mean(0) - feats[banks == 0].mean(0)).norm()
-    assert float(source_alignment(feats, banks)) < 0.1 * before and float(gap) < 0.5 * 2.0 * math.sqrt(8)
+    gap = (feats[banks == 1].mean(0) - feats[banks == 0].mean(0)).detach().norm()
+    assert float(source_alignment(feats.detach(), banks)) < 0.1 * before and float(gap) < 0.5 * 2.0 * math.sqrt(8)

@@ -386,6 +386,29 @@ def test_program_across_labels_carry_each_notes_soundfont(work, cache, monkeypat
     assert float(real(feats, mixed, temperature=0.1)) != pytest.approx(float(real(feats, mixed[:, 0], temperature=0.1)))
 
 
+def test_program_family_labels_spare_a_programs_family_mates(work, cache, monkeypatch):
+    rows = cache.meta["split"].to_numpy() == "train"
+    classes = vtrain.contrast_classes(cache, "program_family", torch.device("cpu"))
+    assert classes.shape == (rows.sum(), 3)
+    for col, column in ((0, "program"), (2, "instrument_family")):
+        np.testing.assert_array_equal(classes[:, col].numpy(), cache.meta.loc[rows, column].to_numpy())
+    assert (classes[:, 1] == 0).all()  # no SoundFont needed without train.source_align
+    root, ds = work
+    spared = []
+    real = vloss.instrument_contrast
+
+    def spy(feats, labels, **kw):
+        spared.append(kw.get("spared"))
+        return real(feats, labels, **kw)
+
+    monkeypatch.setattr(vloss, "instrument_contrast", spy)
+    cfg = _cfg(root, ds, ckpt="ckpt_labels_program_family",
+               extra=("train.contrast=5", "train.epochs=1", "train.contrast_labels=program_family"))
+    res = train(cfg, cache, show_progress=False)
+    assert res.history["train_contrast"].iloc[0] > 0
+    assert spared and all(s is not None and s.ndim == 1 for s in spared)
+
+
 def test_source_alignment_trains_on_each_notes_soundfont(work, cache, monkeypatch):
     rows = cache.meta["split"].to_numpy() == "train"
     one_bank = dataclasses.replace(cache, meta=cache.meta.assign(soundfont="TimGM6mb.sf2"))

@@ -201,8 +201,10 @@ class TrainConfig:
                                             "unsupervised), 'family' (supervised by the probed label), 'program' "
                                             "(the GM program, one class across SoundFonts; renders only) or "
                                             "'program_across' (a note's positives only its program's notes from "
-                                            "other SoundFonts; its own SoundFont's neither pulled nor pushed)",
-                              choices=("instrument", "family", "program", "program_across"))
+                                            "other SoundFonts; its own SoundFont's neither pulled nor pushed) or "
+                                            "'program_family' (the program's notes pulled together, the other "
+                                            "programs of its family neither pulled nor pushed)",
+                              choices=("instrument", "family", "program", "program_across", "program_family"))
     contrast_dims: int = _f(0, "leading latent dimensions the contrastive term acts on (0: all)", lo=0)
     notes_per_instrument: int = _f(0, "batches built of groups of this many notes of one instrument (0: uniform "
                                    "random batches); gives the contrastive term its positives", lo=0)

@@ -186,7 +186,8 @@ def active_units(mu: torch.Tensor, *, threshold: float = ACTIVE_UNIT_THRESHOLD) 
     return int((mu.float().var(dim=0) > threshold).sum())
 
 
-def instrument_contrast(mu: torch.Tensor, labels: torch.Tensor, *, temperature: float) -> torch.Tensor:
+def instrument_contrast(mu: torch.Tensor, labels: torch.Tensor, *, temperature: float,
+                        spared: torch.Tensor | None = None) -> torch.Tensor:
     """Supervised contrastive loss (Khosla et al. 2020, eq. 2) of ``mu`` with instruments as classes.
 
     Notes of one instrument at other pitches and velocities are the positives of each note, every
@@ -203,6 +204,9 @@ def instrument_contrast(mu: torch.Tensor, labels: torch.Tensor, *, temperature: 
         and a group id (the SoundFont) within which a class's pairs are left out, neither positives nor
         negatives, so the term only pulls a class together across groups
     temperature : float > 0, of the cosine similarities
+    spared : [shape=(batch,)] or None: a super-class id (the family of a program): the pairs of two classes of
+        one super-class are left out, so the term pulls a class together and pushes only other super-classes'
+        notes away
 
     Returns
     -------
@@ -213,6 +217,8 @@ def instrument_contrast(mu: torch.Tensor, labels: torch.Tensor, *, temperature: 
     if labels.shape[:1] != mu.shape[:1] or labels.ndim > 2 or (labels.ndim == 2 and labels.shape[1] != 2):
         raise ParameterError(f"labels {tuple(labels.shape)} must have one entry (or a class and a group) per row of "
                              f"mu {tuple(mu.shape)}")
+    if spared is not None and spared.shape != mu.shape[:1]:
+        raise ParameterError(f"spared {tuple(spared.shape)} must have one entry per row of mu {tuple(mu.shape)}")
     z = torch.nn.functional.normalize(mu.float(), dim=1)
     sim = z @ z.T / temperature  # (B, B)
     same = labels[:, None] == labels[None, :]
@@ -221,6 +227,8 @@ def instrument_contrast(mu: torch.Tensor, labels: torch.Tensor, *, temperature: 
         same_class, same_group = same[..., 0], same[..., 1]
         left_out = left_out | (same_class & same_group)
         same = same_class
+    if spared is not None:
+        left_out = left_out | ((spared[:, None] == spared[None, :]) & ~same)
     sim = sim.masked_fill(left_out, -torch.inf)
     log_prob = sim - torch.logsumexp(sim, dim=1, keepdim=True)
     positive = same & ~left_out
@@ -368,9 +376,11 @@ def objective_from_terms(recon: torch.Tensor, mu: torch.Tensor, logvar: torch.Te
                              "but got no SoundFont per note (classes of shape (batch, 2))")
     if cfg.contrast > 0:
         # the SoundFont column is the term's own only for program_across; for the others it serves source_align
-        labels = classes if classes.ndim == 1 or cfg.contrast_labels == "program_across" else classes[:, 0]
+        labels = classes if classes.ndim == 1 else classes[:, :2] if cfg.contrast_labels == "program_across" \
+            else classes[:, 0]
+        spared = classes[:, 2] if cfg.contrast_labels == "program_family" else None
         contrast = instrument_contrast(model.contrast_features(mu.float(), cfg.contrast_dims), labels,
-                                       temperature=cfg.contrast_temperature)
+                                       temperature=cfg.contrast_temperature, spared=spared)
         loss = loss + cfg.contrast * contrast
         aux["contrast"] = contrast.detach().item()
     if model.pitch_logits is not None:

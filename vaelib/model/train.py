@@ -247,24 +247,29 @@ def _stream_rows(cache: FeatureCache, tc: TrainConfig,
 def contrast_classes(cache: FeatureCache, kind: str, device: torch.device, *, sources: bool = False) -> torch.Tensor:
     """Class id of every train note for the contrastive term, in the row order of ``cache.split("train")``:
     its ``instrument``, its ``instrument_family`` or its GM ``program`` (one class for a program in every
-    SoundFont of a multi-source render, so the term pulls the banks' renderings of it together); for
-    ``program_across``, or with ``sources`` (the source-alignment term, ``train.source_align``),
-    [shape=(notes, 2)]: the class and the index of the note's SoundFont (with ``program_across``, the
-    term leaves a program's pairs from one SoundFont out: ``vaelib.model.loss.instrument_contrast``).
+    SoundFont of a multi-source render, so the term pulls the banks' renderings of it together).
+
+    The labels :func:`vaelib.model.loss.objective_from_terms` needs beside the class come as more columns:
+    [shape=(notes, 2)], the class and the index of the note's SoundFont, for ``program_across`` (whose term
+    leaves a program's pairs from one SoundFont out) or with ``sources`` (the source-alignment term,
+    ``train.source_align``); [shape=(notes, 3)], the program, the SoundFont (0 for all when ``sources`` is
+    off) and the family, for ``program_family`` (whose term leaves out the pairs of two programs of one family).
 
     Raises
     ------
     ParameterError
-        ``program`` or ``program_across`` on a dataset that records no GM program for every train note
-        (NSynth's own notes); ``program_across`` or ``sources`` on a train split of one SoundFont.
+        ``program``, ``program_across`` or ``program_family`` on a dataset that records no GM program for
+        every train note (NSynth's own notes); ``program_across`` or ``sources`` on a train split of one
+        SoundFont.
     """
-    column = {"instrument": "instrument", "family": "instrument_family", "program": "program",
-              "program_across": "program"}[kind]
+    column = "program" if kind.startswith("program") else {"instrument": "instrument",
+                                                            "family": "instrument_family"}[kind]
     rows = cache.meta["split"].to_numpy() == "train"  # the mask cache.split uses
     if column == "program" and (column not in cache.meta.columns or (cache.meta.loc[rows, column] < 0).any()):
         raise ParameterError(f"train.contrast_labels {kind!r}: the dataset of {cache.path} records no GM program for "
                              "every train note (only vaelib's renders of SoundFonts do); use 'instrument' or 'family'")
     classes = cache.meta.loc[rows, column].to_numpy(dtype=np.int64)
+    banks = np.zeros_like(classes)
     if kind == "program_across" or sources:
         banks = pd.factorize(cache.meta.loc[rows, "soundfont"])[0] if "soundfont" in cache.meta.columns else []
         if len(set(banks)) < 2:
@@ -273,6 +278,10 @@ def contrast_classes(cache: FeatureCache, kind: str, device: torch.device, *, so
                    else "there is no other SoundFont to align it with; set train.source_align 0")
             raise ParameterError(f"{setting}: the train split of {cache.path} is rendered from one SoundFont, so "
                                  f"{why}, or render.soundfont with several SoundFonts")
+    if kind == "program_family":
+        classes = np.stack([classes, banks, cache.meta.loc[rows, "instrument_family"].to_numpy(dtype=np.int64)],
+                           axis=1)
+    elif kind == "program_across" or sources:
         classes = np.stack([classes, banks], axis=1)
     return torch.tensor(classes, device=device)
 
