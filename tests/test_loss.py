@@ -313,6 +313,29 @@ def test_training_objective_sums_all_terms_and_its_gradient_reaches_every_head()
         assert any(g.abs().sum() > 0 for g in grads), name
 
 
+def test_training_objective_gives_each_label_kind_its_columns():
+    model, x, out, pitch, programs = _batch()
+    families = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
+    banks = torch.tensor([0, 0, 0, 1, 0, 1, 1, 0])  # program 0 heard from one bank only
+    feats = out.mu[:, :4].detach()
+    for kind, classes, expected in (
+            ("program", torch.stack([programs, banks], dim=1), instrument_contrast(feats, programs, temperature=0.5)),
+            ("program_across", torch.stack([programs, banks], dim=1),
+             instrument_contrast(feats, torch.stack([programs, banks], dim=1), temperature=0.5)),
+            ("program_family", torch.stack([programs, banks, families], dim=1),
+             instrument_contrast(feats, programs, temperature=0.5, spared=families))):
+        cfg = TrainConfig(free_bits=0.1, contrast=3.0, contrast_dims=4, contrast_temperature=0.5, contrast_labels=kind,
+                          source_align=6.0)
+        _, parts = training_objective(x, out, model, pitch=pitch, classes=classes, beta=0.7, cfg=cfg)
+        assert parts["contrast"] == pytest.approx(float(expected), rel=1e-6), kind
+        assert parts["source_align"] == pytest.approx(float(source_alignment(feats, banks)), rel=1e-6), kind
+    # the three kinds differ on this batch, so each column choice is seen
+    values = [float(instrument_contrast(feats, programs, temperature=0.5)),
+              float(instrument_contrast(feats, torch.stack([programs, banks], dim=1), temperature=0.5)),
+              float(instrument_contrast(feats, programs, temperature=0.5, spared=families))]
+    assert len({round(v, 6) for v in values}) == 3
+
+
 def test_training_objective_needs_classes_when_the_contrast_term_is_on():
     model, x, out, pitch, classes = _batch()
     with pytest.raises(ParameterError, match=r"classes: the contrastive term is on \(train.contrast=1.0\)"):

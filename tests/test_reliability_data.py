@@ -647,10 +647,13 @@ def test_a_write_killed_midway_leaves_a_temp_that_the_next_write_removes(tmp_pat
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     (orphan,) = [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
     assert target.read_text() == "earlier"  # the earlier result is intact
-    # a live writer's temp (this process) and another host's (a shared disk: it cannot be checked) are kept
-    live = tmp_path / f".store.npz.{HOST}.{os.getpid()}.abc123.npz.tmp"
-    remote = tmp_path / ".store.npz.otherhost.1.abc123.npz.tmp"
-    other_target = tmp_path / f".other.npz.{HOST}.{orphan.name.split('.')[4]}.abc123.npz.tmp"
+    # a live writer's temp (this process), another host's (a shared disk: its pid cannot be checked here) and
+    # another target's are kept
+    dead_pid = orphan.name.split(".")[4]
+    assert orphan.name.startswith(f".store.npz.{io_mod._HOST_ID}.{dead_pid}.")
+    live = tmp_path / f".store.npz.{io_mod._HOST_ID}.{os.getpid()}.abc123.npz.tmp"
+    remote = tmp_path / f".store.npz.{'0' * 8 if io_mod._HOST_ID != '0' * 8 else '1' * 8}.{dead_pid}.abc123.npz.tmp"
+    other_target = tmp_path / f".other.npz.{io_mod._HOST_ID}.{dead_pid}.abc123.npz.tmp"
     for path in (live, remote, other_target):
         path.write_text("x")
     io_mod.atomic_write_text(target, "new")

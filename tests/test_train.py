@@ -394,11 +394,11 @@ def test_program_family_labels_spare_a_programs_family_mates(work, cache, monkey
         np.testing.assert_array_equal(classes[:, col].numpy(), cache.meta.loc[rows, column].to_numpy())
     assert (classes[:, 1] == 0).all()  # no SoundFont needed without train.source_align
     root, ds = work
-    spared = []
+    seen = []
     real = vloss.instrument_contrast
 
     def spy(feats, labels, **kw):
-        spared.append(kw.get("spared"))
+        seen.append((labels.cpu(), kw.get("spared")))
         return real(feats, labels, **kw)
 
     monkeypatch.setattr(vloss, "instrument_contrast", spy)
@@ -406,7 +406,11 @@ def test_program_family_labels_spare_a_programs_family_mates(work, cache, monkey
                extra=("train.contrast=5", "train.epochs=1", "train.contrast_labels=program_family"))
     res = train(cfg, cache, show_progress=False)
     assert res.history["train_contrast"].iloc[0] > 0
-    assert spared and all(s is not None and s.ndim == 1 for s in spared)
+    # the term gets each note's program as its class and its family as what is spared, pair by pair
+    family_of = dict(zip(cache.meta.loc[rows, "program"], cache.meta.loc[rows, "instrument_family"], strict=False))
+    assert all(labels.ndim == 1 and spared is not None and spared.shape == labels.shape for labels, spared in seen)
+    pairs = {(int(p), int(f)) for labels, spared in seen for p, f in zip(labels, spared, strict=True)}
+    assert pairs == {(int(p), int(family_of[p])) for p, _ in pairs} and len(pairs) > 1
 
 
 def test_source_alignment_trains_on_each_notes_soundfont(work, cache, monkeypatch):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import hashlib
 import json
 import logging
 import os
@@ -41,13 +42,13 @@ def atomic_path(target: str | os.PathLike, *, suffix: str = "", mode: int | None
 
     On an exception (or KeyboardInterrupt) the temporary file is removed and ``target`` is untouched.
     ``target`` gets ``mode``, or (None) the mode the umask gives a new file. The temporary file's name
-    carries its writer's host and pid, so a writer killed mid-write (SIGKILL, a lost machine) leaves a file
-    that the next write of ``target`` on that host removes (:func:`remove_orphaned_temps`).
+    carries its writer's pid and a short id of its host, so a writer killed mid-write (SIGKILL, a lost
+    machine) leaves a file that the next write of ``target`` on that host removes (:func:`remove_orphaned_temps`).
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     remove_orphaned_temps(target)
-    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(target) + f"{HOST}.{os.getpid()}.", suffix=suffix + ".tmp",
+    fd, tmp = tempfile.mkstemp(prefix=f"{_temp_prefix(target)}{_HOST_ID}.{os.getpid()}.", suffix=suffix + ".tmp",
                                dir=target.parent)
     os.close(fd)
     tmp_path = Path(tmp)
@@ -89,9 +90,9 @@ def remove_orphaned_temps(target: str | os.PathLike) -> list[Path]:
         name = path.name
         if not (name.startswith(prefix) and name.endswith(".tmp")):
             continue
-        host, _, rest = name[len(prefix):].partition(".")
+        host_id, _, rest = name[len(prefix):].partition(".")
         pid = rest.partition(".")[0]
-        if pid.isdigit() and owner_gone(host, int(pid)):
+        if host_id == _HOST_ID and pid.isdigit() and not pid_alive(int(pid)):
             try:
                 path.unlink()
             except FileNotFoundError:  # another writer removed it first
@@ -136,6 +137,8 @@ def _json_default(obj: Any) -> Any:
 # --- Work shared between processes: a lock file, and who owns a folder left behind -------------------
 
 HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:63] or "host"  # safe inside a file name
+# a temp file's writer, in 8 characters: the name keeps room under NAME_MAX for a long target name
+_HOST_ID = hashlib.sha1(HOST.encode()).hexdigest()[:8]
 OWNER_TAG = f"{HOST}.{os.getpid()}"  # "<host>.<pid>": put in the name of a folder this process may leave behind
 
 

@@ -311,7 +311,8 @@ def global_objective(x: torch.Tensor, out, model: nn.Module, *, pitch: torch.Ten
     ----------
     x : [shape=(part, 1, n_mels, frames)] this rank's notes; ``out`` the model's output on them
     model : the model itself (not its DDP wrapper): the heads the objective uses
-    pitch, classes : [shape=(part,)] int64 (classes [shape=(part, 2)] with their SoundFont, see ``contrast_classes``)
+    pitch, classes : [shape=(part,)] int64 (classes with more columns, the SoundFont and the family: see
+        ``contrast_classes``)
     batch : int, notes in the global batch
 
     Returns
@@ -332,7 +333,8 @@ def global_objective(x: torch.Tensor, out, model: nn.Module, *, pitch: torch.Ten
 
 def pack_labels(pitch: torch.Tensor, classes: torch.Tensor | None) -> torch.Tensor:
     """The pitch and the contrastive classes of a rank's notes as one int64 table to gather:
-    [shape=(part, 2)], or (part, 3) for classes with their SoundFont; a rank's part may be empty."""
+    [shape=(part, 2)], or a column more for each further column of the classes (their SoundFont, their
+    family); a rank's part may be empty."""
     plain = torch.zeros_like(pitch) if classes is None else classes
     return torch.cat([pitch[:, None], plain[:, None] if plain.ndim == 1 else plain], dim=1)
 

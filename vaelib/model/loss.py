@@ -254,17 +254,19 @@ def source_alignment(feats: torch.Tensor, sources: torch.Tensor, *,
     ----------
     feats : [shape=(batch, dims)] what is aligned (the leading ``train.contrast_dims`` of mu)
     sources : [shape=(batch,)] int64 SoundFont index of each note
-    scales : widths of the sum of Gaussian kernels, in multiples of the batch's median squared distance
+    scales : widths of the Gaussian kernels (their mean is the kernel), in multiples of the batch's median
+        squared distance
         (a width that follows the features, so the term neither vanishes nor saturates as mu grows)
 
     Returns
     -------
-    scalar float32 tensor; 0 when fewer than two SoundFonts have two notes each in the batch
+    scalar float32 tensor; 0 when no SoundFont has two notes in the batch and two of the others
     """
     if sources.shape != feats.shape[:1]:
         raise ParameterError(f"sources {tuple(sources.shape)} must have one entry per row of feats "
                              f"{tuple(feats.shape)}")
     f = feats.float()
+    f = f - f.mean(dim=0)  # the term ignores a common shift; centred, the distances below lose no precision
     sq = (f * f).sum(dim=1)
     d2 = (sq[:, None] + sq[None, :] - 2.0 * f @ f.T).clamp_min(0.0)
     off = ~torch.eye(len(f), dtype=torch.bool, device=f.device)
@@ -339,7 +341,8 @@ def training_objective(x: torch.Tensor, out: VAEOutput, model: ConvVAE, *, pitch
     pitch : [shape=(batch,)] int64 MIDI pitch of each note, 0..127
     classes : [shape=(batch,)] int64 class id of each note for the contrastive term ([shape=(batch, 2)]: and
         its SoundFont, for ``program_across`` labels (see :func:`instrument_contrast`) and the
-        source-alignment term), or None when both are off
+        source-alignment term; [shape=(batch, 3)]: and the family, for ``program_family`` labels), or None
+        when both are off
     beta : float, >= 0, KL weight at this step (see :func:`beta_at`)
     cfg : TrainConfig
         ``free_bits``, ``contrast``, ``contrast_dims``, ``contrast_temperature``, ``contrast_labels``,
@@ -373,7 +376,7 @@ def objective_from_terms(recon: torch.Tensor, mu: torch.Tensor, logvar: torch.Te
     loss, aux = vae.total, {}
     if cfg.source_align > 0 and (classes is None or classes.ndim != 2):
         raise ParameterError(f"classes: the source-alignment term is on (train.source_align={cfg.source_align}) "
-                             "but got no SoundFont per note (classes of shape (batch, 2))")
+                             "but got no SoundFont per note (classes of shape (batch, 2) or (batch, 3))")
     if cfg.contrast > 0:
         # the SoundFont column is the term's own only for program_across; for the others it serves source_align
         labels = classes if classes.ndim == 1 else classes[:, :2] if cfg.contrast_labels == "program_across" \

@@ -134,7 +134,8 @@ class _Data(NamedTuple):
     x: MemoryRows | StreamRows  # the train notes' features, [shape=(1, n_mels, frames)] each, batch by batch
     pitch: torch.Tensor  # [shape=(train notes,)] int64 MIDI pitch
     instrument: torch.Tensor  # [shape=(train notes,)] int64, on the CPU, where the epoch order is drawn
-    classes: torch.Tensor  # [shape=(train notes,)] int64 class ids of the contrastive term ((notes, 2): and the source)
+    classes: torch.Tensor  # [shape=(train notes,)] int64 class ids of the contrastive term, or more columns:
+    # (notes, 2) and the SoundFont, (notes, 3) and the family too (see contrast_classes)
     x_valid: torch.Tensor | None  # [shape=(valid notes, 1, n_mels, frames)]; None on ranks but 0 (rank 0 evaluates)
     pitch_valid: torch.Tensor | None  # [shape=(valid notes,)]
     batch_size: int
@@ -854,6 +855,8 @@ def train_metrics(res: TrainResult, cfg: Config, *, trained: bool) -> dict:
         "free_bits": cfg.train.free_bits,
         "beta": cfg.train.beta,
         "contrast": cfg.train.contrast,
+        "contrast_labels": cfg.train.contrast_labels,
+        "source_align": cfg.train.source_align,
         "pitch_head_weight": cfg.train.pitch_weight if cfg.model.pitch_head else 0.0,
         "pitch_order": cfg.train.pitch_order,
         "epochs_run": len(h),
