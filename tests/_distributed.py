@@ -97,3 +97,52 @@ def run_jobs(rank: int, world: int, port: int, cache_path: str, jobs: list[dict]
             for name, fn in saved.items():
                 setattr(vtrain, name, fn)
         Path(out, f"{job['name']}.{rank}.json").write_text(json.dumps(result))
+
+
+# The label layouts of the contrastive and source-alignment terms (see vaelib.model.train.contrast_classes):
+# for each, the settings and the columns of the classes, on a batch of 12 notes (a rank's part: 6).
+LABEL_CASES = {
+    "program": ({"contrast_labels": "program"}, (0,)),
+    "program + source_align": ({"contrast_labels": "program", "source_align": 3.0}, (0, 1)),
+    "program_across": ({"contrast_labels": "program_across"}, (0, 1)),
+    "program_family + source_align": ({"contrast_labels": "program_family", "source_align": 3.0}, (0, 1, 2)),
+}
+
+
+def label_batch():
+    """A batch the objective can be computed on without a network: inputs, outputs, pitches and the
+    label table [program, SoundFont, family]."""
+    import torch
+
+    gen = torch.Generator().manual_seed(0)
+    x, x_hat = torch.randn(12, 1, 4, 4, generator=gen), torch.randn(12, 1, 4, 4, generator=gen)
+    mu, logvar = torch.randn(12, 8, generator=gen), 0.1 * torch.randn(12, 8, generator=gen)
+    program = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3, 0, 1, 2, 3])
+    table = torch.stack([program, torch.tensor([0, 0, 0, 1, 1, 0, 1, 1, 0, 1, 0, 1]), program // 2], dim=1)
+    return x, x_hat, mu, logvar, torch.randint(0, 128, (12,), generator=gen), table
+
+
+def label_objectives(rank: int, world: int, port: int, out: str) -> None:
+    """Each LABEL_CASES objective of ``label_batch`` as the global objective of ``world`` ranks, written to
+    ``<out>/labels.<rank>.json``: the loss and its parts (the target of torch.multiprocessing.spawn)."""
+    os.environ.update(rank_env(rank, world, port))
+    from types import SimpleNamespace
+
+    import torch
+
+    from vaelib.config import TrainConfig
+    from vaelib.model.distributed import global_objective, setup
+
+    ranks = setup(torch.device("cpu"))
+    x, x_hat, mu, logvar, pitch, table = label_batch()
+    lo, hi = ranks.part(len(x))
+    model = SimpleNamespace(contrast_features=lambda m, dims: m[:, :dims], pitch_logits=None)  # no head
+    got = {}
+    for name, (settings, columns) in LABEL_CASES.items():
+        cfg = TrainConfig(contrast=2.0, contrast_dims=4, **settings)
+        classes = table[:, list(columns)] if len(columns) > 1 else table[:, 0]
+        out_part = SimpleNamespace(x_hat=x_hat[lo:hi], mu=mu[lo:hi], logvar=logvar[lo:hi])
+        loss, parts = global_objective(x[lo:hi], out_part, model, pitch=pitch[lo:hi], classes=classes[lo:hi],
+                                       beta=0.5, cfg=cfg, ranks=ranks, batch=len(x))
+        got[name] = {"loss": loss.item(), **parts}
+    Path(out, f"labels.{rank}.json").write_text(json.dumps(got))

@@ -1,5 +1,6 @@
 """Data-parallel training: two gloo processes compute the loss curve of one process with the same global
-batch, rank 0 alone writes, a stop on one rank stops both and --resume continues, early stopping agrees.
+batch, rank 0 alone writes, a stop on one rank stops both and --resume continues, early stopping agrees,
+and the objective of every label layout (SoundFont and family columns) is the one process's.
 
 The processes are spawned once (torch.multiprocessing) and run every job in turn, since starting them
 costs more than the jobs. fp32 (train.bf16=false): the ranks add the batch in two halves, which
@@ -14,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
-from _distributed import TINY_MODEL, free_port, needs_gloo, run_jobs
+from _distributed import LABEL_CASES, TINY_MODEL, free_port, label_batch, label_objectives, needs_gloo, run_jobs
 
 from vaelib.config import PROJECT_ROOT, load_config
 from vaelib.data.synthetic import build_synthetic_cache
@@ -112,6 +113,28 @@ def test_early_stopping_is_decided_once_for_both_ranks(runs):
         res = got["early", rank]
         assert res["stopped_early"] and res["history"]["epoch"] == [1, 2, 3]
         assert res["history"]["valid_recon"] == [10.0, 9.0, 9.5]
+
+
+def test_two_processes_give_each_label_layouts_objective_of_one(tmp_path):
+    from types import SimpleNamespace
+
+    from vaelib.config import TrainConfig
+    from vaelib.model.loss import objective_from_terms, recon_per_note
+
+    mp.spawn(label_objectives, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
+    got = [json.loads((tmp_path / f"labels.{r}.json").read_text()) for r in (0, 1)]
+    x, x_hat, mu, logvar, pitch, table = label_batch()
+    model = SimpleNamespace(contrast_features=lambda m, dims: m[:, :dims], pitch_logits=None)
+    for name, (settings, columns) in LABEL_CASES.items():
+        classes = table[:, list(columns)] if len(columns) > 1 else table[:, 0]
+        loss, parts = objective_from_terms(recon_per_note(x, x_hat), mu, logvar, model, pitch=pitch, classes=classes,
+                                           beta=0.5, cfg=TrainConfig(contrast=2.0, contrast_dims=4, **settings))
+        assert ("source_align" in parts) == ("source_align" in settings), name
+        for rank in (0, 1):
+            assert got[rank][name]["loss"] == pytest.approx(loss.item(), rel=1e-6), (name, rank)
+            assert got[rank][name] == pytest.approx({"loss": loss.item(), **parts}, rel=1e-6, abs=1e-7), (name, rank)
+    # the layouts are told apart: each gives the contrastive term another value on this batch
+    assert len({round(got[0][name]["contrast"], 6) for name in LABEL_CASES}) >= 3
 
 
 def test_parts_of_a_batch_tile_it_in_rank_order():
