@@ -369,6 +369,12 @@ def test_source_alignment_measures_how_far_apart_the_banks_lie():
     lone = banks.clone()
     lone[0] = 7
     assert float(source_alignment(x, lone)) == pytest.approx(float(source_alignment(x[1:], banks[1:])), rel=0.05)
+    # collapsed dimensions (the KL's work): the kernel keeps a floor, so the gradient stays as gentle as the
+    # prior's scale allows instead of growing as the features shrink
+    for scale in (1e-2, 1e-4):
+        tiny = (scale * (feats + banks[:, None])).requires_grad_()
+        source_alignment(tiny, banks).backward()
+        assert float(tiny.grad.abs().max()) < 1.0, scale
     # nothing to compare: one bank, or too few notes
     assert float(source_alignment(feats, torch.zeros(64, dtype=torch.long))) == 0.0
     assert float(source_alignment(feats[:3], banks[:3])) == 0.0

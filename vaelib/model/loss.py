@@ -255,7 +255,7 @@ def source_alignment(feats: torch.Tensor, sources: torch.Tensor, *,
     feats : [shape=(batch, dims)] what is aligned (the leading ``train.contrast_dims`` of mu)
     sources : [shape=(batch,)] int64 SoundFont index of each note
     scales : widths of the Gaussian kernels (their mean is the kernel), in multiples of the batch's median
-        squared distance
+        squared distance (at least a thousandth of the prior's)
         (a width that follows the features, so the term neither vanishes nor saturates as mu grows)
 
     Returns
@@ -270,7 +270,10 @@ def source_alignment(feats: torch.Tensor, sources: torch.Tensor, *,
     sq = (f * f).sum(dim=1)
     d2 = (sq[:, None] + sq[None, :] - 2.0 * f @ f.T).clamp_min(0.0)
     off = ~torch.eye(len(f), dtype=torch.bool, device=f.device)
-    width = d2.detach()[off].median().clamp_min(1e-6) if len(f) > 1 else d2.new_ones(())
+    # never narrower than a thousandth of the prior's (two N(0, I) draws lie 2 x dims apart, squared): dimensions
+    # the KL has collapsed would otherwise get a kernel as narrow as their noise, and a gradient as steep
+    floor = 2e-3 * f.shape[1]
+    width = d2.detach()[off].median().clamp_min(floor) if len(f) > 1 else d2.new_ones(())
     kernel = sum(torch.exp(-d2 / (s * width)) for s in scales) / len(scales)
     terms = []
     for bank in torch.unique(sources):
