@@ -122,6 +122,19 @@ def label_batch():
     return x, x_hat, mu, logvar, torch.randint(0, 128, (12,), generator=gen), table
 
 
+def label_case(name: str, table):
+    """The training settings of LABEL_CASES' ``name`` and its columns of ``table``; and a model without a
+    network or heads, whose contrastive features are the leading dimensions of mu."""
+    from types import SimpleNamespace
+
+    from vaelib.config import TrainConfig
+
+    settings, columns = LABEL_CASES[name]
+    classes = table[:, list(columns)] if len(columns) > 1 else table[:, 0]
+    model = SimpleNamespace(contrast_features=lambda m, dims: m[:, :dims], pitch_logits=None)
+    return TrainConfig(contrast=2.0, contrast_dims=4, **settings), classes, model
+
+
 def label_objectives(rank: int, world: int, port: int, out: str) -> None:
     """Each LABEL_CASES objective of ``label_batch`` as the global objective of ``world`` ranks, written to
     ``<out>/labels.<rank>.json``: the loss and its parts (the target of torch.multiprocessing.spawn)."""
@@ -130,17 +143,14 @@ def label_objectives(rank: int, world: int, port: int, out: str) -> None:
 
     import torch
 
-    from vaelib.config import TrainConfig
     from vaelib.model.distributed import global_objective, setup
 
     ranks = setup(torch.device("cpu"))
     x, x_hat, mu, logvar, pitch, table = label_batch()
     lo, hi = ranks.part(len(x))
-    model = SimpleNamespace(contrast_features=lambda m, dims: m[:, :dims], pitch_logits=None)  # no head
     got = {}
-    for name, (settings, columns) in LABEL_CASES.items():
-        cfg = TrainConfig(contrast=2.0, contrast_dims=4, **settings)
-        classes = table[:, list(columns)] if len(columns) > 1 else table[:, 0]
+    for name in LABEL_CASES:
+        cfg, classes, model = label_case(name, table)
         out_part = SimpleNamespace(x_hat=x_hat[lo:hi], mu=mu[lo:hi], logvar=logvar[lo:hi])
         loss, parts = global_objective(x[lo:hi], out_part, model, pitch=pitch[lo:hi], classes=classes[lo:hi],
                                        beta=0.5, cfg=cfg, ranks=ranks, batch=len(x))

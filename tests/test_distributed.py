@@ -15,7 +15,16 @@ import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
-from _distributed import LABEL_CASES, TINY_MODEL, free_port, label_batch, label_objectives, needs_gloo, run_jobs
+from _distributed import (
+    LABEL_CASES,
+    TINY_MODEL,
+    free_port,
+    label_batch,
+    label_case,
+    label_objectives,
+    needs_gloo,
+    run_jobs,
+)
 
 from vaelib.config import PROJECT_ROOT, load_config
 from vaelib.data.synthetic import build_synthetic_cache
@@ -116,19 +125,15 @@ def test_early_stopping_is_decided_once_for_both_ranks(runs):
 
 
 def test_two_processes_give_each_label_layouts_objective_of_one(tmp_path):
-    from types import SimpleNamespace
-
-    from vaelib.config import TrainConfig
     from vaelib.model.loss import objective_from_terms, recon_per_note
 
     mp.spawn(label_objectives, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
     got = [json.loads((tmp_path / f"labels.{r}.json").read_text()) for r in (0, 1)]
     x, x_hat, mu, logvar, pitch, table = label_batch()
-    model = SimpleNamespace(contrast_features=lambda m, dims: m[:, :dims], pitch_logits=None)
-    for name, (settings, columns) in LABEL_CASES.items():
-        classes = table[:, list(columns)] if len(columns) > 1 else table[:, 0]
+    for name, (settings, _) in LABEL_CASES.items():
+        cfg, classes, model = label_case(name, table)
         loss, parts = objective_from_terms(recon_per_note(x, x_hat), mu, logvar, model, pitch=pitch, classes=classes,
-                                           beta=0.5, cfg=TrainConfig(contrast=2.0, contrast_dims=4, **settings))
+                                           beta=0.5, cfg=cfg)
         assert ("source_align" in parts) == ("source_align" in settings), name
         for rank in (0, 1):
             assert got[rank][name]["loss"] == pytest.approx(loss.item(), rel=1e-6), (name, rank)

@@ -342,34 +342,41 @@ def test_program_labels_are_one_class_across_soundfonts_and_need_programs(cache)
     assert vtrain.contrast_classes(no_program, "family", torch.device("cpu")).shape == (len(meta),)
 
 
-def _spy_on_contrast_labels(monkeypatch) -> tuple[list[torch.Tensor], object]:
-    """The labels of every call of the contrastive term, collected while it still computes; and the term."""
-    seen = []
+def _spy_on_contrast_labels(monkeypatch) -> tuple[list[torch.Tensor], list[torch.Tensor | None], object]:
+    """The labels and the spared super-classes of every call of the contrastive term, collected while it still
+    computes; and the term."""
+    seen, spared = [], []
     real = vloss.instrument_contrast
 
     def spy(feats, labels, **kw):
         seen.append(labels.cpu())
+        spared.append(kw.get("spared"))
         return real(feats, labels, **kw)
 
     monkeypatch.setattr(vloss, "instrument_contrast", spy)
-    return seen, real
+    return seen, spared, real
+
+
+def _one_and_two_banks(cache: FeatureCache) -> tuple[FeatureCache, FeatureCache, np.ndarray]:
+    """The cache as rendered from one SoundFont, and from two: every other note of each instrument (so of
+    each program) from a second bank; and the SoundFont of each note of the second."""
+    one_bank = dataclasses.replace(cache, meta=cache.meta.assign(soundfont="TimGM6mb.sf2"))
+    banks = np.where(cache.meta.groupby("instrument").cumcount().to_numpy() % 2 == 0, "A.sf2", "B.sf2")
+    return one_bank, dataclasses.replace(cache, meta=cache.meta.assign(soundfont=banks)), banks
 
 
 def test_program_across_labels_carry_each_notes_soundfont(work, cache, monkeypatch):
     rows = cache.meta["split"].to_numpy() == "train"
-    one_bank = dataclasses.replace(cache, meta=cache.meta.assign(soundfont="TimGM6mb.sf2"))
+    one_bank, two_banks, banks = _one_and_two_banks(cache)
     with pytest.raises(ParameterError, match=r"contrast_labels 'program_across'.*one SoundFont"):
         vtrain.contrast_classes(one_bank, "program_across", torch.device("cpu"))
-    # every other note of each instrument (so of each program) from a second bank
-    banks = np.where(cache.meta.groupby("instrument").cumcount().to_numpy() % 2 == 0, "A.sf2", "B.sf2")
-    two_banks = dataclasses.replace(cache, meta=cache.meta.assign(soundfont=banks))
     classes = vtrain.contrast_classes(two_banks, "program_across", torch.device("cpu"))
     assert classes.shape == (rows.sum(), 2)
     np.testing.assert_array_equal(classes[:, 0].numpy(), cache.meta.loc[rows, "program"].to_numpy())
     np.testing.assert_array_equal(classes[:, 1].numpy() == classes[0, 1].item(), banks[rows] == banks[rows][0])
     # training takes them, batches grouped by program too
     root, ds = work
-    seen, real = _spy_on_contrast_labels(monkeypatch)
+    seen, _, real = _spy_on_contrast_labels(monkeypatch)
     cfg = _cfg(root, ds, ckpt="ckpt_labels_across", extra=("train.contrast=5", "train.epochs=1",
                                                             "train.contrast_labels=program_across",
                                                             "train.notes_per_class=4"))
@@ -394,39 +401,31 @@ def test_program_family_labels_spare_a_programs_family_mates(work, cache, monkey
         np.testing.assert_array_equal(classes[:, col].numpy(), cache.meta.loc[rows, column].to_numpy())
     assert (classes[:, 1] == 0).all()  # no SoundFont needed without train.source_align
     root, ds = work
-    seen = []
-    real = vloss.instrument_contrast
-
-    def spy(feats, labels, **kw):
-        seen.append((labels.cpu(), kw.get("spared")))
-        return real(feats, labels, **kw)
-
-    monkeypatch.setattr(vloss, "instrument_contrast", spy)
+    seen, spared_seen, _ = _spy_on_contrast_labels(monkeypatch)
     cfg = _cfg(root, ds, ckpt="ckpt_labels_program_family",
                extra=("train.contrast=5", "train.epochs=1", "train.contrast_labels=program_family"))
     res = train(cfg, cache, show_progress=False)
     assert res.history["train_contrast"].iloc[0] > 0
     # the term gets each note's program as its class and its family as what is spared, pair by pair
     family_of = dict(zip(cache.meta.loc[rows, "program"], cache.meta.loc[rows, "instrument_family"], strict=False))
-    assert all(labels.ndim == 1 and spared is not None and spared.shape == labels.shape for labels, spared in seen)
-    pairs = {(int(p), int(f)) for labels, spared in seen for p, f in zip(labels, spared, strict=True)}
+    calls = list(zip(seen, spared_seen, strict=True))
+    assert all(labels.ndim == 1 and spared is not None and spared.shape == labels.shape for labels, spared in calls)
+    pairs = {(int(p), int(f)) for labels, spared in calls for p, f in zip(labels, spared, strict=True)}
     assert pairs == {(int(p), int(family_of[p])) for p, _ in pairs} and len(pairs) > 1
 
 
 def test_source_alignment_trains_on_each_notes_soundfont(work, cache, monkeypatch):
     rows = cache.meta["split"].to_numpy() == "train"
-    one_bank = dataclasses.replace(cache, meta=cache.meta.assign(soundfont="TimGM6mb.sf2"))
+    one_bank, two_banks, banks = _one_and_two_banks(cache)
     with pytest.raises(ParameterError, match=r"train.source_align: the train split of .* one SoundFont"):
         vtrain.contrast_classes(one_bank, "family", torch.device("cpu"), sources=True)
-    banks = np.where(cache.meta.groupby("instrument").cumcount().to_numpy() % 2 == 0, "A.sf2", "B.sf2")
-    two_banks = dataclasses.replace(cache, meta=cache.meta.assign(soundfont=banks))
     classes = vtrain.contrast_classes(two_banks, "family", torch.device("cpu"), sources=True)
     np.testing.assert_array_equal(classes[:, 0].numpy(), cache.meta.loc[rows, "instrument_family"].to_numpy())
     np.testing.assert_array_equal(classes[:, 1].numpy() == classes[0, 1].item(), banks[rows] == banks[rows][0])
     # training: the contrastive term gets the families alone, the alignment term is logged, the run has its
     # own folder (and a run without it keeps the folder it had)
     root, ds = work
-    seen, _ = _spy_on_contrast_labels(monkeypatch)
+    seen, _, _ = _spy_on_contrast_labels(monkeypatch)
     base = ("train.contrast=5", "train.epochs=1", "train.contrast_labels=family")
     cfg = _cfg(root, ds, ckpt="ckpt_source_align", extra=(*base, "train.source_align=50"))
     res = train(cfg, two_banks, show_progress=False)
@@ -447,7 +446,7 @@ def test_family_labels_change_what_the_contrast_term_groups(work, cache, monkeyp
         classes = vtrain.contrast_classes(cache, kind, torch.device("cpu"))
         np.testing.assert_array_equal(classes.numpy(), meta[column].to_numpy())  # row by row
     root, ds = work
-    seen, real = _spy_on_contrast_labels(monkeypatch)
+    seen, _, real = _spy_on_contrast_labels(monkeypatch)
     cfg = _cfg(root, ds, ckpt="ckpt_labels_family",
                extra=("train.contrast=5", "train.epochs=1", "train.contrast_labels=family"))
     res = train(cfg, cache, show_progress=False)

@@ -255,8 +255,8 @@ def source_alignment(feats: torch.Tensor, sources: torch.Tensor, *,
     feats : [shape=(batch, dims)] what is aligned (the leading ``train.contrast_dims`` of mu)
     sources : [shape=(batch,)] int64 SoundFont index of each note
     scales : widths of the Gaussian kernels (their mean is the kernel), in multiples of the batch's median
-        squared distance (at least a thousandth of the prior's)
-        (a width that follows the features, so the term neither vanishes nor saturates as mu grows)
+        squared distance, so the term neither vanishes nor saturates as mu grows (that median taken at
+        least a thousandth of the prior's)
 
     Returns
     -------

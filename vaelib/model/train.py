@@ -263,8 +263,8 @@ def contrast_classes(cache: FeatureCache, kind: str, device: torch.device, *, so
         every train note (NSynth's own notes); ``program_across`` or ``sources`` on a train split of one
         SoundFont.
     """
-    column = "program" if kind.startswith("program") else {"instrument": "instrument",
-                                                            "family": "instrument_family"}[kind]
+    column = {"instrument": "instrument", "family": "instrument_family", "program": "program",
+              "program_across": "program", "program_family": "program"}[kind]
     rows = cache.meta["split"].to_numpy() == "train"  # the mask cache.split uses
     if column == "program" and (column not in cache.meta.columns or (cache.meta.loc[rows, column] < 0).any()):
         raise ParameterError(f"train.contrast_labels {kind!r}: the dataset of {cache.path} records no GM program for "
