@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 from _fixtures_analysis import random_spectrograms, synthetic_meta
 
@@ -10,6 +11,7 @@ from vaelib.analysis.probes import (
     PROBE_KEYS,
     accuracy,
     cv_probes,
+    grouped_predictions,
     midi_hz,
     octave_label,
     pca_features,
@@ -67,6 +69,29 @@ def test_grouped_cv_keeps_instruments_apart(meta):
     assert cv["family_logreg"]["mean"] > 0.9
     with pytest.raises(ParameterError, match="n_folds"):
         cv_probes(x, meta, groups=meta["instrument_str"].to_numpy(), n_folds=100, knn_k=3)
+
+
+def test_grouped_predictions_never_come_from_a_probe_that_saw_the_group():
+    # each of 20 groups has its own one-hot feature and a label drawn for the group: a probe that saw a group
+    # reads its label off that feature; one that did not sees only zeros there and guesses
+    rng = np.random.default_rng(3)
+    groups = np.repeat(np.arange(20), 10)
+    labels = rng.permutation(np.repeat(["a", "b"], 10))[groups]
+    x = (groups[:, None] == np.arange(20)).astype(np.float32) + 0.01 * rng.normal(size=(200, 20))
+    seen = score_probes(x, _labelled(labels), x, _labelled(labels), knn_k=1)["family_logreg"]
+    unseen = accuracy(labels, grouped_predictions("logreg", x, labels, groups=groups, n_folds=5, knn_k=1))
+    assert seen == 1.0 and unseen <= 0.65, (seen, unseen)
+    # a label the features carry across groups is read from groups never fitted on
+    plain = np.where(labels == "a", 1.0, -1.0)[:, None] + 0.1 * rng.normal(size=(200, 1))
+    assert accuracy(labels, grouped_predictions("logreg", plain, labels, groups=groups, n_folds=5, knn_k=1)) > 0.95
+    with pytest.raises(ParameterError, match="n_folds: 5 folds need at least as many groups, got 3"):
+        grouped_predictions("logreg", x, labels, groups=groups % 3, n_folds=5, knn_k=1)
+    with pytest.raises(ParameterError, match="200 features, 199 labels"):
+        grouped_predictions("logreg", x, labels[1:], groups=groups, n_folds=5, knn_k=1)
+
+
+def _labelled(family: np.ndarray) -> pd.DataFrame:
+    return pd.DataFrame({"instrument_family_str": family, "instrument_source_str": "acoustic", "pitch": 60})
 
 
 def test_accuracy_within_tolerance():

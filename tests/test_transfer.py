@@ -16,12 +16,15 @@ from vaelib.analysis.probes import PROBE_KEYS
 from vaelib.analysis.run import TrainedRun
 from vaelib.analysis.transfer import (
     TABLE_PROBES,
+    WITHIN_ROW,
+    NoteScores,
     evaluate_transfer,
     fit_reference,
     score_transfer_set,
     train_programs,
     transfer_dataset,
     unseen_programs,
+    within_set_family,
 )
 from vaelib.config import PROJECT_ROOT, load_config
 from vaelib.data.prepare import prepare_features
@@ -79,6 +82,31 @@ def test_unseen_programs_needs_program_fields():
     assert unseen_programs(pd.DataFrame({"program": [0, -1]}), {0})[0] is None  # a note without one
 
 
+def test_within_set_family_fits_on_the_sets_own_programs():
+    # 3 families x 4 programs x 30 notes: mu carries the family, the PCA coefficients only noise
+    rng = np.random.default_rng(5)
+    program = np.repeat(np.arange(12), 30)
+    family = np.array(["brass", "organ", "reed"])[program % 3]
+    meta = pd.DataFrame({"program": program, "instrument_family_str": family})
+    onehot = (family[:, None] == np.unique(family)).astype(np.float32)
+    scores = NoteScores(meta=meta, mu=onehot + 0.2 * rng.normal(size=(360, 3)), pca=rng.normal(size=(360, 3)),
+                        mse_model=np.zeros(360), mse_pca=np.zeros(360))
+    unseen = program >= 9
+    out = within_set_family(scores, unseen, n_folds=4, seed=0)
+    assert out["groups"] == "program" and out["folds"] == 4 and out["note"] == ""
+    assert out["all"]["mu"] > 0.95 and out["all"]["pca"] < 0.5, out
+    assert out["unseen_programs"]["mu"] > 0.95 and out["unseen_programs"]["pca"] < 0.6, out
+    # the subset's figure is the same out-of-fold predictions scored on its notes only
+    only = within_set_family(NoteScores(meta=meta, mu=scores.mu, pca=scores.mu, mse_model=scores.mse_model,
+                                        mse_pca=scores.mse_pca), unseen, n_folds=4)
+    assert only["unseen_programs"]["pca"] == only["unseen_programs"]["mu"]
+    assert within_set_family(scores, None, n_folds=4)["unseen_programs"] is None
+    few = within_set_family(scores, unseen, n_folds=13)
+    assert few["all"] is None and "12 GM programs of 3 families: 13 program folds" in few["note"]
+    blind = within_set_family(NoteScores(**{**scores.__dict__, "meta": meta.assign(program=-1)}), unseen, n_folds=4)
+    assert blind["all"] is None and "no GM program" in blind["note"]
+
+
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     """A 9-instrument render of the bundled SoundFont, TinyVAE as its model, and a transfer set rendered from
@@ -117,12 +145,17 @@ def test_evaluate_transfer_on_a_rendered_soundfont(tiny_run):
     # run's test instruments, and score as they do
     assert m["unseen_programs"]["probes"] == transfer.in_domain["probes"]
     assert m["unseen_programs"]["recon_mse"] == pytest.approx(transfer.in_domain["recon_mse"])
+    within = m["within_set"]  # 9 programs in smoke.yaml's 3 folds, each note predicted without its program
+    assert within["folds"] == run.cfg.analysis.probe_folds == 3 and within["note"] == ""
+    assert all(0.0 <= v <= 1.0 for part in ("all", "unseen_programs") for v in within[part].values())
     json.dumps(transfer.metrics)  # JSON-ready
     table = transfer.table
     assert list(table.columns) == ["own test split", "other: all notes", "other: unseen programs"]
     assert table.loc["notes"].tolist() == [transfer.in_domain["notes"], 18, 6]
     assert all(f"{k} (mu)" in table.index and f"{k} (PCA)" in table.index for k in TABLE_PROBES)
     assert transfer.shown.loc["notes", "other: all notes"] == "18"
+    assert table.loc[f"{WITHIN_ROW} (mu)", "other: unseen programs"] == within["unseen_programs"]["mu"]
+    assert transfer.shown.loc[f"{WITHIN_ROW} (PCA)", "own test split"] == ""  # not measured on the own split
     assert "other" in transfer.text and "unseen in training" in transfer.text
     assert "| measure | own test split | other: all notes | other: unseen programs |" in transfer.text
 

@@ -34,6 +34,7 @@ __all__ = [
     "fit_probes",
     "score_probes",
     "cv_probes",
+    "grouped_predictions",
     "pca_features",
     "probe_table",
     "pitch_errors",
@@ -163,6 +164,12 @@ def score_probes(x_fit: np.ndarray, meta_fit: pd.DataFrame, x_eval: np.ndarray, 
     return fit_probes(x_fit, meta_fit, knn_k=knn_k, seed=seed).score(x_eval, meta_eval)
 
 
+def _check_folds(n_folds: int, groups: np.ndarray) -> None:
+    n_groups = len(np.unique(groups))
+    if n_folds < 2 or n_groups < n_folds:
+        raise ParameterError(f"n_folds: {n_folds} folds need at least as many groups, got {n_groups}")
+
+
 def cv_probes(x: np.ndarray, meta: pd.DataFrame, *, groups: np.ndarray, n_folds: int, knn_k: int,
               seed: int = 0) -> dict[str, dict]:
     """Every probe under cross-validation grouped by ``groups`` (instruments): no instrument is in
@@ -173,9 +180,7 @@ def cv_probes(x: np.ndarray, meta: pd.DataFrame, *, groups: np.ndarray, n_folds:
     For every key of ``PROBE_KEYS``: ``{"mean", "std", "folds": [accuracy per fold]}``.
     """
     groups = np.asarray(groups)
-    n_groups = len(np.unique(groups))
-    if n_folds < 2 or n_groups < n_folds:
-        raise ParameterError(f"n_folds: {n_folds} folds need at least as many groups, got {n_groups}")
+    _check_folds(n_folds, groups)
     per_fold: dict[str, list[float]] = {k: [] for k in PROBE_KEYS}
     for fit_idx, eval_idx in GroupKFold(n_splits=n_folds).split(x, groups=groups):
         scores = score_probes(x[fit_idx], meta.iloc[fit_idx], x[eval_idx], meta.iloc[eval_idx],
@@ -184,6 +189,26 @@ def cv_probes(x: np.ndarray, meta: pd.DataFrame, *, groups: np.ndarray, n_folds:
             per_fold[k].append(v)
     return {k: {"mean": float(np.mean(v)), "std": float(np.std(v)), "folds": [float(a) for a in v]}
             for k, v in per_fold.items()}
+
+
+def grouped_predictions(kind: str, x: np.ndarray, y: np.ndarray, *, groups: np.ndarray, n_folds: int, knn_k: int,
+                        seed: int = 0) -> np.ndarray:
+    """Out-of-fold predictions of one probe: each note predicted by the probe fitted on the folds that hold
+    none of its group (``GroupKFold`` over ``groups``), so no group is predicted by a probe that saw it.
+
+    Raises
+    ------
+    ParameterError
+        Fewer groups than folds, fewer than 2 folds, or ``x``, ``y`` and ``groups`` of different lengths.
+    """
+    groups, y = np.asarray(groups), np.asarray(y)
+    if not len(x) == len(y) == len(groups):
+        raise ParameterError(f"grouped_predictions: {len(x)} features, {len(y)} labels, {len(groups)} groups")
+    _check_folds(n_folds, groups)
+    pred = np.empty(len(y), dtype=y.dtype)
+    for fit_idx, eval_idx in GroupKFold(n_splits=n_folds).split(x, groups=groups):
+        pred[eval_idx] = _fit_predict(kind, x[fit_idx], y[fit_idx], x[eval_idx], knn_k=knn_k, seed=seed)
+    return pred
 
 
 def pca_features(fit: np.ndarray, data: np.ndarray, *, n_components: int, seed: int = 0,

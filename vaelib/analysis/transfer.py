@@ -10,6 +10,11 @@ from the names the render gives, see :func:`train_programs`). Beside the probes:
 MSE of the model, decode(mu), against PCA's on the same notes. Reconstruction and encoding go in
 chunks of ``CHUNK`` notes, so a large evaluation set needs no more memory than a chunk.
 
+What a set's notes can tell at all is measured beside it (:func:`within_set_family`): the family
+logistic probe fitted on the set's own notes, each note predicted by a probe fitted on the set's other
+GM programs. A bank whose families its own other programs barely tell apart caps what a probe fitted
+elsewhere can read there, and the margin of a transfer is read against that.
+
 An evaluation dataset is an NSynth-layout folder read as it is, or a SoundFont rendered with the
 run's ``render.*`` settings into ``data/transfer/<SoundFont>-<settings key>/`` (or the ``root`` given)
 on first use; a folder rendered earlier with other SoundFonts or settings is refused, not reused.
@@ -32,7 +37,7 @@ from vaelib.analysis.diagnostics import pca_transform, recon_mse
 from vaelib.analysis.latent import decode_latents, encode_features
 from vaelib.analysis.latent_map import LatentSpace, markdown_escape
 from vaelib.analysis.pca_store import pca_store, spectrogram_pca
-from vaelib.analysis.probes import FittedProbes, fit_probes
+from vaelib.analysis.probes import PROBE_TARGETS, FittedProbes, accuracy, fit_probes, grouped_predictions
 from vaelib.analysis.run import TrainedRun
 from vaelib.config import Config, TransferSet, project_relative, resolve_path
 from vaelib.data.cache import build_feature_cache
@@ -48,9 +53,9 @@ from vaelib.data.render import (
 from vaelib.data.soundfonts import resolve_soundfont
 from vaelib.exceptions import DataError, ParameterError
 
-__all__ = ["TRANSFER_ROOT", "CHUNK", "TABLE_PROBES", "Reference", "NoteScores", "Transfer", "fit_reference",
-           "note_scores", "score_notes", "unseen_programs", "score_transfer_set", "train_programs",
-           "transfer_dataset", "evaluate_transfer", "transfer_table"]
+__all__ = ["TRANSFER_ROOT", "CHUNK", "TABLE_PROBES", "WITHIN_ROW", "Reference", "NoteScores", "Transfer",
+           "fit_reference", "note_scores", "score_notes", "unseen_programs", "within_set_family",
+           "score_transfer_set", "train_programs", "transfer_dataset", "evaluate_transfer", "transfer_table"]
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +63,8 @@ TRANSFER_ROOT = "data/transfer"  # where a transfer SoundFont is rendered when i
 CHUNK = 512  # notes encoded, decoded and compared at a time
 # The probes shown in the transfer table (every key of PROBE_KEYS is in metrics.json); keys of PROBE_KEYS.
 TABLE_PROBES = ("family_logreg", "family_knn", "pitch1_logreg", "pitch1_knn", "source_logreg", "source_knn")
+# the table's row of within_set_family: the family probe fitted on the set's own notes, program-grouped folds
+WITHIN_ROW = "family_logreg fitted on the set itself, by program folds"
 
 
 @dataclass
@@ -92,6 +99,8 @@ class Transfer:
     def shown(self) -> pd.DataFrame:
         """``table`` as text for the report: counts as integers, accuracies to 3 decimals, MSE to 4."""
         def cell(measure: str, value: float) -> str:
+            if np.isnan(value):
+                return ""
             if measure in ("notes", "instruments"):
                 return f"{value:.0f}"
             return f"{value:.4f}" if measure.startswith("recon") else f"{value:.3f}"
@@ -212,8 +221,41 @@ def unseen_programs(meta: pd.DataFrame, programs: set[int] | None) -> tuple[np.n
     return ~meta["program"].isin(sorted(programs)).to_numpy(), ""
 
 
+def within_set_family(scores: NoteScores, unseen: np.ndarray | None, *, n_folds: int, seed: int = 0) -> dict:
+    """How well a set's own notes tell its families apart: the family logistic probe fitted on the set itself,
+    on mu and on the run's PCA coefficients, each note predicted by the probe of the folds that hold none of
+    its GM program (``n_folds`` folds grouped by program). The reference a transfer margin is read against:
+    a probe that has heard the bank's other programs, which the run's probes never did.
+
+    Returns
+    -------
+    ``groups`` ('program'), ``folds``, ``all`` and ``unseen_programs`` ({'mu', 'pca'} -> accuracy; the latter
+    None when ``unseen`` is None or selects nothing), ``note`` ('' or why nothing was measured, every other
+    value then None). JSON-ready.
+    """
+    meta = scores.meta
+    out: dict = {"groups": "program", "folds": int(n_folds), "all": None, "unseen_programs": None, "note": ""}
+    if "program" not in meta.columns or (meta["program"] < 0).any():
+        out["note"] = "the dataset records no GM program per note"
+        return out
+    y = meta[PROBE_TARGETS["family"]].to_numpy()
+    programs = meta["program"].to_numpy()
+    if len(np.unique(programs)) < n_folds or len(np.unique(y)) < 2:
+        out["note"] = (f"{len(np.unique(programs))} GM programs of {len(np.unique(y))} families: "
+                       f"{n_folds} program folds need as many programs and two families")
+        return out
+    pred = {kind: grouped_predictions("logreg", x, y, groups=programs, n_folds=n_folds, knn_k=1,  # knn_k: unused
+                                      seed=seed)
+            for kind, x in (("mu", scores.mu), ("pca", scores.pca))}
+    out["all"] = {kind: accuracy(y, p) for kind, p in pred.items()}
+    if unseen is not None and unseen.any():
+        out["unseen_programs"] = {kind: accuracy(y[unseen], p[unseen]) for kind, p in pred.items()}
+    return out
+
+
 def score_transfer_set(model: torch.nn.Module, reference: Reference, x: np.ndarray, meta: pd.DataFrame, *,
-                       programs: set[int] | None, pitch_conditioning: bool = False) -> dict:
+                       programs: set[int] | None, pitch_conditioning: bool = False, n_folds: int = 5,
+                       seed: int = 0) -> dict:
     """One evaluation dataset scored: all its notes, and its notes of programs unseen in training.
 
     Parameters
@@ -221,11 +263,13 @@ def score_transfer_set(model: torch.nn.Module, reference: Reference, x: np.ndarr
     x : [shape=(notes, 1, n_mels, frames)] its normalised log-mel, with the run's feature parameters.
     meta : its metadata.
     programs : the GM programs of the train split (None: unknown).
+    n_folds, seed : of :func:`within_set_family`.
 
     Returns
     -------
     ``all`` and ``unseen_programs`` (each :func:`score_notes`, the latter with the ``programs`` it
-    covers; None when no note qualifies or it cannot be told, ``unseen_programs_note`` saying which).
+    covers; None when no note qualifies or it cannot be told, ``unseen_programs_note`` saying which), and
+    ``within_set`` (:func:`within_set_family`).
     """
     scores = note_scores(model, reference, x, meta, pitch_conditioning=pitch_conditioning)
     out = {"all": score_notes(reference, scores), "unseen_programs": None, "unseen_programs_note": ""}
@@ -238,6 +282,7 @@ def score_transfer_set(model: torch.nn.Module, reference: Reference, x: np.ndarr
         unseen = score_notes(reference, scores, mask)
         unseen["programs"] = sorted(int(p) for p in scores.meta.loc[mask, "program"].unique())
         out["unseen_programs"] = unseen
+    out["within_set"] = within_set_family(scores, mask, n_folds=n_folds, seed=seed)
     return out
 
 
@@ -352,7 +397,7 @@ def evaluate_transfer(space: LatentSpace, run: TrainedRun, *, show_progress: boo
         df = load_dataset(dataclasses.replace(data_cfg, root=str(found["root"])), seed=cfg.run.seed)
         cache = build_feature_cache(df, cfg.features, resample=cfg.data.resample, show_progress=show_progress)
         result = score_transfer_set(run.model, reference, cache.features, cache.meta, programs=programs,
-                                    pitch_conditioning=cond)
+                                    pitch_conditioning=cond, n_folds=cfg.analysis.probe_folds, seed=cfg.run.seed)
         metrics[entry.name] = {
             "dataset": {"root": project_relative(found["root"]),
                         "soundfont": Path(found["soundfont"]).name if found["soundfont"] else None,
@@ -367,15 +412,20 @@ def transfer_table(in_domain: dict, metrics: dict[str, dict]) -> pd.DataFrame:
     """The table of 04's transfer section: one row per measure, one column per note set (the run's own test
     split first, when it has notes, then each dataset's notes and its notes of unseen programs)."""
     columns = {"own test split": in_domain} if in_domain else {}
+    within: dict[str, dict | None] = {"own test split": None} if in_domain else {}
     for name, m in metrics.items():
         columns[f"{name}: all notes"] = m["all"]
+        within[f"{name}: all notes"] = m.get("within_set", {}).get("all")
         if m["unseen_programs"] is not None:
             columns[f"{name}: unseen programs"] = m["unseen_programs"]
+            within[f"{name}: unseen programs"] = m.get("within_set", {}).get("unseen_programs")
     rows: dict[str, list] = {"notes": [c["notes"] for c in columns.values()],
                              "instruments": [c["instruments"] for c in columns.values()]}
     for key in TABLE_PROBES:
         for features, label in (("mu", "mu"), ("pca", "PCA")):
             rows[f"{key} ({label})"] = [c["probes"][features][key] for c in columns.values()]
+    for features, label in (("mu", "mu"), ("pca", "PCA")):
+        rows[f"{WITHIN_ROW} ({label})"] = [np.nan if w is None else w[features] for w in within.values()]
     rows["recon MSE (model)"] = [c["recon_mse"]["model"] for c in columns.values()]
     rows["recon MSE (PCA)"] = [c["recon_mse"]["pca"] for c in columns.values()]
     return pd.DataFrame(rows, index=list(columns)).T.astype(float).rename_axis("measure")
