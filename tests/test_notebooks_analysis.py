@@ -103,6 +103,10 @@ def _check_transfer(t: dict, run) -> None:
             assert set(block["probes"][feats]) == set(PROBE_KEYS)
             assert all(0 <= v <= 1 for v in block["probes"][feats].values())
         assert all(0 < v < 4 for v in block["recon_mse"].values())  # log-mel in [-1, 1]: squared errors below 4
+    within = copy["within_set"]  # the copy's own family probe, folds grouped by program
+    assert within["folds"] == run["cfg"].analysis.probe_folds <= len(run["cfg"].render.programs)
+    assert within["note"] == "" and all(0 <= v <= 1 for part in ("all", "unseen_programs")
+                                        for v in within[part].values())
     metrics = json.loads((run["run_dir"] / "metrics.json").read_text())
     assert metrics["transfer"] == t  # merged into the run's metrics.json as transfer.<name>
 
