@@ -253,3 +253,38 @@ def test_a_render_is_keyed_by_its_sources(two_sources, tmp_path):
                                         r"names \['TimGM6mb.sf2'\]: set data.root to another folder"):
         ensure_dataset(load_config(None, [f"data.root={out}"]))
     ensure_dataset(load_config(None, [f"data.root={out}", "render.enabled=false"]))  # read as it is, on purpose
+
+
+def test_a_render_knows_its_soundfonts_by_their_bytes(tmp_path):
+    # a SoundFont edited in place keeps its name: the folder rendered from it is refused, not read as its render
+    from vaelib.config import load_config
+    from vaelib.data.prepare import ensure_dataset
+    from vaelib.data.render import check_rendered
+    from vaelib.data.soundfonts import soundfont_digest
+    from vaelib.exceptions import DataError
+
+    font = tmp_path / "Mine.sf2"
+    shutil.copy(default_soundfont(), font)
+    cfg = RenderConfig(**{**PITCHED.__dict__, "soundfont": str(font), "programs": (73,), "pitch_step": 36})
+    summary = render_dataset(cfg, tmp_path / "ds", show_progress=False)
+    assert summary["soundfont_digests"] == {"Mine.sf2": soundfont_digest(default_soundfont())}
+    args = {"asked_by": "render.soundfont", "folder_key": "data.root"}
+    check_rendered(tmp_path / "ds", cfg, **args)  # the same bytes: its own render
+    moved = tmp_path / "elsewhere" / "Mine.sf2"
+    moved.parent.mkdir()
+    shutil.copy(font, moved)
+    check_rendered(tmp_path / "ds", RenderConfig(**{**cfg.__dict__, "soundfont": str(moved)}), **args)  # a copy
+    data = bytearray(font.read_bytes())
+    data[-100] ^= 0xFF  # one byte of the last sample data changed: still a whole SoundFont
+    font.write_bytes(bytes(data))
+    with pytest.raises(DataError, match=rf"rendered from another Mine.sf2 than {font} is now \(its bytes differ"
+                                        r".*set data.root to another folder"):
+        check_rendered(tmp_path / "ds", cfg, **args)
+    with pytest.raises(DataError, match="its bytes differ.*or set render.enabled: false"):
+        ensure_dataset(load_config(None, [f"data.root={tmp_path / 'ds'}", f"render.soundfont={font}"]))
+    # a summary written before renders recorded digests is judged by the names, as it was
+    path = tmp_path / "ds" / "render_summary.json"
+    old = json.loads(path.read_text())
+    del old["soundfont_digests"]
+    path.write_text(json.dumps(old))
+    check_rendered(tmp_path / "ds", cfg, **args)

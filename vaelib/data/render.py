@@ -25,7 +25,13 @@ from vaelib.config import NSYNTH_FAMILIES, NSYNTH_SOURCES, RenderConfig, section
 from vaelib.data.fm_soundfont import FM_SOUNDFONT
 from vaelib.data.fm_soundfont import FORMAT as FM_FORMAT
 from vaelib.data.nsynth import QUALITIES
-from vaelib.data.soundfonts import default_soundfont, resolve_soundfonts, source_names, source_prefix
+from vaelib.data.soundfonts import (
+    default_soundfont,
+    resolve_soundfonts,
+    soundfont_digest,
+    source_names,
+    source_prefix,
+)
 from vaelib.exceptions import DataError, ParameterError
 from vaelib.io import atomic_write_json
 
@@ -253,7 +259,8 @@ def render_dataset(cfg: RenderConfig, out_dir: str | Path, *, show_progress: boo
 
     Returns
     -------
-    Summary: notes written, notes dropped as near-silent, instruments, SoundFont path(s), settings.
+    Summary: notes written, notes dropped as near-silent, instruments, SoundFont path(s) and their SHA-256
+    digests, settings.
 
     Raises
     ------
@@ -310,6 +317,7 @@ def render_dataset(cfg: RenderConfig, out_dir: str | Path, *, show_progress: boo
         summary = {
             **({"soundfont": str(sf_paths[0])} if len(sf_paths) == 1 else {}),  # the key of one-source summaries
             "soundfonts": [str(p) for p in sf_paths],
+            "soundfont_digests": {p.name: soundfont_digest(p) for p in sf_paths},
             "notes": len(examples), "dropped_silent": len(dropped),
             "instruments": len(jobs) - sum(len(v) for v in missing.values()), "pitches": pitches,
             "velocities": velocities, "scaled_to_avoid_clipping": len(limited),
@@ -346,8 +354,9 @@ def rendered_sources(summary: dict) -> list[str]:
 
 def check_rendered(root: str | Path, cfg: RenderConfig, *, asked_by: str, folder_key: str, hint: str = "",
                    strict: bool = False) -> None:
-    """Refuse a dataset vaelib rendered from other SoundFonts than ``cfg`` names (or, with ``strict``,
-    with other settings, when its summary records them). A folder without a render summary passes.
+    """Refuse a dataset vaelib rendered from other SoundFonts than ``cfg`` names, or from files of those
+    names whose bytes have changed since (when its summary records their digests), or, with ``strict``,
+    with other settings, when its summary records them. A folder without a render summary passes.
 
     Parameters
     ----------
@@ -358,6 +367,8 @@ def check_rendered(root: str | Path, cfg: RenderConfig, *, asked_by: str, folder
     ------
     DataError
         Naming the folder, what it was rendered from and what the params ask for.
+    ParameterError
+        A SoundFont the params name is missing (only looked for when the summary records digests).
     """
     summary = rendered_summary(root)
     if summary is None:
@@ -374,6 +385,13 @@ def check_rendered(root: str | Path, cfg: RenderConfig, *, asked_by: str, folder
         raise DataError(f"{root}: rendered from another version of the project's own {FM_SOUNDFONT} "
                         f"({found or 'its format not recorded'}; this code writes {FM_FORMAT!r}): set {folder_key} "
                         f"to another folder, or remove this one to render it again{tail}")
+    digests = summary.get("soundfont_digests")
+    if isinstance(digests, dict):  # summaries written before renders recorded them: the names only
+        for path in resolve_soundfonts(cfg.soundfont, where=asked_by):
+            if digests.get(path.name) not in (None, soundfont_digest(path)):
+                raise DataError(f"{root}: rendered from another {path.name} than {path} is now (its bytes differ: "
+                                f"the file was edited or replaced since): set {folder_key} to another folder, or "
+                                f"remove this one to render it again{tail}")
     if strict and isinstance(recorded, dict) and recorded != settings:
         differ = sorted(k for k in set(recorded) | set(settings) if recorded.get(k) != settings.get(k))
         raise DataError(f"{root}: rendered with other render settings than the run's (they differ in {differ}): "

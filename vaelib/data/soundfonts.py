@@ -16,6 +16,8 @@ or removing another source never renames the instruments of the others.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import os
 import re
 from pathlib import Path
@@ -25,7 +27,8 @@ from vaelib.data.fm_soundfont import FM_SOUNDFONT, ensure_fm_soundfont
 from vaelib.exceptions import DataError, ParameterError
 
 __all__ = ["BUNDLED_SOUNDFONT", "DEBIAN_SOUNDFONTS", "default_soundfont", "debian_package", "resolve_soundfont",
-           "check_soundfont_file", "resolve_soundfonts", "source_names", "source_prefix", "check_soundfonts"]
+           "check_soundfont_file", "resolve_soundfonts", "source_names", "source_prefix", "check_soundfonts",
+           "soundfont_digest"]
 
 BUNDLED_SOUNDFONT = "TimGM6mb.sf2"  # inside the pretty_midi wheel: the default source, found with pip alone
 
@@ -147,6 +150,23 @@ def resolve_soundfonts(spec: str | tuple[str, ...] | list[str], *, where: str = 
     if len(fonts) == 1:
         return [resolve_soundfont(fonts[0], where=where)]
     return [resolve_soundfont(f, where=f"{where}[{i}]") for i, f in enumerate(fonts)]
+
+
+def soundfont_digest(path: str | Path) -> str:
+    """The SHA-256 of a SoundFont's bytes (hex). A render records it for each source, so a folder rendered
+    from one file is told from a file of the same name edited or replaced since; a name alone cannot."""
+    path = Path(path).resolve()
+    st = path.stat()
+    return _digest(str(path), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=32)
+def _digest(path: str, size: int, mtime_ns: int) -> str:  # size and mtime: a file changed since is read again
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def source_names(spec: str | tuple[str, ...] | list[str]) -> list[str]:
