@@ -255,19 +255,21 @@ def test_a_render_is_keyed_by_its_sources(two_sources, tmp_path):
     ensure_dataset(load_config(None, [f"data.root={out}", "render.enabled=false"]))  # read as it is, on purpose
 
 
-def test_a_render_knows_its_soundfonts_by_their_bytes(tmp_path):
+def test_a_render_knows_its_soundfonts_by_their_bytes(tmp_path, caplog):
     # a SoundFont edited in place keeps its name: the folder rendered from it is refused, not read as its render
+    import hashlib
+    import logging
+
     from vaelib.config import load_config
     from vaelib.data.prepare import ensure_dataset
     from vaelib.data.render import check_rendered
-    from vaelib.data.soundfonts import soundfont_digest
     from vaelib.exceptions import DataError
 
     font = tmp_path / "Mine.sf2"
     shutil.copy(default_soundfont(), font)
     cfg = RenderConfig(**{**PITCHED.__dict__, "soundfont": str(font), "programs": (73,), "pitch_step": 36})
     summary = render_dataset(cfg, tmp_path / "ds", show_progress=False)
-    assert summary["soundfont_digests"] == {"Mine.sf2": soundfont_digest(default_soundfont())}
+    assert summary["soundfont_digests"] == {"Mine.sf2": hashlib.sha256(font.read_bytes()).hexdigest()}
     args = {"asked_by": "render.soundfont", "folder_key": "data.root"}
     check_rendered(tmp_path / "ds", cfg, **args)  # the same bytes: its own render
     moved = tmp_path / "elsewhere" / "Mine.sf2"
@@ -275,16 +277,37 @@ def test_a_render_knows_its_soundfonts_by_their_bytes(tmp_path):
     shutil.copy(font, moved)
     check_rendered(tmp_path / "ds", RenderConfig(**{**cfg.__dict__, "soundfont": str(moved)}), **args)  # a copy
     data = bytearray(font.read_bytes())
-    data[-100] ^= 0xFF  # one byte of the last sample data changed: still a whole SoundFont
+    data[-100] ^= 0xFF  # one byte of the last sample data changed: still a whole SoundFont, of the same size
     font.write_bytes(bytes(data))
     with pytest.raises(DataError, match=rf"rendered from another Mine.sf2 than {font} is now \(its bytes differ"
                                         r".*set data.root to another folder"):
         check_rendered(tmp_path / "ds", cfg, **args)
+    root = f"data.root={tmp_path / 'ds'}"
     with pytest.raises(DataError, match="its bytes differ.*or set render.enabled: false"):
-        ensure_dataset(load_config(None, [f"data.root={tmp_path / 'ds'}", f"render.soundfont={font}"]))
+        ensure_dataset(load_config(None, [root, f"render.soundfont={font}"]))
+    ensure_dataset(load_config(None, [root, f"render.soundfont={font}", "render.enabled=false"]))  # on purpose
+    # the file gone (data copied to a machine without it): the notes stay readable, by the name, with a warning
+    font.unlink()
+    with caplog.at_level(logging.WARNING, logger="vaelib.data.render"):
+        check_rendered(tmp_path / "ds", cfg, **args)
+    assert "Mine.sf2 not found, so its bytes cannot be compared" in caplog.text
     # a summary written before renders recorded digests is judged by the names, as it was
+    shutil.copy(moved, font)
+    font.write_bytes(bytes(data))
     path = tmp_path / "ds" / "render_summary.json"
     old = json.loads(path.read_text())
     del old["soundfont_digests"]
     path.write_text(json.dumps(old))
     check_rendered(tmp_path / "ds", cfg, **args)
+
+
+def test_a_soundfont_changed_during_its_render_leaves_no_dataset(tmp_path, monkeypatch):
+    import vaelib.data.render as render
+    from vaelib.exceptions import DataError
+
+    seen = iter(["before", "after"])
+    monkeypatch.setattr(render, "soundfont_digest", lambda path: next(seen))
+    cfg = RenderConfig(**{**PITCHED.__dict__, "programs": (73,), "pitch_step": 36, "workers": 1})
+    with pytest.raises(DataError, match=r"\['TimGM6mb.sf2'\] changed while the notes were rendered"):
+        render_dataset(cfg, tmp_path / "ds", show_progress=False)
+    assert list(tmp_path.iterdir()) == []  # neither the folder nor its temporary sibling

@@ -14,6 +14,7 @@ from vaelib.data.soundfonts import (
     check_soundfonts,
     debian_package,
     default_soundfont,
+    present_soundfonts,
     resolve_soundfont,
     resolve_soundfonts,
     source_names,
@@ -55,6 +56,19 @@ def test_bare_names_resolve(tmp_path, monkeypatch, fake_debian):
     shutil.copy(default_soundfont(), mine)
     assert resolve_soundfont(str(mine)) == mine
     assert source_names(("a/One.sf2", "Two.sf3")) == ["One.sf2", "Two.sf3"] and source_names("") == ["TimGM6mb.sf2"]
+
+
+def test_present_soundfonts_looks_without_raising_or_writing(tmp_path, monkeypatch, fake_debian):
+    monkeypatch.setattr(sf_mod, "FM_FOLDER", str(tmp_path / "fm"))
+    mine = tmp_path / "Mine.sf2"
+    shutil.copy(default_soundfont(), mine)
+    spec = ("TimGM6mb.sf2", "Fake_GM.sf2", str(mine), "vaelib_fm.sf2", str(tmp_path / "Gone.sf2"))
+    assert present_soundfonts(spec) == [default_soundfont(), None, mine, None, None]
+    assert not (tmp_path / "fm").exists()  # the project's FM bank is not written just to be looked at
+    (tmp_path / "fm").mkdir()
+    shutil.copy(default_soundfont(), tmp_path / "fm" / "vaelib_fm.sf2")
+    assert present_soundfonts("vaelib_fm.sf2") == [tmp_path / "fm" / "vaelib_fm.sf2"]
+    assert present_soundfonts("") == [default_soundfont()]
 
 
 def test_a_missing_debian_soundfont_names_its_package(fake_debian):

@@ -12,7 +12,7 @@ from _fixtures_analysis import TinyVAE, random_spectrograms, synthetic_meta
 
 from vaelib.analysis.latent import encode_features
 from vaelib.analysis.latent_map import LatentSpace
-from vaelib.analysis.probes import PROBE_KEYS
+from vaelib.analysis.probes import PROBE_KEYS, accuracy, grouped_predictions
 from vaelib.analysis.run import TrainedRun
 from vaelib.analysis.transfer import (
     TABLE_PROBES,
@@ -97,12 +97,14 @@ def test_within_set_family_fits_on_the_sets_own_programs():
     assert out["all"]["mu"] > 0.95 and out["all"]["pca"] < 0.5, out
     assert out["unseen_programs"]["mu"] > 0.95 and out["unseen_programs"]["pca"] < 0.6, out
     # the subset's figure is the same out-of-fold predictions scored on its notes only
-    only = within_set_family(NoteScores(meta=meta, mu=scores.mu, pca=scores.mu, mse_model=scores.mse_model,
-                                        mse_pca=scores.mse_pca), unseen, n_folds=4)
-    assert only["unseen_programs"]["pca"] == only["unseen_programs"]["mu"]
+    pred = grouped_predictions("logreg", scores.pca, family, groups=program, n_folds=4)
+    assert out["unseen_programs"]["pca"] == accuracy(family[unseen], pred[unseen]) != accuracy(family, pred)
     assert within_set_family(scores, None, n_folds=4)["unseen_programs"] is None
     few = within_set_family(scores, unseen, n_folds=13)
-    assert few["all"] is None and "12 GM programs of 3 families: 13 program folds" in few["note"]
+    assert few["all"] is None and "12 GM programs and 3 families: 13 program folds need" in few["note"]
+    alone = within_set_family(NoteScores(**{**scores.__dict__, "meta": meta.assign(instrument_family_str="reed")}),
+                              unseen, n_folds=4)
+    assert alone["all"] is None and "12 GM programs and 1 family: " in alone["note"]
     blind = within_set_family(NoteScores(**{**scores.__dict__, "meta": meta.assign(program=-1)}), unseen, n_folds=4)
     assert blind["all"] is None and "no GM program" in blind["note"]
 

@@ -191,10 +191,11 @@ def cv_probes(x: np.ndarray, meta: pd.DataFrame, *, groups: np.ndarray, n_folds:
             for k, v in per_fold.items()}
 
 
-def grouped_predictions(kind: str, x: np.ndarray, y: np.ndarray, *, groups: np.ndarray, n_folds: int, knn_k: int,
-                        seed: int = 0) -> np.ndarray:
+def grouped_predictions(kind: str, x: np.ndarray, y: np.ndarray, *, groups: np.ndarray, n_folds: int,
+                        knn_k: int = 5, seed: int = 0) -> np.ndarray:
     """Out-of-fold predictions of one probe: each note predicted by the probe fitted on the folds that hold
     none of its group (``GroupKFold`` over ``groups``), so no group is predicted by a probe that saw it.
+    ``knn_k`` is the neighbours of a ``knn`` probe (a ``logreg`` one has none).
 
     Raises
     ------

@@ -10,10 +10,11 @@ from the names the render gives, see :func:`train_programs`). Beside the probes:
 MSE of the model, decode(mu), against PCA's on the same notes. Reconstruction and encoding go in
 chunks of ``CHUNK`` notes, so a large evaluation set needs no more memory than a chunk.
 
-What a set's notes can tell at all is measured beside it (:func:`within_set_family`): the family
-logistic probe fitted on the set's own notes, each note predicted by a probe fitted on the set's other
-GM programs. A bank whose families its own other programs barely tell apart caps what a probe fitted
-elsewhere can read there, and the margin of a transfer is read against that.
+Beside it, a reference for what the set's own notes tell of their family (:func:`within_set_family`): the
+family logistic probe fitted on the set itself, each note predicted by a probe fitted on the folds that
+hold none of its GM program. It is not a bound on the transfer probe (a probe fitted elsewhere can read
+more), but a bank whose families a probe fitted on its other programs reads poorly leaves little for a
+probe fitted elsewhere, and the margin of a transfer is read against it.
 
 An evaluation dataset is an NSynth-layout folder read as it is, or a SoundFont rendered with the
 run's ``render.*`` settings into ``data/transfer/<SoundFont>-<settings key>/`` (or the ``root`` given)
@@ -99,8 +100,8 @@ class Transfer:
     def shown(self) -> pd.DataFrame:
         """``table`` as text for the report: counts as integers, accuracies to 3 decimals, MSE to 4."""
         def cell(measure: str, value: float) -> str:
-            if np.isnan(value):
-                return ""
+            if measure.startswith(WITHIN_ROW) and np.isnan(value):
+                return ""  # not measured: the own split, or a set without programs (the text says why)
             if measure in ("notes", "instruments"):
                 return f"{value:.0f}"
             return f"{value:.4f}" if measure.startswith("recon") else f"{value:.3f}"
@@ -122,6 +123,9 @@ class Transfer:
                 part = f"unseen programs: not measured ({m['unseen_programs_note']})"
             else:
                 part = f"{unseen['notes']} notes of {len(unseen['programs'])} GM programs unseen in training"
+            within = m.get("within_set") or {}
+            if within.get("note"):
+                part += f"; the probe fitted on the set itself: not measured ({within['note']})"
             lines.append(f"- **{name}**: {m['all']['notes']} notes of {m['all']['instruments']} instruments in "
                          f"{markdown_escape(d['root'])} ({origin}); {part}.")
         return "\n".join(lines) + "\n\n" + _markdown_table(self.shown)
@@ -224,14 +228,14 @@ def unseen_programs(meta: pd.DataFrame, programs: set[int] | None) -> tuple[np.n
 def within_set_family(scores: NoteScores, unseen: np.ndarray | None, *, n_folds: int, seed: int = 0) -> dict:
     """How well a set's own notes tell its families apart: the family logistic probe fitted on the set itself,
     on mu and on the run's PCA coefficients, each note predicted by the probe of the folds that hold none of
-    its GM program (``n_folds`` folds grouped by program). The reference a transfer margin is read against:
-    a probe that has heard the bank's other programs, which the run's probes never did.
+    its GM program (``n_folds`` folds grouped by program). The reference a transfer margin is read against,
+    not a bound on it: a probe that has heard the bank's other programs, which the run's probes never did.
 
     Returns
     -------
     ``groups`` ('program'), ``folds``, ``all`` and ``unseen_programs`` ({'mu', 'pca'} -> accuracy; the latter
-    None when ``unseen`` is None or selects nothing), ``note`` ('' or why nothing was measured, every other
-    value then None). JSON-ready.
+    None when ``unseen`` is None or selects nothing), ``note`` ('' or why nothing was measured: no program
+    per note, fewer programs than folds, or one family; ``all`` and ``unseen_programs`` then None). JSON-ready.
     """
     meta = scores.meta
     out: dict = {"groups": "program", "folds": int(n_folds), "all": None, "unseen_programs": None, "note": ""}
@@ -240,12 +244,12 @@ def within_set_family(scores: NoteScores, unseen: np.ndarray | None, *, n_folds:
         return out
     y = meta[PROBE_TARGETS["family"]].to_numpy()
     programs = meta["program"].to_numpy()
-    if len(np.unique(programs)) < n_folds or len(np.unique(y)) < 2:
-        out["note"] = (f"{len(np.unique(programs))} GM programs of {len(np.unique(y))} families: "
-                       f"{n_folds} program folds need as many programs and two families")
+    n_programs, n_families = len(np.unique(programs)), len(np.unique(y))
+    if n_programs < n_folds or n_families < 2:
+        out["note"] = (f"{n_programs} GM programs and {n_families} famil{'y' if n_families == 1 else 'ies'}: "
+                       f"{n_folds} program folds need as many programs, and two families")
         return out
-    pred = {kind: grouped_predictions("logreg", x, y, groups=programs, n_folds=n_folds, knn_k=1,  # knn_k: unused
-                                      seed=seed)
+    pred = {kind: grouped_predictions("logreg", x, y, groups=programs, n_folds=n_folds, seed=seed)
             for kind, x in (("mu", scores.mu), ("pca", scores.pca))}
     out["all"] = {kind: accuracy(y, p) for kind, p in pred.items()}
     if unseen is not None and unseen.any():

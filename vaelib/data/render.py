@@ -27,6 +27,7 @@ from vaelib.data.fm_soundfont import FORMAT as FM_FORMAT
 from vaelib.data.nsynth import QUALITIES
 from vaelib.data.soundfonts import (
     default_soundfont,
+    present_soundfonts,
     resolve_soundfonts,
     soundfont_digest,
     source_names,
@@ -267,11 +268,14 @@ def render_dataset(cfg: RenderConfig, out_dir: str | Path, *, show_progress: boo
     ParameterError
         ``out_dir`` exists, a program is not in the GM mapping, a SoundFont is not .sf2/.sf3 or is
         missing (naming the Debian package of a known one), two sources share a file name or prefix.
+    DataError
+        A SoundFont's bytes changed while the notes were rendered (its digest is taken before and after).
     """
     out_dir = Path(out_dir)
     if out_dir.exists():
         raise ParameterError(f"{out_dir}: already exists; remove it to render again")
     sf_paths = resolve_soundfonts(cfg.soundfont)
+    digests = {p.name: soundfont_digest(p) for p in sf_paths}
     names_twice = sorted({p.name for p in sf_paths if [q.name for q in sf_paths].count(p.name) > 1})
     if names_twice:
         raise ParameterError(f"render.soundfont: {names_twice} given twice; every source needs its own file name")
@@ -307,6 +311,10 @@ def render_dataset(cfg: RenderConfig, out_dir: str | Path, *, show_progress: boo
                     missing.setdefault(e["soundfont"], []).append(e["missing_program"])
         for font, progs in missing.items():
             log.warning("%s has no preset for GM program(s) %s (bank 0): left out", font, progs)
+        changed = [p.name for p in sf_paths if soundfont_digest(p) != digests[p.name]]
+        if changed:
+            raise DataError(f"render.soundfont: {changed} changed while the notes were rendered from them; nothing "
+                            f"was written to {out_dir}: render again once the files are final")
         examples, dropped = _examples_json(results)
         limited = {e["note_str"]: round(e["limited_peak"], 3) for r in results for e in r
                    if not e.get("dropped", True) and e["limited_peak"] is not None}
@@ -317,7 +325,7 @@ def render_dataset(cfg: RenderConfig, out_dir: str | Path, *, show_progress: boo
         summary = {
             **({"soundfont": str(sf_paths[0])} if len(sf_paths) == 1 else {}),  # the key of one-source summaries
             "soundfonts": [str(p) for p in sf_paths],
-            "soundfont_digests": {p.name: soundfont_digest(p) for p in sf_paths},
+            "soundfont_digests": digests,
             "notes": len(examples), "dropped_silent": len(dropped),
             "instruments": len(jobs) - sum(len(v) for v in missing.values()), "pitches": pitches,
             "velocities": velocities, "scaled_to_avoid_clipping": len(limited),
@@ -367,8 +375,8 @@ def check_rendered(root: str | Path, cfg: RenderConfig, *, asked_by: str, folder
     ------
     DataError
         Naming the folder, what it was rendered from and what the params ask for.
-    ParameterError
-        A SoundFont the params name is missing (only looked for when the summary records digests).
+    A SoundFont that is not on this machine is compared by its name only (with a warning), so a rendered
+    folder stays readable where the file is not installed.
     """
     summary = rendered_summary(root)
     if summary is None:
@@ -387,9 +395,14 @@ def check_rendered(root: str | Path, cfg: RenderConfig, *, asked_by: str, folder
                         f"to another folder, or remove this one to render it again{tail}")
     digests = summary.get("soundfont_digests")
     if isinstance(digests, dict):  # summaries written before renders recorded them: the names only
-        for path in resolve_soundfonts(cfg.soundfont, where=asked_by):
-            if digests.get(path.name) not in (None, soundfont_digest(path)):
-                raise DataError(f"{root}: rendered from another {path.name} than {path} is now (its bytes differ: "
+        for name, path in zip(want, present_soundfonts(cfg.soundfont)):
+            if name not in digests:
+                continue
+            if path is None:  # the notes are here: a machine without the file can still read them
+                log.warning("%s: %s not found, so its bytes cannot be compared with those %s was rendered from; "
+                            "read by its name", asked_by, name, root)
+            elif soundfont_digest(path) != digests[name]:
+                raise DataError(f"{root}: rendered from another {name} than {path} is now (its bytes differ: "
                                 f"the file was edited or replaced since): set {folder_key} to another folder, or "
                                 f"remove this one to render it again{tail}")
     if strict and isinstance(recorded, dict) and recorded != settings:

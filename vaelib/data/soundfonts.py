@@ -16,19 +16,18 @@ or removing another source never renames the instruments of the others.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import os
 import re
 from pathlib import Path
 
 from vaelib.config import SOUNDFONT_SUFFIXES, Config, resolve_path, soundfont_list
-from vaelib.data.fm_soundfont import FM_SOUNDFONT, ensure_fm_soundfont
+from vaelib.data.fm_soundfont import FM_FOLDER, FM_SOUNDFONT, ensure_fm_soundfont
 from vaelib.exceptions import DataError, ParameterError
 
 __all__ = ["BUNDLED_SOUNDFONT", "DEBIAN_SOUNDFONTS", "default_soundfont", "debian_package", "resolve_soundfont",
            "check_soundfont_file", "resolve_soundfonts", "source_names", "source_prefix", "check_soundfonts",
-           "soundfont_digest"]
+           "soundfont_digest", "present_soundfonts"]
 
 BUNDLED_SOUNDFONT = "TimGM6mb.sf2"  # inside the pretty_midi wheel: the default source, found with pip alone
 
@@ -87,8 +86,9 @@ def resolve_soundfont(spec: str, *, where: str = "render.soundfont") -> Path:
     return check_soundfont_file(_locate_soundfont(spec, where), where=where)
 
 
-def _locate_soundfont(spec: str, where: str) -> Path:
-    """Where ``spec`` points (:func:`resolve_soundfont`), before its header is checked."""
+def _locate_soundfont(spec: str, where: str, *, write_generated: bool = True) -> Path:
+    """Where ``spec`` points (:func:`resolve_soundfont`), before its header is checked; the project's FM bank
+    is written when it is missing, unless ``write_generated`` is false (then it is missing like any file)."""
     if not spec.strip():
         return default_soundfont()
     given = Path(spec)
@@ -101,7 +101,11 @@ def _locate_soundfont(spec: str, where: str) -> Path:
     if bare and given.name == BUNDLED_SOUNDFONT:
         return default_soundfont()
     if bare and given.name == FM_SOUNDFONT:
-        return ensure_fm_soundfont()
+        written = resolve_path(FM_FOLDER) / FM_SOUNDFONT
+        if write_generated:
+            return ensure_fm_soundfont()
+        if written.is_file():
+            return written
     debian = _debian_path(given.name) if bare else None
     if debian is not None and debian.is_file():
         return debian
@@ -154,19 +158,25 @@ def resolve_soundfonts(spec: str | tuple[str, ...] | list[str], *, where: str = 
 
 def soundfont_digest(path: str | Path) -> str:
     """The SHA-256 of a SoundFont's bytes (hex). A render records it for each source, so a folder rendered
-    from one file is told from a file of the same name edited or replaced since; a name alone cannot."""
-    path = Path(path).resolve()
-    st = path.stat()
-    return _digest(str(path), st.st_size, st.st_mtime_ns)
-
-
-@functools.lru_cache(maxsize=32)
-def _digest(path: str, size: int, mtime_ns: int) -> str:  # size and mtime: a file changed since is read again
+    from one file is told from a file of the same name edited or replaced since; a name alone cannot.
+    Read whole every time (about 0.1-0.3 s for the 140 MB banks): no cache can tell every edit apart."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def present_soundfonts(spec: str | tuple[str, ...] | list[str]) -> list[Path | None]:
+    """Where each source of ``render.soundfont`` is (as :func:`resolve_soundfonts` finds it), None for one
+    that is not there; nothing is raised, and the project's FM bank is not written when it is missing."""
+    found: list[Path | None] = []
+    for font in soundfont_list(spec) or [BUNDLED_SOUNDFONT]:
+        try:
+            found.append(_locate_soundfont(font, "render.soundfont", write_generated=False))
+        except (ParameterError, DataError):
+            found.append(None)
+    return found
 
 
 def source_names(spec: str | tuple[str, ...] | list[str]) -> list[str]:
