@@ -23,6 +23,7 @@ from vaelib.analysis.transfer import (
     score_transfer_set,
     train_programs,
     transfer_dataset,
+    transfer_targets,
     unseen_programs,
     within_set_family,
 )
@@ -109,6 +110,23 @@ def test_within_set_family_fits_on_the_sets_own_programs():
     assert blind["all"] is None and "no GM program" in blind["note"]
 
 
+def test_transfer_targets_are_the_runs_own_on_unseen_programs():
+    def unseen(margin, model, pca, pitch1):
+        return {"family_logreg_margin_vs_pca": margin, "recon_mse": {"model": model, "pca": pca},
+                "probes": {"mu": {"pitch1_logreg": pitch1}}}
+
+    met = transfer_targets(unseen(0.12, 0.018, 0.020, 0.86))
+    assert list(met) == ["family_logreg_margin_vs_pca", "recon_mse_vs_pca", "pitch1_logreg"]
+    assert all(t["pass"] for t in met.values())
+    assert met["family_logreg_margin_vs_pca"]["threshold"] == 0.10 and met["pitch1_logreg"]["threshold"] == 0.85
+    assert met["recon_mse_vs_pca"]["threshold"] == 0.020  # PCA's on the same notes
+    missed = transfer_targets(unseen(0.099, 0.021, 0.020, 0.849))
+    assert not any(t["pass"] for t in missed.values())
+    assert list(transfer_targets(unseen(0.2, 0.01, 0.02, 0.1), pitch_conditioning=True)) == [
+        "family_logreg_margin_vs_pca", "recon_mse_vs_pca"]  # a decoder given the pitch: no pitch target
+    assert transfer_targets(None) is None
+
+
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     """A 9-instrument render of the bundled SoundFont, TinyVAE as its model, and a transfer set rendered from
@@ -147,6 +165,10 @@ def test_evaluate_transfer_on_a_rendered_soundfont(tiny_run):
     # run's test instruments, and score as they do
     assert m["unseen_programs"]["probes"] == transfer.in_domain["probes"]
     assert m["unseen_programs"]["recon_mse"] == pytest.approx(transfer.in_domain["recon_mse"])
+    u = m["unseen_programs"]
+    assert m["targets"]["family_logreg_margin_vs_pca"]["pass"] == (u["family_logreg_margin_vs_pca"] >= 0.10)
+    assert m["targets"]["recon_mse_vs_pca"]["pass"] == (u["recon_mse"]["model"] <= u["recon_mse"]["pca"])
+    assert "the run's targets on them: **" in transfer.text
     within = m["within_set"]  # 9 programs in smoke.yaml's 3 folds, each note predicted without its program
     assert within["folds"] == run.cfg.analysis.probe_folds == 3 and within["note"] == ""
     assert all(0.0 <= v <= 1.0 for part in ("all", "unseen_programs") for v in within[part].values())

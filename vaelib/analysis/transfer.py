@@ -40,6 +40,7 @@ from vaelib.analysis.latent_map import LatentSpace, markdown_escape
 from vaelib.analysis.pca_store import pca_store, spectrogram_pca
 from vaelib.analysis.probes import PROBE_TARGETS, FittedProbes, accuracy, fit_probes, grouped_predictions
 from vaelib.analysis.run import TrainedRun
+from vaelib.analysis.targets import TARGETS, check_target
 from vaelib.config import Config, TransferSet, project_relative, resolve_path
 from vaelib.data.cache import build_feature_cache
 from vaelib.data.nsynth import load_dataset
@@ -56,7 +57,8 @@ from vaelib.exceptions import DataError, ParameterError
 
 __all__ = ["TRANSFER_ROOT", "CHUNK", "TABLE_PROBES", "WITHIN_ROW", "Reference", "NoteScores", "Transfer",
            "fit_reference", "note_scores", "score_notes", "unseen_programs", "within_set_family",
-           "score_transfer_set", "train_programs", "transfer_dataset", "evaluate_transfer", "transfer_table"]
+           "transfer_targets", "score_transfer_set", "train_programs", "transfer_dataset", "evaluate_transfer",
+           "transfer_table"]
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +125,12 @@ class Transfer:
                 part = f"unseen programs: not measured ({m['unseen_programs_note']})"
             else:
                 part = f"{unseen['notes']} notes of {len(unseen['programs'])} GM programs unseen in training"
+            targets = m.get("targets")
+            if targets:
+                missed = [f"{k} ({t['value']:.4g} vs {t['threshold']:.4g})" if t["value"] is not None else k
+                          for k, t in targets.items() if not t["pass"]]
+                part += ("; the run's targets on them: **all met**" if not missed else
+                         "; the run's targets on them: **missed** " + ", ".join(missed))
             within = m.get("within_set") or {}
             if within.get("note"):
                 part += f"; the probe fitted on the set itself: not measured ({within['note']})"
@@ -257,6 +265,32 @@ def within_set_family(scores: NoteScores, unseen: np.ndarray | None, *, n_folds:
     return out
 
 
+def transfer_targets(unseen: dict | None, *, pitch_conditioning: bool = False) -> dict | None:
+    """The run's own targets measured on a dataset's notes of unseen programs (:func:`score_notes`): the
+    family margin over PCA and pitch within a semitone at the thresholds of ``TARGETS``, and the
+    reconstruction no worse than PCA's (pitch left out for a decoder given the pitch). None without
+    unseen programs.
+
+    Returns
+    -------
+    ``{key: {"value", "threshold", "op", "pass", "target"}}`` (:func:`vaelib.analysis.targets.check_target`).
+    """
+    if unseen is None:
+        return None
+    threshold = {t.key: t.threshold for t in TARGETS}
+    out = {
+        "family_logreg_margin_vs_pca": check_target(
+            unseen["family_logreg_margin_vs_pca"], threshold["family_logreg_margin_vs_pca"], op=">=",
+            text="family accuracy of the logistic probe on mu at least 10 points above PCA's, unseen programs"),
+        "recon_mse_vs_pca": check_target(unseen["recon_mse"]["model"], unseen["recon_mse"]["pca"], op="<=",
+                                         text="reconstruction MSE no worse than PCA's, unseen programs"),
+    }
+    if not pitch_conditioning:
+        out["pitch1_logreg"] = check_target(unseen["probes"]["mu"]["pitch1_logreg"], threshold["pitch1_logreg"],
+                                            op=">=", text="pitch within one semitone at least 0.85, unseen programs")
+    return out
+
+
 def score_transfer_set(model: torch.nn.Module, reference: Reference, x: np.ndarray, meta: pd.DataFrame, *,
                        programs: set[int] | None, pitch_conditioning: bool = False, n_folds: int = 5,
                        seed: int = 0) -> dict:
@@ -273,7 +307,7 @@ def score_transfer_set(model: torch.nn.Module, reference: Reference, x: np.ndarr
     -------
     ``all`` and ``unseen_programs`` (each :func:`score_notes`, the latter with the ``programs`` it
     covers; None when no note qualifies or it cannot be told, ``unseen_programs_note`` saying which), and
-    ``within_set`` (:func:`within_set_family`).
+    ``within_set`` (:func:`within_set_family`) and ``targets`` (:func:`transfer_targets`).
     """
     scores = note_scores(model, reference, x, meta, pitch_conditioning=pitch_conditioning)
     out = {"all": score_notes(reference, scores), "unseen_programs": None, "unseen_programs_note": ""}
@@ -287,6 +321,7 @@ def score_transfer_set(model: torch.nn.Module, reference: Reference, x: np.ndarr
         unseen["programs"] = sorted(int(p) for p in scores.meta.loc[mask, "program"].unique())
         out["unseen_programs"] = unseen
     out["within_set"] = within_set_family(scores, mask, n_folds=n_folds, seed=seed)
+    out["targets"] = transfer_targets(out["unseen_programs"], pitch_conditioning=pitch_conditioning)
     return out
 
 
