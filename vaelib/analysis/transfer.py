@@ -277,17 +277,19 @@ def transfer_targets(unseen: dict | None, *, pitch_conditioning: bool = False) -
     """
     if unseen is None:
         return None
-    threshold = {t.key: t.threshold for t in TARGETS}
+    family, pitch = (next(t.threshold for t in TARGETS if t.key == key)
+                     for key in ("family_logreg_margin_vs_pca", "pitch1_logreg"))
     out = {
         "family_logreg_margin_vs_pca": check_target(
-            unseen["family_logreg_margin_vs_pca"], threshold["family_logreg_margin_vs_pca"], op=">=",
-            text="family accuracy of the logistic probe on mu at least 10 points above PCA's, unseen programs"),
+            unseen["family_logreg_margin_vs_pca"], family, op=">=",
+            text=f"family accuracy of the logistic probe on mu at least {100 * family:.0f} points above PCA's, "
+                 "unseen programs"),
         "recon_mse_vs_pca": check_target(unseen["recon_mse"]["model"], unseen["recon_mse"]["pca"], op="<=",
                                          text="reconstruction MSE no worse than PCA's, unseen programs"),
     }
     if not pitch_conditioning:
-        out["pitch1_logreg"] = check_target(unseen["probes"]["mu"]["pitch1_logreg"], threshold["pitch1_logreg"],
-                                            op=">=", text="pitch within one semitone at least 0.85, unseen programs")
+        out["pitch1_logreg"] = check_target(unseen["probes"]["mu"]["pitch1_logreg"], pitch, op=">=",
+                                            text=f"pitch within one semitone at least {pitch}, unseen programs")
     return out
 
 
