@@ -218,6 +218,12 @@ def score_notes(reference: Reference, scores: NoteScores, mask: np.ndarray | Non
     }
 
 
+def _records_programs(meta: pd.DataFrame) -> bool:
+    """Whether every note of ``meta`` has its GM program (NSynth's own notes, and renders made before notes
+    recorded it, have none)."""
+    return "program" in meta.columns and bool((meta["program"] >= 0).all())
+
+
 def unseen_programs(meta: pd.DataFrame, programs: set[int] | None) -> tuple[np.ndarray | None, str]:
     """Which notes of ``meta`` play a GM program not in ``programs`` (those of the train split).
 
@@ -228,7 +234,7 @@ def unseen_programs(meta: pd.DataFrame, programs: set[int] | None) -> tuple[np.n
     """
     if programs is None:
         return None, "the training data records no GM program per note"
-    if "program" not in meta.columns or (meta["program"] < 0).any():
+    if not _records_programs(meta):
         return None, "the evaluation dataset records no GM program per note"
     return ~meta["program"].isin(sorted(programs)).to_numpy(), ""
 
@@ -247,7 +253,7 @@ def within_set_family(scores: NoteScores, unseen: np.ndarray | None, *, n_folds:
     """
     meta = scores.meta
     out: dict = {"groups": "program", "folds": int(n_folds), "all": None, "unseen_programs": None, "note": ""}
-    if "program" not in meta.columns or (meta["program"] < 0).any():
+    if not _records_programs(meta):
         out["note"] = "the dataset records no GM program per note"
         return out
     y = meta[PROBE_TARGETS["family"]].to_numpy()
@@ -337,7 +343,7 @@ def train_programs(run: TrainedRun) -> set[int] | None:
     """
     meta = run.cache.meta
     train = meta[meta["split"] == "train"]
-    if "program" in meta.columns and (meta["program"] >= 0).all():
+    if _records_programs(meta):
         return {int(p) for p in train["program"]}
     if rendered_summary(resolve_path(run.cfg.data.root)) is None:
         return None
