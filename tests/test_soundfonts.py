@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from vaelib.config import PROJECT_ROOT, load_config
+from vaelib.data import fm_soundfont as fm_mod
 from vaelib.data import soundfonts as sf_mod
 from vaelib.data.soundfonts import (
     DEBIAN_SOUNDFONTS,
@@ -59,7 +60,7 @@ def test_bare_names_resolve(tmp_path, monkeypatch, fake_debian):
 
 
 def test_present_soundfonts_looks_without_raising_or_writing(tmp_path, monkeypatch, fake_debian):
-    monkeypatch.setattr(sf_mod, "FM_FOLDER", str(tmp_path / "fm"))
+    monkeypatch.setattr(fm_mod, "FM_FOLDER", str(tmp_path / "fm"))
     mine = tmp_path / "Mine.sf2"
     shutil.copy(default_soundfont(), mine)
     spec = ("TimGM6mb.sf2", "Fake_GM.sf2", str(mine), "vaelib_fm.sf2", str(tmp_path / "Gone.sf2"))

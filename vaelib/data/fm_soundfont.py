@@ -28,7 +28,7 @@ from vaelib.exceptions import DataError
 from vaelib.io import atomic_path
 
 __all__ = ["FM_SOUNDFONT", "FM_FOLDER", "FORMAT", "FmPatch", "fm_patch", "fm_tone", "fm_header", "fm_soundfont_bytes",
-           "ensure_fm_soundfont"]
+           "fm_soundfont_path", "ensure_fm_soundfont"]
 
 FM_SOUNDFONT = "vaelib_fm.sf2"  # the bare name a run gives; written on first use into FM_FOLDER
 FM_FOLDER = "data/soundfonts"
@@ -243,6 +243,11 @@ def fm_header(*, seed: int = SEED) -> bytes:
     return b"RIFF" + b"\0" * 4 + b"sfbk" + _info(seed)
 
 
+def fm_soundfont_path() -> Path:
+    """Where the project's FM bank is written and looked for: ``data/soundfonts/vaelib_fm.sf2`` in the project."""
+    return resolve_path(FM_FOLDER) / FM_SOUNDFONT
+
+
 def ensure_fm_soundfont() -> Path:
     """``data/soundfonts/vaelib_fm.sf2``, written (atomically) when it is not there or was written by another
     version of the generator.
@@ -252,7 +257,7 @@ def ensure_fm_soundfont() -> Path:
     DataError
         The folder cannot take the file (read-only, a file in its way, the disk full).
     """
-    path = resolve_path(FM_FOLDER) / FM_SOUNDFONT
+    path = fm_soundfont_path()
     if not (path.is_file() and _written_by_this_version(path)):
         data = fm_soundfont_bytes()
         try:

@@ -22,7 +22,7 @@ import re
 from pathlib import Path
 
 from vaelib.config import SOUNDFONT_SUFFIXES, Config, resolve_path, soundfont_list
-from vaelib.data.fm_soundfont import FM_FOLDER, FM_SOUNDFONT, ensure_fm_soundfont
+from vaelib.data.fm_soundfont import FM_SOUNDFONT, ensure_fm_soundfont, fm_soundfont_path
 from vaelib.exceptions import DataError, ParameterError
 
 __all__ = ["BUNDLED_SOUNDFONT", "DEBIAN_SOUNDFONTS", "default_soundfont", "debian_package", "resolve_soundfont",
@@ -101,11 +101,10 @@ def _locate_soundfont(spec: str, where: str, *, write_generated: bool = True) ->
     if bare and given.name == BUNDLED_SOUNDFONT:
         return default_soundfont()
     if bare and given.name == FM_SOUNDFONT:
-        written = resolve_path(FM_FOLDER) / FM_SOUNDFONT
         if write_generated:
             return ensure_fm_soundfont()
-        if written.is_file():
-            return written
+        if fm_soundfont_path().is_file():
+            return fm_soundfont_path()
     debian = _debian_path(given.name) if bare else None
     if debian is not None and debian.is_file():
         return debian
