@@ -19,12 +19,14 @@ from _training import interrupt_at
 
 import vaelib.model.loss as vloss
 import vaelib.model.train as vtrain
+import vaelib.model.vae as vae_module
 from vaelib.config import PROJECT_ROOT, load_config
 from vaelib.data.cache import FeatureCache
 from vaelib.data.prepare import prepare_features
 from vaelib.exceptions import CheckpointError, ParameterError, TrainingError
 from vaelib.model.augment import Augmenter
 from vaelib.model.checkpoint import checkpoint_dir, find_checkpoint, load_checkpoint, load_model
+from vaelib.model.distributed import Ranks
 from vaelib.model.progress import EarlyStopping, EpochProgress, RandomStreams
 from vaelib.model.stream import MemoryRows
 from vaelib.model.train import HISTORY_COLUMNS, train
@@ -300,6 +302,37 @@ def test_augmentation_changes_training_is_reproducible_and_resumes_exactly(work,
         res = _interrupt_then_resume(_cfg(root, ds, ckpt=f"ckpt_aug_resume_{at_step}", extra=AUGMENT), cache,
                                      monkeypatch, at_step)
         _assert_same_history(res.history, h)
+
+
+MIXSTYLE = ("train.mixstyle=1", "train.mixstyle_alpha=0.3")
+
+
+def test_mixstyle_changes_training_is_reproducible_and_resumes_exactly(work, cache, monkeypatch, reference):
+    root, ds = work
+    cfg = _cfg(root, ds, ckpt="ckpt_ms_ref", extra=MIXSTYLE)
+    assert checkpoint_dir(cfg, "k") != checkpoint_dir(reference[0], "k")
+    off = _cfg(root, ds, extra=("train.mixstyle=0", "train.mixstyle_alpha=0.3"))
+    assert checkpoint_dir(off, "k") == checkpoint_dir(reference[0], "k")  # a run without it keeps its folder
+    mixed = []
+    real_mix = vae_module.mix_style
+    monkeypatch.setattr(vae_module, "mix_style", lambda h, mix: mixed.append(tuple(h.shape[:2])) or real_mix(h, mix))
+    ref = train(cfg, cache, show_progress=False)
+    monkeypatch.undo()
+    # the first two levels of every training batch (smoke.yaml's channels), and no validation batch
+    assert Counter(mixed) == {(16, 8): 12, (8, 8): 4, (16, 16): 12, (8, 16): 4}
+    assert not np.allclose(ref.history["train_recon"], reference[1].history["train_recon"])
+    again = train(_cfg(root, ds, ckpt="ckpt_ms_again", extra=MIXSTYLE), cache, show_progress=False)
+    _assert_same_history(again.history, ref.history)
+    res = _interrupt_then_resume(_cfg(root, ds, ckpt="ckpt_ms_resume", extra=MIXSTYLE), cache, monkeypatch, 5)
+    _assert_same_history(res.history, ref.history)
+
+
+def test_mixstyle_is_refused_in_several_processes(work, cache, tmp_path):
+    root, ds = work
+    with pytest.raises(ParameterError, match=r"train.mixstyle=1.0: .* the whole batch in one process; this run has 2"):
+        vtrain._fit(_cfg(root, ds, extra=MIXSTYLE), cache, tmp_path / "run", resume=False, retrain=False,
+                    show_progress=False, ranks=Ranks(world=2, rank=1))
+    assert not (tmp_path / "run").exists()
 
 
 def test_checkpoint_from_before_a_new_model_key_still_matches(reference, tmp_path):

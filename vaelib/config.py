@@ -241,6 +241,11 @@ class TrainConfig:
                              "from 0.2 s up to it", lo=0.2, hi=10.0)
     augment_gain: float = _f(0.0, "largest gain of a training note, in dB (uniform in +-this; 0: off); only with "
                              "features.ref 'fixed': under 'max' every note's peak is 0 dB", lo=0.0, hi=40.0)
+    mixstyle: float = _f(0.0, "share of training batches whose notes get, after each of the encoder's first two "
+                         "levels, a mix of their own and another note's channel statistics (MixStyle, Zhou et al. "
+                         "2021; vaelib/model/mixstyle.py); 0: off; one process only", lo=0.0, hi=1.0)
+    mixstyle_alpha: float = _f(0.1, "a note's own share of the mixed statistics is drawn from Beta(alpha, alpha)",
+                               lo=0.01, hi=100.0)
     device: str = _f("auto", "auto (cuda, mps, cpu in that order), cuda, mps or cpu",
                      choices=("auto", "cuda", "mps", "cpu"))
     bf16: bool = _f(True, "bf16 autocast where the hardware runs it fast")

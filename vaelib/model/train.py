@@ -67,6 +67,7 @@ from vaelib.model.checkpoint import (
 from vaelib.model.device import autocast_dtype, resolve_device, set_threads
 from vaelib.model.distributed import SINGLE, Ranks, global_objective, setup, wrap_model
 from vaelib.model.loss import AUX_TERMS, VAE_TERMS, active_units, beta_at, lr_at, training_objective, vae_loss
+from vaelib.model.mixstyle import draw_style_mix
 from vaelib.model.progress import EarlyStopping, EpochProgress, RandomStreams
 from vaelib.model.stream import (
     MemoryRows,
@@ -502,6 +503,10 @@ def _fit(cfg: Config, cache: FeatureCache, run_dir: Path, *, resume: bool, retra
     each trains its part of every batch; rank 0 alone evaluates, writes and reports
     (:mod:`vaelib.model.distributed`)."""
     tc = cfg.train
+    if tc.mixstyle > 0 and ranks.world > 1:
+        # a note's partner may be in another process's part of the batch, whose features this one never holds
+        raise ParameterError(f"train.mixstyle={tc.mixstyle}: mixing the notes' statistics needs the whole batch in "
+                             f"one process; this run has {ranks.world} (set train.mixstyle=0 or run one process)")
     device, dtype = _device(tc, ranks)
     if ranks.is_main:
         _open_run_dir(cfg, run_dir)
@@ -556,13 +561,14 @@ def _fit(cfg: Config, cache: FeatureCache, run_dir: Path, *, resume: bool, retra
                     if augment is not None:  # drawn for the whole batch, so each process takes its notes' rows
                         draws = augment.draw(n_batch, streams.augment)
                         xb = augment(xb, draws if part is None else draws[slice(*part(n_batch))])
+                    mix = None if tc.mixstyle == 0 else draw_style_mix(n_batch, tc, streams.augment, device)
                     # schedules: pure functions of the step, so a resumed run continues them
                     beta = beta_at(step, cfg=tc)
                     lr = lr_at(step, cfg=tc, total_steps=tc.epochs * data.n_batches)
                     # forward and objective (of the whole batch, in several processes)
                     with _autocast(device, dtype):
                         out = net(xb, pb if pitched else None, generator=streams.noise,
-                                  noise_rows=None if part is None else (part(n_batch)[0], n_batch))
+                                  noise_rows=None if part is None else (part(n_batch)[0], n_batch), mix=mix)
                     if ranks.world == 1:
                         loss, parts = training_objective(xb, out, model, pitch=pb, classes=data.classes[idx],
                                                          beta=beta, cfg=tc)

@@ -27,11 +27,14 @@ from torch import nn
 
 from vaelib.config import ModelConfig
 from vaelib.exceptions import ParameterError
+from vaelib.model.mixstyle import LEVELS as MIXSTYLE_LEVELS
+from vaelib.model.mixstyle import StyleMix, mix_style
 
 __all__ = ["ConvVAE", "VAEOutput", "conv_sizes", "count_parameters", "N_PITCHES"]
 
 N_PITCHES = 128  # MIDI pitches 0..127, one-hot when the decoder is pitch-conditioned
 LEAKY_SLOPE = 0.2  # DCGAN's slope; keeps a gradient through negative pre-activations
+_LEVEL_LAYERS = 3  # conv, norm, activation: the modules of one encoder level
 
 
 class VAEOutput(NamedTuple):
@@ -172,12 +175,14 @@ class ConvVAE(nn.Module):
             raise ParameterError("pitch_scores: the model has no pitch head (model.pitch_head=false)")
         return self.pitch_logits(mu[:, -self.pitch_dims:])
 
-    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode(self, x: torch.Tensor, mix: StyleMix | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """q(z|x) parameters.
 
         Parameters
         ----------
         x : [shape=(batch, 1, n_mels, frames)] normalised log-mel in [-1, 1]
+        mix : the channel statistics of the first levels mixed between the notes (training only,
+            :mod:`vaelib.model.mixstyle`); None: not
 
         Returns
         -------
@@ -185,7 +190,15 @@ class ConvVAE(nn.Module):
         """
         if x.ndim != 4 or tuple(x.shape[1:]) != (1, self.n_mels, self.frames):
             raise ParameterError(f"x: expected shape (batch, 1, {self.n_mels}, {self.frames}), got {tuple(x.shape)}")
-        h = self.encoder(x).flatten(1)  # (B, c_last * h_last * w_last)
+        if mix is None:
+            h = self.encoder(x)
+        else:
+            h = x
+            for i, layer in enumerate(self.encoder):
+                h = layer(h)
+                if i % _LEVEL_LAYERS == _LEVEL_LAYERS - 1 and i < _LEVEL_LAYERS * MIXSTYLE_LEVELS:
+                    h = mix_style(h, mix)
+        h = h.flatten(1)  # (B, c_last * h_last * w_last)
         mu = self.to_mu(h)
         # A smooth bound: with a summed reconstruction and beta ~ 0 early in warm-up, nothing holds an
         # unbounded logvar back, and exp(logvar / 2) can overflow to inf / NaN.
@@ -236,9 +249,10 @@ class ConvVAE(nn.Module):
         return torch.tanh(self.decoder(h))
 
     def forward(self, x: torch.Tensor, pitch: torch.Tensor | None = None, *,
-                generator: torch.Generator | None = None, noise_rows: tuple[int, int] | None = None) -> VAEOutput:
+                generator: torch.Generator | None = None, noise_rows: tuple[int, int] | None = None,
+                mix: StyleMix | None = None) -> VAEOutput:
         """Encode, sample one z, decode. ``generator`` seeds the reparameterization noise; ``noise_rows``:
-        see :meth:`reparameterize`."""
-        mu, logvar = self.encode(x)
+        see :meth:`reparameterize`; ``mix``: see :meth:`encode`."""
+        mu, logvar = self.encode(x, mix)
         z = self.reparameterize(mu, logvar, generator, noise_rows=noise_rows)
         return VAEOutput(self.decode(z, pitch), mu, logvar, z)
