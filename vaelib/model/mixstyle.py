@@ -19,7 +19,6 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
-from scipy.special import betaincinv
 
 from vaelib.config import TrainConfig
 
@@ -48,6 +47,8 @@ def draw_style_mix(n: int, tc: TrainConfig, gen: torch.Generator, device: torch.
     perm = torch.randperm(n, generator=gen)
     if coin >= tc.mixstyle:
         return None
+    from scipy.special import betaincinv  # only where a batch mixes: the model module stays quick to import
+
     lam = torch.from_numpy(betaincinv(tc.mixstyle_alpha, tc.mixstyle_alpha, u.numpy())).float()
     return StyleMix(perm.to(device), lam.to(device))
 
