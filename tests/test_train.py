@@ -25,7 +25,7 @@ from vaelib.data.cache import FeatureCache
 from vaelib.data.prepare import prepare_features
 from vaelib.exceptions import CheckpointError, ParameterError, TrainingError
 from vaelib.model.augment import Augmenter
-from vaelib.model.checkpoint import checkpoint_dir, find_checkpoint, load_checkpoint, load_model
+from vaelib.model.checkpoint import checkpoint_dir, find_checkpoint, load_checkpoint, load_model, staging_dir
 from vaelib.model.distributed import Ranks
 from vaelib.model.progress import EarlyStopping, EpochProgress, RandomStreams
 from vaelib.model.stream import MemoryRows
@@ -327,12 +327,18 @@ def test_mixstyle_changes_training_is_reproducible_and_resumes_exactly(work, cac
     _assert_same_history(res.history, ref.history)
 
 
-def test_mixstyle_is_refused_in_several_processes(work, cache, tmp_path):
+def test_mixstyle_is_refused_in_several_processes_before_the_run_folder_is_touched(work, cache, monkeypatch):
     root, ds = work
-    with pytest.raises(ParameterError, match=r"train.mixstyle=1.0: .* the whole batch in one process; this run has 2"):
-        vtrain._fit(_cfg(root, ds, extra=MIXSTYLE), cache, tmp_path / "run", resume=False, retrain=False,
-                    show_progress=False, ranks=Ranks(world=2, rank=1))
-    assert not (tmp_path / "run").exists()
+    cfg = _cfg(root, ds, ckpt="ckpt_ms_ddp", extra=MIXSTYLE)
+    run_dir = checkpoint_dir(cfg, cache.manifest["key"])
+    staged = staging_dir(run_dir)  # an unfinished retrain, which --retrain would start afresh
+    staged.mkdir(parents=True)
+    (staged / "last.pt").write_bytes(b"kept")
+    monkeypatch.setattr(vtrain, "setup", lambda device: Ranks(world=2, rank=0))
+    for retrain in (False, True):
+        with pytest.raises(ParameterError, match=r"train.mixstyle=1.0: .* whole batch in one process; this run has 2"):
+            train(cfg, cache, retrain=retrain, show_progress=False)
+    assert not run_dir.exists() and (staged / "last.pt").read_bytes() == b"kept"
 
 
 def test_checkpoint_from_before_a_new_model_key_still_matches(reference, tmp_path):

@@ -4,6 +4,7 @@
 - ``loss``: the beta-VAE objective with free bits, the auxiliary terms, and the beta and lr schedules.
 - ``train``: the resumable training loop with early stopping.
 - ``augment``: recording-chain augmentation of training batches (detune, EQ, reverb, gain).
+- ``mixstyle``: the encoder's early channel statistics mixed between the notes of a training batch.
 - ``stream``: the train split's rows batch by batch: in memory, or read from the cache's file as training goes.
 - ``distributed``: data-parallel training under torchrun: the processes, a global-batch objective and BatchNorm.
 - ``progress``: the state a resumed run continues from: random streams, early stopping, place in an epoch.

@@ -70,9 +70,8 @@ def checkpoint_dir(cfg: Config, cache_key: str) -> Path:
     ``train.shuffle_window`` are left out while the block order is off (``shuffle_block`` 0), as are
     ``train.notes_per_class``, ``train.source_align`` and ``train.mixstyle`` (with ``mixstyle_alpha``) while
     0, the ``train.augment_*`` fields while each is 0 (``augment_rt60`` while ``augment_reverb`` is), and
-    ``data.test_soundfonts`` while empty and
-    ``data.split_by`` while 'instrument', so a run keeps the folder it had before they existed (the split
-    they make is in the cache key anyway).
+    ``data.test_soundfonts`` while empty and ``data.split_by`` while 'instrument', so a run keeps the folder
+    it had before they existed (the split they make is in the cache key anyway).
     """
     data = {k: v for k, v in config_to_dict(cfg.data).items() if _DATA_ADDED_OFF.get(k, object()) != v}
     key = section_hash(cfg.model, _hashed_train(cfg), data, extra={
@@ -92,13 +91,15 @@ def _hashed_train(cfg: Config) -> dict:
     return train
 
 
-def rng_state(batch_gen: torch.Generator, noise_gen: torch.Generator, augment_gen: torch.Generator) -> dict:
+def rng_state(batch_gen: torch.Generator, noise_gen: torch.Generator, augment_gen: torch.Generator,
+              style_gen: torch.Generator) -> dict:
     np_state = np.random.get_state()
     state = {
         "torch": torch.get_rng_state(),
         "batch": batch_gen.get_state(),
         "noise": noise_gen.get_state(),
         "augment": augment_gen.get_state(),
+        "style": style_gen.get_state(),
         # numpy's legacy global state as plain types, so weights_only loading accepts it
         "numpy": {"name": np_state[0], "keys": torch.from_numpy(np_state[1].astype(np.int64)),
                   "pos": int(np_state[2]), "has_gauss": int(np_state[3]), "gauss": float(np_state[4])},
@@ -109,12 +110,14 @@ def rng_state(batch_gen: torch.Generator, noise_gen: torch.Generator, augment_ge
 
 
 def set_rng_state(state: dict, batch_gen: torch.Generator, noise_gen: torch.Generator,
-                  augment_gen: torch.Generator) -> None:
+                  augment_gen: torch.Generator, style_gen: torch.Generator) -> None:
     torch.set_rng_state(state["torch"])
     batch_gen.set_state(state["batch"])
     noise_gen.set_state(state["noise"])
     if "augment" in state:  # saved before augmentation existed: its runs never drew from it
         augment_gen.set_state(state["augment"])
+    if "style" in state:  # saved before MixStyle existed: likewise
+        style_gen.set_state(state["style"])
     n = state["numpy"]
     np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
     if "cuda" in state and torch.cuda.is_available():

@@ -8,10 +8,12 @@ channel statistics replaced by a mix of its own and those of another note of the
 
     h' = (h - m) / s * (lam * s + (1 - lam) * s[perm]) + lam * m + (1 - lam) * m[perm]
 
-``m``, ``s`` the per-note, per-channel mean and standard deviation over frequency and time (taken out of the
-gradient, as in the paper), ``lam ~ Beta(alpha, alpha)`` per note, ``perm`` a random permutation of the
-batch. The reconstruction is still asked of the note itself, so the encoder learns to give one mu to a note
-whatever the statistics its first levels see. Evaluation and encoding never mix.
+``m``, ``s`` the per-note, per-channel mean and standard deviation (n - 1, plus 1e-6 under the root) over
+frequency and time, taken out of the gradient as in the paper; ``lam ~ Beta(alpha, alpha)`` per note;
+``perm`` a random permutation of the batch. One partner and one share per note serve both levels (the
+paper draws them at each). The reconstruction is still asked of the note itself, so the encoder learns to
+give a note one mu whatever statistics its first levels see. :meth:`ConvVAE.encode` refuses a mix in
+eval mode: evaluation and encoding never mix.
 """
 
 from __future__ import annotations
@@ -21,10 +23,13 @@ from typing import NamedTuple
 import torch
 
 from vaelib.config import TrainConfig
+from vaelib.exceptions import ParameterError
 
 __all__ = ["StyleMix", "draw_style_mix", "mix_style", "LEVELS"]
 
-LEVELS = 2  # the paper's best placement: after the first two of a ResNet's four stages, where style lives
+# The paper mixes after the first two of a ResNet's four stages in its re-identification setting (its
+# classification settings after three): the early levels, where the statistics hold the style.
+LEVELS = 2
 _EPS = 1e-6
 
 
@@ -54,12 +59,20 @@ def draw_style_mix(n: int, tc: TrainConfig, gen: torch.Generator, device: torch.
 
 
 def mix_style(h: torch.Tensor, mix: StyleMix) -> torch.Tensor:
-    """``h`` [shape=(batch, channels, height, width)] with its channel statistics mixed (see the module doc)."""
-    if mix.perm.shape != h.shape[:1] or mix.lam.shape != h.shape[:1]:
-        raise ValueError(f"mix of {tuple(mix.perm.shape)} notes for a batch of {h.shape[0]}")
-    mean = h.mean(dim=(2, 3), keepdim=True).detach()
-    sd = (h.var(dim=(2, 3), keepdim=True) + _EPS).sqrt().detach()
-    lam = mix.lam.to(h.dtype).view(-1, 1, 1, 1)
+    """``h`` [shape=(batch, channels, height, width)] with its channel statistics mixed (see the module doc).
+
+    Computed in float32 and returned in ``h``'s dtype: under bf16 autocast a share near 1 would round to
+    1 and the statistics lose most of their digits.
+    """
+    n = h.shape[0] if h.ndim == 4 else None
+    if n is None or mix.perm.shape != (n,) or mix.lam.shape != (n,):
+        raise ParameterError(f"mix: perm and lam must have one entry per note of h [shape=(batch, channels, "
+                             f"height, width)]; got h {tuple(h.shape)}, perm {tuple(mix.perm.shape)}, "
+                             f"lam {tuple(mix.lam.shape)}")
+    hf = h.float()
+    mean = hf.mean(dim=(2, 3), keepdim=True).detach()
+    sd = (hf.var(dim=(2, 3), keepdim=True) + _EPS).sqrt().detach()
+    lam = mix.lam.float().view(-1, 1, 1, 1)
     mixed_mean = lam * mean + (1 - lam) * mean[mix.perm]
     mixed_sd = lam * sd + (1 - lam) * sd[mix.perm]
-    return (h - mean) / sd * mixed_sd + mixed_mean
+    return ((hf - mean) / sd * mixed_sd + mixed_mean).to(h.dtype)

@@ -26,8 +26,10 @@ class RandomStreams:
 
     torch's and numpy's global generators (weight initialisation) are seeded on construction, so
     the model is built after it; ``batch`` draws the epochs' note orders on the CPU, ``noise``
-    the reparameterization noise on ``device`` and ``augment`` the recording-chain augmentation's
-    settings of every note (:mod:`vaelib.model.augment`) on the CPU.
+    the reparameterization noise on ``device``, ``augment`` the recording-chain augmentation's
+    settings of every note (:mod:`vaelib.model.augment`) and ``style`` the mixing of the encoder's
+    statistics (:mod:`vaelib.model.mixstyle`) on the CPU, each its own, so turning one on leaves the
+    others' draws as they were.
 
     Parameters
     ----------
@@ -42,13 +44,14 @@ class RandomStreams:
         self.batch = torch.Generator().manual_seed(seed)
         self.noise = torch.Generator(device=device).manual_seed(seed + 1)
         self.augment = torch.Generator().manual_seed(seed + 3)  # seed + 2 draws the validation noise
+        self.style = torch.Generator().manual_seed(seed + 4)
 
     def state_dict(self) -> dict:
         """The states of all of them (:func:`vaelib.model.checkpoint.rng_state`)."""
-        return rng_state(self.batch, self.noise, self.augment)
+        return rng_state(self.batch, self.noise, self.augment, self.style)
 
     def load_state_dict(self, state: Mapping) -> None:
-        set_rng_state(state, self.batch, self.noise, self.augment)
+        set_rng_state(state, self.batch, self.noise, self.augment, self.style)
 
 
 class EarlyStopping:

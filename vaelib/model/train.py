@@ -453,6 +453,11 @@ def train(cfg: Config, cache: FeatureCache, *, resume: bool = False, retrain: bo
         or its config differs from ``cfg``.
     """
     ranks = setup(resolve_device(cfg.train.device))  # one process, or this one of torchrun's
+    if cfg.train.mixstyle > 0 and ranks.world > 1:  # before the run's folder is touched
+        # a note's partner may be in another process's part of the batch, whose features this one never holds
+        raise ParameterError(f"train.mixstyle={cfg.train.mixstyle}: mixing the notes' statistics needs the whole "
+                             f"batch in one process; this run has {ranks.world} (set train.mixstyle=0 or run one "
+                             "process)")
     run_dir = checkpoint_dir(cfg, cache.manifest["key"])
     # rank 0 alone holds the lock and decides what to do with the folder; the others are told
     with RunLock(run_dir) if ranks.is_main else contextlib.nullcontext():
@@ -503,10 +508,6 @@ def _fit(cfg: Config, cache: FeatureCache, run_dir: Path, *, resume: bool, retra
     each trains its part of every batch; rank 0 alone evaluates, writes and reports
     (:mod:`vaelib.model.distributed`)."""
     tc = cfg.train
-    if tc.mixstyle > 0 and ranks.world > 1:
-        # a note's partner may be in another process's part of the batch, whose features this one never holds
-        raise ParameterError(f"train.mixstyle={tc.mixstyle}: mixing the notes' statistics needs the whole batch in "
-                             f"one process; this run has {ranks.world} (set train.mixstyle=0 or run one process)")
     device, dtype = _device(tc, ranks)
     if ranks.is_main:
         _open_run_dir(cfg, run_dir)
@@ -561,7 +562,7 @@ def _fit(cfg: Config, cache: FeatureCache, run_dir: Path, *, resume: bool, retra
                     if augment is not None:  # drawn for the whole batch, so each process takes its notes' rows
                         draws = augment.draw(n_batch, streams.augment)
                         xb = augment(xb, draws if part is None else draws[slice(*part(n_batch))])
-                    mix = None if tc.mixstyle == 0 else draw_style_mix(n_batch, tc, streams.augment, device)
+                    mix = None if tc.mixstyle == 0 else draw_style_mix(n_batch, tc, streams.style, device)
                     # schedules: pure functions of the step, so a resumed run continues them
                     beta = beta_at(step, cfg=tc)
                     lr = lr_at(step, cfg=tc, total_steps=tc.epochs * data.n_batches)

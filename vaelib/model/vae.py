@@ -125,6 +125,7 @@ class ConvVAE(nn.Module):
                        _norm(cfg.norm, c), _act(cfg.activation)]
             c_in = c
         self.encoder = nn.Sequential(*layers)
+        assert len(self.encoder) == _LEVEL_LAYERS * cfg.depth  # where encode mixes the statistics (MixStyle)
         self.flat_shape = (cfg.channels[-1], self.h_sizes[-1], self.w_sizes[-1])
         flat = cfg.channels[-1] * self.h_sizes[-1] * self.w_sizes[-1]
         self.to_mu = nn.Linear(flat, cfg.latent_dim)
@@ -190,6 +191,9 @@ class ConvVAE(nn.Module):
         """
         if x.ndim != 4 or tuple(x.shape[1:]) != (1, self.n_mels, self.frames):
             raise ParameterError(f"x: expected shape (batch, 1, {self.n_mels}, {self.frames}), got {tuple(x.shape)}")
+        if mix is not None and not self.training:
+            raise ParameterError("encode: mix is for training only (the model is in eval mode, where a note is "
+                                 "encoded as it is)")
         if mix is None:
             h = self.encoder(x)
         else:
