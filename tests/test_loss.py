@@ -11,6 +11,7 @@ import torch
 
 from vaelib.config import ModelConfig, TrainConfig
 from vaelib.exceptions import ParameterError
+from vaelib.model.adversary import SourceAdversary
 from vaelib.model.loss import (
     AUX_TERMS,
     VAE_TERMS,
@@ -271,11 +272,14 @@ def test_training_objective_adds_each_term_times_its_weight(term):
     model, x, out, pitch, classes = _batch(pitch_head=term == "pitch_ce")
     weights = {"contrast": {"contrast": 3.0, "contrast_dims": 4, "contrast_temperature": 0.5},
                "pitch_ce": {"pitch_weight": 2.5}, "pitch_order": {"pitch_order": 4.0},
-               "source_align": {"source_align": 6.0, "contrast_dims": 4}}[term]
+               "source_align": {"source_align": 6.0, "contrast_dims": 4},
+               "source_adversary": {"source_adversary": 5.0}}[term]
     cfg = TrainConfig(free_bits=0.1, **weights)
-    if term == "source_align":
+    if term in ("source_align", "source_adversary"):
         classes = torch.stack([classes, BANKS], dim=1)
-    loss, parts = training_objective(x, out, model, pitch=pitch, classes=classes, beta=0.7, cfg=cfg)
+    adversary = SourceAdversary(out.mu.shape[1], 2) if term == "source_adversary" else None
+    loss, parts = training_objective(x, out, model, pitch=pitch, classes=classes, beta=0.7, cfg=cfg,
+                                     adversary=adversary)
     vae = vae_loss(x, out, beta=0.7, free_bits=0.1)
     if term == "contrast":  # the leading contrast_dims of mu, no projection head
         value, weight = instrument_contrast(out.mu[:, :4], classes, temperature=0.5), 3.0
@@ -283,6 +287,8 @@ def test_training_objective_adds_each_term_times_its_weight(term):
         value, weight = torch.nn.functional.cross_entropy(model.pitch_scores(out.mu), pitch), 2.5
     elif term == "source_align":  # on the leading contrast_dims of mu, not through a head
         value, weight = source_alignment(out.mu[:, :4], BANKS), 6.0
+    elif term == "source_adversary":  # on all of mu
+        value, weight = torch.nn.functional.cross_entropy(adversary(out.mu), BANKS), 5.0
     else:
         value, weight = attribute_order(out.mu, pitch, dim=-1), 4.0
     assert torch.equal(loss, vae.total + weight * value)
@@ -293,21 +299,23 @@ def test_training_objective_adds_each_term_times_its_weight(term):
 def test_training_objective_sums_all_terms_and_its_gradient_reaches_every_head():
     model, x, out, pitch, classes = _batch(pitch_head=True, contrast_head=5)
     cfg = TrainConfig(free_bits=0.1, contrast=3.0, contrast_temperature=0.5, pitch_weight=2.5, pitch_order=4.0,
-                      source_align=6.0)
+                      source_align=6.0, source_adversary=5.0)
+    adversary = SourceAdversary(out.mu.shape[1], 2)
     loss, parts = training_objective(x, out, model, pitch=pitch, classes=torch.stack([classes, BANKS], dim=1),
-                                     beta=0.7, cfg=cfg)
+                                     beta=0.7, cfg=cfg, adversary=adversary)
     assert set(parts) == {*VAE_TERMS, *AUX_TERMS} and all(math.isfinite(v) for v in parts.values())
     # the contrastive term of family or program labels ignores the SoundFont column
     with torch.no_grad():
         plain = float(instrument_contrast(model.contrast_features(out.mu), classes, temperature=0.5))
     assert parts["contrast"] == pytest.approx(plain, rel=1e-6)
     expected = (parts["total"] + 3.0 * parts["contrast"] + 2.5 * parts["pitch_ce"] + 4.0 * parts["pitch_order"]
-                + 6.0 * parts["source_align"])
+                + 6.0 * parts["source_align"] + 5.0 * parts["source_adversary"])
     assert loss.item() == pytest.approx(expected, rel=1e-6)
     assert loss.requires_grad and loss.dtype == torch.float32
     loss.backward()
     for name, module in (("encoder", model.encoder), ("decoder", model.decoder),
-                         ("contrast head", model.contrast_proj), ("pitch head", model.pitch_logits)):
+                         ("contrast head", model.contrast_proj), ("pitch head", model.pitch_logits),
+                         ("SoundFont adversary", adversary)):
         grads = [p.grad for p in module.parameters()]
         assert all(g is not None and torch.isfinite(g).all() for g in grads), name
         assert any(g.abs().sum() > 0 for g in grads), name
@@ -341,7 +349,7 @@ def test_training_objective_needs_classes_when_the_contrast_term_is_on():
     with pytest.raises(ParameterError, match=r"classes: the contrastive term is on \(train.contrast=1.0\)"):
         training_objective(x, out, model, pitch=pitch, classes=None, beta=0.5, cfg=TrainConfig(contrast=1.0))
     for without_banks in (None, classes):
-        with pytest.raises(ParameterError, match=r"source-alignment term is on \(train.source_align=2.0\).*SoundFont"):
+        with pytest.raises(ParameterError, match=r"train.source_align=2.0 is on but got no SoundFont per note"):
             training_objective(x, out, model, pitch=pitch, classes=without_banks, beta=0.5,
                                cfg=TrainConfig(source_align=2.0))
 

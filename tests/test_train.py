@@ -327,16 +327,18 @@ def test_mixstyle_changes_training_is_reproducible_and_resumes_exactly(work, cac
     _assert_same_history(res.history, ref.history)
 
 
-def test_mixstyle_is_refused_in_several_processes_before_the_run_folder_is_touched(work, cache, monkeypatch):
+@pytest.mark.parametrize("setting", ["train.mixstyle=1.0", "train.source_adversary=1.0"])
+def test_one_process_settings_are_refused_in_several_before_the_run_folder_is_touched(work, cache, monkeypatch,
+                                                                                      setting):
     root, ds = work
-    cfg = _cfg(root, ds, ckpt="ckpt_ms_ddp", extra=MIXSTYLE)
+    cfg = _cfg(root, ds, ckpt=f"ckpt_ddp_{setting}", extra=(setting,))
     run_dir = checkpoint_dir(cfg, cache.manifest["key"])
     staged = staging_dir(run_dir)  # an unfinished retrain, which --retrain would start afresh
     staged.mkdir(parents=True)
     (staged / "last.pt").write_bytes(b"kept")
     monkeypatch.setattr(vtrain, "setup", lambda device: Ranks(world=2, rank=0))
     for retrain in (False, True):
-        with pytest.raises(ParameterError, match=r"train.mixstyle=1.0: .* whole batch in one process; this run has 2"):
+        with pytest.raises(ParameterError, match=rf"{setting}: .* whole batch in one process; this run has 2"):
             train(cfg, cache, retrain=retrain, show_progress=False)
     assert not run_dir.exists() and (staged / "last.pt").read_bytes() == b"kept"
 
@@ -476,6 +478,34 @@ def test_source_alignment_trains_on_each_notes_soundfont(work, cache, monkeypatc
     assert checkpoint_dir(cfg, "k") != checkpoint_dir(off, "k")
     with pytest.raises(ParameterError, match="train.source_align"):
         train(_cfg(root, ds, ckpt="ckpt_source_align_one", extra=(*base, "train.source_align=50")), one_bank,
+              show_progress=False)
+
+
+def test_the_soundfont_adversary_trains_beside_the_model_and_resumes_exactly(work, cache, monkeypatch):
+    _, two_banks, _ = _one_and_two_banks(cache)
+    root, ds = work
+    base = ("train.contrast=5", "train.contrast_labels=family")
+    cfg = _cfg(root, ds, ckpt="ckpt_adversary", extra=(*base, "train.source_adversary=2"))
+    res = train(cfg, two_banks, show_progress=False)
+    # two banks at chance: log 2 of cross-entropy; the classifier is in the checkpoint, beside the model
+    assert res.history["train_source_adversary"].between(0.3, 1.2).all()
+    ckpt = load_checkpoint(res.last_path)
+    assert {k for k in ckpt["adversary"]} == {"net.0.weight", "net.0.bias", "net.2.weight", "net.2.bias"}
+    assert ckpt["adversary"]["net.2.weight"].shape == (2, 64)
+    model, _ = load_model(res.best_path)  # the model alone loads for analysis, as any run's
+    assert isinstance(model, ConvVAE) and not model.training
+    off = _cfg(root, ds, ckpt="ckpt_adversary", extra=(*base, "train.source_adversary=0"))
+    assert checkpoint_dir(off, "k") == checkpoint_dir(_cfg(root, ds, ckpt="ckpt_adversary", extra=base), "k")
+    assert checkpoint_dir(cfg, "k") != checkpoint_dir(off, "k")
+    plain = train(off, two_banks, show_progress=False)
+    assert not np.allclose(res.history["train_recon"], plain.history["train_recon"])
+    resumed = _interrupt_then_resume(_cfg(root, ds, ckpt="ckpt_adversary_resume",
+                                          extra=(*base, "train.source_adversary=2")), two_banks, monkeypatch, 5)
+    _assert_same_history(resumed.history, res.history)
+    one_bank = _one_and_two_banks(cache)[0]
+    with pytest.raises(ParameterError, match=r"train.source_adversary: the train split of .* one SoundFont.*set "
+                                             r"train.source_adversary 0"):
+        train(_cfg(root, ds, ckpt="ckpt_adversary_one", extra=(*base, "train.source_adversary=2")), one_bank,
               show_progress=False)
 
 

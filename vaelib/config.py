@@ -211,6 +211,10 @@ class TrainConfig:
     source_align: float = _f(0.0, "weight of a term that makes the SoundFonts of a multi-source train split "
                              "indistinguishable on the contrastive dimensions of mu (the maximum mean discrepancy "
                              "between each SoundFont's notes of a batch and the others'; 0: off)", lo=0.0)
+    source_adversary: float = _f(0.0, "weight of a SoundFont classifier on mu trained through a reversed gradient "
+                                 "(DANN, Ganin et al. 2016; vaelib/model/adversary.py): the encoder learns to leave "
+                                 "the bank of a multi-source train split out of mu (0: off); one process only",
+                                 lo=0.0)
     notes_per_class: int = _f(0, "batches built of groups of this many notes of one class of the contrastive term "
                               "(train.contrast_labels; 0: off): with 'program', a group mixes the program's notes "
                               "from every SoundFont, so most notes meet another bank's rendering in their batch",

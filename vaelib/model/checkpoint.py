@@ -58,7 +58,8 @@ _UNHASHED = ("data", "prefetch")
 _UNHASHED_WHEN_OFF = (("shuffle_block", 0, ("shuffle_window",)), ("augment_detune", 0.0, ()),
                       ("augment_tilt", 0.0, ()), ("augment_eq", 0.0, ()), ("augment_reverb", 0.0, ("augment_rt60",)),
                       ("augment_gain", 0.0, ()), ("notes_per_class", 0, ()),
-                      ("source_align", 0.0, ()), ("mixstyle", 0.0, ("mixstyle_alpha",)))
+                      ("source_align", 0.0, ()), ("mixstyle", 0.0, ("mixstyle_alpha",)),
+                      ("source_adversary", 0.0, ()))
 
 
 def checkpoint_dir(cfg: Config, cache_key: str) -> Path:
@@ -68,10 +69,11 @@ def checkpoint_dir(cfg: Config, cache_key: str) -> Path:
     and the feature cache's ``batch_size``, ``workers`` and ``cache_dir`` are left out of the hash: they
     change where the run goes or how fast, not what it computes. ``train.shuffle_block`` and
     ``train.shuffle_window`` are left out while the block order is off (``shuffle_block`` 0), as are
-    ``train.notes_per_class``, ``train.source_align`` and ``train.mixstyle`` (with ``mixstyle_alpha``) while
-    0, the ``train.augment_*`` fields while each is 0 (``augment_rt60`` while ``augment_reverb`` is), and
-    ``data.test_soundfonts`` while empty and ``data.split_by`` while 'instrument', so a run keeps the folder
-    it had before they existed (the split they make is in the cache key anyway).
+    ``train.notes_per_class``, ``train.source_align``, ``train.source_adversary`` and ``train.mixstyle``
+    (with ``mixstyle_alpha``) while 0, the ``train.augment_*`` fields while each is 0 (``augment_rt60``
+    while ``augment_reverb`` is), and ``data.test_soundfonts`` while empty and ``data.split_by`` while
+    'instrument', so a run keeps the folder it had before they existed (the split they make is in the
+    cache key anyway).
     """
     data = {k: v for k, v in config_to_dict(cfg.data).items() if _DATA_ADDED_OFF.get(k, object()) != v}
     key = section_hash(cfg.model, _hashed_train(cfg), data, extra={

@@ -43,7 +43,8 @@ __all__ = ["LossParts", "kl_per_dim", "free_bits_kl", "recon_per_note", "recon_l
 
 ACTIVE_UNIT_THRESHOLD = 0.01  # Burda et al. 2016 (IWAE), sec. 5.2: Var_x(E_q[z_d|x]) > 0.01
 VAE_TERMS = ("recon", "kl_raw", "kl_fb", "total")  # the parts of LossParts that are logged
-AUX_TERMS = ("contrast", "pitch_ce", "pitch_order", "source_align")  # the optional terms of training_objective
+# the optional terms of training_objective
+AUX_TERMS = ("contrast", "pitch_ce", "pitch_order", "source_align", "source_adversary")
 
 
 class LossParts(NamedTuple):
@@ -316,11 +317,12 @@ def attribute_order(mu: torch.Tensor, attribute: torch.Tensor, *, dim: int, delt
 
 
 def training_objective(x: torch.Tensor, out: VAEOutput, model: ConvVAE, *, pitch: torch.Tensor,
-                       classes: torch.Tensor | None, beta: float,
-                       cfg: TrainConfig) -> tuple[torch.Tensor, dict[str, float]]:
+                       classes: torch.Tensor | None, beta: float, cfg: TrainConfig,
+                       adversary: torch.nn.Module | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """The loss training minimises on one batch: the beta-VAE objective plus the auxiliary terms that are on.
 
-    ``loss = total + contrast * L_con + pitch_weight * L_ce + pitch_order * L_ord + source_align * L_src``, where
+    ``loss = total + contrast * L_con + pitch_weight * L_ce + pitch_order * L_ord + source_align * L_src
+    + source_adversary * L_adv``, where
 
     * ``total = recon + beta * kl_fb`` (:func:`vae_loss`, with ``cfg.free_bits``);
     * ``L_con`` is the supervised contrastive loss (Khosla et al. 2020, eq. 2) of
@@ -333,7 +335,9 @@ def training_objective(x: torch.Tensor, out: VAEOutput, model: ConvVAE, *, pitch
       :func:`attribute_order`); on when ``cfg.pitch_order > 0``;
     * ``L_src`` is the discrepancy between the SoundFonts' notes (:func:`source_alignment`) on the leading
       ``cfg.contrast_dims`` of mu (the dimensions the family probes read first); on when
-      ``cfg.source_align > 0``, with ``classes`` carrying each note's SoundFont.
+      ``cfg.source_align > 0``, with ``classes`` carrying each note's SoundFont;
+    * ``L_adv`` is the cross-entropy of ``adversary`` (:class:`vaelib.model.adversary.SourceAdversary`,
+      whose gradient into mu is reversed) against each note's SoundFont; on when ``cfg.source_adversary > 0``.
 
     Parameters
     ----------
@@ -349,37 +353,43 @@ def training_objective(x: torch.Tensor, out: VAEOutput, model: ConvVAE, *, pitch
     beta : float, >= 0, KL weight at this step (see :func:`beta_at`)
     cfg : TrainConfig
         ``free_bits``, ``contrast``, ``contrast_dims``, ``contrast_temperature``, ``contrast_labels``,
-        ``pitch_weight``, ``pitch_order``, ``source_align``.
+        ``pitch_weight``, ``pitch_order``, ``source_align``, ``source_adversary``.
+    adversary : the SoundFont classifier of the adversary term, when it is on
 
     Returns
     -------
     loss : scalar float32 tensor, differentiable with respect to the model's parameters
     parts : dict of floats, per note: ``recon``, ``kl_raw``, ``kl_fb`` and ``total`` (the VAE objective
-        alone, as in :class:`LossParts`), and ``contrast``, ``pitch_ce``, ``pitch_order``, ``source_align`` (unweighted)
-        for exactly the terms that are on
+        alone, as in :class:`LossParts`), and ``contrast``, ``pitch_ce``, ``pitch_order``, ``source_align``,
+        ``source_adversary`` (unweighted) for exactly the terms that are on
 
     Raises
     ------
     ParameterError
-        When ``cfg.contrast > 0`` and ``classes`` is None, ``cfg.source_align > 0`` without each note's
-        SoundFont in ``classes``, or on the arguments the terms reject.
+        When ``cfg.contrast > 0`` and ``classes`` is None, ``cfg.source_align > 0`` or
+        ``cfg.source_adversary > 0`` without each note's SoundFont in ``classes``, the adversary on without
+        ``adversary``, or on the arguments the terms reject.
     """
     return objective_from_terms(recon_per_note(x, out.x_hat), out.mu, out.logvar, model, pitch=pitch,
-                                classes=classes, beta=beta, cfg=cfg)
+                                classes=classes, beta=beta, cfg=cfg, adversary=adversary)
 
 
 def objective_from_terms(recon: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, model: ConvVAE, *,
-                         pitch: torch.Tensor, classes: torch.Tensor | None, beta: float,
-                         cfg: TrainConfig) -> tuple[torch.Tensor, dict[str, float]]:
+                         pitch: torch.Tensor, classes: torch.Tensor | None, beta: float, cfg: TrainConfig,
+                         adversary: torch.nn.Module | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """:func:`training_objective` from each note's reconstruction error, ``mu`` and ``logvar`` (see
     :func:`vae_terms`): ``recon`` [shape=(batch,)], ``mu`` and ``logvar`` [shape=(batch, latent_dim)]."""
     if cfg.contrast > 0 and classes is None:
         raise ParameterError(f"classes: the contrastive term is on (train.contrast={cfg.contrast}) but got None")
     vae = vae_terms(recon, mu, logvar, beta=beta, free_bits=cfg.free_bits)
     loss, aux = vae.total, {}
-    if cfg.source_align > 0 and (classes is None or classes.ndim != 2):
-        raise ParameterError(f"classes: the source-alignment term is on (train.source_align={cfg.source_align}) "
-                             "but got no SoundFont per note (classes of shape (batch, 2) or (batch, 3))")
+    for setting, weight in (("source_align", cfg.source_align), ("source_adversary", cfg.source_adversary)):
+        if weight > 0 and (classes is None or classes.ndim != 2):
+            raise ParameterError(f"classes: train.{setting}={weight} is on but got no SoundFont per note (classes "
+                                 "of shape (batch, 2) or (batch, 3))")
+    if cfg.source_adversary > 0 and adversary is None:
+        raise ParameterError(f"adversary: train.source_adversary={cfg.source_adversary} is on but got no SoundFont "
+                             "classifier")
     if cfg.contrast > 0:
         # the SoundFont column is the term's own only for program_across; for the others it serves source_align
         labels = classes if classes.ndim == 1 else classes[:, :2] if cfg.contrast_labels == "program_across" \
@@ -402,4 +412,8 @@ def objective_from_terms(recon: torch.Tensor, mu: torch.Tensor, logvar: torch.Te
         align = source_alignment(lead, classes[:, 1])
         loss = loss + cfg.source_align * align
         aux["source_align"] = align.detach().item()
+    if cfg.source_adversary > 0:
+        adversarial = torch.nn.functional.cross_entropy(adversary(mu.float()), classes[:, 1])
+        loss = loss + cfg.source_adversary * adversarial
+        aux["source_adversary"] = adversarial.detach().item()
     return loss, {**{k: getattr(vae, k).detach().item() for k in VAE_TERMS}, **aux}

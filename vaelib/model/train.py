@@ -50,6 +50,7 @@ from vaelib.config import Config, TrainConfig, config_to_dict, save_config
 from vaelib.data.cache import FeatureCache
 from vaelib.exceptions import CheckpointError, ParameterError, TrainingError
 from vaelib.io import atomic_write_text
+from vaelib.model.adversary import SourceAdversary
 from vaelib.model.augment import Augmenter
 from vaelib.model.checkpoint import (
     CHECKPOINT_FORMAT,
@@ -105,7 +106,7 @@ RESTART_HINT = {False: "`vaelib train --retrain` (retrain=True) trains it again 
 HISTORY_COLUMNS = (
     "epoch", "step", "beta", "lr", "seconds",
     "train_recon", "train_kl_raw", "train_kl_fb", "train_total",
-    "train_contrast", "train_pitch_ce", "train_pitch_order", "train_source_align",
+    "train_contrast", "train_pitch_ce", "train_pitch_order", "train_source_align", "train_source_adversary",
     "valid_recon", "valid_kl_raw", "valid_kl_fb", "valid_total", "valid_mse",
     "mu_mean", "mu_std", "logvar_mean", "logvar_std", "active_units",
 )
@@ -203,8 +204,9 @@ def _load_data(cache: FeatureCache, tc: TrainConfig, device: torch.device, ranks
     bs = min(tc.batch_size, n)
     # Drop a last batch of one note: BatchNorm cannot normalise a single sample.
     n_batches = n // bs + (1 if n % bs > 1 else 0)
+    sources = next((f"train.{k}" for k in ("source_align", "source_adversary") if getattr(tc, k) > 0), None)
     return _Data(rows, pitch, instrument.cpu(), contrast_classes(cache, tc.contrast_labels, device,
-                                                                       sources=tc.source_align > 0),
+                                                                       sources=sources is not None, setting=sources),
                  x_valid, pitch_valid, bs, n_batches)
 
 
@@ -246,7 +248,8 @@ def _stream_rows(cache: FeatureCache, tc: TrainConfig,
     return reader, pitch, instrument
 
 
-def contrast_classes(cache: FeatureCache, kind: str, device: torch.device, *, sources: bool = False) -> torch.Tensor:
+def contrast_classes(cache: FeatureCache, kind: str, device: torch.device, *, sources: bool = False,
+                     setting: str | None = None) -> torch.Tensor:
     """Class id of every train note for the contrastive term, in the row order of ``cache.split("train")``:
     its ``instrument``, its ``instrument_family`` or its GM ``program`` (one class for a program in every
     SoundFont of a multi-source render, so the term pulls the banks' renderings of it together).
@@ -254,7 +257,8 @@ def contrast_classes(cache: FeatureCache, kind: str, device: torch.device, *, so
     The labels :func:`vaelib.model.loss.objective_from_terms` needs beside the class come as more columns:
     [shape=(notes, 2)], the class and the index of the note's SoundFont, for ``program_across`` (whose term
     leaves a program's pairs from one SoundFont out) or with ``sources`` (the source-alignment term,
-    ``train.source_align``); [shape=(notes, 3)], the program, the SoundFont (0 for all when ``sources`` is
+    ``train.source_align`` or the adversary, ``train.source_adversary``: ``setting`` names the one in errors);
+    [shape=(notes, 3)], the program, the SoundFont (0 for all when ``sources`` is
     off) and the family, for ``program_family`` (whose term leaves out the pairs of two programs of one family).
 
     Raises
@@ -275,9 +279,10 @@ def contrast_classes(cache: FeatureCache, kind: str, device: torch.device, *, so
     if kind == "program_across" or sources:
         banks = pd.factorize(cache.meta.loc[rows, "soundfont"])[0] if "soundfont" in cache.meta.columns else []
         if len(set(banks)) < 2:
-            setting = (f"train.contrast_labels {kind!r}" if kind == "program_across" else "train.source_align")
+            setting = (f"train.contrast_labels {kind!r}" if kind == "program_across"
+                       else setting or "train.source_align")
             why = ("no program has a rendering from another; use 'program'" if kind == "program_across"
-                   else "there is no other SoundFont to align it with; set train.source_align 0")
+                   else f"there is no other SoundFont to tell it from; set {setting} 0")
             raise ParameterError(f"{setting}: the train split of {cache.path} is rendered from one SoundFont, so "
                                  f"{why}, or render.soundfont with several SoundFonts")
     if kind == "program_family":
@@ -453,11 +458,8 @@ def train(cfg: Config, cache: FeatureCache, *, resume: bool = False, retrain: bo
         or its config differs from ``cfg``.
     """
     ranks = setup(resolve_device(cfg.train.device))  # one process, or this one of torchrun's
-    if cfg.train.mixstyle > 0 and ranks.world > 1:  # before the run's folder is touched
-        # a note's partner may be in another process's part of the batch, whose features this one never holds
-        raise ParameterError(f"train.mixstyle={cfg.train.mixstyle}: mixing the notes' statistics needs the whole "
-                             f"batch in one process; this run has {ranks.world} (set train.mixstyle=0 or run one "
-                             "process)")
+    if ranks.world > 1:  # before the run's folder is touched
+        _check_one_process(cfg.train, ranks.world)
     run_dir = checkpoint_dir(cfg, cache.manifest["key"])
     # rank 0 alone holds the lock and decides what to do with the folder; the others are told
     with RunLock(run_dir) if ranks.is_main else contextlib.nullcontext():
@@ -485,6 +487,16 @@ def train(cfg: Config, cache: FeatureCache, *, resume: bool = False, retrain: bo
         ranks.barrier()
         return dataclasses.replace(res, run_dir=run_dir, best_path=run_dir / "best.pt",
                                    last_path=run_dir / "last.pt")
+
+
+def _check_one_process(tc: TrainConfig, world: int) -> None:
+    """Refuse the settings that need the whole batch in one process: a MixStyle partner may be in another
+    process's part of the batch, and the adversary's classifier is not kept in step across processes."""
+    for setting, value, why in (("mixstyle", tc.mixstyle, "mixing the notes' statistics"),
+                                ("source_adversary", tc.source_adversary, "the SoundFont adversary")):
+        if value > 0:
+            raise ParameterError(f"train.{setting}={value}: {why} needs the whole batch in one process; this run "
+                                 f"has {world} (set train.{setting}=0 or run one process)")
 
 
 def _plan(run_dir: Path, cfg: Config, *, resume: bool, retrain: bool) -> TrainResult | Path:
@@ -524,10 +536,13 @@ def _fit(cfg: Config, cache: FeatureCache, run_dir: Path, *, resume: bool, retra
     model = _build_model(cfg, device)
     meta = _meta(cfg, cache, model, device, dtype)  # before wrap_model, which may freeze an unused head
     net = wrap_model(model, ranks, tc)  # the model itself in one process, DDP over it in several
-    optimizer = torch.optim.Adam(model.parameters(), lr=tc.lr)
+    adversary = (SourceAdversary(cfg.model.latent_dim, int(data.classes[:, 1].max()) + 1).to(device)
+                 if tc.source_adversary > 0 else None)
+    optimizer = torch.optim.Adam([*model.parameters(), *(adversary.parameters() if adversary else ())], lr=tc.lr)
     early = EarlyStopping(tc.patience)
     progress = EpochProgress(data.n_batches, epochs=tc.epochs, terms=(*VAE_TERMS, *AUX_TERMS), show=show_progress)
-    stateful = {"model": model, "optimizer": optimizer, "rng": streams, "best": early, "partial": progress}
+    stateful = {"model": model, "optimizer": optimizer, "rng": streams, "best": early, "partial": progress,
+                **({"adversary": adversary} if adversary else {})}
 
     # restore the state when resuming (every rank reads the same checkpoint)
     epoch, step, finished, history = (
@@ -572,7 +587,7 @@ def _fit(cfg: Config, cache: FeatureCache, run_dir: Path, *, resume: bool, retra
                                   noise_rows=None if part is None else (part(n_batch)[0], n_batch), mix=mix)
                     if ranks.world == 1:
                         loss, parts = training_objective(xb, out, model, pitch=pb, classes=data.classes[idx],
-                                                         beta=beta, cfg=tc)
+                                                         beta=beta, cfg=tc, adversary=adversary)
                     else:
                         loss, parts = global_objective(xb, out, model, pitch=pb, classes=data.classes[idx],
                                                        beta=beta, cfg=tc, ranks=ranks, batch=n_batch)

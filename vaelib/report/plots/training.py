@@ -9,7 +9,8 @@ from matplotlib.figure import Figure
 __all__ = ["loss_curves", "latent_curves"]
 
 AUX_LABELS = {"train_contrast": "instrument contrast (SupCon)", "train_pitch_ce": "pitch head cross-entropy",
-              "train_pitch_order": "pitch order (AR-VAE)", "train_source_align": "SoundFont alignment (MMD)"}
+              "train_pitch_order": "pitch order (AR-VAE)", "train_source_align": "SoundFont alignment (MMD)",
+              "train_source_adversary": "SoundFont adversary cross-entropy (DANN)"}
 
 
 def loss_curves(history: pd.DataFrame, *, title: str = "Training curves") -> Figure:
