@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vaelib.config import TrainConfig
+from vaelib.config import ModelConfig, TrainConfig
 from vaelib.exceptions import ParameterError
 from vaelib.model.adversary import SourceAdversary, reverse_gradient
 from vaelib.model.loss import training_objective
+from vaelib.model.vae import ConvVAE
 
 
 def test_the_gradient_is_reversed_and_nothing_else():
@@ -42,14 +43,15 @@ def test_one_step_teaches_the_classifier_and_pushes_mu_the_other_way():
 
 
 def test_the_objective_needs_the_banks_and_the_classifier():
-    from test_loss import BANKS, _batch  # the loss tests' model and batch (the term's value: test_loss)
-
-    model, x, out, pitch, classes = _batch()
+    torch.manual_seed(0)
+    model = ConvVAE(ModelConfig(channels=(4, 8, 8), depth=3, latent_dim=6), n_mels=16, frames=16)
+    x = torch.rand(8, 1, 16, 16) * 2 - 1
+    out, pitch, classes = model(x), torch.full((8,), 60), torch.arange(8) // 2
     cfg = TrainConfig(source_adversary=3.0)
     with pytest.raises(ParameterError, match=r"train.source_adversary=3.0 is on but got no SoundFont per note"):
         training_objective(x, out, model, pitch=pitch, classes=classes, beta=0.5, cfg=cfg,
-                           adversary=SourceAdversary(out.mu.shape[1], 2))
+                           adversary=SourceAdversary(6, 2))
     with pytest.raises(ParameterError, match=r"adversary: train.source_adversary=3.0 is on but got no SoundFont "
                                              r"classifier"):
-        training_objective(x, out, model, pitch=pitch, classes=torch.stack([classes, BANKS], dim=1), beta=0.5,
-                           cfg=cfg)
+        training_objective(x, out, model, pitch=pitch, classes=torch.stack([classes, classes % 2], dim=1),
+                           beta=0.5, cfg=cfg)

@@ -338,7 +338,7 @@ def test_one_process_settings_are_refused_in_several_before_the_run_folder_is_to
     (staged / "last.pt").write_bytes(b"kept")
     monkeypatch.setattr(vtrain, "setup", lambda device: Ranks(world=2, rank=0))
     for retrain in (False, True):
-        with pytest.raises(ParameterError, match=rf"{setting}: .* whole batch in one process; this run has 2"):
+        with pytest.raises(ParameterError, match=rf"{setting}: .*: one process only, this run has 2"):
             train(cfg, cache, retrain=retrain, show_progress=False)
     assert not run_dir.exists() and (staged / "last.pt").read_bytes() == b"kept"
 
@@ -492,6 +492,11 @@ def test_the_soundfont_adversary_trains_beside_the_model_and_resumes_exactly(wor
     ckpt = load_checkpoint(res.last_path)
     assert {k for k in ckpt["adversary"]} == {"net.0.weight", "net.0.bias", "net.2.weight", "net.2.bias"}
     assert ckpt["adversary"]["net.2.weight"].shape == (2, 64)
+    # its four tensors are the optimiser's last, and were stepped
+    model_tensors = len(list(ConvVAE(cfg.model, n_mels=cfg.features.n_mels, frames=cfg.features.frames)
+                             .parameters()))
+    assert len(ckpt["optimizer"]["param_groups"][0]["params"]) == model_tensors + 4
+    assert all(i in ckpt["optimizer"]["state"] for i in range(model_tensors, model_tensors + 4))
     model, _ = load_model(res.best_path)  # the model alone loads for analysis, as any run's
     assert isinstance(model, ConvVAE) and not model.training
     off = _cfg(root, ds, ckpt="ckpt_adversary", extra=(*base, "train.source_adversary=0"))
@@ -507,6 +512,24 @@ def test_the_soundfont_adversary_trains_beside_the_model_and_resumes_exactly(wor
                                              r"train.source_adversary 0"):
         train(_cfg(root, ds, ckpt="ckpt_adversary_one", extra=(*base, "train.source_adversary=2")), one_bank,
               show_progress=False)
+
+
+def test_a_run_resumed_from_before_a_new_term_logs_it_as_off(work, cache, monkeypatch, reference):
+    root, ds = work
+    cfg = _cfg(root, ds, ckpt="ckpt_old_history")
+    interrupt_at(monkeypatch, 5)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, cache, show_progress=False)
+    monkeypatch.undo()
+    last = checkpoint_dir(cfg, cache.manifest["key"]) / "last.pt"
+    ckpt = load_checkpoint(last)
+    del ckpt["history"]["train_source_adversary"]  # as written before the term existed
+    torch.save(ckpt, last)
+    res = train(cfg, cache, resume=True, show_progress=False)
+    saved = pd.read_csv(res.run_dir / "history.csv")
+    assert list(saved.columns) == list(HISTORY_COLUMNS)
+    assert (saved["train_source_adversary"] == 0.0).all()
+    _assert_same_history(res.history, reference[1].history)
 
 
 def test_family_labels_change_what_the_contrast_term_groups(work, cache, monkeypatch):

@@ -5,7 +5,11 @@ rendered from; between it and mu the gradient is reversed, so the same step that
 teaches the encoder to leave less of the bank in mu. ``train.source_align`` asks the same of the
 contrastive dimensions with a kernel discrepancy and no classifier; the adversary reads all of mu, the
 dimensions every probe reads, through a hidden layer, so it finds differences between the banks that a
-Gaussian kernel at one width may miss.
+few Gaussian kernels around the batch's median distance may miss.
+
+The weight is constant from the first step (DANN ramps it up from 0; here the beta warm-up already keeps
+the first steps gentle), and the classifier's gradient is not clipped with the model's (``train.grad_clip``
+bounds the model's step): Adam scales the classifier's own steps whatever the weight.
 """
 
 from __future__ import annotations

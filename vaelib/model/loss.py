@@ -17,8 +17,9 @@ Scale of every term (all per note, averaged over the batch):
 What training minimises, :func:`training_objective`, adds to ``total`` the auxiliary terms that are
 on, each with its weight from ``TrainConfig``: the supervised-contrastive term
 (:func:`instrument_contrast`), the pitch head's cross-entropy, the AR-VAE pitch-order term
-(:func:`attribute_order`), and the alignment of the SoundFonts of a multi-source train split
-(:func:`source_alignment`).
+(:func:`attribute_order`), the alignment of the SoundFonts of a multi-source train split
+(:func:`source_alignment`), and the cross-entropy of a SoundFont adversary whose gradient into mu is
+reversed (:mod:`vaelib.model.adversary`).
 
 Everything is computed in float32 even when the model ran under bf16 autocast.
 """

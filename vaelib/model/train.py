@@ -204,9 +204,9 @@ def _load_data(cache: FeatureCache, tc: TrainConfig, device: torch.device, ranks
     bs = min(tc.batch_size, n)
     # Drop a last batch of one note: BatchNorm cannot normalise a single sample.
     n_batches = n // bs + (1 if n % bs > 1 else 0)
-    sources = next((f"train.{k}" for k in ("source_align", "source_adversary") if getattr(tc, k) > 0), None)
+    sources = " and ".join(f"train.{k}" for k in ("source_align", "source_adversary") if getattr(tc, k) > 0)
     return _Data(rows, pitch, instrument.cpu(), contrast_classes(cache, tc.contrast_labels, device,
-                                                                       sources=sources is not None, setting=sources),
+                                                                       sources=bool(sources), setting=sources or None),
                  x_valid, pitch_valid, bs, n_batches)
 
 
@@ -490,13 +490,15 @@ def train(cfg: Config, cache: FeatureCache, *, resume: bool = False, retrain: bo
 
 
 def _check_one_process(tc: TrainConfig, world: int) -> None:
-    """Refuse the settings that need the whole batch in one process: a MixStyle partner may be in another
-    process's part of the batch, and the adversary's classifier is not kept in step across processes."""
-    for setting, value, why in (("mixstyle", tc.mixstyle, "mixing the notes' statistics"),
-                                ("source_adversary", tc.source_adversary, "the SoundFont adversary")):
-        if value > 0:
-            raise ParameterError(f"train.{setting}={value}: {why} needs the whole batch in one process; this run "
-                                 f"has {world} (set train.{setting}=0 or run one process)")
+    """Refuse the settings that one process alone can train: a MixStyle partner may be in another process's
+    part of the batch, and the adversary's classifier is not shared across processes."""
+    why = {"mixstyle": "a note's MixStyle partner may be in another process's part of the batch",
+           "source_adversary": "the SoundFont classifier is not shared across processes"}
+    on = [k for k in why if getattr(tc, k) > 0]
+    if on:
+        raise ParameterError("; ".join(f"train.{k}={getattr(tc, k)}: {why[k]}" for k in on)
+                             + f": one process only, this run has {world} (set "
+                             + " and ".join(f"train.{k}=0" for k in on) + " or run one process)")
 
 
 def _plan(run_dir: Path, cfg: Config, *, resume: bool, retrain: bool) -> TrainResult | Path:
@@ -627,7 +629,8 @@ def _fit(cfg: Config, cache: FeatureCache, run_dir: Path, *, resume: bool, retra
                 if improved:
                     save_checkpoint(ckpt, best_path)
                 save_checkpoint(ckpt, last_path)
-                atomic_write_text(run_dir / "history.csv", pd.DataFrame(history).to_csv(index=False))
+                atomic_write_text(run_dir / "history.csv",
+                                  pd.DataFrame(history, columns=list(HISTORY_COLUMNS)).to_csv(index=False))
                 log.info("epoch %d: train recon %.2f, valid recon %.2f, kl %.2f, beta %.3f, AU %d, %.1f s%s",
                          epoch, row["train_recon"], row["valid_recon"], row["valid_kl_raw"], row["beta"],
                          row["active_units"], row["seconds"], " (best)" if improved else "")
@@ -761,7 +764,10 @@ def _restore(path: Path, cfg: Config, device: torch.device, stateful: dict[str, 
     epoch, step, partial = ckpt["epoch"], ckpt["step"], ckpt["partial"]
     log.info("resuming %s at epoch %d, step %d%s", path.parent, epoch, step,
              f" (batch {partial['batch']} of epoch {epoch + 1})" if partial else "")
-    return epoch, step, bool(ckpt.get("finished")), pd.DataFrame(ckpt["history"]).to_dict("records")
+    # a term added since the checkpoint was written was off in its run: 0, as its later epochs log it
+    added = {f"train_{term}": 0.0 for term in AUX_TERMS}
+    return epoch, step, bool(ckpt.get("finished")), [{**added, **row} for row in
+                                                      pd.DataFrame(ckpt["history"]).to_dict("records")]
 
 
 def _epoch_order(data: _Data, tc: TrainConfig, gen: torch.Generator) -> torch.Tensor:
@@ -879,6 +885,8 @@ def train_metrics(res: TrainResult, cfg: Config, *, trained: bool) -> dict:
         "contrast": cfg.train.contrast,
         "contrast_labels": cfg.train.contrast_labels,
         "source_align": cfg.train.source_align,
+        "source_adversary": cfg.train.source_adversary,
+        "mixstyle": cfg.train.mixstyle,
         "pitch_head_weight": cfg.train.pitch_weight if cfg.model.pitch_head else 0.0,
         "pitch_order": cfg.train.pitch_order,
         "epochs_run": len(h),

@@ -15,7 +15,8 @@ AUX_LABELS = {"train_contrast": "instrument contrast (SupCon)", "train_pitch_ce"
 
 def loss_curves(history: pd.DataFrame, *, title: str = "Training curves") -> Figure:
     """Reconstruction (left) and raw / free-bits KL with beta on a second axis (middle), train and valid;
-    when the run used any optional term (instrument contrast, pitch head, pitch order, SoundFont alignment),
+    when the run used any optional term (instrument contrast, pitch head, pitch order, SoundFont alignment or
+    adversary),
     those per epoch (right).
 
     ``history`` has the columns of :data:`vaelib.model.train.HISTORY_COLUMNS`, one row per epoch.
