@@ -127,12 +127,18 @@ def test_mismatched_config_is_a_clear_error(reference, tmp_path):
         load_model(tmp_path / "missing.pt")
 
 
-def _interrupt_then_resume(cfg, cache, monkeypatch, at_step: int):
-    """Train ``cfg`` until Ctrl-C arrives at step ``at_step``, then resume it to the end."""
+def _interrupted(cfg, cache, monkeypatch, at_step: int = 5) -> Path:
+    """Train ``cfg`` until Ctrl-C arrives at step ``at_step``; the ``last.pt`` it leaves."""
     interrupt_at(monkeypatch, at_step)
     with pytest.raises(KeyboardInterrupt):
         train(cfg, cache, show_progress=False)
     monkeypatch.undo()
+    return checkpoint_dir(cfg, cache.manifest["key"]) / "last.pt"
+
+
+def _interrupt_then_resume(cfg, cache, monkeypatch, at_step: int):
+    """Train ``cfg`` until Ctrl-C arrives at step ``at_step``, then resume it to the end."""
+    _interrupted(cfg, cache, monkeypatch, at_step)
     return train(cfg, cache, resume=True, show_progress=False)
 
 
@@ -517,11 +523,7 @@ def test_the_soundfont_adversary_trains_beside_the_model_and_resumes_exactly(wor
 def test_a_run_resumed_from_before_a_new_term_logs_it_as_off(work, cache, monkeypatch, reference):
     root, ds = work
     cfg = _cfg(root, ds, ckpt="ckpt_old_history")
-    interrupt_at(monkeypatch, 5)
-    with pytest.raises(KeyboardInterrupt):
-        train(cfg, cache, show_progress=False)
-    monkeypatch.undo()
-    last = checkpoint_dir(cfg, cache.manifest["key"]) / "last.pt"
+    last = _interrupted(cfg, cache, monkeypatch)
     ckpt = load_checkpoint(last)
     del ckpt["history"]["train_source_adversary"]  # as written before the term existed
     torch.save(ckpt, last)
@@ -857,13 +859,9 @@ def test_a_run_lock_that_cannot_be_created_names_the_folder(work, cache, monkeyp
 def test_unreadable_last_pt_is_a_checkpoint_error_saying_how_to_start_over(work, cache, monkeypatch):
     root, ds = work
     cfg = _cfg(root, ds, ckpt="ckpt_truncated_api")
-    interrupt_at(monkeypatch, 5)
-    with pytest.raises(KeyboardInterrupt):
-        train(cfg, cache, show_progress=False)
-    monkeypatch.undo()
+    last = _interrupted(cfg, cache, monkeypatch)
     with pytest.raises(TrainingError, match=r"holds an unfinished training \(1 of 4 epochs.*resume=True"):
         train(cfg, cache, show_progress=False)
-    last = checkpoint_dir(cfg, cache.manifest["key"]) / "last.pt"
     last.write_bytes(last.read_bytes()[:1000])
     with pytest.raises(CheckpointError, match=r"last\.pt: cannot read checkpoint.*nothing to resume|"
                                               r"last\.pt: cannot read checkpoint.*neither reused nor resumed.*retrain"):
