@@ -5,6 +5,7 @@
 - ``train``: the resumable training loop with early stopping.
 - ``augment``: recording-chain augmentation of training batches (detune, EQ, reverb, gain).
 - ``mixstyle``: the encoder's early channel statistics mixed between the notes of a training batch.
+- ``adversary``: a SoundFont classifier on mu trained through a reversed gradient (DANN).
 - ``stream``: the train split's rows batch by batch: in memory, or read from the cache's file as training goes.
 - ``distributed``: data-parallel training under torchrun: the processes, a global-batch objective and BatchNorm.
 - ``progress``: the state a resumed run continues from: random streams, early stopping, place in an epoch.
