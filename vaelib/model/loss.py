@@ -392,7 +392,8 @@ def objective_from_terms(recon: torch.Tensor, mu: torch.Tensor, logvar: torch.Te
         raise ParameterError(f"adversary: train.source_adversary={cfg.source_adversary} is on but got no SoundFont "
                              "classifier")
     if cfg.contrast > 0:
-        # the SoundFont column is the term's own only for program_across; for the others it serves source_align
+        # the SoundFont column is the term's own only for program_across; for the others it serves the
+        # source-alignment and adversary terms
         labels = classes if classes.ndim == 1 else classes[:, :2] if cfg.contrast_labels == "program_across" \
             else classes[:, 0]
         spared = classes[:, 2] if cfg.contrast_labels == "program_family" else None

@@ -206,7 +206,7 @@ def _load_data(cache: FeatureCache, tc: TrainConfig, device: torch.device, ranks
     n_batches = n // bs + (1 if n % bs > 1 else 0)
     sources = " and ".join(f"train.{k}" for k in ("source_align", "source_adversary") if getattr(tc, k) > 0)
     return _Data(rows, pitch, instrument.cpu(), contrast_classes(cache, tc.contrast_labels, device,
-                                                                       sources=bool(sources), setting=sources or None),
+                                                                       sources=sources or None),
                  x_valid, pitch_valid, bs, n_batches)
 
 
@@ -248,17 +248,17 @@ def _stream_rows(cache: FeatureCache, tc: TrainConfig,
     return reader, pitch, instrument
 
 
-def contrast_classes(cache: FeatureCache, kind: str, device: torch.device, *, sources: bool = False,
-                     setting: str | None = None) -> torch.Tensor:
+def contrast_classes(cache: FeatureCache, kind: str, device: torch.device, *,
+                     sources: str | None = None) -> torch.Tensor:
     """Class id of every train note for the contrastive term, in the row order of ``cache.split("train")``:
     its ``instrument``, its ``instrument_family`` or its GM ``program`` (one class for a program in every
     SoundFont of a multi-source render, so the term pulls the banks' renderings of it together).
 
     The labels :func:`vaelib.model.loss.objective_from_terms` needs beside the class come as more columns:
     [shape=(notes, 2)], the class and the index of the note's SoundFont, for ``program_across`` (whose term
-    leaves a program's pairs from one SoundFont out) or with ``sources`` (the source-alignment term,
-    ``train.source_align`` or the adversary, ``train.source_adversary``: ``setting`` names the one in errors);
-    [shape=(notes, 3)], the program, the SoundFont (0 for all when ``sources`` is
+    leaves a program's pairs from one SoundFont out) or with ``sources``, the settings that need each note's
+    SoundFont, as errors name them (the source-alignment term ``train.source_align``, the adversary
+    ``train.source_adversary``); [shape=(notes, 3)], the program, the SoundFont (0 for all when ``sources`` is
     off) and the family, for ``program_family`` (whose term leaves out the pairs of two programs of one family).
 
     Raises
@@ -279,8 +279,7 @@ def contrast_classes(cache: FeatureCache, kind: str, device: torch.device, *, so
     if kind == "program_across" or sources:
         banks = pd.factorize(cache.meta.loc[rows, "soundfont"])[0] if "soundfont" in cache.meta.columns else []
         if len(set(banks)) < 2:
-            setting = (f"train.contrast_labels {kind!r}" if kind == "program_across"
-                       else setting or "train.source_align")
+            setting = f"train.contrast_labels {kind!r}" if kind == "program_across" else sources
             why = ("no program has a rendering from another; use 'program'" if kind == "program_across"
                    else f"there is no other SoundFont to tell it from; set {setting} 0")
             raise ParameterError(f"{setting}: the train split of {cache.path} is rendered from one SoundFont, so "

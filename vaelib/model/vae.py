@@ -196,12 +196,11 @@ class ConvVAE(nn.Module):
                                  "encoded as it is)")
         if mix is None:
             h = self.encoder(x)
-        else:
+        else:  # the first levels one by one, each followed by the mixing, then the others
             h = x
-            for i, layer in enumerate(self.encoder):
-                h = layer(h)
-                if i % _LEVEL_LAYERS == _LEVEL_LAYERS - 1 and i < _LEVEL_LAYERS * MIXSTYLE_LEVELS:
-                    h = mix_style(h, mix)
+            for level in range(MIXSTYLE_LEVELS):
+                h = mix_style(self.encoder[_LEVEL_LAYERS * level:_LEVEL_LAYERS * (level + 1)](h), mix)
+            h = self.encoder[_LEVEL_LAYERS * MIXSTYLE_LEVELS:](h)
         h = h.flatten(1)  # (B, c_last * h_last * w_last)
         mu = self.to_mu(h)
         # A smooth bound: with a summed reconstruction and beta ~ 0 early in warm-up, nothing holds an
