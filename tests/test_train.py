@@ -878,3 +878,35 @@ def test_a_run_locked_by_another_trainer_is_refused(work, cache):
         with pytest.raises(TrainingError, match=rf"run {run_dir.name} is being trained by process {os.getpid()}"):
             train(cfg, cache, show_progress=False)
     assert not run_dir.exists()
+
+
+@pytest.mark.parametrize("setting", ["train.contrast_labels=program_across", "train.source_align=10",
+                                     "train.source_adversary=10"])
+def test_settings_that_need_several_soundfonts_are_refused_before_a_run_writes_anything(tmp_path, setting):
+    from vaelib.analysis.run import start_run
+    from vaelib.data.render import RENDER_SUMMARY
+    from vaelib.report.pipeline import run_pipeline
+
+    name = setting.split("=")[0].removeprefix("train.")
+    one = [setting, f"data.root={tmp_path / 'gm'}"]  # one SoundFont (the bundled one), not rendered yet
+    with pytest.raises(ParameterError, match=rf"{name}.*data.root .*gm' \(TimGM6mb.sf2\) is rendered from one SoundFont"):
+        start_run(SMOKE, one, run_dir=tmp_path / "run")
+    with pytest.raises(ParameterError, match=rf"{name}.*one SoundFont"):
+        run_pipeline(SMOKE, one, reports_root=tmp_path / "reports")
+    assert not (tmp_path / "run").exists() and not (tmp_path / "reports" / "smoke").exists()
+    assert not (tmp_path / "gm").exists()  # nothing rendered
+    two = [*one, "render.soundfont=[TimGM6mb.sf2, Other_GM.sf2]"]
+    vtrain.check_train_sources(load_config(SMOKE, two))  # two sources: left to run
+    # the second held out as the test split leaves one to train on
+    with pytest.raises(ParameterError, match=r"\(TimGM6mb.sf2\) is rendered from one SoundFont"):
+        vtrain.check_train_sources(load_config(SMOKE, [*two, "data.test_soundfonts=[Other_GM.sf2]"]))
+    # an existing folder vaelib rendered is read through its summary's sources, which check_rendered ties to
+    # render.soundfont; a folder vaelib did not render may hold several and is left to the training's check
+    (tmp_path / "gm").mkdir()
+    (tmp_path / "gm" / RENDER_SUMMARY).write_text("{}")
+    with pytest.raises(ParameterError, match="one SoundFont"):
+        vtrain.check_train_sources(load_config(SMOKE, one))
+    (tmp_path / "gm" / RENDER_SUMMARY).unlink()
+    vtrain.check_train_sources(load_config(SMOKE, one))
+    vtrain.check_train_sources(load_config(SMOKE, [*one[1:], "render.enabled=false", setting]))
+    vtrain.check_train_sources(load_config(SMOKE, [f"data.root={tmp_path / 'gm2'}"]))  # none of the settings

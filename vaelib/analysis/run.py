@@ -23,6 +23,7 @@ from vaelib.data.prepare import prepare_features
 from vaelib.data.soundfonts import check_soundfonts
 from vaelib.exceptions import CheckpointError, ConfigError
 from vaelib.model.checkpoint import find_checkpoint, load_model
+from vaelib.model.train import check_train_sources
 
 __all__ = ["RUN_PARAMS", "TRAIN_RECORD", "TrainedRun", "run_folder", "start_run", "read_run_config", "load_trained_run"]
 
@@ -72,10 +73,12 @@ def start_run(params_file: str | os.PathLike, overrides: list[str] | tuple[str, 
     ConfigError
         When the params are invalid (before anything is written).
     ParameterError
-        When a SoundFont the params name is missing (``check_soundfonts``; before anything is written).
+        When a SoundFont the params name is missing (``check_soundfonts``), or a setting that needs several
+        SoundFonts in the train split has one (``check_train_sources``); before anything is written.
     """
     cfg = load_config(params_file, list(overrides))
     check_soundfonts(cfg)
+    check_train_sources(cfg)
     folder = run_folder(cfg.run.name, run_dir)
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / RUN_PARAMS

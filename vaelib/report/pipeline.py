@@ -24,6 +24,7 @@ from vaelib.config import PROJECT_ROOT, REPORTS_DIR, Config, config_to_dict, loa
 from vaelib.data.soundfonts import check_soundfonts
 from vaelib.exceptions import VaelibError
 from vaelib.io import HOST, OWNER_TAG, UMASK, atomic_write_json, atomic_write_text, owner_gone
+from vaelib.model.train import check_train_sources
 from vaelib.report.html import notebook_to_html, run_index_html, runs_index_html
 
 __all__ = ["PipelineError", "NOTEBOOKS_DIR", "START_NOTEBOOK", "METRIC_FILES", "run_pipeline", "collect_metrics",
@@ -217,7 +218,8 @@ def run_pipeline(params_file: str | os.PathLike, overrides: list[str] | tuple[st
         Before anything runs, when the params are invalid.
     ParameterError, DataError
         Before anything runs, when a SoundFont or transfer folder the params name is missing (the
-        message names the Debian package of a known SoundFont).
+        message names the Debian package of a known SoundFont), or a setting that needs several SoundFonts
+        in the train split would have one.
     PipelineError
         When a notebook fails: names the notebook and the cell; earlier reports stay as they were.
     """
@@ -225,6 +227,7 @@ def run_pipeline(params_file: str | os.PathLike, overrides: list[str] | tuple[st
     overrides = list(overrides)
     cfg: Config = load_config(params_file, overrides)
     check_soundfonts(cfg)
+    check_train_sources(cfg)
     keep_code = cfg.report.keep_code if keep_code is None else keep_code
     missing = [n for n in cfg.report.notebooks if not (NOTEBOOKS_DIR / f"{n}.ipynb").is_file()]
     if missing:

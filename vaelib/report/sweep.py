@@ -12,6 +12,7 @@ from vaelib.config import REPORTS_DIR, load_config
 from vaelib.data.soundfonts import check_soundfonts
 from vaelib.exceptions import ConfigError
 from vaelib.io import atomic_write_text
+from vaelib.model.train import check_train_sources
 from vaelib.report.html import flatten_metrics, png_data_uri, sweep_index_html
 from vaelib.report.pipeline import refresh_reports_index, run_pipeline
 from vaelib.report.plots.sweep import active_units_figure, tradeoff_figure
@@ -35,6 +36,7 @@ def run_sweep(params_files: list[str | Path], overrides: list[str] = (), *, repo
     for path in params_files:
         cfg = load_config(path, overrides)
         check_soundfonts(cfg)  # every experiment's files, before the first one runs
+        check_train_sources(cfg)
         if cfg.run.name in names:
             raise ConfigError(f"{path}: run.name {cfg.run.name!r} is also the name of {names[cfg.run.name]}")
         names[cfg.run.name] = Path(path)
