@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import tinysoundfont
@@ -143,7 +145,8 @@ def test_a_render_beside_timgm6mb_plays_the_fm_bank_in_tune(tmp_path, monkeypatc
         assert not np.allclose(audio, sampled, atol=1e-2)
     # the render records the bank's format: one rendered by another version of the generator is refused
     check_rendered(tmp_path / "ds", cfg, asked_by="render.soundfont", folder_key="data.root")
-    monkeypatch.setattr(render, "FM_FORMAT", "vaelib FM GM 0")
+    monkeypatch.setitem(render.GENERATED, fm.FM_SOUNDFONT,
+                        dataclasses.replace(render.GENERATED[fm.FM_SOUNDFONT], format="vaelib FM GM 0"))
     with pytest.raises(DataError, match=r"rendered from another version of the project's own vaelib_fm.sf2 "
                                         r"\(vaelib FM GM \d+; this code writes 'vaelib FM GM 0'\)"):
         check_rendered(tmp_path / "ds", cfg, asked_by="render.soundfont", folder_key="data.root")

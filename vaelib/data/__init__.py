@@ -5,6 +5,9 @@
   from one SoundFont or several.
 - ``soundfonts``: where a SoundFont name points, the Debian package of a missing one, a source's name prefix.
 - ``fm_soundfont``: the project's own GM SoundFont of two-operator FM patches, written on first use.
+- ``subtractive_soundfont``: the project's own GM SoundFont of subtractive-synth patches, written on first use.
+- ``sf2_bank``: the SoundFont 2 file both are written as (presets, zones, loops), and writing it once.
+- ``generated_banks``: the project's own SoundFonts by the bare name a run gives them.
 - ``features``: the log-mel representation (batched torch STFT, librosa filterbank, dB) and its inverse.
 - ``griffin_lim``: phase reconstruction of an STFT magnitude (librosa's fast Griffin-Lim, in torch).
 - ``cache``: the on-disk feature cache, keyed by the feature parameters and the input files.

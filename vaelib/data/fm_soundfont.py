@@ -16,7 +16,6 @@ bank), not as a musical instrument.
 
 from __future__ import annotations
 
-import struct
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -24,17 +23,13 @@ from pathlib import Path
 import numpy as np
 
 from vaelib.config import resolve_path
-from vaelib.exceptions import DataError
-from vaelib.io import atomic_path
+from vaelib.data.sf2_bank import ROOTS, SAMPLE_RATE, ZONE_UP, bank_bytes, bank_header, ensure_bank
 
-__all__ = ["FM_SOUNDFONT", "FM_FOLDER", "FORMAT", "FmPatch", "fm_patch", "fm_tone", "fm_header", "fm_soundfont_bytes",
-           "fm_soundfont_path", "ensure_fm_soundfont"]
+__all__ = ["FM_SOUNDFONT", "FM_FOLDER", "FORMAT", "SAMPLE_RATE", "ROOTS", "ZONE_UP", "FmPatch", "fm_patch", "fm_tone",
+           "fm_header", "fm_soundfont_bytes", "fm_soundfont_path", "ensure_fm_soundfont"]
 
 FM_SOUNDFONT = "vaelib_fm.sf2"  # the bare name a run gives; written on first use into FM_FOLDER
 FM_FOLDER = "data/soundfonts"
-SAMPLE_RATE = 22_050
-ROOTS = tuple(range(24, 97, 12))  # C1 .. C7, one sample each
-ZONE_UP = 5  # semitones a sample is played above its root (the zone of root - 6 .. root + 5)
 # a struck or plucked tone's sample: a rendered note's 3 s held and 0.3 s of release, played ZONE_UP
 # semitones fast, so that no note runs out of sample before it is released
 DECAY_S = 4.5
@@ -145,102 +140,21 @@ def fm_tone(patch: FmPatch, root: int, *, sample_rate: int = SAMPLE_RATE) -> tup
     return pcm, start, start + loop
 
 
-def _chunk(tag: bytes, data: bytes) -> bytes:
-    if len(data) % 2:
-        data += b"\0"
-    return tag + struct.pack("<I", len(data)) + data
-
-
-def _list(tag: bytes, *chunks: bytes) -> bytes:
-    return _chunk(b"LIST", tag + b"".join(chunks))
-
-
-def _name(text: str) -> bytes:
-    return text.encode("ascii")[:19].ljust(20, b"\0")
-
-
-def _timecents(seconds: float) -> int:
-    return int(round(1200 * np.log2(max(seconds, 0.001))))
+def _tag(seed: int) -> str:
+    return f"{FORMAT} seed {seed}"
 
 
 def fm_soundfont_bytes(*, seed: int = SEED) -> bytes:
     """The SoundFont 2 file: one preset (bank 0, its GM program) and one instrument per program of the
-    family table, one sample per root of ``ROOTS``."""
-    from vaelib.data.render import GM_FAMILY_SOURCE
-
-    samples, shdr, inst, ibag, igen, phdr, pbag, pgen = [], b"", b"", b"", b"", b"", b"", b""
-    offset, n_ibag, n_igen = 0, 0, 0  # one instrument zone per sample: a zone's index is its sample's
-    for i, (program, (family, _)) in enumerate(GM_FAMILY_SOURCE.items()):
-        patch = fm_patch(program, family, seed=seed)
-        inst += _name(f"fm{program:03d}_{family}") + struct.pack("<H", n_ibag)
-        for j, root in enumerate(ROOTS):
-            pcm, loop_start, loop_end = fm_tone(patch, root)
-            samples.append(pcm.tobytes() + b"\0" * 92)  # 46 zero points after every sample
-            shdr += _name(f"p{program:03d}r{root:03d}") + struct.pack(
-                "<IIIIIBbHH", offset, offset + len(pcm), offset + loop_start, offset + loop_end, SAMPLE_RATE, root, 0,
-                0, 1)
-            offset += len(pcm) + 46
-            # every key has a zone; keys past C7 + ZONE_UP play the top sample faster than it was made for
-            lo = 0 if j == 0 else root - (11 - ZONE_UP)
-            hi = 127 if j == len(ROOTS) - 1 else root + ZONE_UP
-            gens = [(43, struct.pack("<BB", lo, hi))]
-            if patch.sustained:
-                gens += [(54, struct.pack("<h", 1)), (38, struct.pack("<h", _timecents(0.25)))]
-                if patch.vibrato:
-                    gens += [(6, struct.pack("<h", patch.vibrato)), (24, struct.pack("<h", -686)),  # 5.5 Hz
-                             (23, struct.pack("<h", _timecents(0.3)))]
-            else:
-                gens += [(38, struct.pack("<h", _timecents(0.3)))]
-            gens += [(53, struct.pack("<H", n_ibag))]
-            ibag += struct.pack("<HH", n_igen, 0)
-            igen += b"".join(struct.pack("<H", op) + amount for op, amount in gens)
-            n_igen += len(gens)
-            n_ibag += 1
-        phdr += _name(f"FM {family} {program}") + struct.pack("<HHHIII", program, 0, i, 0, 0, 0)
-        pbag += struct.pack("<HH", i, 0)
-        pgen += struct.pack("<Hh", 41, i)
-    n_presets = len(GM_FAMILY_SOURCE)
-    phdr += _name("EOP") + struct.pack("<HHHIII", 0, 0, n_presets, 0, 0, 0)
-    pbag += struct.pack("<HH", n_presets, 0)
-    inst += _name("EOI") + struct.pack("<H", n_ibag)
-    ibag += struct.pack("<HH", n_igen, 0)
-    shdr += _name("EOS") + struct.pack("<IIIIIBbHH", 0, 0, 0, 0, 0, 0, 0, 0, 0)
-    info = _info(seed)
-    sdta = _list(b"sdta", _chunk(b"smpl", b"".join(samples)))
-    pdta = _list(b"pdta", _chunk(b"phdr", phdr), _chunk(b"pbag", pbag), _chunk(b"pmod", b"\0" * 10),
-                 _chunk(b"pgen", pgen + b"\0" * 4), _chunk(b"inst", inst), _chunk(b"ibag", ibag),
-                 _chunk(b"imod", b"\0" * 10), _chunk(b"igen", igen + b"\0" * 4), _chunk(b"shdr", shdr))
-    body = b"sfbk" + info + sdta + pdta
-    return b"RIFF" + struct.pack("<I", len(body)) + body
-
-
-def _format_tag(seed: int) -> bytes:
-    return f"{FORMAT} seed {seed}".encode("ascii") + b"\0"
-
-
-def _written_by_this_version(path: Path) -> bool:
-    """Whether ``path`` starts as this generator's file does (its header up to the end of the INAM tag) and
-    is as long as its RIFF header says (not cut short)."""
-    head = fm_header()
-    try:
-        with path.open("rb") as f:
-            found = f.read(len(head))
-        size = path.stat().st_size
-    except OSError:
-        return False
-    return (len(found) == len(head) and found[:4] == head[:4] and found[8:] == head[8:]
-            and struct.unpack("<I", found[4:8])[0] == size - 8)
-
-
-def _info(seed: int) -> bytes:
-    return _list(b"INFO", _chunk(b"ifil", struct.pack("<HH", 2, 1)), _chunk(b"isng", b"EMU8000\0"),
-                 _chunk(b"INAM", _format_tag(seed)))
+    family table, one sample per root of ``ROOTS`` (``vaelib.data.sf2_bank``)."""
+    return bank_bytes(lambda program, family: fm_patch(program, family, seed=seed), fm_tone, tag=_tag(seed),
+                      instrument="fm", preset="FM")
 
 
 def fm_header(*, seed: int = SEED) -> bytes:
     """The first bytes of the file: the RIFF header (its size left 0) and the INFO chunk, which names the
     generator's format and seed."""
-    return b"RIFF" + b"\0" * 4 + b"sfbk" + _info(seed)
+    return bank_header(_tag(seed))
 
 
 def fm_soundfont_path() -> Path:
@@ -257,13 +171,5 @@ def ensure_fm_soundfont() -> Path:
     DataError
         The folder cannot take the file (read-only, a file in its way, the disk full).
     """
-    path = fm_soundfont_path()
-    if not (path.is_file() and _written_by_this_version(path)):
-        data = fm_soundfont_bytes()
-        try:
-            with atomic_path(path, suffix=".sf2") as tmp:
-                tmp.write_bytes(data)
-        except OSError as exc:
-            raise DataError(f"{path}: could not write the project's FM SoundFont ({exc.strerror or exc}); "
-                            f"{path.parent} must be a writable folder, or name another SoundFont") from exc
-    return path
+    return ensure_bank(fm_soundfont_path(), fm_header(), lambda: fm_soundfont_bytes(),
+                       what="the project's FM SoundFont")

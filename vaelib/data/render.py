@@ -22,8 +22,7 @@ import soundfile as sf
 from tqdm import tqdm
 
 from vaelib.config import NSYNTH_FAMILIES, NSYNTH_SOURCES, RenderConfig, section_hash
-from vaelib.data.fm_soundfont import FM_SOUNDFONT
-from vaelib.data.fm_soundfont import FORMAT as FM_FORMAT
+from vaelib.data.generated_banks import GENERATED
 from vaelib.data.nsynth import QUALITIES
 from vaelib.data.soundfonts import (
     default_soundfont,
@@ -136,17 +135,18 @@ def instrument_programs(cfg: RenderConfig) -> dict[str, int]:
 
 def render_settings(cfg: RenderConfig) -> dict:
     """What a render's notes depend on: the sources' file names, programs, pitches, velocities, levels,
-    and (``generated``) the format of a SoundFont the project writes itself (``vaelib_fm.sf2``), whose
-    file name stays when its generator changes. Not ``enabled`` or ``workers``, which change whether and
-    how fast a render runs, not what it makes."""
+    and (``generated``) the format of each SoundFont the project writes itself (``vaelib_fm.sf2``,
+    ``vaelib_sub.sf2``), whose file name stays when its generator changes. Not ``enabled`` or ``workers``,
+    which change whether and how fast a render runs, not what it makes."""
     names = source_names(cfg.soundfont)
     settings = {
         "soundfonts": names, "programs": render_programs(cfg),
         "pitches": list(range(cfg.pitch_min, cfg.pitch_max + 1, cfg.pitch_step)),
         "velocities": sorted(cfg.velocities), "silence_db": cfg.silence_db, "gain_db": cfg.gain_db,
     }
-    if FM_SOUNDFONT in names:  # only then: the keys of every other render stay as they were
-        settings["generated"] = {FM_SOUNDFONT: FM_FORMAT}
+    generated = {name: GENERATED[name].format for name in names if name in GENERATED}
+    if generated:  # only then: the keys of every other render stay as they were
+        settings["generated"] = generated
     return settings
 
 
@@ -388,11 +388,12 @@ def check_rendered(root: str | Path, cfg: RenderConfig, *, asked_by: str, folder
                         f"folder (a render is keyed by its sources), or remove this one to render it again{tail}")
     recorded, settings = summary.get("settings"), render_settings(cfg)
     made = recorded.get("generated") if isinstance(recorded, dict) else None
-    if "generated" in settings and made != settings["generated"]:
-        found = made.get(FM_SOUNDFONT) if isinstance(made, dict) else None
-        raise DataError(f"{root}: rendered from another version of the project's own {FM_SOUNDFONT} "
-                        f"({found or 'its format not recorded'}; this code writes {FM_FORMAT!r}): set {folder_key} "
-                        f"to another folder, or remove this one to render it again{tail}")
+    for name, fmt in settings.get("generated", {}).items():
+        found = made.get(name) if isinstance(made, dict) else None
+        if found != fmt:
+            raise DataError(f"{root}: rendered from another version of the project's own {name} "
+                            f"({found or 'its format not recorded'}; this code writes {fmt!r}): set {folder_key} "
+                            f"to another folder, or remove this one to render it again{tail}")
     digests = summary.get("soundfont_digests")
     if isinstance(digests, dict):  # summaries written before renders recorded them: the names only
         for name, path in zip(want, present_soundfonts(cfg.soundfont)):

@@ -3,8 +3,9 @@
 ``render.soundfont`` and ``analysis.transfer[].soundfont`` accept a path (relative to the project,
 or absolute, ``$VARS`` expanded) or a bare file name. A bare name is looked up, in order: the project
 folder; ``TimGM6mb.sf2``, the SoundFont shipped inside the pretty_midi wheel (the default source);
-``vaelib_fm.sf2``, the project's own FM synthesis bank (``vaelib.data.fm_soundfont``), written into
-``data/soundfonts/`` on first use; the Debian location of a name in ``DEBIAN_SOUNDFONTS``. A missing
+``vaelib_fm.sf2`` and ``vaelib_sub.sf2``, the project's own FM and subtractive synthesis banks
+(``vaelib.data.fm_soundfont``, ``vaelib.data.subtractive_soundfont``), written into ``data/soundfonts/`` on
+first use; the Debian location of a name in ``DEBIAN_SOUNDFONTS``. A missing
 file is a ``ParameterError`` naming it, with the ``apt-get install`` that provides it when Debian
 packages it.
 
@@ -22,7 +23,7 @@ import re
 from pathlib import Path
 
 from vaelib.config import SOUNDFONT_SUFFIXES, Config, resolve_path, soundfont_list
-from vaelib.data.fm_soundfont import FM_SOUNDFONT, ensure_fm_soundfont, fm_soundfont_path
+from vaelib.data.generated_banks import GENERATED
 from vaelib.exceptions import DataError, ParameterError
 
 __all__ = ["BUNDLED_SOUNDFONT", "DEBIAN_SOUNDFONTS", "default_soundfont", "debian_package", "resolve_soundfont",
@@ -100,11 +101,12 @@ def _locate_soundfont(spec: str, where: str, *, write_generated: bool = True) ->
         return path
     if bare and given.name == BUNDLED_SOUNDFONT:
         return default_soundfont()
-    if bare and given.name == FM_SOUNDFONT:
+    if bare and given.name in GENERATED:
+        bank = GENERATED[given.name]
         if write_generated:
-            return ensure_fm_soundfont()
-        if fm_soundfont_path().is_file():
-            return fm_soundfont_path()
+            return bank.ensure()
+        if bank.path().is_file():
+            return bank.path()
     debian = _debian_path(given.name) if bare else None
     if debian is not None and debian.is_file():
         return debian

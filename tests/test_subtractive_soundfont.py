@@ -1,0 +1,157 @@
+"""The project's subtractive SoundFont: a valid SF2 that tinysoundfont plays, each family's patch as described."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import tinysoundfont
+
+import vaelib.data.subtractive_soundfont as sub
+from vaelib.data import fm_soundfont as fm
+from vaelib.data.render import GM_FAMILY_SOURCE, SAMPLE_RATE, render_note
+from vaelib.data.sf2_bank import ROOTS, ZONE_UP
+from vaelib.data.soundfonts import resolve_soundfont
+from vaelib.exceptions import DataError
+
+ONE_PER_FAMILY = {}
+for _program, (_family, _) in GM_FAMILY_SOURCE.items():
+    ONE_PER_FAMILY.setdefault(_family, _program)
+
+
+@pytest.fixture(scope="module")
+def bank() -> bytes:
+    return sub.sub_soundfont_bytes()
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory, bank):
+    path = tmp_path_factory.mktemp("sub") / sub.SUB_SOUNDFONT
+    path.write_bytes(bank)
+    s = tinysoundfont.Synth(gain=0, samplerate=SAMPLE_RATE)
+    return s, s.sfload(str(path))
+
+
+def _level_db(audio: np.ndarray, t0: float, t1: float) -> float:
+    part = audio[int(t0 * SAMPLE_RATE):int(t1 * SAMPLE_RATE)]
+    return float(20 * np.log10(np.sqrt(np.mean(part.astype(np.float64) ** 2)) + 1e-12))
+
+
+def _centroid_hz(audio: np.ndarray, t0: float, n: int = 4096, rate: int = SAMPLE_RATE) -> float:
+    seg = audio[int(t0 * rate):int(t0 * rate) + n].astype(np.float64) * np.hanning(n)
+    power = np.abs(np.fft.rfft(seg)) ** 2
+    return float((np.fft.rfftfreq(n, 1 / rate) * power).sum() / power.sum())
+
+
+def test_oscillators_have_the_harmonics_of_their_wave():
+    k = range(1, 9)
+    assert [sub.harmonic_amplitude("saw", i) for i in k] == pytest.approx([1 / i for i in k])
+    assert [sub.harmonic_amplitude("square", i) for i in k] == pytest.approx([1, 0, 1 / 3, 0, 1 / 5, 0, 1 / 7, 0],
+                                                                             abs=1e-12)
+    assert [sub.harmonic_amplitude("triangle", i) for i in k] == pytest.approx([1, 0, 1 / 9, 0, 1 / 25, 0, 1 / 49, 0])
+    # a narrow pulse keeps its even harmonics, a quarter pulse loses every fourth
+    assert sub.harmonic_amplitude("pulse12", 2) > 0.3
+    assert sub.harmonic_amplitude("pulse25", 4) == pytest.approx(0, abs=1e-12)
+    with pytest.raises(ValueError, match="wave: expected one of"):
+        sub.harmonic_amplitude("sine", 1)
+
+
+def test_the_bank_is_the_same_bytes_every_time_and_has_a_preset_per_program(synth, bank):
+    data = sub.sub_soundfont_bytes()
+    assert data == bank and data[:4] == b"RIFF" and data[8:12] == b"sfbk" and sub.FORMAT.encode() in data[:100]
+    assert int.from_bytes(data[4:8], "little") == len(data) - 8
+    s, sfid = synth
+    for program, (family, _) in GM_FAMILY_SOURCE.items():
+        assert s.sfpreset_name(sfid, 0, program) == f"SUB {family} {program}"
+    # its programs draw other patches than the FM bank's: another stream of one seed
+    assert sub.sub_patch(0, "keyboard").attack != pytest.approx(fm.fm_patch(0, "keyboard").attack)
+
+
+@pytest.mark.parametrize("family", sorted(sub._FAMILY))
+def test_every_family_plays_its_pitch_holds_or_decays_and_its_filter_moves_as_its_patch_says(synth, family):
+    s, sfid = synth
+    s.program_select(0, sfid, 0, ONE_PER_FAMILY[family])
+    patch = sub.sub_patch(ONE_PER_FAMILY[family], family)
+    for pitch in (36, 61, 84):
+        audio = render_note(s, 0, pitch, 100)
+        assert 0.1 < np.abs(audio).max() < 1.0
+        seg = audio[int(0.6 * SAMPLE_RATE):int(0.6 * SAMPLE_RATE) + 16384] * np.hanning(16384)
+        spectrum = 20 * np.log10(np.abs(np.fft.rfft(seg)) + 1e-9)
+        f0 = 440.0 * 2 ** ((pitch - 69) / 12)
+        near = slice(int(f0 * 0.985 * 16384 / SAMPLE_RATE), int(f0 * 1.015 * 16384 / SAMPLE_RATE) + 2)
+        assert spectrum[near].max() > spectrum.max() - 30, f"{family} at {pitch}: no partial at its f0"
+        held, late = _level_db(audio, 0.5, 0.7), _level_db(audio, 2.4, 2.6)
+        if patch.sustained:
+            assert abs(late - held) < 3.0
+        else:
+            assert late < held - 8.0
+        assert _level_db(audio, 3.8, 4.0) < held - 40  # released
+    # the cutoff's path shows in the brightness of a low note: a struck note darkens, a brass note opens
+    if patch.cutoff_peak > 1.5 * patch.cutoff_steady or patch.cutoff_steady > 1.5 * patch.cutoff_peak:
+        pcm, start, _ = sub.sub_tone(patch, 36)
+        late = start / sub.SAMPLE_RATE if patch.sustained else 3 * patch.cutoff_tau  # settled, or nearly
+        early, settled = _centroid_hz(pcm, 0.01, n=1024), _centroid_hz(pcm, late, n=1024)
+        assert (early > settled) == (patch.cutoff_peak > patch.cutoff_steady), (early, settled)
+
+
+def test_every_sample_loops_without_a_step_lasts_past_key_up_and_stays_in_the_render_band():
+    held_and_released = (3.0 + 0.3) * 2 ** (ZONE_UP / 12)
+    for family, program in ONE_PER_FAMILY.items():
+        patch = sub.sub_patch(program, family)
+        for root in ROOTS:
+            pcm, start, end = sub.sub_tone(patch, root)
+            if patch.sustained:
+                assert 0 < start < end < len(pcm) - 8
+                step = np.abs(pcm[end:end + 48].astype(int) - pcm[start:start + 48].astype(int)).max()
+                assert step <= 2 + (600 if patch.noise else 0), (program, root, step)  # breath is in the attack only
+            else:
+                assert (start, end) == (0, 0) and len(pcm) >= held_and_released * SAMPLE_RATE
+            # nothing above the render band at the top of the root's zone, where it is played fastest
+            top = fm.RENDER_BAND_HZ * 2 ** (-ZONE_UP / 12)
+            tail = pcm[start or 1000:][:8192].astype(np.float64)  # the loop, or the struck tone while loud
+            power = np.abs(np.fft.rfft(tail * np.hanning(len(tail)))) ** 2
+            above = np.fft.rfftfreq(len(tail), 1 / SAMPLE_RATE) > top * 1.02
+            assert 10 * np.log10(power[above].sum() / power.sum() + 1e-30) < -40, (program, root)
+
+
+def test_its_bare_name_writes_it_once_and_a_stale_one_again(tmp_path, monkeypatch, bank):
+    monkeypatch.setattr(sub, "resolve_path", lambda p: tmp_path / p)
+    monkeypatch.setattr(sub, "sub_soundfont_bytes", lambda: bank)
+    path = resolve_soundfont(sub.SUB_SOUNDFONT)
+    assert path == tmp_path / fm.FM_FOLDER / sub.SUB_SOUNDFONT and path.read_bytes() == bank
+    stamp = path.stat().st_mtime_ns
+    assert resolve_soundfont(sub.SUB_SOUNDFONT) == path and path.stat().st_mtime_ns == stamp
+    for stale in (bank.replace(sub.FORMAT.encode(), b"vaelib subtractive GM 0", 1), bank[:1000]):
+        path.write_bytes(stale)
+        assert resolve_soundfont(sub.SUB_SOUNDFONT) == path and path.read_bytes() == bank
+    path.unlink()
+    (tmp_path / fm.FM_FOLDER).rmdir()
+    (tmp_path / fm.FM_FOLDER).write_text("a file where the folder would be")
+    with pytest.raises(DataError, match=r"vaelib_sub.sf2: could not write the project's subtractive SoundFont"):
+        resolve_soundfont(sub.SUB_SOUNDFONT)
+
+
+def test_a_render_records_the_bank_format_and_refuses_another_version(tmp_path, monkeypatch, bank):
+    import vaelib.data.render as render
+    from vaelib.config import RenderConfig
+    from vaelib.data.nsynth import read_examples
+    from vaelib.data.render import check_rendered, render_dataset, render_settings, settings_key
+
+    monkeypatch.setattr(sub, "resolve_path", lambda p: tmp_path / p)
+    monkeypatch.setattr(sub, "sub_soundfont_bytes", lambda: bank)
+    cfg = RenderConfig(programs=(24, 56), pitch_min=48, pitch_max=60, pitch_step=12, velocities=(100,), workers=1,
+                       soundfont=("TimGM6mb.sf2", sub.SUB_SOUNDFONT))
+    assert render_settings(cfg)["generated"] == {sub.SUB_SOUNDFONT: sub.FORMAT}
+    alone = dataclasses.replace(cfg, soundfont=("TimGM6mb.sf2",))
+    assert "generated" not in render_settings(alone) and settings_key(alone) != settings_key(cfg)
+    render_dataset(cfg, tmp_path / "ds", show_progress=False)
+    df = read_examples(tmp_path / "ds")
+    assert sorted(df.loc[df["soundfont"] == sub.SUB_SOUNDFONT, "instrument_str"].unique()) == [
+        "vaelibsub_brass_acoustic_000", "vaelibsub_guitar_acoustic_000"]
+    check_rendered(tmp_path / "ds", cfg, asked_by="render.soundfont", folder_key="data.root")
+    monkeypatch.setitem(render.GENERATED, sub.SUB_SOUNDFONT,
+                        dataclasses.replace(render.GENERATED[sub.SUB_SOUNDFONT], format="vaelib subtractive GM 0"))
+    with pytest.raises(DataError, match=r"another version of the project's own vaelib_sub.sf2 \(vaelib subtractive "
+                                        r"GM 1; this code writes 'vaelib subtractive GM 0'\)"):
+        check_rendered(tmp_path / "ds", cfg, asked_by="render.soundfont", folder_key="data.root")
