@@ -5,17 +5,18 @@ features, fitted on the run's train split, scored on the notes of GM programs th
 plays) is fitted on four more feature sets beside mu and the PCA baseline:
 
 - ``descriptors``: the six of ``vaelib.analysis.descriptors`` (centroid, bandwidth and roll-off in log Hz,
-  flatness, log attack time, temporal centroid) and the shape of the note over time: the frame energy at
-  16 evenly spaced frames (dB below the note's loudest frame) and the mel-band centroid at 8 of them
-  (bands above its mean over the first 8 frames, so the trajectory and not the register);
+  flatness, the log of the attack time plus one frame, so that an attack inside the first frame is not an
+  outlier, temporal centroid) and the shape of the note over time: the frame energy at 16 evenly spaced
+  frames (dB below the note's loudest frame) and the mel-band centroid at 8 (bands above its mean over
+  the first ``ONSET_FRAMES``, so the trajectory and not the register);
 - ``pca + descriptors`` and ``mu + descriptors``: each beside the descriptors.
 
 The descriptors name what a family is made of in any synthesis (a struck note decays, a brass note
 brightens as it swells), so if they read the held-out banks' families better than PCA does, a model
 asked to keep them in mu would be one way to the transfer target. Each run's ``analysis.transfer``
-datasets must have been rendered and cached by its 04.
+datasets are read as its 04 reads them: rendered and their features cached first when missing.
 
-Writes ``scripts/results/descriptor_transfer.json`` with the figures and the machine.
+Writes ``scripts/results/descriptor_transfer.json`` with the figures and the machine, again after each run.
 
 Usage: ``python scripts/descriptor_transfer.py RUN [RUN ...]``
 """
@@ -44,9 +45,10 @@ from vaelib.io import atomic_write_text
 from vaelib.model.device import machine_info
 
 RESULTS = Path(__file__).resolve().parent / "results" / "descriptor_transfer.json"
-LOG_SCALED = ("centroid", "bandwidth", "rolloff", "attack")  # spans of octaves or decades: read in logs
+LOG_SCALED = ("centroid", "bandwidth", "rolloff")  # spans of octaves: read in logs
 ENVELOPE_POINTS = 16
 CENTROID_POINTS = 8
+ONSET_FRAMES = 8  # the centroid's reference: its mean over the note's first 250 ms
 CHUNK = 2048
 
 
@@ -54,9 +56,11 @@ def descriptor_features(x: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
     """[shape=(notes, 6 + ENVELOPE_POINTS + CENTROID_POINTS)] the descriptors of every note of ``x``
     (normalised log-mel, [shape=(notes, 1, n_mels, frames)]), as the module docstring lists them."""
     table = note_descriptors(x, cfg=cfg)
-    six = np.column_stack([np.log(table[c].clip(lower=1e-3)) if c in LOG_SCALED else table[c]
-                           for c in table.columns])
+    frame_s = cfg.hop_length / cfg.sample_rate
+    six = np.column_stack([np.log(table[c]) if c in LOG_SCALED else np.log(table[c] + frame_s) if c == "attack"
+                           else table[c] for c in table.columns])
     frames = np.linspace(0, cfg.frames - 1, ENVELOPE_POINTS).astype(int)
+    centroid_frames = np.linspace(0, cfg.frames - 1, CENTROID_POINTS).astype(int)
     shape = []
     for start in range(0, len(x), CHUNK):
         power = mel_power(np.asarray(x[start:start + CHUNK], dtype=np.float32), cfg=cfg)  # (B, bands, frames)
@@ -64,8 +68,8 @@ def descriptor_features(x: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
         envelope = 10 * np.log10(energy / energy.max(axis=1, keepdims=True) + 1e-6)[:, frames]
         weights = power / (power.sum(axis=1, keepdims=True) + 1e-12)
         centroid = (weights * np.arange(cfg.n_mels)[None, :, None]).sum(axis=1)  # in bands, per frame
-        onset = centroid[:, :CENTROID_POINTS].mean(axis=1, keepdims=True)
-        shape.append(np.hstack([envelope, centroid[:, frames[::ENVELOPE_POINTS // CENTROID_POINTS]] - onset]))
+        onset = centroid[:, :ONSET_FRAMES].mean(axis=1, keepdims=True)
+        shape.append(np.hstack([envelope, centroid[:, centroid_frames] - onset]))
     return np.hstack([six, np.concatenate(shape)])
 
 
@@ -77,8 +81,9 @@ def family_accuracy(fit: dict[str, np.ndarray], y_fit: np.ndarray, scored: dict[
 
 
 def _feature_sets(model: torch.nn.Module, pca, x: np.ndarray, cfg: FeatureConfig) -> dict[str, np.ndarray]:
-    x = np.asarray(x, dtype=np.float32)
-    mu = np.concatenate([encode_features(model, x[s:s + CHUNK])[0] for s in range(0, len(x), CHUNK)])
+    """Every feature set of the notes of ``x`` (a float16 memmap is read in blocks)."""
+    mu = np.concatenate([encode_features(model, np.asarray(x[s:s + CHUNK], dtype=np.float32))[0]
+                         for s in range(0, len(x), CHUNK)])
     coef, desc = pca_transform(pca, x), descriptor_features(x, cfg)
     return {"mu": mu, "pca": coef, "descriptors": desc, "pca + descriptors": np.hstack([coef, desc]),
             "mu + descriptors": np.hstack([mu, desc])}
@@ -99,8 +104,8 @@ def run_figures(name: str) -> dict:
         cache = build_feature_cache(load_dataset(dataclasses.replace(data_cfg, root=str(root)), seed=cfg.run.seed),
                                     cfg.features, resample=cfg.data.resample, show_progress=False)
         mask, why = unseen_programs(cache.meta, programs)
-        if mask is None:
-            out["sets"][entry.name] = {"note": why}
+        if mask is None or not mask.any():
+            out["sets"][entry.name] = {"note": why or "no note of a program unseen in training"}
             continue
         scored = {k: v[mask] for k, v in _feature_sets(run.model, pca, cache.features, cfg.features).items()}
         y = cache.meta["instrument_family_str"].to_numpy()[mask]
@@ -114,12 +119,13 @@ def main() -> None:
     ap.add_argument("runs", nargs="+", help="names of finished runs (reports/<run>/) with analysis.transfer")
     args = ap.parse_args()
     figures = {}
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
     for name in args.runs:
         figures[name] = run_figures(name)
         for bank, f in figures[name]["sets"].items():
             print(name, bank, {k: round(v, 3) for k, v in f.get("family_logreg", {}).items()}, flush=True)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(RESULTS, json.dumps({"runs": figures, "machine": machine_info()}, indent=2) + "\n")
+        # after every run: a run that fails later leaves the figures of those before it
+        atomic_write_text(RESULTS, json.dumps({"runs": figures, "machine": machine_info()}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

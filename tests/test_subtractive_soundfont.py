@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import numpy as np
 import pytest
@@ -38,7 +39,7 @@ def _level_db(audio: np.ndarray, t0: float, t1: float) -> float:
     return float(20 * np.log10(np.sqrt(np.mean(part.astype(np.float64) ** 2)) + 1e-12))
 
 
-def _centroid_hz(audio: np.ndarray, t0: float, n: int = 4096, rate: int = SAMPLE_RATE) -> float:
+def _centroid_hz(audio: np.ndarray, t0: float, *, n: int, rate: int) -> float:
     seg = audio[int(t0 * rate):int(t0 * rate) + n].astype(np.float64) * np.hanning(n)
     power = np.abs(np.fft.rfft(seg)) ** 2
     return float((np.fft.rfftfreq(n, 1 / rate) * power).sum() / power.sum())
@@ -57,15 +58,18 @@ def test_oscillators_have_the_harmonics_of_their_wave():
         sub.harmonic_amplitude("sine", 1)
 
 
-def test_the_bank_is_the_same_bytes_every_time_and_has_a_preset_per_program(synth, bank):
-    data = sub.sub_soundfont_bytes()
-    assert data == bank and data[:4] == b"RIFF" and data[8:12] == b"sfbk" and sub.FORMAT.encode() in data[:100]
-    assert int.from_bytes(data[4:8], "little") == len(data) - 8
+def test_the_bank_is_the_same_every_time_and_has_a_preset_per_program(synth, bank):
+    assert bank[:4] == b"RIFF" and bank[8:12] == b"sfbk" and bank.startswith(sub.sub_header()[8:], 8)
+    assert int.from_bytes(bank[4:8], "little") == len(bank) - 8
+    for family, program in ONE_PER_FAMILY.items():  # what the bytes are made of, drawn again
+        patch = sub.sub_patch(program, family)
+        assert patch == sub.sub_patch(program, family)
+        for once, again in zip(sub.sub_tone(patch, 48), sub.sub_tone(patch, 48)):
+            assert np.array_equal(once, again)
+    assert sub.sub_patch(0, "keyboard", seed=1) != sub.sub_patch(0, "keyboard")
     s, sfid = synth
     for program, (family, _) in GM_FAMILY_SOURCE.items():
         assert s.sfpreset_name(sfid, 0, program) == f"SUB {family} {program}"
-    # its programs draw other patches than the FM bank's: another stream of one seed
-    assert sub.sub_patch(0, "keyboard").attack != pytest.approx(fm.fm_patch(0, "keyboard").attack)
 
 
 @pytest.mark.parametrize("family", sorted(sub._FAMILY))
@@ -88,11 +92,11 @@ def test_every_family_plays_its_pitch_holds_or_decays_and_its_filter_moves_as_it
             assert late < held - 8.0
         assert _level_db(audio, 3.8, 4.0) < held - 40  # released
     # the cutoff's path shows in the brightness of a low note: a struck note darkens, a brass note opens
-    if patch.cutoff_peak > 1.5 * patch.cutoff_steady or patch.cutoff_steady > 1.5 * patch.cutoff_peak:
+    if patch.cutoff_start > 1.5 * patch.cutoff_steady or patch.cutoff_steady > 1.5 * patch.cutoff_start:
         pcm, start, _ = sub.sub_tone(patch, 36)
         late = start / sub.SAMPLE_RATE if patch.sustained else 3 * patch.cutoff_tau  # settled, or nearly
-        early, settled = _centroid_hz(pcm, 0.01, n=1024), _centroid_hz(pcm, late, n=1024)
-        assert (early > settled) == (patch.cutoff_peak > patch.cutoff_steady), (early, settled)
+        early, settled = (_centroid_hz(pcm, t, n=1024, rate=sub.SAMPLE_RATE) for t in (0.01, late))
+        assert (early > settled) == (patch.cutoff_start > patch.cutoff_steady), (early, settled)
 
 
 def test_every_sample_loops_without_a_step_lasts_past_key_up_and_stays_in_the_render_band():
@@ -104,10 +108,11 @@ def test_every_sample_loops_without_a_step_lasts_past_key_up_and_stays_in_the_re
             if patch.sustained:
                 assert 0 < start < end < len(pcm) - 8
                 step = np.abs(pcm[end:end + 48].astype(int) - pcm[start:start + 48].astype(int)).max()
-                assert step <= 2 + (600 if patch.noise else 0), (program, root, step)  # breath is in the attack only
+                assert step <= 2, (program, root, step)
             else:
                 assert (start, end) == (0, 0) and len(pcm) >= held_and_released * SAMPLE_RATE
-            # nothing above the render band at the top of the root's zone, where it is played fastest
+            # no harmonic above the render band at the top of the root's zone, where it is played fastest (the
+            # breath of flutes and voices, white noise in the attack, is left out: the loop or the held tone)
             top = fm.RENDER_BAND_HZ * 2 ** (-ZONE_UP / 12)
             tail = pcm[start or 1000:][:8192].astype(np.float64)  # the loop, or the struck tone while loud
             power = np.abs(np.fft.rfft(tail * np.hanning(len(tail)))) ** 2
@@ -136,15 +141,16 @@ def test_a_render_records_the_bank_format_and_refuses_another_version(tmp_path, 
     import vaelib.data.render as render
     from vaelib.config import RenderConfig
     from vaelib.data.nsynth import read_examples
-    from vaelib.data.render import check_rendered, render_dataset, render_settings, settings_key
+    from vaelib.data.render import check_rendered, render_dataset, render_settings
 
     monkeypatch.setattr(sub, "resolve_path", lambda p: tmp_path / p)
     monkeypatch.setattr(sub, "sub_soundfont_bytes", lambda: bank)
     cfg = RenderConfig(programs=(24, 56), pitch_min=48, pitch_max=60, pitch_step=12, velocities=(100,), workers=1,
                        soundfont=("TimGM6mb.sf2", sub.SUB_SOUNDFONT))
     assert render_settings(cfg)["generated"] == {sub.SUB_SOUNDFONT: sub.FORMAT}
-    alone = dataclasses.replace(cfg, soundfont=("TimGM6mb.sf2",))
-    assert "generated" not in render_settings(alone) and settings_key(alone) != settings_key(cfg)
+    both = dataclasses.replace(cfg, soundfont=(fm.FM_SOUNDFONT, sub.SUB_SOUNDFONT))
+    assert render_settings(both)["generated"] == {fm.FM_SOUNDFONT: fm.FORMAT, sub.SUB_SOUNDFONT: sub.FORMAT}
+    assert "generated" not in render_settings(dataclasses.replace(cfg, soundfont=("TimGM6mb.sf2",)))
     render_dataset(cfg, tmp_path / "ds", show_progress=False)
     df = read_examples(tmp_path / "ds")
     assert sorted(df.loc[df["soundfont"] == sub.SUB_SOUNDFONT, "instrument_str"].unique()) == [
@@ -152,6 +158,6 @@ def test_a_render_records_the_bank_format_and_refuses_another_version(tmp_path, 
     check_rendered(tmp_path / "ds", cfg, asked_by="render.soundfont", folder_key="data.root")
     monkeypatch.setitem(render.GENERATED, sub.SUB_SOUNDFONT,
                         dataclasses.replace(render.GENERATED[sub.SUB_SOUNDFONT], format="vaelib subtractive GM 0"))
-    with pytest.raises(DataError, match=r"another version of the project's own vaelib_sub.sf2 \(vaelib subtractive "
-                                        r"GM 1; this code writes 'vaelib subtractive GM 0'\)"):
+    with pytest.raises(DataError, match=r"another version of the project's own vaelib_sub.sf2 \("
+                                        + re.escape(sub.FORMAT) + r"; this code writes 'vaelib subtractive GM 0'\)"):
         check_rendered(tmp_path / "ds", cfg, asked_by="render.soundfont", folder_key="data.root")

@@ -882,31 +882,58 @@ def test_a_run_locked_by_another_trainer_is_refused(work, cache):
 
 @pytest.mark.parametrize("setting", ["train.contrast_labels=program_across", "train.source_align=10",
                                      "train.source_adversary=10"])
-def test_settings_that_need_several_soundfonts_are_refused_before_a_run_writes_anything(tmp_path, setting):
+def test_settings_that_need_several_soundfonts_are_refused_before_a_run_writes_anything(tmp_path, setting, capsys):
+    import json
+
     from vaelib.analysis.run import start_run
+    from vaelib.cli.main import main
+    from vaelib.data.prepare import check_train_sources
     from vaelib.data.render import RENDER_SUMMARY
     from vaelib.report.pipeline import run_pipeline
+    from vaelib.report.sweep import run_sweep
 
     name = setting.split("=")[0].removeprefix("train.")
     one = [setting, f"data.root={tmp_path / 'gm'}"]  # one SoundFont (the bundled one), not rendered yet
-    with pytest.raises(ParameterError, match=rf"{name}.*data.root .*gm' \(TimGM6mb.sf2\) is rendered from one "):
+    refused = rf"{name}.*: the train split of data.root .*gm' \(to be rendered from TimGM6mb.sf2\) holds notes "
+    with pytest.raises(ParameterError, match=refused + r"of one SoundFont, and it needs several; set "):
         start_run(SMOKE, one, run_dir=tmp_path / "run")
-    with pytest.raises(ParameterError, match=rf"{name}.*one SoundFont"):
+    with pytest.raises(ParameterError, match=refused):
         run_pipeline(SMOKE, one, reports_root=tmp_path / "reports")
-    assert not (tmp_path / "run").exists() and not (tmp_path / "reports" / "smoke").exists()
-    assert not (tmp_path / "gm").exists()  # nothing rendered
+    key, value = setting.removeprefix("train.").split("=")
+    (tmp_path / "p.yaml").write_text(f"base: {SMOKE}\nrun:\n  name: second\ntrain:\n  {key}: {value}\n")
+    with pytest.raises(ParameterError, match=refused):  # the second experiment's, before the first runs
+        run_sweep([SMOKE, tmp_path / "p.yaml"], one[1:], reports_root=tmp_path / "reports")
+    assert main(["train", "--params", str(SMOKE), "--quiet", *(a for o in one for a in ("--set", o))]) == 2
+    assert "holds notes of one SoundFont" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists() and not (tmp_path / "reports").exists() and not (tmp_path / "gm").exists()
     two = [*one, "render.soundfont=[TimGM6mb.sf2, Other_GM.sf2]"]
-    vtrain.check_train_sources(load_config(SMOKE, two))  # two sources: left to run
-    # the second held out as the test split leaves one to train on
-    with pytest.raises(ParameterError, match=r"\(TimGM6mb.sf2\) is rendered from one SoundFont"):
-        vtrain.check_train_sources(load_config(SMOKE, [*two, "data.test_soundfonts=[Other_GM.sf2]"]))
-    # an existing folder vaelib rendered is read through its summary's sources, which check_rendered ties to
-    # render.soundfont; a folder vaelib did not render may hold several and is left to the training's check
+    check_train_sources(load_config(SMOKE, two))  # two sources: left to run
+    # the second held out as the test split leaves one to train on: the message says which setting does it
+    with pytest.raises(ParameterError, match=r"\(to be rendered from TimGM6mb.sf2\) holds notes of one SoundFont "
+                                             r"\(data.test_soundfonts holds out Other_GM.sf2\)"):
+        check_train_sources(load_config(SMOKE, [*two, "data.test_soundfonts=[Other_GM.sf2]"]))
+    # a folder vaelib rendered from the params' one SoundFont is refused; one rendered from others is left to
+    # ensure_dataset, which names the mismatch; one vaelib did not render, to the training, which reads its notes
     (tmp_path / "gm").mkdir()
-    (tmp_path / "gm" / RENDER_SUMMARY).write_text("{}")
-    with pytest.raises(ParameterError, match="one SoundFont"):
-        vtrain.check_train_sources(load_config(SMOKE, one))
-    (tmp_path / "gm" / RENDER_SUMMARY).unlink()
-    vtrain.check_train_sources(load_config(SMOKE, one))
-    vtrain.check_train_sources(load_config(SMOKE, [*one[1:], "render.enabled=false", setting]))
-    vtrain.check_train_sources(load_config(SMOKE, [f"data.root={tmp_path / 'gm2'}"]))  # none of the settings
+    summary = tmp_path / "gm" / RENDER_SUMMARY
+    summary.write_text(json.dumps({"soundfonts": ["/x/TimGM6mb.sf2"]}))
+    with pytest.raises(ParameterError, match=r"\(rendered from TimGM6mb.sf2\) holds notes of one SoundFont"):
+        check_train_sources(load_config(SMOKE, one))
+    summary.write_text(json.dumps({"soundfonts": ["/x/TimGM6mb.sf2", "/x/Other_GM.sf2"]}))
+    check_train_sources(load_config(SMOKE, one))
+    summary.unlink()
+    check_train_sources(load_config(SMOKE, one))
+    check_train_sources(load_config(SMOKE, [*one[1:], "render.enabled=false", setting]))
+    check_train_sources(load_config(SMOKE, one[1:]))  # none of the settings
+
+
+def test_every_setting_that_needs_several_soundfonts_is_named_with_its_way_out(tmp_path):
+    from vaelib.data.prepare import check_train_sources
+
+    cfg = load_config(SMOKE, [f"data.root={tmp_path / 'gm'}", "train.contrast_labels=program_across",
+                              "train.source_align=5", "train.source_adversary=5"])
+    with pytest.raises(ParameterError, match=r"^train.contrast_labels 'program_across' and train.source_align and "
+                                             r"train.source_adversary: .* and they need several; set "
+                                             r"train.contrast_labels 'program' and train.source_align 0 and "
+                                             r"train.source_adversary 0, or train on several SoundFonts$"):
+        check_train_sources(cfg)

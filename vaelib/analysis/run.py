@@ -19,11 +19,10 @@ import torch
 
 from vaelib.config import REPORTS_DIR, Config, config_to_dict, load_config, save_config
 from vaelib.data.cache import FeatureCache
-from vaelib.data.prepare import prepare_features
+from vaelib.data.prepare import check_train_sources, prepare_features
 from vaelib.data.soundfonts import check_soundfonts
 from vaelib.exceptions import CheckpointError, ConfigError
 from vaelib.model.checkpoint import find_checkpoint, load_model
-from vaelib.model.train import check_train_sources
 
 __all__ = ["RUN_PARAMS", "TRAIN_RECORD", "TrainedRun", "run_folder", "start_run", "read_run_config", "load_trained_run"]
 

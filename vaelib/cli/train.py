@@ -55,11 +55,14 @@ def _cache(cfg, args: argparse.Namespace):
 
 def cmd_train(args: argparse.Namespace) -> int:
     from vaelib.data.cache import open_feature_cache
+    from vaelib.data.prepare import check_train_sources
     from vaelib.model.device import resolve_device
     from vaelib.model.distributed import setup
     from vaelib.model.train import train
 
     cfg = load_config(args.params, args.overrides)
+    if args.cache is None:  # before a render; a --cache is not what the params describe
+        check_train_sources(cfg)
     device = resolve_device(cfg.train.device)  # a missing device is an error before any work
     try:
         writable_folder(resolve_path(cfg.train.checkpoint_dir))  # so is a checkpoint folder that cannot be written

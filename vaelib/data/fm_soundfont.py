@@ -17,25 +17,30 @@ bank), not as a musical instrument.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 
 from vaelib.config import resolve_path
-from vaelib.data.sf2_bank import ROOTS, SAMPLE_RATE, ZONE_UP, bank_bytes, bank_header, ensure_bank
+from vaelib.data.sf2_bank import (
+    ATTACK_REGION_S,
+    DECAY_S,
+    FOLDER,
+    RENDER_BAND_HZ,
+    ROOTS,
+    SAMPLE_RATE,
+    ZONE_UP,
+    bank_bytes,
+    bank_header,
+    ensure_bank,
+    loop_periods,
+)
 
 __all__ = ["FM_SOUNDFONT", "FM_FOLDER", "FORMAT", "SAMPLE_RATE", "ROOTS", "ZONE_UP", "FmPatch", "fm_patch", "fm_tone",
            "fm_header", "fm_soundfont_bytes", "fm_soundfont_path", "ensure_fm_soundfont"]
 
 FM_SOUNDFONT = "vaelib_fm.sf2"  # the bare name a run gives; written on first use into FM_FOLDER
-FM_FOLDER = "data/soundfonts"
-# a struck or plucked tone's sample: a rendered note's 3 s held and 0.3 s of release, played ZONE_UP
-# semitones fast, so that no note runs out of sample before it is released
-DECAY_S = 4.5
-RENDER_BAND_HZ = 7_000.0  # sidebands kept below this: the project renders at 16 kHz, and the synth does not filter
-ATTACK_REGION_S = 0.5  # a sustained tone's attack, before its loop
-LOOP_S = 0.25
+FM_FOLDER = FOLDER
 SEED = 20_240_601
 # Written into the file's INFO chunk and checked on every use: a file written by another version of this
 # generator (or edited) is written again, so one commit renders one bank on every machine. Bump it with
@@ -99,13 +104,6 @@ def _band_limit(patch: FmPatch, root: int) -> float:
     return max(0.0, (RENDER_BAND_HZ / top - 1.0) / patch.ratio - 1.0)
 
 
-def _loop_periods(f0: float, ratio: float) -> int:
-    """Whole carrier periods in about ``LOOP_S``, a multiple of the ratio's denominator (a modulator at half
-    the carrier's frequency repeats every two carrier periods), so the loop joins both waves."""
-    step = Fraction(ratio).limit_denominator(8).denominator
-    return max(step, round(LOOP_S * f0 / step) * step)
-
-
 def fm_tone(patch: FmPatch, root: int, *, sample_rate: int = SAMPLE_RATE) -> tuple[np.ndarray, int, int]:
     """One sample of a patch at MIDI note ``root``: int16 samples, and the loop's start and end (0, 0:
     none). A sustained tone's loop is a whole number of periods of its steady state, which the tone
@@ -115,7 +113,7 @@ def fm_tone(patch: FmPatch, root: int, *, sample_rate: int = SAMPLE_RATE) -> tup
     rng = np.random.default_rng([SEED, root, int(patch.ratio * 100), int(patch.index_peak * 1000)])
     if patch.sustained:
         start = int(ATTACK_REGION_S * sample_rate)
-        periods = _loop_periods(f0, patch.ratio)
+        periods = loop_periods(f0, patch.ratio)
         loop = round(periods * sample_rate / f0)
         f0 = periods * sample_rate / loop
         n = start + loop + 64  # the synth reads past the loop end: the tone goes on

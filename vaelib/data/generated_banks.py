@@ -21,10 +21,11 @@ class GeneratedBank:
     ensure: Callable[[], Path]
 
 
+# Looked up at each call, not bound here, so that a test may point a module's functions elsewhere.
 GENERATED = {
-    fm_soundfont.FM_SOUNDFONT: GeneratedBank(fm_soundfont.FORMAT, fm_soundfont.fm_soundfont_path,
+    fm_soundfont.FM_SOUNDFONT: GeneratedBank(fm_soundfont.FORMAT, lambda: fm_soundfont.fm_soundfont_path(),
                                              lambda: fm_soundfont.ensure_fm_soundfont()),
     subtractive_soundfont.SUB_SOUNDFONT: GeneratedBank(subtractive_soundfont.FORMAT,
-                                                       subtractive_soundfont.sub_soundfont_path,
+                                                       lambda: subtractive_soundfont.sub_soundfont_path(),
                                                        lambda: subtractive_soundfont.ensure_sub_soundfont()),
 }

@@ -19,15 +19,17 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from vaelib.config import Config, resolve_path
+from vaelib.config import Config, TrainConfig, resolve_path
 from vaelib.data.cache import FeatureCache, build_feature_cache, check_cache_folder
 from vaelib.data.nsynth import SPLITS, load_dataset
-from vaelib.data.render import check_rendered, render_dataset
+from vaelib.data.render import check_rendered, render_dataset, rendered_sources, rendered_summary
 from vaelib.data.shards import ShardResult, build_shard, merge_shards
-from vaelib.exceptions import DataError
+from vaelib.data.soundfonts import source_names
+from vaelib.exceptions import DataError, ParameterError
 from vaelib.io import file_in_the_way, os_error_text
 
-__all__ = ["ensure_dataset", "prepare_features", "prepare_shard", "merge_features", "close_dataset", "is_typo_of"]
+__all__ = ["ensure_dataset", "check_train_sources", "source_settings", "one_source_error", "prepare_features",
+           "prepare_shard", "merge_features", "close_dataset", "is_typo_of"]
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +91,51 @@ def close_dataset(root: Path) -> Path | None:
         if _holds_dataset(candidate):
             return candidate
     return None
+
+
+def source_settings(tc: TrainConfig) -> list[str]:
+    """The settings on that need the train split to hold notes of several SoundFonts, as errors name them."""
+    across = [f"train.contrast_labels {tc.contrast_labels!r}"] if tc.contrast_labels == "program_across" else []
+    return across + [f"train.{k}" for k in ("source_align", "source_adversary") if getattr(tc, k) > 0]
+
+
+def one_source_error(settings: list[str], what: str, *, held_out: tuple[str, ...] = ()) -> ParameterError:
+    """The refusal of ``settings`` (:func:`source_settings`) for ``what``, a train split of one SoundFont, with
+    the way out of each; ``held_out``: the SoundFonts ``data.test_soundfonts`` keeps from it."""
+    fixes = ["train.contrast_labels 'program'" if s.startswith("train.contrast_labels") else f"{s} 0"
+             for s in settings]
+    where = f" (data.test_soundfonts holds out {', '.join(held_out)})" if held_out else ""
+    need = "they need" if len(settings) > 1 else "it needs"
+    return ParameterError(f"{' and '.join(settings)}: {what} holds notes of one SoundFont{where}, and {need} "
+                          f"several; set {' and '.join(fixes)}, or train on several SoundFonts")
+
+
+def check_train_sources(cfg: Config) -> None:
+    """Refuse, before a run writes anything, the settings of :func:`source_settings` when the params alone
+    say the train split will hold one SoundFont: a dataset vaelib renders (or rendered) from
+    ``render.soundfont``, less ``data.test_soundfonts``, with one source. A folder vaelib did not render,
+    or one rendered from other sources than the params name (which :func:`ensure_dataset` refuses), is
+    left to the training, which reads the notes.
+
+    Raises
+    ------
+    ParameterError
+        Naming every such setting, the SoundFont and the way out of each.
+    """
+    settings = source_settings(cfg.train)
+    if not settings or not cfg.render.enabled:
+        return
+    names = source_names(cfg.render.soundfont)
+    root = resolve_path(cfg.data.root)
+    summary = rendered_summary(root) if root.exists() else {}
+    if summary is None or (summary and rendered_sources(summary) != names):
+        return
+    train = [n for n in names if n not in cfg.data.test_soundfonts]
+    if len(train) == 1:
+        held = tuple(n for n in names if n in cfg.data.test_soundfonts)
+        verb = "rendered from" if summary else "to be rendered from"
+        raise one_source_error(settings, f"the train split of data.root {cfg.data.root!r} ({verb} {train[0]})",
+                               held_out=held)
 
 
 def ensure_dataset(cfg: Config, *, show_progress: bool = True,

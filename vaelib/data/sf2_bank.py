@@ -6,13 +6,15 @@ one instrument per program of the GM -> NSynth family table, one sample per root
 ``ZONE_UP`` semitones above its root and ``11 - ZONE_UP`` below, a sustained tone looped (with the synth's
 vibrato where its patch asks for it), a struck one played out. The INFO chunk names the generator's
 format and seed, so a file written by another version of a generator is told from this one's by its
-first bytes and written again (:func:`ensure_bank`).
+first bytes and written again (:func:`ensure_bank`): a change here that changes the bytes of a bank asks
+for a new ``FORMAT`` in each generator.
 """
 
 from __future__ import annotations
 
 import struct
 from collections.abc import Callable
+from fractions import Fraction
 from pathlib import Path
 from typing import Protocol
 
@@ -21,11 +23,19 @@ import numpy as np
 from vaelib.exceptions import DataError
 from vaelib.io import atomic_path
 
-__all__ = ["SAMPLE_RATE", "ROOTS", "ZONE_UP", "Patch", "bank_bytes", "bank_header", "written_by", "ensure_bank"]
+__all__ = ["FOLDER", "SAMPLE_RATE", "ROOTS", "ZONE_UP", "DECAY_S", "RENDER_BAND_HZ", "ATTACK_REGION_S", "LOOP_S",
+           "Patch", "loop_periods", "bank_bytes", "bank_header", "written_by", "ensure_bank"]
 
+FOLDER = "data/soundfonts"  # where the project writes its banks, in the project
 SAMPLE_RATE = 22_050
 ROOTS = tuple(range(24, 97, 12))  # C1 .. C7, one sample each
 ZONE_UP = 5  # semitones a sample is played above its root (the zone of root - 6 .. root + 5)
+# a struck or plucked tone's sample: a rendered note's 3 s held and 0.3 s of release, played ZONE_UP
+# semitones fast, so that no note runs out of sample before it is released
+DECAY_S = 4.5
+RENDER_BAND_HZ = 7_000.0  # partials kept below this: the project renders at 16 kHz, and the synth does not filter
+ATTACK_REGION_S = 0.5  # a sustained tone's attack, before its loop
+LOOP_S = 0.25
 
 
 class Patch(Protocol):
@@ -36,6 +46,13 @@ class Patch(Protocol):
 
     @property
     def vibrato(self) -> int: ...  # cents, the synth's vibrato on a sustained tone's loop; 0 for none
+
+
+def loop_periods(f0: float, ratio: float) -> int:
+    """Whole periods of ``f0`` in about ``LOOP_S``, a multiple of ``ratio``'s denominator (a modulator at half
+    the carrier's frequency repeats every two carrier periods), so that a loop joins every wave of the tone."""
+    step = Fraction(ratio).limit_denominator(8).denominator
+    return max(step, round(LOOP_S * f0 / step) * step)
 
 
 def _chunk(tag: bytes, data: bytes) -> bytes:

@@ -88,8 +88,9 @@ def resolve_soundfont(spec: str, *, where: str = "render.soundfont") -> Path:
 
 
 def _locate_soundfont(spec: str, where: str, *, write_generated: bool = True) -> Path:
-    """Where ``spec`` points (:func:`resolve_soundfont`), before its header is checked; the project's FM bank
-    is written when it is missing, unless ``write_generated`` is false (then it is missing like any file)."""
+    """Where ``spec`` points (:func:`resolve_soundfont`), before its header is checked; a bank the project
+    generates is written when it is missing, unless ``write_generated`` is false (then it is missing like any
+    file)."""
     if not spec.strip():
         return default_soundfont()
     given = Path(spec)
@@ -170,7 +171,7 @@ def soundfont_digest(path: str | Path) -> str:
 
 def present_soundfonts(spec: str | tuple[str, ...] | list[str]) -> list[Path | None]:
     """Where each source of ``render.soundfont`` is (as :func:`resolve_soundfonts` finds it), None for one
-    that is not there; nothing is raised, and the project's FM bank is not written when it is missing."""
+    that is not there; nothing is raised, and a bank the project generates is not written when it is missing."""
     found: list[Path | None] = []
     for font in soundfont_list(spec) or [BUNDLED_SOUNDFONT]:
         try:

@@ -4,7 +4,8 @@ Every program of the GM -> NSynth family table is one preset whose samples are a
 a band-limited oscillator (saw, square, narrow pulse or triangle, summed from its harmonics below
 ``RENDER_BAND_HZ``) through a resonant two-pole low-pass whose cutoff moves from a peak to a steady value
 (a plucked note darkens as it decays, a brass note opens as it swells), under an amplitude envelope, with
-the synth's vibrato on sustained families and a little breath in flutes and voices. The family sets the
+the synth's vibrato on strings, brass, reeds, flutes and voices and a little breath in the attack of
+flutes and voices. The family sets the
 patch (``_FAMILY``); each program draws its own variation from a seeded generator, as in the FM bank
 (``vaelib.data.fm_soundfont``), whose file layout, roots and loops it shares (``vaelib.data.sf2_bank``).
 
@@ -21,14 +22,24 @@ from pathlib import Path
 import numpy as np
 
 from vaelib.config import resolve_path
-from vaelib.data.fm_soundfont import ATTACK_REGION_S, DECAY_S, FM_FOLDER, RENDER_BAND_HZ, _loop_periods
-from vaelib.data.sf2_bank import SAMPLE_RATE, ZONE_UP, bank_bytes, bank_header, ensure_bank
+from vaelib.data.fm_soundfont import SEED
+from vaelib.data.sf2_bank import (
+    ATTACK_REGION_S,
+    DECAY_S,
+    FOLDER,
+    RENDER_BAND_HZ,
+    SAMPLE_RATE,
+    ZONE_UP,
+    bank_bytes,
+    bank_header,
+    ensure_bank,
+    loop_periods,
+)
 
 __all__ = ["SUB_SOUNDFONT", "FORMAT", "SubPatch", "sub_patch", "sub_tone", "harmonic_amplitude",
            "sub_header", "sub_soundfont_bytes", "sub_soundfont_path", "ensure_sub_soundfont"]
 
-SUB_SOUNDFONT = "vaelib_sub.sf2"  # the bare name a run gives; written on first use into FM_FOLDER
-SEED = 20_240_601  # the FM bank's
+SUB_SOUNDFONT = "vaelib_sub.sf2"  # the bare name a run gives; written on first use into FOLDER
 # In the file's INFO chunk and in every render of it: bump with any change to what the generator writes.
 FORMAT = "vaelib subtractive GM 1"
 DUTY = {"square": 0.5, "pulse25": 0.25, "pulse12": 0.12}  # a pulse's share of the period up
@@ -37,7 +48,7 @@ WAVES = ("saw", *DUTY, "triangle")
 # so that with one seed the two banks' programs do not share their draws.
 STREAM = 7
 
-# family -> (oscillators to choose from, cutoff peak and steady (harmonics of f0), cutoff time constant (s),
+# family -> (oscillators to choose from, cutoff at the onset and steady (harmonics of f0), its time constant (s),
 # resonance Q, amplitude attack (s), amplitude decay time constant (s) or None when sustained, vibrato (cents))
 _FAMILY = {
     "keyboard": (("saw", "pulse25"), 14.0, 3.0, 0.5, 0.8, 0.003, 1.2, 0),
@@ -56,14 +67,14 @@ _FAMILY = {
 
 @dataclass(frozen=True)
 class SubPatch:
-    """One program's patch: the oscillator ``wave``, the cutoff from ``cutoff_peak`` to ``cutoff_steady``
+    """One program's patch: the oscillator ``wave``, the cutoff from ``cutoff_start`` to ``cutoff_steady``
     (multiples of the note's frequency) with time constant ``cutoff_tau`` (s), the filter's resonance ``q``,
     amplitude ``attack`` (s) and ``decay`` (s, None: sustained), the synth's ``vibrato`` (cents) and a little
     breath ``noise``."""
 
     family: str
     wave: str
-    cutoff_peak: float
+    cutoff_start: float
     cutoff_steady: float
     cutoff_tau: float
     q: float
@@ -79,12 +90,13 @@ class SubPatch:
 
 def sub_patch(program: int, family: str, *, seed: int = SEED) -> SubPatch:
     """The patch of one GM program: its family's, varied by a generator seeded with the program."""
-    waves, peak, steady, tau, q, attack, decay, vibrato = _FAMILY[family]
+    waves, start, steady, tau, q, attack, decay, vibrato = _FAMILY[family]
     rng = np.random.default_rng([seed, program, STREAM])
     vary = lambda lo, hi: float(rng.uniform(lo, hi))  # noqa: E731 - one draw, in a fixed order
     wave = waves[int(rng.integers(len(waves)))]
-    return SubPatch(family=family, wave=wave, cutoff_peak=peak * vary(0.7, 1.3), cutoff_steady=steady * vary(0.7, 1.3),
-                    cutoff_tau=tau * vary(0.7, 1.4), q=q * vary(0.8, 1.25), attack=attack * vary(0.8, 1.5),
+    return SubPatch(family=family, wave=wave, cutoff_start=start * vary(0.7, 1.3),
+                    cutoff_steady=steady * vary(0.7, 1.3), cutoff_tau=tau * vary(0.7, 1.4), q=q * vary(0.8, 1.25),
+                    attack=attack * vary(0.8, 1.5),
                     decay=None if decay is None else decay * vary(0.7, 1.4), vibrato=vibrato,
                     noise=0.03 * vary(0.5, 1.5) if family in ("flute", "vocal") else 0.0)
 
@@ -108,14 +120,15 @@ def _lowpass_gain(ratio: np.ndarray, q: float) -> np.ndarray:
 
 def sub_tone(patch: SubPatch, root: int, *, sample_rate: int = SAMPLE_RATE) -> tuple[np.ndarray, int, int]:
     """One sample of a patch at MIDI note ``root``: int16 samples, and the loop's start and end (0, 0: none).
-    Only harmonics below ``RENDER_BAND_HZ`` at the top of the root's zone are summed (no aliasing in a
-    16 kHz render); a sustained tone's cutoff has settled at its loop's start, and the loop is a whole
+    Only harmonics below ``RENDER_BAND_HZ`` at the top of the root's zone are summed, so the harmonic series
+    does not alias in a 16 kHz render; the breath of flutes and voices is white noise in the attack only, as
+    in the FM bank. A sustained tone's cutoff has settled at its loop's start, and the loop is a whole
     number of periods (the frequency nudged by under a cent), so it joins without a click."""
     f0 = 440.0 * 2.0 ** ((root - 69) / 12)
-    rng = np.random.default_rng([SEED, root, int(patch.cutoff_peak * 1000)])
+    rng = np.random.default_rng([SEED, root, int(patch.cutoff_start * 1000)])  # the breath noise's, as the FM bank's
     if patch.sustained:
         start = int(ATTACK_REGION_S * sample_rate)
-        periods = _loop_periods(f0, 1.0)
+        periods = loop_periods(f0, 1.0)
         loop = round(periods * sample_rate / f0)
         f0 = periods * sample_rate / loop
         n = start + loop + 64  # the synth reads past the loop end: the tone goes on
@@ -127,7 +140,7 @@ def sub_tone(patch: SubPatch, root: int, *, sample_rate: int = SAMPLE_RATE) -> t
     if patch.sustained:  # settled exactly at the loop's start, without a step
         at_loop = np.exp(-start / sample_rate / patch.cutoff_tau)
         settle = np.clip((settle - at_loop) / (1.0 - at_loop), 0.0, None)
-    cutoff = f0 * (patch.cutoff_steady + (patch.cutoff_peak - patch.cutoff_steady) * settle)
+    cutoff = f0 * (patch.cutoff_steady + (patch.cutoff_start - patch.cutoff_steady) * settle)
     top = 440.0 * 2.0 ** ((root + ZONE_UP - 69) / 12)
     harmonics = range(1, max(1, int(RENDER_BAND_HZ / top)) + 1)
     tone = np.zeros(n)
@@ -163,7 +176,7 @@ def sub_header(*, seed: int = SEED) -> bytes:
 
 def sub_soundfont_path() -> Path:
     """``data/soundfonts/vaelib_sub.sf2`` in the project."""
-    return resolve_path(FM_FOLDER) / SUB_SOUNDFONT
+    return resolve_path(FOLDER) / SUB_SOUNDFONT
 
 
 def ensure_sub_soundfont() -> Path:

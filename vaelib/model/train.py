@@ -46,10 +46,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from vaelib.config import Config, TrainConfig, config_to_dict, resolve_path, save_config
+from vaelib.config import Config, TrainConfig, config_to_dict, save_config
 from vaelib.data.cache import FeatureCache
-from vaelib.data.render import rendered_summary
-from vaelib.data.soundfonts import source_names
+from vaelib.data.prepare import one_source_error, source_settings
 from vaelib.exceptions import CheckpointError, ParameterError, TrainingError
 from vaelib.io import atomic_write_text
 from vaelib.model.adversary import SourceAdversary
@@ -250,41 +249,8 @@ def _stream_rows(cache: FeatureCache, tc: TrainConfig,
 
 
 def _source_settings(tc: TrainConfig) -> str | None:
-    """The settings on that need each train note's SoundFont, as errors name them; None when none is."""
-    return " and ".join(f"train.{k}" for k in ("source_align", "source_adversary") if getattr(tc, k) > 0) or None
-
-
-def _one_source_error(kind: str, sources: str | None, what: str) -> ParameterError:
-    setting = f"train.contrast_labels {kind!r}" if kind == "program_across" else sources
-    why = ("no program has a rendering from another; use 'program'" if kind == "program_across"
-           else f"there is no other SoundFont to tell it from; set {setting} 0")
-    return ParameterError(f"{setting}: {what} is rendered from one SoundFont, so {why}, or render.soundfont "
-                          "with several SoundFonts")
-
-
-def check_train_sources(cfg: Config) -> None:
-    """Refuse, before a run writes anything, the settings that need several SoundFonts in the train split
-    (``program_across``, ``train.source_align``, ``train.source_adversary``) when the params alone say it
-    will hold one: a dataset rendered (or to be rendered) from ``render.soundfont``, less
-    ``data.test_soundfonts``, with one source. A folder vaelib did not render is left to
-    :func:`contrast_classes`, which reads its notes.
-
-    Raises
-    ------
-    ParameterError
-        Naming the setting and the one SoundFont.
-    """
-    tc = cfg.train
-    sources = _source_settings(tc)
-    if not (sources or tc.contrast_labels == "program_across") or not cfg.render.enabled:
-        return
-    root = resolve_path(cfg.data.root)
-    if root.exists() and rendered_summary(root) is None:
-        return
-    train = [n for n in source_names(cfg.render.soundfont) if n not in cfg.data.test_soundfonts]
-    if len(train) < 2:
-        raise _one_source_error(tc.contrast_labels, sources,
-                                f"the train split of data.root {cfg.data.root!r} ({', '.join(train)})")
+    """The terms that need each train note's SoundFont, as errors name them; None when none is on."""
+    return " and ".join(s for s in source_settings(tc) if not s.startswith("train.contrast_labels")) or None
 
 
 def contrast_classes(cache: FeatureCache, kind: str, device: torch.device, *,
@@ -318,7 +284,9 @@ def contrast_classes(cache: FeatureCache, kind: str, device: torch.device, *,
     if kind == "program_across" or sources:
         banks = pd.factorize(cache.meta.loc[rows, "soundfont"])[0] if "soundfont" in cache.meta.columns else []
         if len(set(banks)) < 2:
-            raise _one_source_error(kind, sources, f"the train split of {cache.path}")
+            settings = [f"train.contrast_labels {kind!r}"] if kind == "program_across" else []
+            raise one_source_error([*settings, *(sources.split(" and ") if sources else [])],
+                                   f"the train split of {cache.path}")
     if kind == "program_family":
         classes = np.stack([classes, banks, cache.meta.loc[rows, "instrument_family"].to_numpy(dtype=np.int64)],
                            axis=1)

@@ -21,10 +21,10 @@ from pathlib import Path
 
 from vaelib.analysis.run import RUN_PARAMS, TRAIN_RECORD
 from vaelib.config import PROJECT_ROOT, REPORTS_DIR, Config, config_to_dict, load_config, project_relative, save_config
+from vaelib.data.prepare import check_train_sources
 from vaelib.data.soundfonts import check_soundfonts
 from vaelib.exceptions import VaelibError
 from vaelib.io import HOST, OWNER_TAG, UMASK, atomic_write_json, atomic_write_text, owner_gone
-from vaelib.model.train import check_train_sources
 from vaelib.report.html import notebook_to_html, run_index_html, runs_index_html
 
 __all__ = ["PipelineError", "NOTEBOOKS_DIR", "START_NOTEBOOK", "METRIC_FILES", "run_pipeline", "collect_metrics",

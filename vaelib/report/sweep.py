@@ -9,10 +9,10 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 
 from vaelib.config import REPORTS_DIR, load_config
+from vaelib.data.prepare import check_train_sources
 from vaelib.data.soundfonts import check_soundfonts
 from vaelib.exceptions import ConfigError
 from vaelib.io import atomic_write_text
-from vaelib.model.train import check_train_sources
 from vaelib.report.html import flatten_metrics, png_data_uri, sweep_index_html
 from vaelib.report.pipeline import refresh_reports_index, run_pipeline
 from vaelib.report.plots.sweep import active_units_figure, tradeoff_figure
