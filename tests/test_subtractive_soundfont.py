@@ -19,7 +19,8 @@ from vaelib.exceptions import DataError
 
 @pytest.fixture(scope="module")
 def bank() -> bytes:
-    return sub.sub_soundfont_bytes()
+    """The bank with one program of each family (the whole one takes 20 s to write; each program is made alone)."""
+    return sub.sub_soundfont_bytes(programs=ONE_PER_FAMILY.values())
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +58,8 @@ def test_the_bank_is_the_same_every_time_and_has_a_preset_per_program(synth, ban
     assert sub.sub_patch(0, "keyboard", seed=1) != sub.sub_patch(0, "keyboard")
     s, sfid = synth
     for program, (family, _) in GM_FAMILY_SOURCE.items():
-        assert s.sfpreset_name(sfid, 0, program) == f"SUB {family} {program}"
+        kept = ONE_PER_FAMILY[family] == program
+        assert s.sfpreset_name(sfid, 0, program) == (f"SUB {family} {program}" if kept else None)
 
 
 @pytest.mark.parametrize("family", sorted(sub._FAMILY))

@@ -13,7 +13,7 @@ for a new ``FORMAT`` in each generator.
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from fractions import Fraction
 from pathlib import Path
 from typing import Protocol
@@ -84,7 +84,7 @@ def bank_header(tag: str) -> bytes:
 
 
 def bank_bytes(patch: Callable[[int, str], Patch], tone: Callable[[Patch, int], tuple[np.ndarray, int, int]], *,
-               tag: str, instrument: str, preset: str) -> bytes:
+               tag: str, instrument: str, preset: str, programs: Iterable[int] | None = None) -> bytes:
     """The SoundFont 2 file of one bank.
 
     Parameters
@@ -93,12 +93,16 @@ def bank_bytes(patch: Callable[[int, str], Patch], tone: Callable[[Patch, int], 
     tone : ``(patch, root) -> (int16 samples, loop start, loop end)`` (0, 0: no loop), at ``SAMPLE_RATE``.
     tag : the INFO name (the generator's format and seed).
     instrument, preset : the prefix of each instrument's name and of each preset's.
+    programs : only these programs of the table (a smaller file for tests); None: every one.
     """
     from vaelib.data.render import GM_FAMILY_SOURCE
 
+    kept = set(GM_FAMILY_SOURCE if programs is None else programs)
+    table = {program: entry for program, entry in GM_FAMILY_SOURCE.items() if program in kept}
+
     samples, shdr, inst, ibag, igen, phdr, pbag, pgen = [], b"", b"", b"", b"", b"", b"", b""
     offset, n_ibag, n_igen = 0, 0, 0  # one instrument zone per sample: a zone's index is its sample's
-    for i, (program, (family, _)) in enumerate(GM_FAMILY_SOURCE.items()):
+    for i, (program, (family, _)) in enumerate(table.items()):
         p = patch(program, family)
         inst += _name(f"{instrument}{program:03d}_{family}") + struct.pack("<H", n_ibag)
         for j, root in enumerate(ROOTS):
@@ -127,7 +131,7 @@ def bank_bytes(patch: Callable[[int, str], Patch], tone: Callable[[Patch, int], 
         phdr += _name(f"{preset} {family} {program}") + struct.pack("<HHHIII", program, 0, i, 0, 0, 0)
         pbag += struct.pack("<HH", i, 0)
         pgen += struct.pack("<Hh", 41, i)
-    n_presets = len(GM_FAMILY_SOURCE)
+    n_presets = len(table)
     phdr += _name("EOP") + struct.pack("<HHHIII", 0, 0, n_presets, 0, 0, 0)
     pbag += struct.pack("<HH", n_presets, 0)
     inst += _name("EOI") + struct.pack("<H", n_ibag)

@@ -16,6 +16,7 @@ made the sound. Written into ``data/soundfonts/`` when a run names :data:`SUB_SO
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -163,10 +164,11 @@ def _tag(seed: int) -> str:
     return f"{FORMAT} seed {seed}"
 
 
-def sub_soundfont_bytes(*, seed: int = SEED) -> bytes:
-    """The SoundFont 2 file: one preset and one instrument per program of the family table."""
+def sub_soundfont_bytes(*, seed: int = SEED, programs: Iterable[int] | None = None) -> bytes:
+    """The SoundFont 2 file: one preset and one instrument per program of the family table (of ``programs``
+    of it: a smaller file, for tests; the bank a run names has every one)."""
     return bank_bytes(lambda program, family: sub_patch(program, family, seed=seed), sub_tone, tag=_tag(seed),
-                      instrument="sub", preset="SUB")
+                      instrument="sub", preset="SUB", programs=programs)
 
 
 def sub_header(*, seed: int = SEED) -> bytes:
