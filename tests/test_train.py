@@ -465,8 +465,8 @@ def test_source_alignment_trains_on_each_notes_soundfont(work, cache, monkeypatc
     rows = cache.meta["split"].to_numpy() == "train"
     one_bank, two_banks, banks = _one_and_two_banks(cache)
     with pytest.raises(ParameterError, match=r"train.source_align: the train split of .* one SoundFont"):
-        vtrain.contrast_classes(one_bank, "family", torch.device("cpu"), sources="train.source_align")
-    classes = vtrain.contrast_classes(two_banks, "family", torch.device("cpu"), sources="train.source_align")
+        vtrain.contrast_classes(one_bank, "family", torch.device("cpu"), sources=["train.source_align"])
+    classes = vtrain.contrast_classes(two_banks, "family", torch.device("cpu"), sources=["train.source_align"])
     np.testing.assert_array_equal(classes[:, 0].numpy(), cache.meta.loc[rows, "instrument_family"].to_numpy())
     np.testing.assert_array_equal(classes[:, 1].numpy() == classes[0, 1].item(), banks[rows] == banks[rows][0])
     # training: the contrastive term gets the families alone, the alignment term is logged, the run has its

@@ -28,8 +28,8 @@ from vaelib.data.soundfonts import source_names
 from vaelib.exceptions import DataError, ParameterError
 from vaelib.io import file_in_the_way, os_error_text
 
-__all__ = ["ensure_dataset", "check_train_sources", "source_settings", "one_source_error", "prepare_features",
-           "prepare_shard", "merge_features", "close_dataset", "is_typo_of"]
+__all__ = ["ensure_dataset", "check_train_sources", "source_terms", "source_settings", "one_source_error",
+           "prepare_features", "prepare_shard", "merge_features", "close_dataset", "is_typo_of"]
 
 log = logging.getLogger(__name__)
 
@@ -93,10 +93,16 @@ def close_dataset(root: Path) -> Path | None:
     return None
 
 
+def source_terms(tc: TrainConfig) -> list[str]:
+    """The training terms on that need each train note's SoundFont, as errors name them."""
+    return [f"train.{k}" for k in ("source_align", "source_adversary") if getattr(tc, k) > 0]
+
+
 def source_settings(tc: TrainConfig) -> list[str]:
-    """The settings on that need the train split to hold notes of several SoundFonts, as errors name them."""
+    """The settings on that need the train split to hold notes of several SoundFonts, as errors name them:
+    the contrastive labels ``program_across``, and :func:`source_terms`."""
     across = [f"train.contrast_labels {tc.contrast_labels!r}"] if tc.contrast_labels == "program_across" else []
-    return across + [f"train.{k}" for k in ("source_align", "source_adversary") if getattr(tc, k) > 0]
+    return across + source_terms(tc)
 
 
 def one_source_error(settings: list[str], what: str, *, held_out: tuple[str, ...] = ()) -> ParameterError:

@@ -37,7 +37,7 @@ import shutil
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -48,7 +48,7 @@ import torch
 
 from vaelib.config import Config, TrainConfig, config_to_dict, save_config
 from vaelib.data.cache import FeatureCache
-from vaelib.data.prepare import one_source_error, source_settings
+from vaelib.data.prepare import one_source_error, source_terms
 from vaelib.exceptions import CheckpointError, ParameterError, TrainingError
 from vaelib.io import atomic_write_text
 from vaelib.model.adversary import SourceAdversary
@@ -206,7 +206,7 @@ def _load_data(cache: FeatureCache, tc: TrainConfig, device: torch.device, ranks
     # Drop a last batch of one note: BatchNorm cannot normalise a single sample.
     n_batches = n // bs + (1 if n % bs > 1 else 0)
     return _Data(rows, pitch, instrument.cpu(), contrast_classes(cache, tc.contrast_labels, device,
-                                                                       sources=_source_settings(tc)),
+                                                                       sources=source_terms(tc)),
                  x_valid, pitch_valid, bs, n_batches)
 
 
@@ -248,23 +248,19 @@ def _stream_rows(cache: FeatureCache, tc: TrainConfig,
     return reader, pitch, instrument
 
 
-def _source_settings(tc: TrainConfig) -> str | None:
-    """The terms that need each train note's SoundFont, as errors name them; None when none is on."""
-    return " and ".join(s for s in source_settings(tc) if not s.startswith("train.contrast_labels")) or None
-
-
 def contrast_classes(cache: FeatureCache, kind: str, device: torch.device, *,
-                     sources: str | None = None) -> torch.Tensor:
+                     sources: Sequence[str] = ()) -> torch.Tensor:
     """Class id of every train note for the contrastive term, in the row order of ``cache.split("train")``:
     its ``instrument``, its ``instrument_family`` or its GM ``program`` (one class for a program in every
     SoundFont of a multi-source render, so the term pulls the banks' renderings of it together).
 
     The labels :func:`vaelib.model.loss.objective_from_terms` needs beside the class come as more columns:
     [shape=(notes, 2)], the class and the index of the note's SoundFont, for ``program_across`` (whose term
-    leaves a program's pairs from one SoundFont out) or with ``sources``, the settings that need each note's
-    SoundFont, as errors name them (the source-alignment term ``train.source_align``, the adversary
-    ``train.source_adversary``); [shape=(notes, 3)], the program, the SoundFont (0 for all when ``sources`` is
-    off) and the family, for ``program_family`` (whose term leaves out the pairs of two programs of one family).
+    leaves a program's pairs from one SoundFont out) or with ``sources``, the terms on that need each note's
+    SoundFont, as errors name them (:func:`vaelib.data.prepare.source_terms`: the source-alignment term
+    ``train.source_align``, the adversary ``train.source_adversary``); [shape=(notes, 3)], the program, the
+    SoundFont (0 for all when ``sources`` is empty) and the family, for ``program_family`` (whose term leaves
+    out the pairs of two programs of one family).
 
     Raises
     ------
@@ -284,9 +280,8 @@ def contrast_classes(cache: FeatureCache, kind: str, device: torch.device, *,
     if kind == "program_across" or sources:
         banks = pd.factorize(cache.meta.loc[rows, "soundfont"])[0] if "soundfont" in cache.meta.columns else []
         if len(set(banks)) < 2:
-            settings = [f"train.contrast_labels {kind!r}"] if kind == "program_across" else []
-            raise one_source_error([*settings, *(sources.split(" and ") if sources else [])],
-                                   f"the train split of {cache.path}")
+            across = [f"train.contrast_labels {kind!r}"] if kind == "program_across" else []
+            raise one_source_error([*across, *sources], f"the train split of {cache.path}")
     if kind == "program_family":
         classes = np.stack([classes, banks, cache.meta.loc[rows, "instrument_family"].to_numpy(dtype=np.int64)],
                            axis=1)
