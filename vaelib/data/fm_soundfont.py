@@ -138,21 +138,17 @@ def fm_tone(patch: FmPatch, root: int, *, sample_rate: int = SAMPLE_RATE) -> tup
     return pcm, start, start + loop
 
 
-def _tag(seed: int) -> str:
-    return f"{FORMAT} seed {seed}"
-
-
 def fm_soundfont_bytes(*, seed: int = SEED) -> bytes:
     """The SoundFont 2 file: one preset (bank 0, its GM program) and one instrument per program of the
     family table, one sample per root of ``ROOTS`` (``vaelib.data.sf2_bank``)."""
-    return bank_bytes(lambda program, family: fm_patch(program, family, seed=seed), fm_tone, tag=_tag(seed),
+    return bank_bytes(lambda program, family: fm_patch(program, family, seed=seed), fm_tone, fmt=FORMAT, seed=seed,
                       instrument="fm", preset="FM")
 
 
 def fm_header(*, seed: int = SEED) -> bytes:
     """The first bytes of the file: the RIFF header (its size left 0) and the INFO chunk, which names the
     generator's format and seed."""
-    return bank_header(_tag(seed))
+    return bank_header(FORMAT, seed)
 
 
 def fm_soundfont_path() -> Path:

@@ -73,25 +73,26 @@ def _timecents(seconds: float) -> int:
     return int(round(1200 * np.log2(max(seconds, 0.001))))
 
 
-def _info(tag: str) -> bytes:
+def _info(fmt: str, seed: int) -> bytes:
     return _list(b"INFO", _chunk(b"ifil", struct.pack("<HH", 2, 1)), _chunk(b"isng", b"EMU8000\0"),
-                 _chunk(b"INAM", tag.encode("ascii") + b"\0"))
+                 _chunk(b"INAM", f"{fmt} seed {seed}".encode("ascii") + b"\0"))
 
 
-def bank_header(tag: str) -> bytes:
-    """The first bytes of a bank's file: the RIFF header (its size left 0) and the INFO chunk naming ``tag``."""
-    return b"RIFF" + b"\0" * 4 + b"sfbk" + _info(tag)
+def bank_header(fmt: str, seed: int) -> bytes:
+    """The first bytes of a bank's file: the RIFF header (its size left 0) and the INFO chunk naming the
+    generator's format ``fmt`` and ``seed``."""
+    return b"RIFF" + b"\0" * 4 + b"sfbk" + _info(fmt, seed)
 
 
 def bank_bytes(patch: Callable[[int, str], Patch], tone: Callable[[Patch, int], tuple[np.ndarray, int, int]], *,
-               tag: str, instrument: str, preset: str, programs: Iterable[int] | None = None) -> bytes:
+               fmt: str, seed: int, instrument: str, preset: str, programs: Iterable[int] | None = None) -> bytes:
     """The SoundFont 2 file of one bank.
 
     Parameters
     ----------
     patch : ``(program, family) -> patch``, for every program of the family table.
     tone : ``(patch, root) -> (int16 samples, loop start, loop end)`` (0, 0: no loop), at ``SAMPLE_RATE``.
-    tag : the INFO name (the generator's format and seed).
+    fmt, seed : the generator's format and seed, named in the INFO chunk (:func:`bank_header`).
     instrument, preset : the prefix of each instrument's name and of each preset's.
     programs : only these programs of the table (a smaller file for tests); None: every one.
     """
@@ -141,7 +142,7 @@ def bank_bytes(patch: Callable[[int, str], Patch], tone: Callable[[Patch, int], 
     pdta = _list(b"pdta", _chunk(b"phdr", phdr), _chunk(b"pbag", pbag), _chunk(b"pmod", b"\0" * 10),
                  _chunk(b"pgen", pgen + b"\0" * 4), _chunk(b"inst", inst), _chunk(b"ibag", ibag),
                  _chunk(b"imod", b"\0" * 10), _chunk(b"igen", igen + b"\0" * 4), _chunk(b"shdr", shdr))
-    body = b"sfbk" + _info(tag) + sdta + pdta
+    body = b"sfbk" + _info(fmt, seed) + sdta + pdta
     return b"RIFF" + struct.pack("<I", len(body)) + body
 
 

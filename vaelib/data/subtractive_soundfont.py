@@ -160,20 +160,16 @@ def sub_tone(patch: SubPatch, root: int, *, sample_rate: int = SAMPLE_RATE) -> t
     return pcm, start, start + loop
 
 
-def _tag(seed: int) -> str:
-    return f"{FORMAT} seed {seed}"
-
-
 def sub_soundfont_bytes(*, seed: int = SEED, programs: Iterable[int] | None = None) -> bytes:
     """The SoundFont 2 file: one preset and one instrument per program of the family table (of ``programs``
     of it: a smaller file, for tests; the bank a run names has every one)."""
-    return bank_bytes(lambda program, family: sub_patch(program, family, seed=seed), sub_tone, tag=_tag(seed),
+    return bank_bytes(lambda program, family: sub_patch(program, family, seed=seed), sub_tone, fmt=FORMAT, seed=seed,
                       instrument="sub", preset="SUB", programs=programs)
 
 
 def sub_header(*, seed: int = SEED) -> bytes:
     """The first bytes of the file, which name the generator's format and seed."""
-    return bank_header(_tag(seed))
+    return bank_header(FORMAT, seed)
 
 
 def sub_soundfont_path() -> Path:
