@@ -8,6 +8,7 @@ import numpy as np
 import tinysoundfont
 
 from vaelib.data.render import GM_FAMILY_SOURCE, SAMPLE_RATE, render_note
+from vaelib.data.soundfonts import resolve_soundfont
 
 ONE_PER_FAMILY: dict[str, int] = {}  # family -> its first GM program
 for _program, (_family, _) in GM_FAMILY_SOURCE.items():
@@ -49,3 +50,16 @@ def check_family_notes(synth: tuple[tinysoundfont.Synth, int], program: int, sus
         else:
             assert late < held - 8.0
         assert level_db(audio, 3.8, 4.0) < held - 40  # released
+
+
+def check_written_once(name: str, path: Path, bank: bytes, fmt: str) -> None:
+    """The bare ``name`` writes ``bank`` at ``path`` once and leaves no temp file; a file written by another
+    version of the generator (format ``fmt`` with another number), or cut short, is written again."""
+    assert resolve_soundfont(name) == path and path.read_bytes() == bank
+    stamp = path.stat().st_mtime_ns
+    assert resolve_soundfont(name) == path and path.stat().st_mtime_ns == stamp
+    assert [p.name for p in path.parent.iterdir()] == [name]  # no temp file left
+    older = fmt.rsplit(" ", 1)[0] + " 0"
+    for stale in (bank.replace(fmt.encode(), older.encode(), 1), bank[:1000]):
+        path.write_bytes(stale)
+        assert resolve_soundfont(name) == path and path.read_bytes() == bank
