@@ -142,3 +142,73 @@ def test_a_slice_of_a_batch_gets_what_the_whole_batch_gives_its_notes():
     assert not torch.allclose(whole, x)
     with pytest.raises(ValueError, match="do not match a batch of 8"):
         aug(x, u[:3])
+
+
+def _envelope_draws(n: int, decay, brightening) -> torch.Tensor:
+    """The recording chain's uniforms at 0.5 (off), then the envelope's two."""
+    env = torch.stack([torch.as_tensor(decay, dtype=torch.float64).expand(n),
+                       torch.as_tensor(brightening, dtype=torch.float64).expand(n)], dim=1)
+    return torch.cat([_draws(n), env], dim=1)
+
+
+def _decaying_note(peak_frame: int = 10, slope_db_per_frame: float = -0.3) -> np.ndarray:
+    """One note: a rise to a peak at ``peak_frame``, a linear decay in dB after it, flat across bands."""
+    t = np.arange(FC.frames)
+    level = np.where(t < peak_frame, -20.0 + 20.0 * t / peak_frame, slope_db_per_frame * (t - peak_frame))
+    return np.broadcast_to(level, (1, 1, FC.n_mels, FC.frames)).copy()
+
+
+def test_decay_changes_the_slope_after_the_loudest_frame_only():
+    db = _decaying_note()
+    frame_s = FC.hop_length / FC.sample_rate
+    aug = _aug(augment_decay=10.0)
+    assert aug.n_draws == N_DRAWS + 2
+    faster = _db(aug(_x_from_db(db), _envelope_draws(1, 0.0, 0.5)))[0, 0]  # -10 dB per second
+    t = np.arange(FC.frames)
+    expected = db[0, 0] - 10.0 * np.clip(t - 10, 0, None) * frame_s
+    np.testing.assert_allclose(faster, np.clip(expected, -FC.top_db, 0.0), atol=1e-3)
+    np.testing.assert_allclose(faster[:, :11], db[0, 0, :, :11], atol=1e-4)  # the attack is the note's own
+
+
+def test_a_slower_decay_never_lifts_a_frame_above_the_loudest():
+    # the decay of 0.3 dB a frame slowed by more than it: uncapped, the note would swell to its end
+    db = _decaying_note()
+    out = _db(_aug(augment_decay=120.0)(_x_from_db(db), _envelope_draws(1, 1.0, 0.5)))[0, 0]
+    frame_level = 10 * np.log10((10 ** (out / 10)).sum(axis=0))
+    assert frame_level.argmax() <= 10 + 1 and out.max() == pytest.approx(0.0, abs=1e-4)
+    assert (np.diff(out[0, 10:]) <= 1e-4).all()  # held at most, never rising
+    assert out[0, -1] > db[0, 0, 0, -1] + 10.0  # and the tail is lifted: the decay did slow
+
+
+def test_brightening_tilts_more_as_the_note_goes_on():
+    db = _decaying_note(slope_db_per_frame=-0.1)
+    frame_s = FC.hop_length / FC.sample_rate
+    out = _db(_aug(augment_brightening=2.0)(_x_from_db(db), _envelope_draws(1, 0.5, 1.0)))[0, 0]  # +2 dB/oct/s
+    octv = _octaves()
+    for frame in (10, 40, 100):
+        slope = np.polyfit(octv, out[:, frame], 1)[0]
+        assert slope == pytest.approx(2.0 * max(frame - 10, 0) * frame_s, abs=1e-3)
+
+
+def test_envelope_draws_come_after_the_recording_chain_and_only_when_on():
+    chain = _aug(augment_tilt=2.0)
+    both = _aug(augment_tilt=2.0, augment_decay=20.0)
+    assert chain.n_draws == N_DRAWS
+    a = chain.draw(5, torch.Generator().manual_seed(3))
+    b = both.draw(5, torch.Generator().manual_seed(3))
+    assert b.shape == (5, N_DRAWS + 2) and torch.equal(a, b[:, :N_DRAWS])
+    with pytest.raises(ValueError, match=r"do not match"):
+        both(torch.zeros(5, 1, FC.n_mels, FC.frames), a)
+    # a floor note stays silent whatever the envelope does
+    silent = -torch.ones(1, 1, FC.n_mels, FC.frames)
+    out = _aug(augment_decay=50.0, augment_brightening=6.0)(silent, _envelope_draws(1, 1.0, 1.0))
+    assert torch.equal(out, silent)
+
+
+def test_envelope_settings_key_their_own_run_folders_only_when_on():
+    base = load_config(None, [])
+    assert checkpoint_dir(load_config(None, ["train.augment_decay=0"]), "k") == checkpoint_dir(base, "k")
+    on = {checkpoint_dir(load_config(None, [s]), "k") for s in ("train.augment_decay=10",
+                                                                 "train.augment_brightening=1")}
+    assert len(on) == 2 and checkpoint_dir(base, "k") not in on
+    assert augment_on(TrainConfig(augment_brightening=1.0))

@@ -1,9 +1,15 @@
-"""Recording-chain augmentation of log-mel batches: what another microphone, room or tuning would change
-in a training note, drawn per note and step, and nothing of which instrument it is.
+"""Augmentation of log-mel batches, drawn per note and step: what another microphone, room or tuning would
+change in a training note (the recording chain), and, apart, how fast the note decays and darkens after its
+peak (the note's envelope), which differ between two instruments of one family as between two banks' renderings
+of one program.
 
-It acts on the normalised log-mel of the cache (:func:`vaelib.data.features.log_mel_batch`), in the order
-of a recording chain, on power:
+It acts on the normalised log-mel of the cache (:func:`vaelib.data.features.log_mel_batch`), on power, the
+envelope first, then in the order of a recording chain:
 
+0. **envelope**, from the note's loudest frame on (``t`` seconds after it): a decay changed by ``d`` dB per
+   second (``d * t`` dB in every band; where ``d > 0`` no frame is lifted above the loudest frame's
+   level, so a held note never swells), and a tilt changing by ``b`` dB per octave per second around 1 kHz
+   (``b * t * octaves`` dB: a note that darkens or brightens faster);
 1. **detune** by ``c`` cents: each band takes the power the note had at ``f / r`` (``r = 2^(c/1200)``),
    interpolated linearly in log-frequency between band centres: the harmonics move, the envelope keeps
    its shape (a pitch error of under a quarter tone keeps the pitch label right);
@@ -21,7 +27,9 @@ to [-top_db, 0]. The floor (-top_db) is taken as no power at all, so an EQ never
 into a pattern the cache could not hold; a reverb tail fills it, as a room does.
 
 Every setting is drawn per note from uniforms drawn for the whole batch (:meth:`Augmenter.draw`), so the
-processes of a data-parallel run, each augmenting its slice, give the notes what one process would.
+processes of a data-parallel run, each augmenting its slice, give the notes what one process would. The
+envelope's two uniforms are drawn only when it is on, after the recording chain's, so a run without it draws
+what it drew before the envelope existed.
 """
 
 from __future__ import annotations
@@ -34,9 +42,10 @@ import torch
 from vaelib.config import Config, FeatureConfig, TrainConfig
 from vaelib.data.features import mel_frequencies, normalize_db
 
-__all__ = ["Augmenter", "augment_on", "N_DRAWS", "WET_DB", "RT60_MIN_S", "BELL_SD_OCTAVES"]
+__all__ = ["Augmenter", "augment_on", "N_DRAWS", "N_ENVELOPE_DRAWS", "WET_DB", "RT60_MIN_S", "BELL_SD_OCTAVES"]
 
 N_DRAWS = 8  # uniforms per note: detune, tilt, bell gain, bell centre, reverb on, rt60, wet level, gain
+N_ENVELOPE_DRAWS = 2  # and, with the envelope on: decay change, brightening
 WET_DB = (-20.0, -6.0)
 RT60_MIN_S = 0.2
 BELL_SD_OCTAVES = 0.5
@@ -47,7 +56,13 @@ _SILENT_DB = 10.0 * math.log10(_FLOOR_POWER) + 1e-3
 
 def augment_on(tc: TrainConfig) -> bool:
     """Whether any part of the augmentation is on."""
-    return any((tc.augment_detune, tc.augment_tilt, tc.augment_eq, tc.augment_reverb, tc.augment_gain))
+    return any((tc.augment_detune, tc.augment_tilt, tc.augment_eq, tc.augment_reverb, tc.augment_gain,
+                envelope_on(tc)))
+
+
+def envelope_on(tc: TrainConfig) -> bool:
+    """Whether the note-envelope part of the augmentation is on."""
+    return bool(tc.augment_decay or tc.augment_brightening)
 
 
 class Augmenter:
@@ -69,6 +84,8 @@ class Augmenter:
         self._octave_span = (float(self._octaves[0]), float(self._octaves[-1]))  # where a bell's centre is drawn
         self._frame_s = fc.hop_length / fc.sample_rate
         lag = torch.arange(fc.frames, device=self.device)
+        self._frame_index = lag.float()
+        self.n_draws = N_DRAWS + (N_ENVELOPE_DRAWS if envelope_on(tc) else 0)
         self._lag = (lag[None, :] - lag[:, None]).float()  # [source frame, frame] -> frames after the sound
 
     @classmethod
@@ -77,10 +94,14 @@ class Augmenter:
         return cls(cfg.train, cfg.features, device) if augment_on(cfg.train) else None
 
     def draw(self, n: int, gen: torch.Generator) -> torch.Tensor:
-        """The uniforms of ``n`` notes, [shape=(n, N_DRAWS)] float64 in [0, 1), from ``gen`` (CPU).
+        """The uniforms of ``n`` notes, [shape=(n, self.n_draws)] float64 in [0, 1), from ``gen`` (CPU).
 
-        Always as many per note whatever is on, so switching one part off leaves the others' draws."""
-        return torch.rand(n, N_DRAWS, generator=gen, dtype=torch.float64)
+        As many per note whatever part of the recording chain is on, so switching one off leaves the others'
+        draws; the envelope's come after them, only when it is on."""
+        u = torch.rand(n, N_DRAWS, generator=gen, dtype=torch.float64)
+        if self.n_draws == N_DRAWS:
+            return u
+        return torch.cat([u, torch.rand(n, N_ENVELOPE_DRAWS, generator=gen, dtype=torch.float64)], dim=1)
 
     def __call__(self, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         """``x`` augmented with the settings drawn in ``u`` (one row per note), a new tensor.
@@ -88,20 +109,23 @@ class Augmenter:
         Parameters
         ----------
         x : [shape=(batch, 1, n_mels, frames)] normalised log-mel in [-1, 1]
-        u : [shape=(batch, N_DRAWS)] from :meth:`draw`
+        u : [shape=(batch, self.n_draws)] from :meth:`draw`
 
         Returns
         -------
         tensor like ``x`` (float32, its memory format)
         """
         tc, fc = self.tc, self.fc
-        if u.shape != (x.shape[0], N_DRAWS):
+        if u.shape != (x.shape[0], self.n_draws):
             raise ValueError(f"augmentation draws {tuple(u.shape)} do not match a batch of {x.shape[0]} notes")
         u = u.to(device=x.device, dtype=torch.float32)
         signed = 2.0 * u - 1.0
         xf = x.float()
         db = (xf - 1.0) * (fc.top_db / 2.0)
         power = torch.where(xf <= -1.0 + 1e-6, torch.zeros_like(db), torch.pow(10.0, db / 10.0))
+        if self.n_draws > N_DRAWS:
+            power = self._envelope(power, decay=signed[:, N_DRAWS] * tc.augment_decay,
+                                   brightening=signed[:, N_DRAWS + 1] * tc.augment_brightening)
         if tc.augment_detune:
             power = self._detune(power, signed[:, 0] * tc.augment_detune)
         gain_db = torch.zeros(x.shape[0], 1, fc.n_mels, 1, device=x.device)
@@ -122,6 +146,18 @@ class Augmenter:
         if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
             out = out.contiguous(memory_format=torch.channels_last)
         return out
+
+    def _envelope(self, power: torch.Tensor, *, decay: torch.Tensor, brightening: torch.Tensor) -> torch.Tensor:
+        frame_power = power.sum(dim=(1, 2))  # (batch, frames)
+        peak = frame_power.argmax(dim=1)
+        after_s = (self._frame_index[None, :] - peak[:, None].float()).clamp_min(0.0) * self._frame_s
+        gain_db = decay[:, None] * after_s
+        frame_db = 10.0 * torch.log10(frame_power.clamp_min(_FLOOR_POWER))
+        headroom_db = frame_db.gather(1, peak[:, None]) - frame_db  # how far each frame sits under the loudest
+        gain_db = torch.minimum(gain_db, headroom_db)  # binds only where the decay slows
+        band_db = gain_db[:, None, None, :] + (brightening[:, None] * after_s)[:, None, None, :] \
+            * self._octaves[None, None, :, None]
+        return power * torch.pow(10.0, band_db / 10.0)
 
     def _detune(self, power: torch.Tensor, cents: torch.Tensor) -> torch.Tensor:
         log_f = self._log_f
