@@ -23,7 +23,7 @@ import vaelib.model.vae as vae_module
 from vaelib.config import PROJECT_ROOT, load_config
 from vaelib.data.cache import FeatureCache
 from vaelib.data.prepare import prepare_features
-from vaelib.exceptions import CheckpointError, ParameterError, TrainingError
+from vaelib.exceptions import CheckpointError, DataError, ParameterError, TrainingError
 from vaelib.model.augment import Augmenter
 from vaelib.model.checkpoint import checkpoint_dir, find_checkpoint, load_checkpoint, load_model, staging_dir
 from vaelib.model.distributed import Ranks
@@ -937,3 +937,20 @@ def test_every_setting_that_needs_several_soundfonts_is_named_with_its_way_out(t
                                              r"train.contrast_labels 'program' and train.source_align 0 and "
                                              r"train.source_adversary 0, or train on several SoundFonts$"):
         check_train_sources(cfg)
+
+
+def test_a_misspelled_data_root_is_named_before_the_one_soundfont_refusal(tmp_path):
+    import json
+
+    from vaelib.data.prepare import check_train_sources
+    from vaelib.data.render import RENDER_SUMMARY
+
+    # the folder meant holds two SoundFonts' notes: the typo, not the one SoundFont the params name, is the fault
+    meant = tmp_path / "gm_two"
+    meant.mkdir()
+    (meant / RENDER_SUMMARY).write_text(json.dumps({"soundfonts": ["/x/TimGM6mb.sf2", "/x/Other_GM.sf2"]}))
+    (meant / "examples.json").write_text("{}")
+    cfg = load_config(SMOKE, [f"data.root={tmp_path / 'gm_tow'}", "train.source_align=10"])
+    with pytest.raises(DataError, match=rf"did you mean {meant}\?"):
+        check_train_sources(cfg)
+    assert not (tmp_path / "gm_tow").exists()

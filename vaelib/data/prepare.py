@@ -127,12 +127,16 @@ def check_train_sources(cfg: Config) -> None:
     ------
     ParameterError
         Naming every such setting, the SoundFont and the way out of each.
+    DataError
+        A missing ``data.root`` that reads as a typo of a dataset folder (as :func:`ensure_dataset`).
     """
     settings = source_settings(cfg.train)
     if not settings or not cfg.render.enabled:
         return
     names = source_names(cfg.render.soundfont)
     root = resolve_path(cfg.data.root)
+    if not root.exists():
+        _refuse_misspelled_root(cfg, root)  # the folder meant may hold several SoundFonts: the typo comes first
     summary = rendered_summary(root) if root.exists() else {}
     if summary is None or (summary and rendered_sources(summary) != names):
         return
@@ -142,6 +146,15 @@ def check_train_sources(cfg: Config) -> None:
         verb = "rendered from" if summary else "to be rendered from"
         raise one_source_error(settings, f"the train split of data.root {cfg.data.root!r} ({verb} {train[0]})",
                                held_out=held)
+
+
+def _refuse_misspelled_root(cfg: Config, root: Path) -> None:
+    """A missing ``data.root`` that reads as a typo of a dataset folder: refused, nothing rendered."""
+    near = close_dataset(root)
+    if near is not None:
+        raise DataError(f"{root}: dataset folder not found (data.root={cfg.data.root!r}); did you mean {near}? "
+                        f"Nothing was rendered; to render the embedded dataset into {root} on purpose, run "
+                        f"`vaelib render --params <the same params> --out {root}` first")
 
 
 def ensure_dataset(cfg: Config, *, show_progress: bool = True,
@@ -175,11 +188,7 @@ def ensure_dataset(cfg: Config, *, show_progress: bool = True,
     if not cfg.render.enabled:
         raise DataError(f"{root}: dataset folder not found (data.root={cfg.data.root!r}) "
                         "and render.enabled is false")
-    near = close_dataset(root)
-    if near is not None:
-        raise DataError(f"{root}: dataset folder not found (data.root={cfg.data.root!r}); did you mean {near}? "
-                        f"Nothing was rendered; to render the embedded dataset into {root} on purpose, run "
-                        f"`vaelib render --params <the same params> --out {root}` first")
+    _refuse_misspelled_root(cfg, root)
     if before_render is not None:
         before_render()
     log.info("%s missing: rendering the embedded GM dataset", root)
