@@ -166,3 +166,25 @@ def test_metadata_markup_is_escaped_on_every_page(smoke_run):
         # no nbconvert MathJax: it would be fetched from the network, and typeset what lies between two names' '$'
         assert "<!-- Load mathjax -->" not in text and "libs/mathjax" not in text, f"{page.name} loads MathJax"
     assert shown >= 3, f"the escaped instrument names appear on only {shown} of {len(pages)} pages"
+
+
+def test_every_figure_has_alternative_text_from_its_own_words(smoke_run):
+    from html.parser import HTMLParser
+
+    class Alts(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.alts = []
+
+        def handle_starttag(self, tag, attrs):
+            if tag == "img":
+                self.alts.append(dict(attrs).get("alt"))
+
+    problems, _ = check_reports(smoke_run["run_dir"], use_browser=False)
+    assert problems == [], problems  # an image without alternative text is a problem of the check
+    parser = Alts()
+    parser.feed((smoke_run["run_dir"] / "03_diagnostics.html").read_text())
+    kl = [a for a in parser.alts if a and "total raw KL per note" in a]
+    assert kl == ["Figure. 2 panels: total raw KL per note (x: KL (nats); y: notes; legend: test notes); "
+                  "mean raw KL per dimension (x: latent dimension; y: KL (nats); legend: free bits (0.5 nats))"] \
+        or len(kl) == 1 and "mean raw KL per dimension" in kl[0], kl

@@ -1,7 +1,7 @@
 """Check the HTML reports as a reader would see them: every page loaded in headless Chromium.
 
-A page fails on an image the browser could not decode, a relative link or media source that points
-at no file, or an executed notebook holding an error output.
+A page fails on an image the browser could not decode or that has no alternative text, a relative link or
+media source that points at no file, or an executed notebook holding an error output.
 """
 
 from __future__ import annotations
@@ -44,22 +44,31 @@ def find_chromium() -> str | None:
     return None
 
 
+# What nbconvert writes into an image's alt when the notebook gave it none: no description at all.
+NO_ALT_PLACEHOLDER = "No description has been provided for this image"
+
+
 class _Refs(HTMLParser):
     def __init__(self) -> None:
         super().__init__()
         self.refs: list[tuple[str, str]] = []
+        self.without_alt = 0
 
     def handle_starttag(self, tag, attrs):
         attrs = dict(attrs)
         for attr in ("href", "src"):
             if tag in ("a", "img", "audio", "source", "video") and attrs.get(attr):
                 self.refs.append((tag, attrs[attr]))
+        alt = (attrs.get("alt") or "").strip()
+        if tag == "img" and (not alt or alt == NO_ALT_PLACEHOLDER):
+            self.without_alt += 1
 
 
 def _broken_links(page: Path) -> list[str]:
     parser = _Refs()
     parser.feed(page.read_text(errors="replace"))
-    problems = []
+    problems = [f"{page}: {parser.without_alt} image(s) without alternative text (a screen reader says nothing "
+                "of them)"] if parser.without_alt else []
     for tag, ref in parser.refs:
         url = urlparse(ref)
         if url.scheme in ("data", "http", "https", "mailto", "javascript") or ref.startswith("#"):

@@ -47,6 +47,19 @@ def _is_progress_noise(output: dict) -> bool:
     return output.get("output_type") == "stream" and output.get("name") == "stderr" and "\r" in output.get("text", "")
 
 
+def _with_alt_text(output: dict) -> dict:
+    """An image output whose metadata carries alternative text (vaelib.report.plots.show) given an HTML form
+    that keeps it: the lab template draws a PNG without its ``alt``, and HTML comes first in its order."""
+    data = output.get("data", {})
+    meta = output.get("metadata", {}).get("image/png", {})
+    if "image/png" not in data or "text/html" in data or not isinstance(meta, dict) or not meta.get("alt"):
+        return output
+    png = "".join(data["image/png"].split())
+    width = f" width={int(meta['width'])}" if isinstance(meta.get("width"), (int, float)) else ""
+    data["text/html"] = f'<img src="data:image/png;base64,{png}" alt="{html.escape(str(meta["alt"]))}"{width}>'
+    return output
+
+
 def notebook_to_html(ipynb: Path, out: Path, *, keep_code: bool = False) -> None:
     """Render an executed notebook to self-contained HTML (code cells hidden unless ``keep_code``)."""
     from nbconvert import HTMLExporter
@@ -54,7 +67,7 @@ def notebook_to_html(ipynb: Path, out: Path, *, keep_code: bool = False) -> None
     nb = nbformat.read(ipynb, as_version=4)
     for cell in nb.cells:
         if cell.cell_type == "code":
-            cell.outputs = [o for o in cell.get("outputs", []) if not _is_progress_noise(o)]
+            cell.outputs = [_with_alt_text(o) for o in cell.get("outputs", []) if not _is_progress_noise(o)]
     exporter = HTMLExporter(template_name="lab")
     exporter.exclude_input = not keep_code
     exporter.exclude_input_prompt = not keep_code

@@ -2,6 +2,7 @@
 
 - ``common``: histograms, bars per dimension, grouped bars, spectrogram grids, latent maps and paths;
   re-exported here, so ``from vaelib.report import plots`` gives them.
+- ``alt_text``: a figure's alternative text for the HTML reports, from its titles, axis labels and legends.
 - ``dataset``: 01_preprocess: dataset counts, pitch and velocity histograms, one spectrogram per family.
 - ``training``: 02_train: loss curves and latent statistics per epoch.
 - ``diagnostics``: 03_diagnostics: posterior per dimension, KL, active units, distances, reconstruction vs PCA.

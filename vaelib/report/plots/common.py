@@ -18,6 +18,7 @@ from matplotlib.figure import Figure
 from vaelib.config import FeatureConfig
 from vaelib.data.features import mel_frequencies, normalized_to_db
 from vaelib.io import atomic_path
+from vaelib.report.plots.alt_text import figure_alt_text
 
 # Titles carry instrument and note names from metadata; a '$' in one must print, not start mathtext
 # (which fails on an unbalanced one).
@@ -25,6 +26,7 @@ plt.rcParams["text.parse_math"] = False
 
 __all__ = [
     "save_and_show",
+    "show",
     "histograms",
     "bars_per_dim",
     "grouped_bars",
@@ -39,7 +41,8 @@ SPLIT_MARKERS = {"train": "o", "valid": "s", "test": "^"}
 
 
 def save_and_show(fig: Figure, path: str | Path, *, dpi: int) -> None:
-    """Write ``fig`` to ``path`` as PNG (atomically), show that PNG in the notebook and close the figure.
+    """Write ``fig`` to ``path`` as PNG (atomically), show that PNG in the notebook, with its alternative
+    text (:func:`~vaelib.report.plots.alt_text.figure_alt_text`), and close the figure.
 
     The figure is drawn once: ``savefig`` and then ``plt.show()`` drew it twice, and a figure of many
     axes spends seconds in its layout at every draw (docs/benchmarks.md). Shown at the width the
@@ -51,8 +54,17 @@ def save_and_show(fig: Figure, path: str | Path, *, dpi: int) -> None:
     with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, format="png", dpi=dpi)
     width = int(round(fig.get_size_inches()[0] * plt.rcParams["figure.dpi"]))
+    alt = figure_alt_text(fig)
     plt.close(fig)
-    display(Image(filename=str(path), width=width))
+    display(Image(filename=str(path), width=width, alt=alt))
+
+
+def show(fig: Figure) -> None:
+    """Show ``fig`` in the notebook, with its alternative text (:func:`figure_alt_text`), and close it."""
+    from IPython.display import display
+
+    display(fig, metadata={"image/png": {"alt": figure_alt_text(fig)}})
+    plt.close(fig)
 
 
 def histograms(ax: Axes, series: Mapping[str, np.ndarray], *, bins: int = 40, title: str, xlabel: str,
