@@ -246,12 +246,11 @@ class TrainConfig:
     augment_gain: float = _f(0.0, "largest gain of a training note, in dB (uniform in +-this; 0: off); only with "
                              "features.ref 'fixed': under 'max' every note's peak is 0 dB", lo=0.0, hi=40.0)
     # note-envelope augmentation (vaelib/model/augment.py): how a note decays and changes colour after its peak
-    augment_decay: float = _f(0.0, "largest change of a training note's decay after its loudest frame, in dB per "
-                              "second (uniform in +-this; 0: off); a slower decay never lifts a frame above the "
-                              "loudest", lo=0.0, hi=120.0)
-    augment_brightening: float = _f(0.0, "largest change of a training note's spectral tilt after its loudest "
-                                    "frame, in dB per octave per second around 1 kHz (uniform in +-this; 0: off)",
-                                    lo=0.0, hi=12.0)
+    augment_decay: float = _f(0.0, "largest extra decay of a training note after its peak (its loudest bin), in dB "
+                              "per second (uniform from 0 to this; 0: off)", lo=0.0, hi=120.0)
+    augment_darkening: float = _f(0.0, "largest extra darkening of a training note after its peak (its loudest bin), "
+                                  "in dB per octave above the lowest band per second (uniform from 0 to this; 0: off)",
+                                  lo=0.0, hi=12.0)
     mixstyle: float = _f(0.0, "share of training batches whose notes get, after each of the encoder's first two "
                          "levels, a mix of their own and another note's channel statistics (MixStyle, Zhou et al. "
                          "2021; vaelib/model/mixstyle.py); 0: off; one process only", lo=0.0, hi=1.0)

@@ -3,7 +3,8 @@
 - ``vae``: the encoder, reparameterization and decoder (``ConvVAE``) and their optional heads.
 - ``loss``: the beta-VAE objective with free bits, the auxiliary terms, and the beta and lr schedules.
 - ``train``: the resumable training loop with early stopping.
-- ``augment``: recording-chain augmentation of training batches (detune, EQ, reverb, gain).
+- ``augment``: augmentation of training batches: the recording chain (detune, EQ, reverb, gain) and the note's
+  envelope (a faster decay and darkening).
 - ``mixstyle``: the encoder's early channel statistics mixed between the notes of a training batch.
 - ``adversary``: a SoundFont classifier on mu trained through a reversed gradient (DANN).
 - ``stream``: the train split's rows batch by batch: in memory, or read from the cache's file as training goes.

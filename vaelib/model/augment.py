@@ -6,10 +6,10 @@ of one program.
 It acts on the normalised log-mel of the cache (:func:`vaelib.data.features.log_mel_batch`), on power, the
 envelope first, then in the order of a recording chain:
 
-0. **envelope**, from the note's loudest frame on (``t`` seconds after it): a decay changed by ``d`` dB per
-   second (``d * t`` dB in every band; where ``d > 0`` no frame is lifted above the loudest frame's
-   level, so a held note never swells), and a tilt changing by ``b`` dB per octave per second around 1 kHz
-   (``b * t * octaves`` dB: a note that darkens or brightens faster);
+0. **envelope**, from the frame of the note's loudest bin on (``t`` seconds after it): a faster decay,
+   ``-d * t`` dB in every band, and a faster darkening, ``-b * t * o`` dB at ``o`` octaves above the lowest
+   band, ``d`` and ``b`` uniform from 0; only losses after the peak, so the note keeps its reference, its
+   attack, and what the cache clipped stays below the floor;
 1. **detune** by ``c`` cents: each band takes the power the note had at ``f / r`` (``r = 2^(c/1200)``),
    interpolated linearly in log-frequency between band centres: the harmonics move, the envelope keeps
    its shape (a pitch error of under a quarter tone keeps the pitch label right);
@@ -45,7 +45,7 @@ from vaelib.data.features import mel_frequencies, normalize_db
 __all__ = ["Augmenter", "augment_on", "N_DRAWS", "N_ENVELOPE_DRAWS", "WET_DB", "RT60_MIN_S", "BELL_SD_OCTAVES"]
 
 N_DRAWS = 8  # uniforms per note: detune, tilt, bell gain, bell centre, reverb on, rt60, wet level, gain
-N_ENVELOPE_DRAWS = 2  # and, with the envelope on: decay change, brightening
+N_ENVELOPE_DRAWS = 2  # and, with the envelope on: extra decay, extra darkening
 WET_DB = (-20.0, -6.0)
 RT60_MIN_S = 0.2
 BELL_SD_OCTAVES = 0.5
@@ -62,7 +62,7 @@ def augment_on(tc: TrainConfig) -> bool:
 
 def envelope_on(tc: TrainConfig) -> bool:
     """Whether the note-envelope part of the augmentation is on."""
-    return bool(tc.augment_decay or tc.augment_brightening)
+    return bool(tc.augment_decay or tc.augment_darkening)
 
 
 class Augmenter:
@@ -82,6 +82,7 @@ class Augmenter:
         octaves = np.log2(centres / _TILT_CENTRE_HZ)
         self._octaves = torch.as_tensor(octaves, dtype=torch.float32, device=self.device)
         self._octave_span = (float(self._octaves[0]), float(self._octaves[-1]))  # where a bell's centre is drawn
+        self._octaves_up = self._octaves - self._octaves[0]  # above the lowest band: darkening loses nothing there
         self._frame_s = fc.hop_length / fc.sample_rate
         lag = torch.arange(fc.frames, device=self.device)
         self._frame_index = lag.float()
@@ -124,8 +125,8 @@ class Augmenter:
         db = (xf - 1.0) * (fc.top_db / 2.0)
         power = torch.where(xf <= -1.0 + 1e-6, torch.zeros_like(db), torch.pow(10.0, db / 10.0))
         if self.n_draws > N_DRAWS:
-            power = self._envelope(power, decay=signed[:, N_DRAWS] * tc.augment_decay,
-                                   brightening=signed[:, N_DRAWS + 1] * tc.augment_brightening)
+            power = self._envelope(power, decay=u[:, N_DRAWS] * tc.augment_decay,
+                                   darkening=u[:, N_DRAWS + 1] * tc.augment_darkening)
         if tc.augment_detune:
             power = self._detune(power, signed[:, 0] * tc.augment_detune)
         gain_db = torch.zeros(x.shape[0], 1, fc.n_mels, 1, device=x.device)
@@ -147,17 +148,14 @@ class Augmenter:
             out = out.contiguous(memory_format=torch.channels_last)
         return out
 
-    def _envelope(self, power: torch.Tensor, *, decay: torch.Tensor, brightening: torch.Tensor) -> torch.Tensor:
-        frame_power = power.sum(dim=(1, 2))  # (batch, frames)
-        peak = frame_power.argmax(dim=1)
+    def _envelope(self, power: torch.Tensor, *, decay: torch.Tensor, darkening: torch.Tensor) -> torch.Tensor:
+        # from the frame of the note's loudest bin: the peak the cache referenced stays where it was, so the
+        # note needs no new reference and its floor stays hidden
+        peak = power.amax(dim=(1, 2)).argmax(dim=1)
         after_s = (self._frame_index[None, :] - peak[:, None].float()).clamp_min(0.0) * self._frame_s
-        gain_db = decay[:, None] * after_s
-        frame_db = 10.0 * torch.log10(frame_power.clamp_min(_FLOOR_POWER))
-        headroom_db = frame_db.gather(1, peak[:, None]) - frame_db  # how far each frame sits under the loudest
-        gain_db = torch.minimum(gain_db, headroom_db)  # binds only where the decay slows
-        band_db = gain_db[:, None, None, :] + (brightening[:, None] * after_s)[:, None, None, :] \
-            * self._octaves[None, None, :, None]
-        return power * torch.pow(10.0, band_db / 10.0)
+        rate_db = decay[:, None, None] + darkening[:, None, None] * self._octaves_up[None, :, None]  # dB a second
+        loss_db = after_s[:, None, :] * rate_db
+        return power * torch.pow(10.0, -loss_db / 10.0)[:, None]
 
     def _detune(self, power: torch.Tensor, cents: torch.Tensor) -> torch.Tensor:
         log_f = self._log_f

@@ -218,8 +218,8 @@ def run_pipeline(params_file: str | os.PathLike, overrides: list[str] | tuple[st
         Before anything runs, when the params are invalid.
     ParameterError, DataError
         Before anything runs, when a SoundFont or transfer folder the params name is missing (the
-        message names the Debian package of a known SoundFont), or a setting that needs several SoundFonts
-        in the train split would have one.
+        message names the Debian package of a known SoundFont), a setting that needs several SoundFonts
+        in the train split would have one, or a missing ``data.root`` reads as a typo of a dataset folder.
     PipelineError
         When a notebook fails: names the notebook and the cell; earlier reports stay as they were.
     """
