@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import base64
 import io
-from html.parser import HTMLParser
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import nbformat
+from _html import images
 
 from vaelib.report.browser_check import NO_ALT_PLACEHOLDER, page_problems
 from vaelib.report.html import notebook_to_html
@@ -62,21 +62,6 @@ def _png() -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
-def _images(page: str) -> list[dict]:
-    class Images(HTMLParser):
-        def __init__(self):
-            super().__init__()
-            self.found = []
-
-        def handle_starttag(self, tag, attrs):
-            if tag == "img":
-                self.found.append(dict(attrs))
-
-    parser = Images()
-    parser.feed(page)
-    return parser.found
-
-
 def test_the_report_page_keeps_the_alt_text_escaped_and_the_check_counts_images_without(tmp_path):
     nb = nbformat.v4.new_notebook()
     with_alt = nbformat.v4.new_code_cell("show(fig)")
@@ -88,14 +73,14 @@ def test_the_report_page_keeps_the_alt_text_escaped_and_the_check_counts_images_
     nb.cells = [with_alt]
     nbformat.write(nb, tmp_path / "a.ipynb")
     notebook_to_html(tmp_path / "a.ipynb", tmp_path / "a.html")
-    images = _images((tmp_path / "a.html").read_text())
-    assert images == [{"src": images[0]["src"], "alt": 'pitch <b>by</b> "octave"', "width": "300"}]
-    assert images[0]["src"].startswith("data:image/png;base64,iVBOR")
+    found = images((tmp_path / "a.html").read_text())
+    assert found == [{"src": found[0]["src"], "alt": 'pitch <b>by</b> "octave"', "width": "300"}]
+    assert found[0]["src"].startswith("data:image/png;base64,iVBOR")
     assert page_problems(tmp_path / "a.html", chromium=None)[0] == []
     nb.cells = [with_alt, without]
     nbformat.write(nb, tmp_path / "b.ipynb")
     notebook_to_html(tmp_path / "b.ipynb", tmp_path / "b.html")
-    assert [i["alt"] for i in _images((tmp_path / "b.html").read_text())] == ['pitch <b>by</b> "octave"',
+    assert [i["alt"] for i in images((tmp_path / "b.html").read_text())] == ['pitch <b>by</b> "octave"',
                                                                             NO_ALT_PLACEHOLDER]
     assert page_problems(tmp_path / "b.html", chromium=None)[0] == [
         f"{tmp_path / 'b.html'}: 1 image(s) without alternative text (a screen reader says nothing of them)"]
