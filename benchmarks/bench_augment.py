@@ -1,8 +1,9 @@
-"""What the recording-chain augmentation adds to a training step: milliseconds per batch, side by side.
+"""What the augmentation adds to a training step: milliseconds per batch, side by side.
 
 Alternating rounds in one process, on the default batch size and features: the augmentation of one batch
-with each part alone and with all of them (``train.augment_*`` of ``params/augment.yaml`` plus detune and
-reverb, as ``--set`` would give them), against one training step of the ``--params`` model (forward,
+with each part of the recording chain alone and with all of them (``train.augment_*`` of
+``params/augment.yaml`` plus detune and reverb, as ``--set`` would give them), and with the note's envelope
+(a faster decay and darkening), against one training step of the ``--params`` model (forward,
 backward and Adam, bf16 autocast where the run would use it, channels-last as training is). The inputs are
 normalised log-mel in [-1, 1] drawn at random: the augmentation's cost does not depend on what the notes
 hold. The ratio of the medians is the figure to read; the absolute times depend on the load.
@@ -32,6 +33,7 @@ PARTS = {
     "tilt": ["train.augment_tilt=4"],
     "eq": ["train.augment_eq=12"],
     "reverb": ["train.augment_reverb=1", "train.augment_rt60=1.5"],
+    "envelope": ["train.augment_decay=20", "train.augment_darkening=2"],
     "all": ["train.augment_detune=20", "train.augment_tilt=4", "train.augment_eq=12", "train.augment_reverb=1",
             "train.augment_rt60=1.5"],
 }
