@@ -28,8 +28,8 @@ from vaelib.data.soundfonts import source_names
 from vaelib.exceptions import DataError, ParameterError
 from vaelib.io import file_in_the_way, os_error_text
 
-__all__ = ["ensure_dataset", "check_train_sources", "source_terms", "source_settings", "one_source_error",
-           "prepare_features", "prepare_shard", "merge_features", "close_dataset", "is_typo_of"]
+__all__ = ["ensure_dataset", "check_train_sources", "across_setting", "source_terms", "source_settings",
+           "one_source_error", "prepare_features", "prepare_shard", "merge_features", "close_dataset", "is_typo_of"]
 
 log = logging.getLogger(__name__)
 
@@ -98,11 +98,16 @@ def source_terms(tc: TrainConfig) -> list[str]:
     return [f"train.{k}" for k in ("source_align", "source_adversary") if getattr(tc, k) > 0]
 
 
+def across_setting(contrast_labels: str) -> list[str]:
+    """The contrastive labels as errors name them when they need several SoundFonts (``program_across``,
+    whose positives are another bank's renderings of the program); empty for any other labels."""
+    return [f"train.contrast_labels {contrast_labels!r}"] if contrast_labels == "program_across" else []
+
+
 def source_settings(tc: TrainConfig) -> list[str]:
     """The settings on that need the train split to hold notes of several SoundFonts, as errors name them:
-    the contrastive labels ``program_across``, and :func:`source_terms`."""
-    across = [f"train.contrast_labels {tc.contrast_labels!r}"] if tc.contrast_labels == "program_across" else []
-    return across + source_terms(tc)
+    :func:`across_setting`, and :func:`source_terms`."""
+    return across_setting(tc.contrast_labels) + source_terms(tc)
 
 
 def one_source_error(settings: list[str], what: str, *, held_out: tuple[str, ...] = ()) -> ParameterError:

@@ -48,7 +48,7 @@ import torch
 
 from vaelib.config import Config, TrainConfig, config_to_dict, save_config
 from vaelib.data.cache import FeatureCache
-from vaelib.data.prepare import one_source_error, source_terms
+from vaelib.data.prepare import across_setting, one_source_error, source_terms
 from vaelib.exceptions import CheckpointError, ParameterError, TrainingError
 from vaelib.io import atomic_write_text
 from vaelib.model.adversary import SourceAdversary
@@ -280,8 +280,7 @@ def contrast_classes(cache: FeatureCache, kind: str, device: torch.device, *,
     if kind == "program_across" or sources:
         banks = pd.factorize(cache.meta.loc[rows, "soundfont"])[0] if "soundfont" in cache.meta.columns else []
         if len(set(banks)) < 2:
-            across = [f"train.contrast_labels {kind!r}"] if kind == "program_across" else []
-            raise one_source_error([*across, *sources], f"the train split of {cache.path}")
+            raise one_source_error([*across_setting(kind), *sources], f"the train split of {cache.path}")
     if kind == "program_family":
         classes = np.stack([classes, banks, cache.meta.loc[rows, "instrument_family"].to_numpy(dtype=np.int64)],
                            axis=1)
