@@ -140,9 +140,11 @@ def check_train_sources(cfg: Config) -> None:
         return
     names = source_names(cfg.render.soundfont)
     root = resolve_path(cfg.data.root)
-    if not root.exists():
+    if root.exists():
+        summary = rendered_summary(root)
+    else:
         _refuse_misspelled_root(cfg, root)  # the folder meant may hold several SoundFonts: the typo comes first
-    summary = rendered_summary(root) if root.exists() else {}
+        summary = {}
     if summary is None or (summary and rendered_sources(summary) != names):
         return
     train = [n for n in names if n not in cfg.data.test_soundfonts]
