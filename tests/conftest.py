@@ -125,7 +125,7 @@ def make_split(tmp_path):
 
 @pytest.fixture(scope="session")
 def smoke_run(tmp_path_factory, smoke_dataset) -> dict:
-    """The whole pipeline (`vaelib run`) on params/smoke.yaml, once per session: the five notebooks
+    """The whole pipeline (`vaelib run`) on params/smoke.yaml, once per session: the six notebooks
     executed by papermill into ``<tmp>/reports/smoke/``, with one transfer set for 04. Every notebook
     test reads this one run."""
     import shutil
