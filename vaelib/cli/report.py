@@ -44,7 +44,8 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def register(sub, add_config_args) -> None:
-    p = sub.add_parser("run", help="execute notebooks 01-05 with papermill into reports/<run>/ with HTML")
+    p = sub.add_parser("run", help="execute the notebooks of report.notebooks (01-06 by default) with papermill "
+                                   "into reports/<run>/ with HTML")
     add_config_args(p)
     p.add_argument("--keep-code", action="store_true", help="show code cells in the HTML reports")
     p.set_defaults(func=cmd_run)
