@@ -310,6 +310,50 @@ def test_augmentation_changes_training_is_reproducible_and_resumes_exactly(work,
         _assert_same_history(res.history, h)
 
 
+MASKS = ("train.augment_mask_bands=4", "train.augment_mask_frames=6")
+
+
+def _training_pairs(cfg, cache, monkeypatch) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], object]:
+    """(what the encoder heard, the objective's target) of every training batch of a run of ``cfg``."""
+    heard, pairs = [], []
+    real_forward, real_objective = ConvVAE.forward, vtrain.training_objective
+    monkeypatch.setattr(ConvVAE, "forward",
+                        lambda self, x, *a, **k: heard.append(x.detach().clone()) or real_forward(self, x, *a, **k))
+    monkeypatch.setattr(vtrain, "training_objective",
+                        lambda x, out, *a, **k: pairs.append((heard[-1], x.detach().clone()))
+                        or real_objective(x, out, *a, **k))
+    res = train(cfg, cache, show_progress=False)
+    monkeypatch.undo()
+    return pairs, res
+
+
+def test_masks_hide_parts_of_what_the_encoder_hears_not_of_the_target_and_resume_exactly(work, cache, monkeypatch,
+                                                                                        reference):
+    root, ds = work
+    cfg = _cfg(root, ds, ckpt="ckpt_mask_ref", extra=MASKS)
+    assert checkpoint_dir(cfg, "k") != checkpoint_dir(reference[0], "k")
+    plain, _ = _training_pairs(_cfg(root, ds, ckpt="ckpt_mask_plain"), cache, monkeypatch)
+    made = []  # the masks' own geometry is tested in test_masking.py; here, that training hears what they make
+    real_mask = vtrain.mask_notes
+    monkeypatch.setattr(vtrain, "mask_notes", lambda x, u, **k: made.append(real_mask(x, u, **k)) or made[-1])
+    masked, ref = _training_pairs(cfg, cache, monkeypatch)
+    assert len(masked) == len(plain) == 16  # every training batch, and no validation batch
+    hidden_total = 0
+    assert len(made) == 16
+    for (heard, target), (plain_heard, plain_target), hid in zip(masked, plain, made):
+        assert torch.equal(heard, hid)
+        assert torch.equal(target, plain_target) and torch.equal(plain_heard, plain_target)  # the notes as cached
+        hidden = heard != target
+        assert (heard[hidden] == -1.0).all()  # hidden means at the floor
+        hidden_total += int(hidden.sum())
+    assert hidden_total > 0
+    assert not np.allclose(ref.history["train_recon"], reference[1].history["train_recon"])
+    again = train(_cfg(root, ds, ckpt="ckpt_mask_again", extra=MASKS), cache, show_progress=False)
+    _assert_same_history(again.history, ref.history)
+    res = _interrupt_then_resume(_cfg(root, ds, ckpt="ckpt_mask_resume", extra=MASKS), cache, monkeypatch, 5)
+    _assert_same_history(res.history, ref.history)
+
+
 MIXSTYLE = ("train.mixstyle=1", "train.mixstyle_alpha=0.3")
 
 

@@ -251,6 +251,13 @@ class TrainConfig:
     augment_darkening: float = _f(0.0, "largest extra darkening of a training note after its peak (its loudest bin), "
                                   "in dB per octave above the lowest band per second (uniform from 0 to this; 0: off)",
                                   lo=0.0, hi=12.0)
+    # masking (vaelib/model/masking.py): parts of a note hidden from the encoder, the decoder asked for all of it
+    augment_mask_bands: int = _f(0, "widest band of mel bands hidden from the encoder in each training note "
+                                 "(uniform from 0 to this, at a uniform position; the reconstruction's target keeps "
+                                 "them; 0: off)", lo=0, hi=512)
+    augment_mask_frames: int = _f(0, "widest span of frames hidden from the encoder in each training note "
+                                  "(uniform from 0 to this, at a uniform position; the reconstruction's target keeps "
+                                  "them; 0: off)", lo=0, hi=4096)
     mixstyle: float = _f(0.0, "share of training batches whose notes get, after each of the encoder's first two "
                          "levels, a mix of their own and another note's channel statistics (MixStyle, Zhou et al. "
                          "2021; vaelib/model/mixstyle.py); 0: off; one process only", lo=0.0, hi=1.0)
@@ -500,6 +507,11 @@ def _cross_checks(cfg: Config) -> None:
     if cfg.train.augment_gain and cfg.features.ref == "max":
         raise ConfigError(f"train.augment_gain ({cfg.train.augment_gain}) changes nothing with features.ref 'max', "
                           "which puts every note's peak at 0 dB: set it to 0, or features.ref to 'fixed'")
+    for key, size, what in (("augment_mask_bands", cfg.features.n_mels, "features.n_mels"),
+                            ("augment_mask_frames", cfg.features.frames, "features.frames")):
+        if getattr(cfg.train, key) >= size:
+            raise ConfigError(f"train.{key} ({getattr(cfg.train, key)}) would hide the whole note: it must be below "
+                              f"{what} ({size})")
     for pair in cfg.analysis.interp_pairs:
         interp_pair_sides(pair, where="analysis.interp_pairs")
     _check_soundfont_params(cfg)

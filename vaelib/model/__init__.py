@@ -5,6 +5,7 @@
 - ``train``: the resumable training loop with early stopping.
 - ``augment``: augmentation of training batches: the recording chain (detune, EQ, reverb, gain) and the note's
   envelope (a faster decay and darkening).
+- ``masking``: a band and a span of frames of each training note hidden from the encoder, not from the target.
 - ``mixstyle``: the encoder's early channel statistics mixed between the notes of a training batch.
 - ``adversary``: a SoundFont classifier on mu trained through a reversed gradient (DANN).
 - ``stream``: the train split's rows batch by batch: in memory, or read from the cache's file as training goes.

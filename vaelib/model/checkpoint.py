@@ -59,7 +59,8 @@ _UNHASHED_WHEN_OFF = (("shuffle_block", 0, ("shuffle_window",)), ("augment_detun
                       ("augment_tilt", 0.0, ()), ("augment_eq", 0.0, ()), ("augment_reverb", 0.0, ("augment_rt60",)),
                       ("augment_gain", 0.0, ()), ("notes_per_class", 0, ()),
                       ("source_align", 0.0, ()), ("mixstyle", 0.0, ("mixstyle_alpha",)),
-                      ("source_adversary", 0.0, ()), ("augment_decay", 0.0, ()), ("augment_darkening", 0.0, ()))
+                      ("source_adversary", 0.0, ()), ("augment_decay", 0.0, ()), ("augment_darkening", 0.0, ()),
+                      ("augment_mask_bands", 0, ()), ("augment_mask_frames", 0, ()))
 
 
 def checkpoint_dir(cfg: Config, cache_key: str) -> Path:

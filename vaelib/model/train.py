@@ -69,6 +69,7 @@ from vaelib.model.checkpoint import (
 from vaelib.model.device import autocast_dtype, resolve_device, set_threads
 from vaelib.model.distributed import SINGLE, Ranks, global_objective, setup, wrap_model
 from vaelib.model.loss import AUX_TERMS, VAE_TERMS, active_units, beta_at, lr_at, training_objective, vae_loss
+from vaelib.model.masking import draw_masks, mask_notes, masking_on
 from vaelib.model.mixstyle import draw_style_mix
 from vaelib.model.progress import EarlyStopping, EpochProgress, RandomStreams
 from vaelib.model.stream import (
@@ -528,6 +529,7 @@ def _fit(cfg: Config, cache: FeatureCache, run_dir: Path, *, resume: bool, retra
     data = ranks.together(lambda: _load_data(cache, tc, device, ranks))
     pitched = cfg.model.pitch_conditioning
     augment = Augmenter.from_config(cfg, device)
+    masking = masking_on(tc)
 
     # model, optimiser, random streams and the state that must survive a resume
     streams = RandomStreams(cfg.run.seed, device)  # seeds the initialisation, so before the model
@@ -575,13 +577,18 @@ def _fit(cfg: Config, cache: FeatureCache, run_dir: Path, *, resume: bool, retra
                     if augment is not None:  # drawn for the whole batch, so each process takes its notes' rows
                         draws = augment.draw(n_batch, streams.augment)
                         xb = augment(xb, draws if part is None else draws[slice(*part(n_batch))])
+                    x_in = xb  # what the encoder hears; the objective's target stays xb
+                    if masking:  # after the chain's draws, so a run without masks draws what it drew before
+                        u = draw_masks(n_batch, streams.augment)
+                        x_in = mask_notes(xb, u if part is None else u[slice(*part(n_batch))],
+                                          bands=tc.augment_mask_bands, frames=tc.augment_mask_frames)
                     mix = None if tc.mixstyle == 0 else draw_style_mix(n_batch, tc, streams.style, device)
                     # schedules: pure functions of the step, so a resumed run continues them
                     beta = beta_at(step, cfg=tc)
                     lr = lr_at(step, cfg=tc, total_steps=tc.epochs * data.n_batches)
                     # forward and objective (of the whole batch, in several processes)
                     with _autocast(device, dtype):
-                        out = net(xb, pb if pitched else None, generator=streams.noise,
+                        out = net(x_in, pb if pitched else None, generator=streams.noise,
                                   noise_rows=None if part is None else (part(n_batch)[0], n_batch), mix=mix)
                     if ranks.world == 1:
                         loss, parts = training_objective(xb, out, model, pitch=pb, classes=data.classes[idx],
