@@ -13,7 +13,7 @@ compared with librosa's.
 
 Writes ``benchmarks/results/griffin_lim.json`` (``--out``) with the machine and the load average.
 
-Usage: ``python benchmarks/bench_griffin_lim.py [--notes 16] [--iters 32] [--rounds 3]``
+Usage: ``.venv/bin/python benchmarks/bench_griffin_lim.py [--notes 16] [--iters 32] [--rounds 3]``
 """
 
 from __future__ import annotations

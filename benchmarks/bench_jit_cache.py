@@ -8,7 +8,7 @@ that ``make venv`` filled are not touched.
 
 Writes ``benchmarks/results/jit_cache.json`` (``--out``) with the machine and the load average.
 
-Usage: ``python benchmarks/bench_jit_cache.py [--rounds 2]``
+Usage: ``.venv/bin/python benchmarks/bench_jit_cache.py [--rounds 2]``
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ and checks that both give the same numbers to the bit. The run must have been tr
 
 Writes ``benchmarks/results/latents.json`` (``--out``) with the machine and the load average.
 
-Usage: ``python benchmarks/bench_latents.py [--run default] [--rounds 3]``
+Usage: ``.venv/bin/python benchmarks/bench_latents.py [--run default] [--rounds 3]``
 """
 
 from __future__ import annotations

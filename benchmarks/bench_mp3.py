@@ -6,7 +6,7 @@ alternating, the best round of each kept; the URIs are compared byte for byte.
 
 Writes ``benchmarks/results/mp3.json`` (``--out``) with the machine and the load average.
 
-Usage: ``python benchmarks/bench_mp3.py [--clips 48] [--rounds 3]``
+Usage: ``.venv/bin/python benchmarks/bench_mp3.py [--clips 48] [--rounds 3]``
 """
 
 from __future__ import annotations

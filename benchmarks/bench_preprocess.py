@@ -15,7 +15,8 @@ HTK scale from a 2048-point STFT; ``params/plain.yaml`` has the study's Slaney s
 
 Writes ``benchmarks/results/preprocess.json``. Target on 2 CPU cores: >= 1,500 notes/s and >= 5x the baseline.
 
-Usage: ``python benchmarks/bench_preprocess.py [--params params/default.yaml] [--repeats 3] [--baseline-notes 300]``
+Usage: ``.venv/bin/python benchmarks/bench_preprocess.py [--params params/default.yaml] [--repeats 3]
+[--baseline-notes 300]``
 """
 
 from __future__ import annotations

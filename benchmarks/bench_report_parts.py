@@ -19,7 +19,7 @@ round of each is kept.
 
 Writes ``benchmarks/results/report_parts.json`` (``--out``) with the machine and the load average.
 
-Usage: ``python benchmarks/bench_report_parts.py [--rounds 3]``
+Usage: ``.venv/bin/python benchmarks/bench_report_parts.py [--rounds 3]``
 """
 
 from __future__ import annotations

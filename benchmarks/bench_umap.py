@@ -20,7 +20,7 @@ seeded points in 32 dimensions around 11 centres (the default run's size: 10,797
 
 Writes ``benchmarks/results/umap.json`` (``--out``) with the machine and the load average.
 
-Usage: ``python benchmarks/bench_umap.py [--embeddings reports/default/embeddings.parquet] [--rounds 3]``
+Usage: ``.venv/bin/python benchmarks/bench_umap.py [--embeddings reports/default/embeddings.parquet] [--rounds 3]``
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ from the adapted mu (no adaptation of the decoder: its input is the adapted mu).
 
 Writes ``scripts/results/bank_adaptation.json`` with the figures and the machine, again after each run.
 
-Usage: ``python scripts/bank_adaptation.py RUN [RUN ...]``
+Usage: ``.venv/bin/python scripts/bank_adaptation.py RUN [RUN ...]``
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ datasets are read as its 04 reads them: rendered and their features cached first
 
 Writes ``scripts/results/descriptor_transfer.json`` with the figures and the machine, again after each run.
 
-Usage: ``python scripts/descriptor_transfer.py RUN [RUN ...]``
+Usage: ``.venv/bin/python scripts/descriptor_transfer.py RUN [RUN ...]``
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ not drawn by hand: this script copies them from ``<run>/`` (``make reports`` wri
 file and renamed into place, and writes ``docs/figures/SOURCE.json`` with the run's name, its commit and
 date (``run_info`` of ``<run>/metrics.json``) and the files copied.
 
-Usage: ``python scripts/docs_figures.py [--run reports/default] [--out docs/figures]`` (``make docs-figures``)
+Usage: ``.venv/bin/python scripts/docs_figures.py [--run reports/default] [--out docs/figures]`` (``make docs-figures``)
 """
 
 from __future__ import annotations

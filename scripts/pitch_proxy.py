@@ -8,7 +8,7 @@ on (docs/results.md, "The representation"); a training per candidate would cost 
 
 Writes ``scripts/results/pitch_proxy.json`` with the figures and the machine.
 
-Usage: ``python scripts/pitch_proxy.py [--params params/default.yaml] [--folds 5]``
+Usage: ``.venv/bin/python scripts/pitch_proxy.py [--params params/default.yaml] [--folds 5]``
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """The `vaelib` command line: one entry point, one subcommand per stage.
 
-Every subcommand takes ``--params`` and ``--set section.key=value`` and validates the config before
-doing anything. A refused input ends as ``vaelib <command>: error: <message>`` with exit status 2,
-and so does what the OS refuses (``<path>: <reason>``); output folders are checked before the work.
+Every subcommand that reads one params set takes ``--params`` and ``--set section.key=value`` and
+validates the config before doing anything (``sweep`` takes several params files, ``check`` report
+pages). A refused input ends as ``vaelib <command>: error: <message>`` with exit status 2, and so does
+what the OS refuses (``<path>: <reason>``); output folders are checked before the work.
 """
 
 from __future__ import annotations
