@@ -312,6 +312,14 @@ def test_run_names_that_are_not_folder_names_are_refused(name):
         load_config(None, [f"run.name={name}"])
 
 
+@pytest.mark.parametrize("name", ["experiments", "index.html", "Index.HTML", "README.md", "default.failed"])
+def test_run_names_that_reports_itself_uses_are_refused(name):
+    # a run of that name would replace the sweeps' comparison, the list of runs, or a failed run's copy
+    with pytest.raises(ConfigError, match=r"run.name: .* is taken by reports/ itself"):
+        load_config(None, [f"run.name={name}"])
+    assert load_config(None, ["run.name=experiments2"]).run.name == "experiments2"
+
+
 def test_notes_per_class_needs_the_contrastive_term_and_one_order():
     with pytest.raises(ConfigError, match=r"train.notes_per_class \(4\) groups notes by the classes"):
         load_config(None, ["train.contrast=0", "train.notes_per_class=4"])

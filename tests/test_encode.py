@@ -392,6 +392,27 @@ def test_cli_checks_the_output_before_any_work(trained, tmp_path, capsys, monkey
     assert "nothing_here" in capsys.readouterr().err
 
 
+@pytest.mark.slow
+def test_cli_refuses_outputs_that_would_replace_an_input_or_one_another(trained, tmp_path, capsys, monkeypatch):
+    wav = tmp_path / "a.wav"
+    sf.write(wav, note(), 16000)
+    checkpoint = Path(trained["checkpoint"])
+    kept = {p: p.read_bytes() for p in (wav, checkpoint)}
+    o = str(tmp_path / "o.parquet")
+    for rest, says in ((["--out", str(wav)], "--out .*a.wav is the sound file"),
+                       (["--out", o, "--map-html", str(wav)], "--map-html .*a.wav is the sound file"),
+                       (["--out", o, "--map", o], "--out and --map both name"),
+                       (["--out", o, "--checkpoint", str(checkpoint), "--map", str(checkpoint)],
+                        "--map .* is the --checkpoint file")):
+        assert main(_args(trained, str(wav), *rest)) == 2
+        assert re.search(says, capsys.readouterr().err)
+    # relative paths are the current folder's, for the options as for the files
+    monkeypatch.chdir(tmp_path)
+    assert main(_args(trained, "a.wav", "--out", "a.wav")) == 2
+    assert "is the sound file" in capsys.readouterr().err
+    assert all(p.read_bytes() == b for p, b in kept.items()) and not (tmp_path / "o.parquet").exists()
+
+
 def test_cli_without_a_finished_training_says_so(smoke_dataset, tmp_path, capsys):
     from vaelib.config import PROJECT_ROOT
 

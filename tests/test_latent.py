@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -76,7 +78,7 @@ def test_pca_projection_shapes_and_transform():
     assert 0 < proj.explained[1] <= proj.explained[0] < 1
 
 
-def test_embed_on_a_tiny_checkpoint(smoke_dataset, tmp_path_factory):
+def test_embed_on_a_tiny_checkpoint(smoke_dataset, tmp_path_factory, capsys):
     pytest.importorskip("vaelib.model.train")
     from vaelib.analysis.latent import embed
     from vaelib.cli import main
@@ -97,6 +99,15 @@ def test_embed_on_a_tiny_checkpoint(smoke_dataset, tmp_path_factory):
         args += ["--set", o]
     assert main(args) == 0
     np.testing.assert_allclose(latent_matrix(pd.read_parquet(out_cli)), latent_matrix(table), atol=1e-5)
+
+    # an --out that would replace the checkpoint or a file of the dataset is refused before any work
+    checkpoint, examples = Path(run["checkpoint"]), smoke_dataset / "examples.json"
+    kept = {p: p.read_bytes() for p in (checkpoint, examples)}
+    for extra, says in ((["--checkpoint", str(checkpoint), "--out", str(checkpoint)], "is the --checkpoint file"),
+                        (["--data", str(smoke_dataset), "--out", str(examples)], "is a file of the --data folder")):
+        assert main([*args[:args.index("--out")], *args[args.index("--out") + 2:], *extra]) == 2
+        assert says in capsys.readouterr().err
+    assert all(p.read_bytes() == b for p, b in kept.items())
 
 
 def test_maps_of_mu_leaves_umap_out_when_asked():

@@ -465,12 +465,18 @@ def interp_pair_sides(pair: str, *, where: str = "interp_pairs") -> tuple[str, s
 
 
 _RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+# what reports/ holds beside the runs: the sweeps' comparison, the list of runs, its readme; and a failed
+# run's kept copy, reports/<run>.failed/ (compared without case, for file systems that ignore it)
+RESERVED_RUN_NAMES = ("experiments", "index.html", "README.md")
 
 
 def _cross_checks(cfg: Config) -> None:
     if not _RUN_NAME.match(cfg.run.name) or ".." in cfg.run.name:
         raise ConfigError(f"run.name: {cfg.run.name!r} is not a folder name (letters, digits, '.', '_', '-', "
                           "starting with a letter or digit): the run is written to reports/<run.name>/")
+    if cfg.run.name.lower() in {n.lower() for n in RESERVED_RUN_NAMES} or cfg.run.name.lower().endswith(".failed"):
+        raise ConfigError(f"run.name: {cfg.run.name!r} is taken by reports/ itself ({', '.join(RESERVED_RUN_NAMES)} "
+                          "and <run>.failed, a failed run's kept copy): choose another name")
     if cfg.data.pitch_min > cfg.data.pitch_max:
         raise ConfigError(f"data.pitch_min ({cfg.data.pitch_min}) is above data.pitch_max ({cfg.data.pitch_max})")
     if cfg.render.pitch_min > cfg.render.pitch_max:
@@ -695,6 +701,15 @@ def resolve_path(path: str) -> Path:
         raise ConfigError(f"path {path!r}: environment variable not set ({expanded!r})")
     p = Path(expanded)
     return p if p.is_absolute() else PROJECT_ROOT / p
+
+
+def cli_path(path: str) -> Path:
+    """A path given on the command line: $VARS and ~ expanded, relative paths taken from the current folder, as
+    the shell and ``--params`` take them (a params file's own paths are taken from the project root)."""
+    expanded = os.path.expanduser(os.path.expandvars(path))
+    if "$" in expanded:
+        raise ConfigError(f"path {path!r}: environment variable not set ({expanded!r})")
+    return Path(expanded).absolute()
 
 
 def save_config(cfg: Config, path: Path) -> None:

@@ -10,7 +10,7 @@ import json
 import warnings
 from pathlib import Path
 
-from vaelib.config import DATA_DIR, load_config, resolve_path
+from vaelib.config import DATA_DIR, cli_path, load_config, resolve_path
 from vaelib.exceptions import CheckpointError, ParameterError
 from vaelib.io import os_error_text, writable_folder
 
@@ -21,11 +21,13 @@ def cmd_embed(args: argparse.Namespace) -> int:
     from vaelib.analysis.latent import embed
 
     cfg = load_config(args.params, args.overrides)
-    out = resolve_path(args.out) if args.out else DATA_DIR / "embeddings" / f"{cfg.run.name}.parquet"
+    out = cli_path(args.out) if args.out else DATA_DIR / "embeddings" / f"{cfg.run.name}.parquet"
     # where the table goes is checked before the features and the encoding, not after them
     _output(out, "--out", "Parquet")
+    data = cli_path(args.data) if args.data else None
+    _outputs_apart([("--out", out)], [("--checkpoint", cli_path(args.checkpoint))] if args.checkpoint else [],
+                   [("--data" if data else "data.root", data or resolve_path(cfg.data.root))])
     checkpoint = _checkpoint(args, cfg)
-    data = resolve_path(args.data) if args.data else None
     table = embed(Path(checkpoint), data, cfg=cfg, out=out, show_progress=not args.quiet)
     print(json.dumps({"out": str(out), "checkpoint": str(checkpoint), "notes": len(table),
                       "by_split": table["split"].value_counts().sort_index().to_dict()}, indent=2))
@@ -35,7 +37,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
 def _checkpoint(args: argparse.Namespace, cfg) -> Path:
     """``--checkpoint``, or the finished training of the params (its feature cache built if missing)."""
     if args.checkpoint:
-        return resolve_path(args.checkpoint)
+        return cli_path(args.checkpoint)
     from vaelib.data.prepare import prepare_features
     from vaelib.model.checkpoint import find_checkpoint
 
@@ -55,6 +57,31 @@ def _output(path: Path, flag: str, suffix: str) -> Path:
     except OSError as exc:
         raise ParameterError(f"{flag} {path}: {os_error_text(exc)}") from exc
     return path
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve() or (a.exists() and b.exists() and a.samefile(b))
+    except OSError:
+        return False
+
+
+def _outputs_apart(outputs: list[tuple[str, Path]], inputs: list[tuple[str, Path]],
+                   folders: list[tuple[str, Path]] = ()) -> None:
+    """Refuse, before any work, outputs that name one file together or that would overwrite an input: a file
+    given as input, or a file already inside an input folder (a dataset's metadata or audio)."""
+    for i, (flag, path) in enumerate(outputs):
+        for other_flag, other in outputs[i + 1:]:
+            if _same_file(path, other):
+                raise ParameterError(f"{flag} and {other_flag} both name {path}: each output needs a file of its own")
+        for in_flag, source in inputs:
+            if _same_file(path, source):
+                raise ParameterError(f"{flag} {path} is the {in_flag} file: writing there would replace it; "
+                                     "choose another path")
+        for in_flag, folder in folders:
+            if path.exists() and path.resolve().is_relative_to(folder.resolve()):
+                raise ParameterError(f"{flag} {path} is a file of the {in_flag} folder {folder}: writing there "
+                                     "would replace it; choose another path")
 
 
 def cmd_encode(args: argparse.Namespace) -> int:
@@ -80,11 +107,14 @@ def cmd_encode(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.params, args.overrides)
     # where the results go is checked before the files are read, the features built or anything encoded
-    out = _output(resolve_path(args.out), "--out", "Parquet")
-    map_png = _output(resolve_path(args.map) if args.map else out.with_suffix(".map.png"), "--map", "PNG")
-    map_html = _output(resolve_path(args.map_html) if args.map_html else out.with_suffix(".map.html"),
+    out = _output(cli_path(args.out), "--out", "Parquet")
+    map_png = _output(cli_path(args.map) if args.map else out.with_suffix(".map.png"), "--map", "PNG")
+    map_html = _output(cli_path(args.map_html) if args.map_html else out.with_suffix(".map.html"),
                        "--map-html", "HTML")
     files = find_sounds(args.paths)
+    _outputs_apart([("--out", out), ("--map", map_png), ("--map-html", map_html)],
+                   [("sound", f) for f in files]
+                   + ([("--checkpoint", cli_path(args.checkpoint))] if args.checkpoint else []))
     checkpoint = _checkpoint(args, cfg)
     model, ckpt = load_model(checkpoint)
     differences = model_differences(ckpt, cfg, Path(checkpoint))

@@ -16,7 +16,7 @@ import sys
 from vaelib.cli import analysis as cli_analysis
 from vaelib.cli import report as cli_report
 from vaelib.cli import train as cli_train
-from vaelib.config import PARAMS_DIR, Config, load_config, resolve_path
+from vaelib.config import PARAMS_DIR, Config, cli_path, load_config, resolve_path
 from vaelib.exceptions import VaelibError
 from vaelib.io import os_error_text, writable_folder
 
@@ -40,7 +40,7 @@ def cmd_render(args: argparse.Namespace) -> int:
     from vaelib.data.render import render_dataset
 
     cfg = _config(args)
-    out = resolve_path(args.out) if args.out else resolve_path(cfg.data.root)
+    out = cli_path(args.out) if args.out else resolve_path(cfg.data.root)
     writable_folder(out.parent)  # before rendering anything
     summary = render_dataset(cfg.render, out, show_progress=not args.quiet)
     print(json.dumps({k: v for k, v in summary.items() if k not in ("pitches",)}, indent=2))

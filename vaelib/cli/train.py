@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from vaelib.config import load_config, resolve_path
+from vaelib.config import cli_path, load_config, resolve_path
 from vaelib.exceptions import ConfigError
 from vaelib.io import os_error_text, writable_folder
 
@@ -44,7 +44,7 @@ def _cache(cfg, args: argparse.Namespace):
 
     if args.cache is None:
         return prepare_features(cfg, show_progress=not args.quiet)
-    cache = open_feature_cache(resolve_path(args.cache))
+    cache = open_feature_cache(cli_path(args.cache))
     want = [1, cfg.features.n_mels, cfg.features.frames]
     if list(cache.features.shape[1:]) != want:
         raise ConfigError(f"--cache {args.cache}: notes of shape {list(cache.features.shape[1:])}, the params' "
