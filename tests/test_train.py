@@ -774,6 +774,14 @@ def test_retrain_replaces_a_finished_run_only_once_finished(work, cache, monkeyp
     new.best_path.unlink()
     with pytest.raises(CheckpointError, match=r"the run has finished but its best\.pt is missing.*retrain"):
         train(cfg, cache, show_progress=False)
+    # nor is one without its last.pt trained over, in its folder, from scratch: its best.pt is kept
+    train_or_reuse(cfg, cache, retrain=True, show_progress=False)
+    best = new.best_path.read_bytes()
+    new.last_path.unlink()
+    for resume in (False, True):
+        with pytest.raises(CheckpointError, match=r"holds best\.pt and history\.csv but no last\.pt.*--retrain"):
+            train(cfg, cache, resume=resume, show_progress=False)
+    assert new.best_path.read_bytes() == best and not staging.exists()
 
 
 def _stop_in_the_last_evaluation(monkeypatch) -> None:
