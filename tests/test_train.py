@@ -123,6 +123,17 @@ def test_mismatched_config_is_a_clear_error(reference, tmp_path):
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="not a vaelib checkpoint"):
         load_model(bad)
+    # weights that do not fit the checkpoint's own config, or that hold NaN, are named, not a torch traceback
+    ckpt = torch.load(res.best_path, weights_only=False)
+    ckpt["config"]["model"]["latent_dim"] += 3
+    torch.save(ckpt, tmp_path / "edited.pt")
+    with pytest.raises(CheckpointError, match=r"edited\.pt: its weights do not fit the model its own config"):
+        load_model(tmp_path / "edited.pt")
+    ckpt = torch.load(res.best_path, weights_only=False)
+    ckpt["model"]["encoder.0.weight"][0, 0, 0, 0] = float("nan")
+    torch.save(ckpt, tmp_path / "nan.pt")
+    with pytest.raises(CheckpointError, match=r"nan\.pt: 1 weight tensor\(s\) hold NaN.*encoder\.0\.weight"):
+        load_model(tmp_path / "nan.pt")
     with pytest.raises(CheckpointError, match="not found"):
         load_model(tmp_path / "missing.pt")
 

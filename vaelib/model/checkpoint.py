@@ -222,7 +222,18 @@ def load_model(path: str | Path, *, cfg: Config | None = None,
     except ConfigError as exc:
         raise CheckpointError(f"{path}: the checkpoint's config is not valid here ({exc})") from exc
     model = ConvVAE(saved.model, n_mels=saved.features.n_mels, frames=saved.features.frames)
-    model.load_state_dict(ckpt["model"])
+    try:
+        model.load_state_dict(ckpt["model"])
+    except (RuntimeError, KeyError, TypeError) as exc:
+        first = str(exc).strip().splitlines()
+        raise CheckpointError(f"{path}: its weights do not fit the model its own config describes "
+                              f"({' '.join(line.strip() for line in first[:3])[:400]}): the file is damaged or "
+                              "was edited; use another checkpoint, or train again") from exc
+    bad = [name for name, t in model.state_dict().items() if t.is_floating_point() and not torch.isfinite(t).all()]
+    if bad:
+        raise CheckpointError(f"{path}: {len(bad)} weight tensor(s) hold NaN or infinite values ({', '.join(bad[:3])}"
+                              f"{', ...' if len(bad) > 3 else ''}): every latent would be NaN; use another "
+                              "checkpoint, or train again")
     model.to(device).eval()
     return model, ckpt
 
