@@ -298,6 +298,14 @@ def test_hostile_params_files_are_clear_errors(tmp_path):
     assert "\n" not in str(info.value)
 
 
+@pytest.mark.parametrize("text", ["train: {1: 2, epochs: 3}\n", "1: a\nrun: {name: x}\n", "train: {null: 3}\n"])
+def test_keys_that_yaml_reads_as_numbers_or_null_are_named(tmp_path, text):
+    path = tmp_path / "p.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=r"key\(s\) \[(1|None)\] are not names"):
+        load_config(path)
+
+
 def test_an_empty_section_keeps_its_base(tmp_path):
     base = tmp_path / "base.yaml"
     base.write_text("train:\n  epochs: 2\n")

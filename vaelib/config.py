@@ -422,6 +422,9 @@ def _build_section(cls: type, raw: Any, where: str) -> Any:
         raise ConfigError(f"{where or 'top level'}: expected a mapping of keys, got {raw!r}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
+    not_names = [k for k in raw if not isinstance(k, str)]
+    if not_names:  # YAML reads `1:`, `null:` or `yes:` as other types than a key name
+        raise ConfigError(f"{where or 'top level'}: key(s) {not_names!r} are not names; allowed: {sorted(fields)}")
     unknown = sorted(set(raw) - set(fields))
     if unknown:
         raise ConfigError(f"{where or 'top level'}: unknown key(s) {unknown}; allowed: {sorted(fields)}")
