@@ -667,6 +667,20 @@ def test_a_velocity_outside_midi_is_refused(make_split):
         read_examples(make_split({k: entry(k, velocity=300)}))
 
 
+@pytest.mark.parametrize("field,value,says", [
+    ("pitch", 128, "'pitch': 128 is not a MIDI pitch"), ("pitch", -1, "'pitch': -1 is not a MIDI pitch"),
+    ("pitch", 10**30, "'pitch': 10{30}0* is out of range for an integer field"),
+    ("note", 10**30, "'note': 10{30}0* is out of range"), ("sample_rate", 0, "'sample_rate': 0 is not a sample rate"),
+    ("qualities", [5] + [0] * 9, "'qualities': expected a list of 10 0/1 flags"),
+])
+def test_ints_outside_what_the_field_means_are_refused(make_split, field, value, says):
+    k = "brass_acoustic_000-060-075"
+    folder = make_split({k: entry(k)})
+    (folder / "examples.json").write_text(json.dumps({k: {**entry(k), field: value}}))
+    with pytest.raises(DataError, match=rf"{k}.*{says}"):
+        read_examples(folder)
+
+
 def test_a_duplicate_key_in_examples_json_is_refused(make_split):
     k = "brass_acoustic_000-060-075"
     folder = make_split({k: entry(k)})

@@ -64,10 +64,12 @@ def _as_int(value: object, where: str) -> int:
     """NSynth means ints but some copies write ``60.0``: accept integral floats, refuse the rest."""
     if isinstance(value, bool):
         raise DataError(f"{where}: expected an integer, got {value!r}")
-    if isinstance(value, int):
-        return value
     if isinstance(value, float) and value.is_integer():
-        return int(value)
+        value = int(value)
+    if isinstance(value, int):
+        if not -2**63 <= value < 2**63:  # the table holds int64
+            raise DataError(f"{where}: {value} is out of range for an integer field (64-bit)")
+        return value
     raise DataError(f"{where}: expected an integer, got {value!r}")
 
 
@@ -138,6 +140,8 @@ def read_examples(split_dir: str | Path) -> pd.DataFrame:
         if not isinstance(quals, list) or len(quals) != len(QUALITIES):
             raise DataError(f"{where} field 'qualities': expected a list of {len(QUALITIES)} 0/1 flags, got {quals!r}")
         row["qualities"] = [_as_int(q, f"{where} field 'qualities'") for q in quals]
+        if any(q not in (0, 1) for q in row["qualities"]):
+            raise DataError(f"{where} field 'qualities': expected a list of {len(QUALITIES)} 0/1 flags, got {quals!r}")
         qs = entry["qualities_str"]
         if not isinstance(qs, list) or not all(isinstance(q, str) for q in qs):
             raise DataError(f"{where} field 'qualities_str': expected a list of strings, got {qs!r}")
@@ -146,6 +150,10 @@ def read_examples(split_dir: str | Path) -> pd.DataFrame:
             raise DataError(f"{where} field 'instrument_family': {row['instrument_family']} is not in 0-10")
         if not 0 <= row["instrument_source"] < len(NSYNTH_SOURCES):
             raise DataError(f"{where} field 'instrument_source': {row['instrument_source']} is not in 0-2")
+        if not 0 <= row["pitch"] <= 127:
+            raise DataError(f"{where} field 'pitch': {row['pitch']} is not a MIDI pitch (0-127)")
+        if row["sample_rate"] <= 0:
+            raise DataError(f"{where} field 'sample_rate': {row['sample_rate']} is not a sample rate (Hz, above 0)")
         if not 0 <= row["velocity"] <= 127:
             raise DataError(f"{where} field 'velocity': {row['velocity']} is not a MIDI velocity (0-127)")
         for f, names, id_field in (("instrument_family_str", NSYNTH_FAMILIES, "instrument_family"),
