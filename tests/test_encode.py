@@ -115,6 +115,14 @@ def test_gain_changes_nothing_with_ref_max(tmp_path):
     np.testing.assert_allclose(mu[0], mu[1], atol=1e-4)
 
 
+def test_samples_so_loud_that_their_power_overflows_are_named(tmp_path):
+    sf.write(tmp_path / "huge.wav", note() * 1e30, 16000, subtype="FLOAT")  # finite, so read_sound keeps it
+    sf.write(tmp_path / "fine.wav", note(), 16000, subtype="FLOAT")
+    sounds = encode.read_sounds([tmp_path / "fine.wav", tmp_path / "huge.wav"], cfg=CFG)
+    with pytest.raises(DataError, match=r"1 of 2 files give non-finite log-mel values.*huge\.wav \(peak 5e\+29\)"):
+        encode.encode_sounds(TinyVAE(latent_dim=4), sounds, cfg=CFG)
+
+
 def test_ref_fixed_says_that_the_level_counts(tmp_path):
     sf.write(tmp_path / "a.wav", note(), 16000)
     with pytest.warns(UserWarning, match="ref is 'fixed'"):

@@ -193,11 +193,25 @@ def read_sounds(paths: Iterable[str | Path], *, cfg: FeatureConfig) -> list[Soun
 
 
 def sound_features(sounds: list[Sound], *, cfg: FeatureConfig) -> np.ndarray:
-    """Normalised log-mel of each sound, [shape=(sounds, 1, n_mels, frames)] float32 in [-1, 1]."""
+    """Normalised log-mel of each sound, [shape=(sounds, 1, n_mels, frames)] float32 in [-1, 1].
+
+    Raises
+    ------
+    DataError
+        Naming the sounds whose log-mel is not finite (samples so far beyond full scale that power overflows).
+    """
     if not sounds:
         raise ParameterError("sounds: none given")
     audio = torch.from_numpy(np.stack([s.audio for s in sounds]))  # (n, samples)
-    return log_mel_batch(audio, cfg=cfg).numpy()
+    features = log_mel_batch(audio, cfg=cfg).numpy()
+    bad = [i for i in range(len(sounds)) if not np.isfinite(features[i]).all()]
+    if bad:  # finite samples so loud that their power overflows
+        named = [f"{sounds[i].name} (peak {float(np.abs(sounds[i].audio).max()):.3g})"
+                 for i in bad[:MAX_NAMED_PROBLEMS]]
+        raise DataError(f"{len(bad)} of {len(sounds)} files give non-finite log-mel values, their samples far "
+                        f"outside full scale (+-1): {', '.join(named)}"
+                        + (", ..." if len(bad) > MAX_NAMED_PROBLEMS else ""))
+    return features
 
 
 def encode_sounds(model: torch.nn.Module, sounds: list[Sound], *, cfg: FeatureConfig,
