@@ -311,3 +311,21 @@ def test_a_soundfont_changed_during_its_render_leaves_no_dataset(tmp_path, monke
     with pytest.raises(DataError, match=r"\['TimGM6mb.sf2'\] changed while the notes were rendered"):
         render_dataset(cfg, tmp_path / "ds", show_progress=False)
     assert list(tmp_path.iterdir()) == []  # neither the folder nor its temporary sibling
+
+
+def test_a_soundfont_whose_samples_are_zeros_is_named_and_leaves_no_dataset(tmp_path):
+    from vaelib.data.soundfonts import default_soundfont
+    from vaelib.exceptions import DataError
+
+    data = bytearray(default_soundfont().read_bytes())
+    at = data.index(b"smpl")  # the sample data chunk: its header intact, its samples silenced
+    size = int.from_bytes(data[at + 4:at + 8], "little")
+    data[at + 8:at + 8 + size] = bytes(size)
+    font = tmp_path / "Zeroed.sf2"
+    font.write_bytes(bytes(data))
+    cfg = RenderConfig(**{**PITCHED.__dict__, "soundfont": (str(font),), "programs": (0, 73), "pitch_step": 36,
+                          "workers": 1})
+    with pytest.raises(DataError, match=r"Zeroed\.sf2: no note of it was kept.*empty or damaged; nothing was "
+                                        r"written to .*ds"):
+        render_dataset(cfg, tmp_path / "ds", show_progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["Zeroed.sf2"]  # no folder, no temporary sibling

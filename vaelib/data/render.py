@@ -316,6 +316,12 @@ def render_dataset(cfg: RenderConfig, out_dir: str | Path, *, show_progress: boo
             raise DataError(f"render.soundfont: {changed} changed while the notes were rendered from them; nothing "
                             f"was written to {out_dir}: render again once the files are final")
         examples, dropped = _examples_json(results)
+        heard = {e.get("soundfont") for e in examples.values()}
+        silent = [p for p in sf_paths if p.name not in heard]
+        if silent:  # e.g. presets whose samples are all zeros: a damaged file, not a quiet one
+            raise DataError(f"{', '.join(str(p) for p in silent)}: no note of it was kept, every preset asked being "
+                            "missing (bank 0) or rendering near-silent, so its data is empty or damaged; nothing "
+                            f"was written to {out_dir}: use an intact copy of the SoundFont")
         limited = {e["note_str"]: round(e["limited_peak"], 3) for r in results for e in r
                    if not e.get("dropped", True) and e["limited_peak"] is not None}
         if limited:
