@@ -194,9 +194,15 @@ def test_blocked_filterbank_matches_the_dense_product():
     torch.testing.assert_close(log_mel_batch(y, cfg=odd), _dense_log_mel(y, odd), atol=1e-4, rtol=0)
     # more bands than low-frequency bins: some bands read no bin at all (librosa warns) and stay silent
     narrow = dataclasses.replace(CFG, n_mels=128, n_fft=256, hop_length=128, frames=500, fmin=0.0)
-    with pytest.warns(UserWarning, match="Empty filters"):
+    with pytest.warns(UserWarning, match="13 of the 128 mel bands hold no FFT bin"):
         dense = _dense_log_mel(y, narrow)
     torch.testing.assert_close(log_mel_batch(y, cfg=narrow), dense, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("change", [dict(fmin=7999.0, fmax=8000.0), dict(n_mels=256, n_fft=64, hop_length=64)])
+def test_a_bank_whose_bands_mostly_read_no_bin_is_refused(change):
+    with pytest.raises(ParameterError, match=r"features: \d+ of the \d+ mel bands .* hold no FFT bin"):
+        mel_filterbank(dataclasses.replace(CFG, **change))
 
 
 def test_digital_silence_is_minus_one_not_full_scale():

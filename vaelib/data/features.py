@@ -9,6 +9,7 @@ inversion, or the filterbank's pseudo-inverse) -> audio by Griffin-Lim.
 from __future__ import annotations
 
 import functools
+import warnings
 
 import librosa
 import numba
@@ -40,7 +41,18 @@ SILENT_DB = 10.0 * np.log10(AMIN) + 1e-3  # a note whose loudest bin is at the f
 
 @functools.lru_cache(maxsize=8)
 def _filterbank_cached(sr: int, n_fft: int, n_mels: int, fmin: float, fmax: float, htk: bool) -> np.ndarray:
-    fb = librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax, htk=htk)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # librosa's "Empty filters": counted and said below
+        fb = librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax, htk=htk)
+    empty = int((~fb.any(axis=1)).sum())
+    # a few empty bands at the bottom of a fine bank are silent rows; most of the bank empty is no feature
+    if empty > n_mels // 2:
+        raise ParameterError(f"features: {empty} of the {n_mels} mel bands (features.n_mels) between features.fmin "
+                             f"{fmin:g} Hz and features.fmax {fmax:g} Hz hold no FFT bin of features.n_fft {n_fft} "
+                             f"at {sr} Hz, so they would be constant: fewer bands, a wider range or a larger n_fft")
+    if empty:
+        warnings.warn(f"features: {empty} of the {n_mels} mel bands hold no FFT bin (n_fft {n_fft} at {sr} Hz, "
+                      f"{fmin:g}-{fmax:g} Hz) and stay silent", UserWarning, stacklevel=3)
     return fb.astype(np.float32)
 
 
