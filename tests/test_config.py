@@ -306,6 +306,15 @@ def test_keys_that_yaml_reads_as_numbers_or_null_are_named(tmp_path, text):
         load_config(path)
 
 
+@pytest.mark.parametrize("text,key", [("train:\n  epochs: 3\n  epochs: 5\n", "epochs"),
+                                      ("train:\n  epochs: 3\ntrain:\n  lr: 0.1\n", "train")])
+def test_a_key_given_twice_is_refused_not_overwritten(tmp_path, text, key):
+    path = tmp_path / "p.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=rf"p\.yaml: not valid YAML \(key '{key}' appears twice in one mapping"):
+        load_config(path)
+
+
 def test_an_empty_section_keeps_its_base(tmp_path):
     base = tmp_path / "base.yaml"
     base.write_text("train:\n  epochs: 2\n")

@@ -681,6 +681,14 @@ def test_ints_outside_what_the_field_means_are_refused(make_split, field, value,
         read_examples(folder)
 
 
+def test_examples_json_nested_beyond_the_parser_is_refused(make_split):
+    k = "brass_acoustic_000-060-075"
+    folder = make_split({k: entry(k)})
+    (folder / "examples.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(DataError, match=r"examples\.json: JSON nested too deeply"):
+        read_examples(folder)
+
+
 def test_a_duplicate_key_in_examples_json_is_refused(make_split):
     k = "brass_acoustic_000-060-075"
     folder = make_split({k: entry(k)})

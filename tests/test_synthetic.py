@@ -52,6 +52,9 @@ def test_the_spec_names_the_option_when_it_is_wrong():
     for bad in ("", "abc", "1", "100:1", "1:2:3:4", "-5"):
         with pytest.raises(ParameterError, match="--synthetic"):
             parse_synthetic_spec(bad)
+    for huge in ("9" * 20, "9000000:1000001"):  # refused before a table of that many notes is built
+        with pytest.raises(ParameterError, match=r"--synthetic .* notes; at most 10,000,000 in all"):
+            parse_synthetic_spec(huge)
     # NSynth-train's 289,205 notes of 953 instruments: 304 notes an instrument make 952
     table = synthetic_table((289_205, 2, 0))
     assert table.loc[table["split"] == "train", "instrument"].nunique() == 952

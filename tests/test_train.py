@@ -785,6 +785,13 @@ def test_retrain_replaces_a_finished_run_only_once_finished(work, cache, monkeyp
     new.best_path.unlink()
     with pytest.raises(CheckpointError, match=r"the run has finished but its best\.pt is missing.*retrain"):
         train(cfg, cache, show_progress=False)
+    # nor one whose best.pt is damaged
+    train_or_reuse(cfg, cache, retrain=True, show_progress=False)
+    best = new.best_path.read_bytes()
+    new.best_path.write_bytes(best[:len(best) // 2])
+    with pytest.raises(CheckpointError, match=r"best\.pt.*the run has finished but its best model cannot be "
+                                              r"read.*--retrain"):
+        train(cfg, cache, show_progress=False)
     # nor is one without its last.pt trained over, in its folder, from scratch: its best.pt is kept
     train_or_reuse(cfg, cache, retrain=True, show_progress=False)
     best = new.best_path.read_bytes()

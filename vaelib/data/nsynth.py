@@ -118,6 +118,8 @@ def read_examples(split_dir: str | Path) -> pd.DataFrame:
         raw = json.loads(path.read_text(), object_pairs_hook=lambda pairs: _unique_keys(pairs, path))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise DataError(f"{path}: malformed JSON ({exc})") from exc
+    except RecursionError as exc:
+        raise DataError(f"{path}: JSON nested too deeply to be NSynth metadata (an object of note objects)") from exc
     if not isinstance(raw, dict):
         raise DataError(f"{path}: expected a JSON object {{note_str: {{...}}}}, got {type(raw).__name__}")
     rows = []

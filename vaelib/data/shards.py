@@ -93,6 +93,9 @@ class ShardResult:
 
 # --- Which rows a shard holds -------------------------------------------------------------------------------
 
+MAX_SHARDS = 100_000  # far beyond any job array; a larger count is a typing slip
+
+
 def parse_shard(text: str) -> tuple[int, int]:
     """``"i/n"`` (the ``--shard`` option) -> ``(i, n)``, with ``n >= 1`` and ``0 <= i < n``.
 
@@ -106,8 +109,8 @@ def parse_shard(text: str) -> tuple[int, int]:
         raise ParameterError(f"--shard {text!r}: expected INDEX/COUNT, two whole numbers such as 0/8 (the first "
                              "of 8 shards; in a job array, $SLURM_ARRAY_TASK_ID/8 with --array=0-7)")
     index, count = int(m[1]), int(m[2])
-    if count < 1:
-        raise ParameterError(f"--shard {text!r}: expected a count of at least 1 after the '/'")
+    if not 1 <= count <= MAX_SHARDS:
+        raise ParameterError(f"--shard {text!r}: expected a count from 1 to {MAX_SHARDS:,} after the '/'")
     if index >= count:
         raise ParameterError(f"--shard {text!r}: expected an index from 0 to {count - 1} for {count} shards "
                              "(shards are numbered from 0)")
@@ -122,9 +125,9 @@ def parse_shard_count(text: str) -> int:
     ParameterError
         Anything else, naming ``--merge``.
     """
-    if not re.fullmatch(r"\d+", text.strip()) or int(text) < 1:
-        raise ParameterError(f"--merge {text!r}: expected the number of shards to merge, a whole number of at "
-                             "least 1 (the COUNT of --shard INDEX/COUNT)")
+    if not re.fullmatch(r"\d+", text.strip()) or not 1 <= int(text) <= MAX_SHARDS:
+        raise ParameterError(f"--merge {text!r}: expected the number of shards to merge, a whole number from 1 to "
+                             f"{MAX_SHARDS:,} (the COUNT of --shard INDEX/COUNT)")
     return int(text)
 
 

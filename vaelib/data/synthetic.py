@@ -35,6 +35,7 @@ __all__ = ["NSYNTH_SPLITS", "SYNTHETIC_VERSION", "build_synthetic_cache", "synth
            "parse_synthetic_spec"]
 
 NSYNTH_SPLITS = (289_205, 12_678, 4_096)  # NSynth's train, valid and test notes
+MAX_SYNTHETIC_NOTES = 10_000_000  # over 30 NSynths; the table of notes alone would fill a machine's memory first
 SYNTHETIC_VERSION = 1  # in the key: raised when what a synthetic note holds changes
 PER_INSTRUMENT = 304  # NSynth-train: 289,205 notes of 953 instruments
 VELOCITIES = (25, 50, 75, 100, 127)
@@ -67,6 +68,9 @@ def parse_synthetic_spec(text: str) -> tuple[int, int, int]:
     test = counts[2] if len(counts) > 2 else 0
     if valid < 2:
         raise ParameterError(f"--synthetic {text!r}: VALID must be >= 2 (training evaluates on it)")
+    if train + valid + test > MAX_SYNTHETIC_NOTES:
+        raise ParameterError(f"--synthetic {text!r}: {train + valid + test:,} notes; at most "
+                             f"{MAX_SYNTHETIC_NOTES:,} in all")
     return train, valid, test
 
 

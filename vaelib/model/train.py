@@ -707,6 +707,11 @@ def _kept_run(run_dir: Path, cfg: Config, *, resume: bool) -> TrainResult | None
     if last.get("finished"):
         if not (run_dir / "best.pt").is_file():
             raise CheckpointError(f"{run_dir}: the run has finished but its best.pt is missing; {RESTART_HINT[False]}")
+        try:  # a damaged best.pt would otherwise surface only in the notebook that loads the model
+            load_checkpoint(run_dir / "best.pt")
+        except CheckpointError as exc:
+            raise CheckpointError(f"{exc}; the run has finished but its best model cannot be read: "
+                                  f"{RESTART_HINT[False]}") from exc
         log.info("%s is a finished run: returned as it is, nothing trained (retrain=True, `vaelib train --retrain`, "
                  "trains it again)", run_dir)
         return _result(run_dir, last)
