@@ -203,6 +203,9 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(work, cache, monke
     model, ckpt = load_model(checkpoint_dir(cfg, cache.manifest["key"]) / "last.pt")
     assert ckpt["epoch"] == 1 and ckpt["step"] == 4
     assert all(torch.isfinite(p).all() for p in model.parameters())
+    # the inputs were finite: the training diverged, and float32 is offered where it ran in bf16
+    assert "diverged" in str(err.value)
+    assert ("train.bf16=false" in str(err.value)) == (ckpt["dtype"] == "bfloat16")
 
 
 def test_cli_train_resume_prints_folder_and_metrics(reference, capsys):

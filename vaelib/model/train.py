@@ -599,7 +599,7 @@ def _fit(cfg: Config, cache: FeatureCache, run_dir: Path, *, resume: bool, retra
                     # the stop asked on any process, agreed by all before the step that follows it
                     stop_asked = ranks.agree(stop.signum is not None)[0] if ranks.world > 1 else False
                     _check_finite(loss, parts, xb, beta=beta, step=step, epoch=epoch, batch=b,
-                                  n_batches=data.n_batches, last_path=last_path)
+                                  n_batches=data.n_batches, last_path=last_path, bf16=dtype == torch.bfloat16)
                     # backward and step
                     _optimizer_step(optimizer, net, loss, lr=lr, grad_clip=tc.grad_clip)
                     step += 1
@@ -801,7 +801,7 @@ def _epoch_order(data: _Data, tc: TrainConfig, gen: torch.Generator) -> torch.Te
 
 
 def _check_finite(loss: torch.Tensor, parts: dict[str, float], x: torch.Tensor, *, beta: float, step: int,
-                  epoch: int, batch: int, n_batches: int, last_path: Path) -> None:
+                  epoch: int, batch: int, n_batches: int, last_path: Path, bf16: bool = False) -> None:
     """Raise :class:`TrainingError` naming the step and the terms when ``loss`` is not finite, and
     whether the batch's inputs ``x`` are non-finite (damaged features) or the training diverged.
 
@@ -817,6 +817,8 @@ def _check_finite(loss: torch.Tensor, parts: dict[str, float], x: torch.Tensor, 
                  "are damaged, not the training: rebuild the feature cache (delete its folder)")
     else:
         cause = "the inputs are finite, so the training diverged: try a lower train.lr or a smaller model.logvar_bound"
+        if bf16:  # bf16's 8-bit mantissa can overflow where float32 does not, first in very small feature maps
+            cause += ", or train.bf16=false (float32)"
     raise TrainingError(
         f"non-finite loss at step {step} (epoch {epoch + 1}, batch {batch + 1}/{n_batches}): "
         f"recon={parts['recon']}, kl_raw={parts['kl_raw']}, beta={beta}"
