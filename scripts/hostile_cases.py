@@ -1133,6 +1133,16 @@ def _(c):
     _meta_error(c, text=text[: len(text) // 2])
 
 
+@case("metadata.pitch_beyond_int64", "metadata", "clear_error", "a note's pitch of 10^30 (beyond 64-bit integers)")
+def _(c):
+    _meta_error(c, lambda ex: next(iter(ex.values())).update(pitch=10**30), names=("pitch",))
+
+
+@case("metadata.pitch_128", "metadata", "clear_error", "a note's pitch of 128 (outside MIDI)")
+def _(c):
+    _meta_error(c, lambda ex: next(iter(ex.values())).update(pitch=128), names=("pitch",))
+
+
 @case("metadata.json_list", "metadata", "clear_error", "examples.json is a JSON list of the entries")
 def _(c):
     _meta_error(c, lambda ex: list(ex.values()))
@@ -1706,6 +1716,38 @@ def _(c):
     _run_name(c, "../outside", "into <project>/outside, outside reports/")
 
 
+@case("params.run_name_experiments", "params", "clear_error",
+      "--set run.name=experiments (the sweeps' comparison folder in reports/)")
+def _(c):
+    _run_name(c, "experiments", "over reports/experiments/, the sweeps' results")
+
+
+@case("params.run_name_index", "params", "clear_error", "--set run.name=index.html (the list of runs in reports/)")
+def _(c):
+    _run_name(c, "index.html", "a folder in place of reports/index.html")
+
+
+@case("params.duplicate_key", "params", "clear_error", "train.epochs given twice in one params file")
+def _(c):
+    p = _write(c, "p.yaml", f"base: {SMOKE}\ntrain:\n  epochs: 3\n  epochs: 5\n")
+    _params(c, "--params", str(p), names=("epochs", "twice"))
+
+
+@case("params.integer_key", "params", "clear_error", "a params section with a key YAML reads as a number (1: 2)")
+def _(c):
+    p = _write(c, "p.yaml", f"base: {SMOKE}\ntrain:\n  1: 2\n  epochs: 3\n")
+    _params(c, "--params", str(p), names=("train",))
+
+
+@case("params.mel_bands_without_bins", "params", "clear_error",
+      "features.fmin=7999 features.fmax=8000: every mel band narrower than an FFT bin")
+def _(c):
+    c.expect_names("features.n_mels", "features.fmin")
+    c.vaelib("preprocess", *c.opts(c.ctx.base_ds, None, None, "features.fmin=7999", "features.fmax=8000"),
+             "--quiet")
+    c.no_partial_cache(c.dir / "cache")
+
+
 # ================================================================================= 4. checkpoints
 
 def _embed(c: CaseRun, checkpoint: Path | str | None, *sets: str, data: Path | None = None) -> Path:
@@ -1735,6 +1777,18 @@ def _(c):
     bad = c.dir / "half.pt"
     bad.write_bytes(src.read_bytes()[: src.stat().st_size // 2])
     _embed_error(c, bad)
+
+
+@case("checkpoints.embed_out_is_the_checkpoint", "checkpoints", "clear_error",
+      "embed --checkpoint X --out X (the table would replace the model)", needs=("trained",))
+def _(c):
+    ckpt = c.dir / "best.pt"
+    shutil.copy(c.ctx.base_run_dir() / "best.pt", ckpt)
+    before = ckpt.read_bytes()
+    c.expect_names("--out", "best.pt")
+    c.vaelib("embed", *c.opts(c.ctx.base_ds, c.copy_cache()), "--checkpoint", str(ckpt), "--out", str(ckpt),
+             "--quiet")
+    c.check(ckpt.read_bytes() == before, "the checkpoint was overwritten")
 
 
 @case("checkpoints.random_bytes", "checkpoints", "clear_error", "embed --checkpoint a file of random bytes")
