@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import dataclasses
 import json
 from pathlib import Path
 
@@ -35,9 +34,7 @@ from vaelib.analysis.latent import decode_latents, encode_features
 from vaelib.analysis.pca_store import pca_store, spectrogram_pca
 from vaelib.analysis.probes import accuracy, make_probe
 from vaelib.analysis.run import load_trained_run
-from vaelib.analysis.transfer import train_programs, transfer_dataset, unseen_programs
-from vaelib.data.cache import build_feature_cache
-from vaelib.data.nsynth import load_dataset
+from vaelib.analysis.transfer import train_programs, transfer_cache, unseen_programs
 from vaelib.io import atomic_write_text
 from vaelib.model.device import machine_info
 
@@ -113,12 +110,9 @@ def run_figures(name: str) -> dict:
               for k, v in fit.items()}
     pitch = make_probe("logreg", knn_k=1, seed=cfg.run.seed).fit(fit["mu"], train_meta["pitch"])
     programs = train_programs(run)
-    data_cfg = dataclasses.replace(cfg.data, instruments=(), test_soundfonts=(), max_notes=0)
     out = {"train_notes": int(len(train_meta)), "sets": {}}
     for i, entry in enumerate(cfg.analysis.transfer):
-        root = transfer_dataset(entry, cfg, index=i, show_progress=False)["root"]
-        cache = build_feature_cache(load_dataset(dataclasses.replace(data_cfg, root=str(root)), seed=cfg.run.seed),
-                                    cfg.features, resample=cfg.data.resample, show_progress=False)
+        _, cache = transfer_cache(entry, cfg, index=i, show_progress=False)
         mask, why = unseen_programs(cache.meta, programs)
         if mask is None or not mask.any():
             out["sets"][entry.name] = {"note": why or "no note of a program unseen in training"}

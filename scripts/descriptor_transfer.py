@@ -24,7 +24,6 @@ Usage: ``.venv/bin/python scripts/descriptor_transfer.py RUN [RUN ...]``
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 from pathlib import Path
 
@@ -37,10 +36,8 @@ from vaelib.analysis.latent import encode_features
 from vaelib.analysis.pca_store import pca_store, spectrogram_pca
 from vaelib.analysis.probes import make_probe
 from vaelib.analysis.run import load_trained_run
-from vaelib.analysis.transfer import train_programs, transfer_dataset, unseen_programs
+from vaelib.analysis.transfer import train_programs, transfer_cache, unseen_programs
 from vaelib.config import FeatureConfig
-from vaelib.data.cache import build_feature_cache
-from vaelib.data.nsynth import load_dataset
 from vaelib.io import atomic_write_text
 from vaelib.model.device import machine_info
 
@@ -97,12 +94,9 @@ def run_figures(name: str) -> dict:
     pca = spectrogram_pca(train_x, n_components=cfg.model.latent_dim, seed=cfg.run.seed, store=pca_store(cfg))
     fit = _feature_sets(run.model, pca, train_x, cfg.features)
     programs = train_programs(run)
-    data_cfg = dataclasses.replace(cfg.data, instruments=(), test_soundfonts=(), max_notes=0)
     out = {"train_notes": int(len(train_meta)), "sets": {}}
     for i, entry in enumerate(cfg.analysis.transfer):
-        root = transfer_dataset(entry, cfg, index=i, show_progress=False)["root"]
-        cache = build_feature_cache(load_dataset(dataclasses.replace(data_cfg, root=str(root)), seed=cfg.run.seed),
-                                    cfg.features, resample=cfg.data.resample, show_progress=False)
+        _, cache = transfer_cache(entry, cfg, index=i, show_progress=False)
         mask, why = unseen_programs(cache.meta, programs)
         if mask is None or not mask.any():
             out["sets"][entry.name] = {"note": why or "no note of a program unseen in training"}

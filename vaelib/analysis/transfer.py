@@ -42,7 +42,7 @@ from vaelib.analysis.probes import PROBE_TARGETS, FittedProbes, accuracy, fit_pr
 from vaelib.analysis.run import TrainedRun
 from vaelib.analysis.targets import TARGETS, check_target
 from vaelib.config import Config, TransferSet, project_relative, resolve_path
-from vaelib.data.cache import build_feature_cache
+from vaelib.data.cache import FeatureCache, build_feature_cache
 from vaelib.data.nsynth import load_dataset
 from vaelib.data.render import (
     GM_FAMILY_SOURCE,
@@ -57,8 +57,8 @@ from vaelib.exceptions import DataError, ParameterError
 
 __all__ = ["TRANSFER_ROOT", "CHUNK", "TABLE_PROBES", "WITHIN_ROW", "Reference", "NoteScores", "Transfer",
            "fit_reference", "note_scores", "score_notes", "unseen_programs", "within_set_family",
-           "transfer_targets", "score_transfer_set", "train_programs", "transfer_dataset", "evaluate_transfer",
-           "transfer_table"]
+           "transfer_targets", "score_transfer_set", "train_programs", "transfer_dataset", "transfer_cache",
+           "evaluate_transfer", "transfer_table"]
 
 log = logging.getLogger(__name__)
 
@@ -397,6 +397,16 @@ def transfer_dataset(entry: TransferSet, cfg: Config, *, index: int = 0, show_pr
     return {"root": root, "soundfont": font, "rendered": True}
 
 
+def transfer_cache(entry: TransferSet, cfg: Config, *, index: int = 0,
+                   show_progress: bool = True) -> tuple[dict, FeatureCache]:
+    """One ``analysis.transfer`` dataset (:func:`transfer_dataset`) and its feature cache with the run's
+    features, every note of it (no instrument filter, no held-out SoundFont, no subsample)."""
+    found = transfer_dataset(entry, cfg, index=index, show_progress=show_progress)
+    data_cfg = dataclasses.replace(cfg.data, root=str(found["root"]), instruments=(), test_soundfonts=(), max_notes=0)
+    df = load_dataset(data_cfg, seed=cfg.run.seed)
+    return found, build_feature_cache(df, cfg.features, resample=cfg.data.resample, show_progress=show_progress)
+
+
 def _space_mu(space: LatentSpace, run: TrainedRun) -> np.ndarray:
     """mu of the run's notes from 04's embedding, checked to be in the order of the run's cache."""
     table = space.table
@@ -437,12 +447,9 @@ def evaluate_transfer(space: LatentSpace, run: TrainedRun, *, show_progress: boo
     in_domain = (score_notes(reference, note_scores(run.model, reference, test_x, test_meta, pitch_conditioning=cond))
                  if len(test_meta) else {})
     programs = train_programs(run)
-    data_cfg = dataclasses.replace(cfg.data, instruments=(), test_soundfonts=(), max_notes=0)
     metrics: dict[str, dict] = {}
     for i, entry in enumerate(sets):
-        found = transfer_dataset(entry, cfg, index=i, show_progress=show_progress)
-        df = load_dataset(dataclasses.replace(data_cfg, root=str(found["root"])), seed=cfg.run.seed)
-        cache = build_feature_cache(df, cfg.features, resample=cfg.data.resample, show_progress=show_progress)
+        found, cache = transfer_cache(entry, cfg, index=i, show_progress=show_progress)
         result = score_transfer_set(run.model, reference, cache.features, cache.meta, programs=programs,
                                     pitch_conditioning=cond, n_folds=cfg.analysis.probe_folds, seed=cfg.run.seed)
         metrics[entry.name] = {
