@@ -43,8 +43,9 @@ CHUNK = 2048
 ADAPT_BATCH = 256
 
 
-def _blocks(x: np.ndarray, size: int = CHUNK):
-    """``x`` (a float16 memmap too) in float32 blocks of ``size`` notes."""
+def _blocks(x: np.ndarray, size: int | None = None):
+    """``x`` (a float16 memmap too) in float32 blocks of ``size`` notes (default ``CHUNK``)."""
+    size = size or CHUNK
     for start in range(0, len(x), size):
         yield np.asarray(x[start:start + size], dtype=np.float32)
 

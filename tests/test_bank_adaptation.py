@@ -75,10 +75,12 @@ def test_per_note_mse_follows_the_blocks():
                                                                                                       None, None])
     np.testing.assert_allclose(err, np.arange(5.0) ** 2, rtol=1e-6)
     chunked = bank_adaptation.CHUNK
+    starts = []
     try:
         bank_adaptation.CHUNK = 2
-        err2 = bank_adaptation.per_note_mse(x, lambda part, start: part - np.arange(start, start + len(part))[
-            :, None, None, None])
+        err2 = bank_adaptation.per_note_mse(x, lambda part, start: starts.append(start) or part - np.arange(
+            start, start + len(part))[:, None, None, None])
     finally:
         bank_adaptation.CHUNK = chunked
+    assert starts == [0, 2, 4]  # three blocks, each told where it starts
     np.testing.assert_allclose(err2, err)

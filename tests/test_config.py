@@ -315,6 +315,13 @@ def test_a_key_given_twice_is_refused_not_overwritten(tmp_path, text, key):
         load_config(path)
 
 
+def test_yaml_merge_keys_are_not_taken_for_keys_given_twice(tmp_path):
+    merged = tmp_path / "m.yaml"
+    merged.write_text("train: {<<: {epochs: 3, lr: 0.01}, epochs: 5}\n")  # the explicit key wins, as in YAML
+    cfg = load_config(merged)
+    assert (cfg.train.epochs, cfg.train.lr) == (5, 0.01)
+
+
 def test_an_empty_section_keeps_its_base(tmp_path):
     base = tmp_path / "base.yaml"
     base.write_text("train:\n  epochs: 2\n")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -108,6 +109,14 @@ def test_embed_on_a_tiny_checkpoint(smoke_dataset, tmp_path_factory, capsys):
         assert main([*args[:args.index("--out")], *args[args.index("--out") + 2:], *extra]) == 2
         assert says in capsys.readouterr().err
     assert all(p.read_bytes() == b for p, b in kept.items())
+    # nor the checkpoint found for the params; a table written into the data folder before may be written again
+    found = args[:args.index("--out")] + args[args.index("--out") + 2:]
+    assert main([*found, "--out", str(checkpoint)]) == 2
+    assert "is the checkpoint file" in capsys.readouterr().err and checkpoint.read_bytes() == kept[checkpoint]
+    data = tmp_path_factory.mktemp("data") / "ds"
+    shutil.copytree(smoke_dataset, data)
+    for _ in range(2):
+        assert main([*found, "--data", str(data), "--out", str(data / "emb.parquet")]) == 0
 
 
 def test_maps_of_mu_leaves_umap_out_when_asked():

@@ -325,7 +325,7 @@ def test_a_soundfont_whose_samples_are_zeros_is_named_and_leaves_no_dataset(tmp_
     font.write_bytes(bytes(data))
     cfg = RenderConfig(**{**PITCHED.__dict__, "soundfont": (str(font),), "programs": (0, 73), "pitch_step": 36,
                           "workers": 1})
-    with pytest.raises(DataError, match=r"Zeroed\.sf2: no note of it was kept.*empty or damaged; nothing was "
-                                        r"written to .*ds"):
+    with pytest.raises(DataError, match=r"Zeroed\.sf2: no note of it was kept: every note rendered from it is "
+                                        r"near-silent.*empty or damaged.*; nothing was written to .*ds"):
         render_dataset(cfg, tmp_path / "ds", show_progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["Zeroed.sf2"]  # no folder, no temporary sibling

@@ -28,6 +28,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
     _outputs_apart([("--out", out)], [("--checkpoint", cli_path(args.checkpoint))] if args.checkpoint else [],
                    [("--data" if data else "data.root", data or resolve_path(cfg.data.root))])
     checkpoint = _checkpoint(args, cfg)
+    _outputs_apart([("--out", out)], [("checkpoint", checkpoint)])  # the one found for the params, too
     table = embed(Path(checkpoint), data, cfg=cfg, out=out, show_progress=not args.quiet)
     print(json.dumps({"out": str(out), "checkpoint": str(checkpoint), "notes": len(table),
                       "by_split": table["split"].value_counts().sort_index().to_dict()}, indent=2))
@@ -79,7 +80,9 @@ def _outputs_apart(outputs: list[tuple[str, Path]], inputs: list[tuple[str, Path
                 raise ParameterError(f"{flag} {path} is the {in_flag} file: writing there would replace it; "
                                      "choose another path")
         for in_flag, folder in folders:
-            if path.exists() and path.resolve().is_relative_to(folder.resolve()):
+            # a table written there before (.parquet) may be written again; the dataset's own files may not
+            if (path.exists() and path.suffix.lower() != ".parquet"
+                    and path.resolve().is_relative_to(folder.resolve())):
                 raise ParameterError(f"{flag} {path} is a file of the {in_flag} folder {folder}: writing there "
                                      "would replace it; choose another path")
 
@@ -116,6 +119,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
                    [("sound", f) for f in files]
                    + ([("--checkpoint", cli_path(args.checkpoint))] if args.checkpoint else []))
     checkpoint = _checkpoint(args, cfg)
+    _outputs_apart([("--out", out), ("--map", map_png), ("--map-html", map_html)], [("checkpoint", checkpoint)])
     model, ckpt = load_model(checkpoint)
     differences = model_differences(ckpt, cfg, Path(checkpoint))
     if differences:

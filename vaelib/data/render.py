@@ -317,11 +317,14 @@ def render_dataset(cfg: RenderConfig, out_dir: str | Path, *, show_progress: boo
                             f"was written to {out_dir}: render again once the files are final")
         examples, dropped = _examples_json(results)
         heard = {e.get("soundfont") for e in examples.values()}
-        silent = [p for p in sf_paths if p.name not in heard]
-        if silent:  # e.g. presets whose samples are all zeros: a damaged file, not a quiet one
-            raise DataError(f"{', '.join(str(p) for p in silent)}: no note of it was kept, every preset asked being "
-                            "missing (bank 0) or rendering near-silent, so its data is empty or damaged; nothing "
-                            f"was written to {out_dir}: use an intact copy of the SoundFont")
+        for font in (p for p in sf_paths if p.name not in heard):
+            if len(missing.get(font.name, [])) == len(programs):
+                why = f"it has a preset for none of the GM programs asked ({sorted(programs)}, bank 0)"
+            else:  # e.g. presets whose samples are all zeros behind an intact header
+                why = (f"every note rendered from it is near-silent (below render.silence_db {cfg.silence_db:g} "
+                       "dBFS): its sample data is empty or damaged, or its presets do not sound at render.pitch_min"
+                       f"..pitch_max ({cfg.pitch_min}-{cfg.pitch_max})")
+            raise DataError(f"{font}: no note of it was kept: {why}; nothing was written to {out_dir}")
         limited = {e["note_str"]: round(e["limited_peak"], 3) for r in results for e in r
                    if not e.get("dropped", True) and e["limited_peak"] is not None}
         if limited:

@@ -687,17 +687,16 @@ def _kept_run(run_dir: Path, cfg: Config, *, resume: bool) -> TrainResult | None
         When the run is unfinished and ``resume`` is false: it is neither continued nor replaced unasked.
     CheckpointError
         When its ``last.pt`` cannot be read (saying how to train it again) or does not match ``cfg``, or is
-        missing beside a ``best.pt`` or a ``history.csv``.
+        missing beside a ``history.csv``.
     """
     last_path = run_dir / "last.pt"
     if not last_path.is_file():
-        # a best.pt or a history without last.pt: a run whose state is lost, finished or not; training in its
-        # folder from scratch would overwrite its best model epoch by epoch
-        left = [p.name for p in (run_dir / "best.pt", run_dir / "history.csv") if p.is_file()]
-        if left:
-            raise CheckpointError(f"{run_dir} holds {' and '.join(left)} but no last.pt: it cannot be told whether "
-                                  f"the run finished, nor can it be resumed, and it is not trained over; "
-                                  f"{RESTART_HINT[False]}")
+        # history.csv is written after last.pt, so with it and without last.pt the run's state was lost, finished
+        # or not: training in its folder from scratch would overwrite its best model epoch by epoch. A best.pt
+        # alone is an epoch killed between its two saves: started over, as a requeued job expects
+        if (run_dir / "history.csv").is_file():
+            raise CheckpointError(f"{run_dir} holds history.csv but no last.pt: it cannot be told whether the run "
+                                  f"finished, nor can it be resumed, and it is not trained over; {RESTART_HINT[False]}")
         return None
     try:
         last = load_checkpoint(last_path)
