@@ -84,10 +84,15 @@ def lab(smoke_run, tmp_path):
     root = tmp_path / "lab"
     root.mkdir()
     nbformat.write(nb, root / "06_explore.ipynb")
+    # every cell attached and drawn: with JupyterLab's windowing, a cell scrolled out of view may be detached or
+    # left undrawn, and its audio player found not displayed, depending on where the notebook was scrolled
+    settings = tmp_path / "settings" / "@jupyterlab" / "notebook-extension"
+    settings.mkdir(parents=True)
+    (settings / "tracker.jupyterlab-settings").write_text('{"windowingMode": "none"}')
     port, token = _free_port(), "vaelib-test"
     env = {**os.environ, "JUPYTER_CONFIG_DIR": str(tmp_path / "cfg"), "JUPYTER_RUNTIME_DIR": str(tmp_path / "rt"),
-           "JUPYTERLAB_WORKSPACES_DIR": str(tmp_path / "ws"), "JUPYTER_DATA_DIR": str(Path(sys.prefix) / "share" /
-                                                                                     "jupyter")}
+           "JUPYTERLAB_WORKSPACES_DIR": str(tmp_path / "ws"), "JUPYTERLAB_SETTINGS_DIR": str(tmp_path / "settings"),
+           "JUPYTER_DATA_DIR": str(Path(sys.prefix) / "share" / "jupyter")}
     log = open(tmp_path / "lab.log", "w")  # closed with the server, below
     proc = subprocess.Popen(
         [sys.executable, "-m", "jupyterlab", "--no-browser", f"--port={port}", "--ip=127.0.0.1",
@@ -107,6 +112,10 @@ def lab(smoke_run, tmp_path):
                 time.sleep(0.5)
         else:
             pytest.fail("JupyterLab did not answer within 2 minutes")
+        import json
+        with urllib.request.urlopen(f"{url}/lab/api/settings/@jupyterlab/notebook-extension:tracker?token={token}",
+                                    timeout=30) as answer:
+            assert json.load(answer)["settings"]["windowingMode"] == "none"  # the settings folder above was read
         yield f"{url}/lab/tree/06_explore.ipynb?token={token}"
     finally:
         proc.terminate()
