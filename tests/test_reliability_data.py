@@ -681,6 +681,16 @@ def test_ints_outside_what_the_field_means_are_refused(make_split, field, value,
         read_examples(folder)
 
 
+def test_one_instrument_under_two_families_is_refused(make_split):
+    a, b = "brass_acoustic_000-060-075", "brass_acoustic_000-062-075"
+    folder = make_split({a: entry(a), b: entry(b)})
+    other = {**entry(b), "instrument_family": 7, "instrument_family_str": "reed"}
+    (folder / "examples.json").write_text(json.dumps({a: entry(a), b: other}))
+    with pytest.raises(DataError, match=r"instrument 'brass_acoustic_000' has notes of 2 values of "
+                                        r"'instrument_family_str' \('brass' in '.*', 'reed' in '.*'\)"):
+        read_examples(folder)
+
+
 def test_examples_json_nested_beyond_the_parser_is_refused(make_split):
     k = "brass_acoustic_000-060-075"
     folder = make_split({k: entry(k)})

@@ -182,6 +182,15 @@ def read_examples(split_dir: str | Path) -> pd.DataFrame:
         for f in extra:
             r.setdefault(f, SOURCE_FIELDS[f])
     df = pd.DataFrame(rows, columns=list(SCHEMA_FIELDS) + extra + ["path"])
+    for label_field in ("instrument_family_str", "instrument_source_str"):
+        # an instrument is one family and one source: its notes are split, probed and mapped as one
+        mixed = df.groupby("instrument_str")[label_field].nunique()
+        if (mixed > 1).any():
+            name = str(mixed[mixed > 1].index[0])
+            notes = df[df["instrument_str"] == name].drop_duplicates(label_field)
+            raise DataError(f"{path}: instrument {name!r} has notes of {len(notes)} values of {label_field!r} ("
+                            + ", ".join(f"{v!r} in {n!r}" for v, n in zip(notes[label_field], notes["note_str"]))
+                            + f"); {int((mixed > 1).sum())} instrument(s) so: an instrument needs one")
     if "program" in extra:
         df["program"] = df["program"].astype("int64")
     for f in INT_FIELDS:
