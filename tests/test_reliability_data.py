@@ -73,6 +73,20 @@ def test_nan_wav_is_refused_naming_the_file(split):
     assert listing(cfg.cache_dir) == [], "a refused build left something in the cache folder"
 
 
+def test_silent_notes_are_counted_and_a_set_of_nothing_but_silence_refused(split, caplog):
+    folder, df, cfg = split
+    sf.write(wav_of(folder, KEYS[3]), np.zeros(64000, np.float32), 16000, subtype="FLOAT")
+    caplog.set_level(logging.WARNING, logger="vaelib")
+    cache = build_feature_cache(df, cfg, show_progress=False)
+    assert "1 note(s) are digital silence" in caplog.text and str(wav_of(folder, KEYS[3])) in caplog.text
+    row = int(np.flatnonzero(cache.meta["note_str"].to_numpy() == KEYS[3])[0])
+    assert (np.asarray(cache.features[row]) == -1.0).all()  # kept, at the floor
+    for key in KEYS:
+        sf.write(wav_of(folder, key), np.zeros(64000, np.float32), 16000, subtype="FLOAT")
+    with pytest.raises(DataError, match=rf"every one of the {len(KEYS)} notes is digital silence"):
+        build_feature_cache(df, cfg, show_progress=False)
+
+
 def test_many_nan_wavs_are_counted_and_the_first_ten_named(split):
     folder, df, cfg = split
     bad = sine(440.0)

@@ -235,11 +235,12 @@ def compute_features(paths: list[str], cfg: FeatureConfig, *, resample: bool = T
     report = WavReport()
     bad_audio: list[str] = []
     bad_features: list[str] = []
+    silent_notes: list[str] = []
     bs = cfg.batch_size
 
     local = threading.local()
 
-    def work(start: int) -> tuple[int, list[WavReport], list[str], list[str]]:
+    def work(start: int) -> tuple[int, list[WavReport], list[str], list[str], list[str]]:
         if not hasattr(local, "ws"):
             local.ws = LogMelWorkspace(bs, n_samples, cfg)
         batch = paths[start:start + bs]
@@ -253,6 +254,8 @@ def compute_features(paths: list[str], cfg: FeatureConfig, *, resample: bool = T
             except NonFiniteAudioError:
                 row[:] = 0.0  # refused at the end; silence keeps the rest of the batch's numbers finite
                 nonfinite.append(str(p))
+        refused = set(nonfinite)
+        silent = [str(p) for p, row in zip(batch, rows) if not row.any() and str(p) not in refused]
         with torch.no_grad():
             x = log_mel_batch(audio, cfg=cfg, workspace=local.ws)
         # A row's sum is finite iff the row is: past the clamp to [-1, 1] only NaN can remain, and it
@@ -263,7 +266,7 @@ def compute_features(paths: list[str], cfg: FeatureConfig, *, resample: bool = T
             bad = [str(batch[i]) for i in torch.nonzero(~finite).flatten().tolist()]
             x[~finite] = -1.0  # never written: the build is refused, but no partial file holds NaN either
         out[start:start + len(batch)] = x.half().numpy()  # values in [-1, 1] stay finite in float16
-        return len(batch), reports, nonfinite, bad
+        return len(batch), reports, nonfinite, bad, silent
 
     starts = iter(range(0, len(paths), bs))
     threads = torch.get_num_threads()
@@ -274,11 +277,12 @@ def compute_features(paths: list[str], cfg: FeatureConfig, *, resample: bool = T
             pending = deque(pool.submit(work, s) for s in itertools.islice(starts, 2 * cfg.workers))
             try:
                 while pending:
-                    n, reports, nonfinite, bad = pending.popleft().result()
+                    n, reports, nonfinite, bad, silent = pending.popleft().result()
                     for r in reports:
                         report.add(r)
                     bad_audio += nonfinite
                     bad_features += bad
+                    silent_notes += silent
                     bar.update(n)
                     nxt = next(starts, None)
                     if nxt is not None:
@@ -295,8 +299,14 @@ def compute_features(paths: list[str], cfg: FeatureConfig, *, resample: bool = T
     if bad_features:
         problems.append(f"{len(bad_features)} note(s) give non-finite log-mel values (samples far beyond full "
                         f"scale?): {_named(bad_features)}")
+    if not problems and paths and len(silent_notes) == len(paths):
+        problems.append(f"every one of the {len(paths)} notes is digital silence (all samples 0) in the part "
+                        f"read: there is nothing to learn from: {_named(silent_notes)}")
     if problems:
         raise DataError("; ".join(problems) + "; re-export these files or remove their notes from examples.json")
+    if silent_notes:
+        log.warning("%d note(s) are digital silence (all samples 0 in the part read), kept at the floor: %s",
+                    len(silent_notes), _named(silent_notes))
     return out, report
 
 
