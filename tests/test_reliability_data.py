@@ -73,6 +73,19 @@ def test_nan_wav_is_refused_naming_the_file(split):
     assert listing(cfg.cache_dir) == [], "a refused build left something in the cache folder"
 
 
+def test_a_wav_that_is_a_pipe_a_device_or_a_folder_is_named_without_blocking(tmp_path):
+    import os
+
+    os.mkfifo(tmp_path / "pipe.wav")  # no writer: a blocking read would wait for ever
+    (tmp_path / "zero.wav").symlink_to("/dev/zero")
+    (tmp_path / "folder.wav").mkdir()
+    for name in ("pipe.wav", "zero.wav", "folder.wav"):
+        with pytest.raises(DataError, match=rf"{name}: not a regular file \(a folder, a device or a pipe\)"):
+            read_wav(tmp_path / name)
+    with pytest.raises(DataError, match=r"missing\.wav: wav file not found"):
+        read_wav(tmp_path / "missing.wav")
+
+
 def test_silent_notes_are_counted_and_a_set_of_nothing_but_silence_refused(split, caplog):
     folder, df, cfg = split
     sf.write(wav_of(folder, KEYS[3]), np.zeros(64000, np.float32), 16000, subtype="FLOAT")

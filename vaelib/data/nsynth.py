@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import stat
 import struct
 import warnings
 from dataclasses import dataclass, field
@@ -459,7 +460,12 @@ def _read_canonical_wav(path: Path, sample_rate: int, out: np.ndarray) -> WavRep
     well over ``out``'s length.
     """
     limit = 2 * len(out) + 65536  # the samples and generous headers: longer files are rare, and counted
-    with open(path, "rb") as fh:
+    # non-blocking, so that a pipe with no writer is told apart by fstat (of the open file: no extra lookup)
+    # instead of blocking the read, here and in libsndfile
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    with os.fdopen(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise DataError(f"{path}: not a regular file (a folder, a device or a pipe); expected a wav file")
         data = fh.read(limit + 1)
     if len(data) < 12 or len(data) > limit:
         return None
@@ -548,6 +554,9 @@ def read_wav(path: str | Path, *, sample_rate: int = 16000, n_samples: int = 640
                 audio = fh.read(frames, dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, TypeError, OSError) as exc:
         if not path.is_file():  # checked only on failure: a stat per note would slow every build
+            if path.exists():
+                raise DataError(f"{path}: not a regular file (a folder, a device or a pipe); expected a wav "
+                                "file") from exc
             raise DataError(f"{path}: wav file not found") from exc
         raise DataError(f"{path}: unreadable wav ({exc})") from exc
     report = WavReport()
