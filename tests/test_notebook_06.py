@@ -112,7 +112,6 @@ def lab(smoke_run, tmp_path):
                 time.sleep(0.5)
         else:
             pytest.fail("JupyterLab did not answer within 2 minutes")
-        import json
         with urllib.request.urlopen(f"{url}/lab/api/settings/@jupyterlab/notebook-extension:tracker?token={token}",
                                     timeout=30) as answer:
             assert json.load(answer)["settings"]["windowingMode"] == "none"  # the settings folder above was read

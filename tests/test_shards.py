@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import soundfile as sf
 from conftest import SMOKE_PARAMS, entry, sine
@@ -145,6 +146,17 @@ def test_merged_shards_equal_a_single_build_bit_for_bit(dataset, tmp_path, count
     assert (fixes["padded"], fixes["cut"]) == (1, 1) and sum(fixes.values()) == 2
     assert [Path(p).stem for p in merged.manifest["fixed_files"]] == [NOTES[9], NOTES[1]], "in the cache's order"
     assert sorted(os.listdir(cfg.features.cache_dir)) == [merged.path.name], "shards, locks, partials all gone"
+
+
+def test_a_shard_of_nothing_but_silence_is_built_as_the_single_build_keeps_it(dataset, tmp_path):
+    cfg, _ = dataset
+    order = list(load_dataset(cfg.data, seed=cfg.run.seed)["note_str"])
+    for note in order[:BATCH]:  # the first batch: the whole of shard 0 of 5
+        sf.write(Path(cfg.data.root) / "audio" / f"{note}.wav", np.zeros(64000, np.float32), 16000)
+    single = single_build(cfg, tmp_path)  # silent notes in a set that is not: kept, with a warning
+    for i in range(5):
+        assert prepare_shard(cfg, index=i, count=5, show_progress=False).status == "built"
+    same_bytes(merge_features(cfg, count=5, show_progress=False).path, single)
 
 
 def test_merged_cache_is_used_by_prepare_features_without_computing(dataset, tmp_path, monkeypatch):

@@ -203,8 +203,8 @@ class NpyRowWriter:
 
 
 def compute_features(paths: list[str], cfg: FeatureConfig, *, resample: bool = True,
-                     show_progress: bool = True,
-                     out: np.ndarray | NpyRowWriter | None = None) -> tuple[np.ndarray | NpyRowWriter, WavReport]:
+                     show_progress: bool = True, out: np.ndarray | NpyRowWriter | None = None,
+                     whole_set: bool = True) -> tuple[np.ndarray | NpyRowWriter, WavReport]:
     """Decode wavs and compute their log-mels, one batch per task on ``cfg.workers`` threads.
 
     Each thread runs a whole batch (decode, STFT, mel, dB, float16 store) in buffers of its own that
@@ -215,7 +215,9 @@ def compute_features(paths: list[str], cfg: FeatureConfig, *, resample: bool = T
 
     No non-finite value is ever stored: a wav with NaN or infinite samples, and a note whose log-mel is
     not finite (samples far beyond full scale), are collected over the whole pass (their rows hold
-    -1) and refused together at its end, so one run names them all.
+    -1) and refused together at its end, so one run names them all. Digitally silent notes are kept at
+    the floor and named in a warning; when every note of ``paths`` is silent and ``whole_set`` (not one
+    shard of a set), the set is refused: there is nothing to learn from.
 
     Returns
     -------
@@ -227,7 +229,8 @@ def compute_features(paths: list[str], cfg: FeatureConfig, *, resample: bool = T
     ------
     DataError
         A wav is missing or unreadable (the first one met), or some hold non-finite samples or give
-        non-finite features (all of them, up to ``NAMED`` named, with their count).
+        non-finite features (all of them, up to ``NAMED`` named, with their count), or every note is
+        silent (``whole_set``).
     """
     n_samples = int(round(cfg.duration_s * cfg.sample_rate))
     if out is None:
@@ -299,7 +302,8 @@ def compute_features(paths: list[str], cfg: FeatureConfig, *, resample: bool = T
     if bad_features:
         problems.append(f"{len(bad_features)} note(s) give non-finite log-mel values (samples far beyond full "
                         f"scale?): {_named(bad_features)}")
-    if not problems and paths and len(silent_notes) == len(paths):
+    # a shard is a part of the set: silent throughout, it may still be one of a set that is not
+    if whole_set and not problems and paths and len(silent_notes) == len(paths):
         problems.append(f"every one of the {len(paths)} notes is digital silence (all samples 0) in the part "
                         f"read: there is nothing to learn from: {_named(silent_notes)}")
     if problems:
@@ -535,13 +539,14 @@ def _discard(folder: Path, key: str) -> None:
 
 
 def write_features(path: Path, paths: list[str], cfg: FeatureConfig, *, resample: bool = True,
-                   show_progress: bool = True) -> WavReport:
+                   show_progress: bool = True, whole_set: bool = True) -> WavReport:
     """Compute the log-mels of ``paths`` into a new ``.npy`` file ``path``, flushed to the disk.
 
     Returns what the wav reader fixed (see ``compute_features``, which raises on bad input).
     """
     with NpyRowWriter(path, (len(paths), *feature_shape(cfg))) as out:
-        _, report = compute_features(paths, cfg, resample=resample, show_progress=show_progress, out=out)
+        _, report = compute_features(paths, cfg, resample=resample, show_progress=show_progress, out=out,
+                                     whole_set=whole_set)
         out.sync()
     return report
 

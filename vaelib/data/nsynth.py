@@ -462,9 +462,8 @@ def _read_canonical_wav(path: Path, sample_rate: int, out: np.ndarray) -> WavRep
     limit = 2 * len(out) + 65536  # the samples and generous headers: longer files are rare, and counted
     # non-blocking, so that a pipe with no writer is told apart by fstat (of the open file: no extra lookup)
     # instead of blocking the read, here and in libsndfile
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    with os.fdopen(fd, "rb") as fh:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+    with open(path, "rb", opener=lambda p, flags: os.open(p, flags | os.O_NONBLOCK)) as fh:
+        if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
             raise DataError(f"{path}: not a regular file (a folder, a device or a pipe); expected a wav file")
         data = fh.read(limit + 1)
     if len(data) < 12 or len(data) > limit:

@@ -341,7 +341,7 @@ def build_shard(df: pd.DataFrame, cfg: FeatureConfig, *, index: int, count: int,
         tmp = set_dir / f".{name}.build.{OWNER_TAG}.{secrets.token_hex(4)}"
         tmp.mkdir()
         report = write_features(tmp / FEATURES_FILE, list(df["path"].iloc[start:stop]), cfg, resample=resample,
-                                show_progress=show_progress)
+                                show_progress=show_progress, whole_set=False)
         log_fixes(report)
         atomic_write_json(tmp / MANIFEST_FILE, {
             "kind": SHARD_KIND, "key": key, "version": CACHE_VERSION, "index": index, "count": count,
