@@ -447,6 +447,10 @@ _CHUNK_HEAD = struct.Struct("<4sI")
 _FMT_PCM = struct.Struct("<HHIIHH")  # format tag, channels, rate, byte rate, block align, bits
 
 
+def _not_a_file(path: Path) -> DataError:
+    return DataError(f"{path}: not a regular file (a folder, a device or a pipe); expected a wav file")
+
+
 def _read_canonical_wav(path: Path, sample_rate: int, out: np.ndarray) -> WavReport | None:
     """Decode a complete 16-bit PCM mono RIFF wav at ``sample_rate`` into ``out``; None for any other file.
 
@@ -464,7 +468,7 @@ def _read_canonical_wav(path: Path, sample_rate: int, out: np.ndarray) -> WavRep
     # instead of blocking the read, here and in libsndfile
     with open(path, "rb", opener=lambda p, flags: os.open(p, flags | os.O_NONBLOCK)) as fh:
         if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
-            raise DataError(f"{path}: not a regular file (a folder, a device or a pipe); expected a wav file")
+            raise _not_a_file(path)
         data = fh.read(limit + 1)
     if len(data) < 12 or len(data) > limit:
         return None
@@ -553,10 +557,7 @@ def read_wav(path: str | Path, *, sample_rate: int = 16000, n_samples: int = 640
                 audio = fh.read(frames, dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, TypeError, OSError) as exc:
         if not path.is_file():  # checked only on failure: a stat per note would slow every build
-            if path.exists():
-                raise DataError(f"{path}: not a regular file (a folder, a device or a pipe); expected a wav "
-                                "file") from exc
-            raise DataError(f"{path}: wav file not found") from exc
+            raise (_not_a_file(path) if path.exists() else DataError(f"{path}: wav file not found")) from exc
         raise DataError(f"{path}: unreadable wav ({exc})") from exc
     report = WavReport()
     if not in_place and not np.isfinite(audio).all():  # PCM decoded in place is finite by construction
