@@ -25,10 +25,9 @@ def cmd_embed(args: argparse.Namespace) -> int:
     # where the table goes is checked before the features and the encoding, not after them
     _output(out, "--out", "Parquet")
     data = cli_path(args.data) if args.data else None
-    _outputs_apart([("--out", out)], [("--checkpoint", cli_path(args.checkpoint))] if args.checkpoint else [],
-                   [("--data" if data else "data.root", data or resolve_path(cfg.data.root))])
+    _outputs_apart([("--out", out)], [], [("--data" if data else "data.root", data or resolve_path(cfg.data.root))])
     checkpoint = _checkpoint(args, cfg)
-    _outputs_apart([("--out", out)], [("checkpoint", checkpoint)])  # the one found for the params, too
+    _outputs_apart([("--out", out)], [_checkpoint_input(args, checkpoint)])
     table = embed(Path(checkpoint), data, cfg=cfg, out=out, show_progress=not args.quiet)
     print(json.dumps({"out": str(out), "checkpoint": str(checkpoint), "notes": len(table),
                       "by_split": table["split"].value_counts().sort_index().to_dict()}, indent=2))
@@ -47,6 +46,12 @@ def _checkpoint(args: argparse.Namespace, cfg) -> Path:
         raise CheckpointError("no finished training matches these params: run `vaelib train` "
                               "(or 02_train) first, or pass --checkpoint")
     return checkpoint
+
+
+def _checkpoint_input(args: argparse.Namespace, checkpoint: Path) -> tuple[str, Path]:
+    """The checkpoint as an input the outputs must not replace, named as it came: ``--checkpoint`` (returned by
+    ``_checkpoint`` without any work, so checked before it), or the one found for the params."""
+    return ("--checkpoint" if args.checkpoint else "checkpoint"), checkpoint
 
 
 def _output(path: Path, flag: str, suffix: str) -> Path:
@@ -115,11 +120,10 @@ def cmd_encode(args: argparse.Namespace) -> int:
     map_html = _output(cli_path(args.map_html) if args.map_html else out.with_suffix(".map.html"),
                        "--map-html", "HTML")
     files = find_sounds(args.paths)
-    _outputs_apart([("--out", out), ("--map", map_png), ("--map-html", map_html)],
-                   [("sound", f) for f in files]
-                   + ([("--checkpoint", cli_path(args.checkpoint))] if args.checkpoint else []))
+    outputs = [("--out", out), ("--map", map_png), ("--map-html", map_html)]
+    _outputs_apart(outputs, [("sound", f) for f in files])
     checkpoint = _checkpoint(args, cfg)
-    _outputs_apart([("--out", out), ("--map", map_png), ("--map-html", map_html)], [("checkpoint", checkpoint)])
+    _outputs_apart(outputs, [_checkpoint_input(args, checkpoint)])
     model, ckpt = load_model(checkpoint)
     differences = model_differences(ckpt, cfg, Path(checkpoint))
     if differences:
