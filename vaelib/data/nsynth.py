@@ -183,9 +183,10 @@ def read_examples(split_dir: str | Path) -> pd.DataFrame:
         for f in extra:
             r.setdefault(f, SOURCE_FIELDS[f])
     df = pd.DataFrame(rows, columns=list(SCHEMA_FIELDS) + extra + ["path"])
-    for label_field in ("instrument_family_str", "instrument_source_str"):
-        # an instrument is one family and one source: its notes are split, probed and mapped as one
-        mixed = df.groupby("instrument_str")[label_field].nunique()
+    # an instrument is one family and one source: its notes are split, probed and mapped as one
+    values = df.groupby("instrument_str")[["instrument_family_str", "instrument_source_str"]].nunique()
+    for label_field in values.columns:
+        mixed = values[label_field]
         if (mixed > 1).any():
             name = str(mixed[mixed > 1].index[0])
             notes = df[df["instrument_str"] == name].drop_duplicates(label_field)
